@@ -1,0 +1,1 @@
+"""nmtserve command-line interface."""
