@@ -59,9 +59,7 @@ def tokenize_split(corpus: Path, split: str, tokenizer: Tokenizer, cache: Path) 
     return tokenize_split(corpus, split, tokenizer, cache)
 
 
-def make_batches(
-    pairs: TokenizedPairs, max_tokens: int, max_length: int, rng: np.random.Generator
-) -> list[np.ndarray]:
+def make_batches(pairs: TokenizedPairs, max_tokens: int, max_length: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Index batches of similar-length pairs; ``max_tokens`` bounds rows x longest side (+2 for BOS/EOS)."""
     lengths = np.array([max(len(s), len(t)) + 2 for s, t in zip(pairs.source, pairs.target, strict=True)])
     keep = np.flatnonzero(lengths <= max_length)

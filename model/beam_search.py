@@ -42,8 +42,7 @@ class Hypothesis:
 
 def _finalize(found: list[tuple[list[int], float, int]], options: DecodingOptions) -> list[Hypothesis]:
     ranked = [
-        Hypothesis(tokens, log_prob / (length**options.length_penalty), log_prob)
-        for tokens, log_prob, length in found
+        Hypothesis(tokens, log_prob / (length**options.length_penalty), log_prob) for tokens, log_prob, length in found
     ]
     ranked.sort(key=lambda h: h.score, reverse=True)
     return ranked[: options.num_hypotheses]
@@ -161,4 +160,3 @@ def greedy_search(model: Transformer, source: list[int], max_length: int) -> lis
                 break
             tokens.append(token)
     return tokens[1:]
-

@@ -37,7 +37,7 @@ def translate_texts(
 ) -> list[str]:
     """Best translation of each text, in order; sorting by length keeps padding low within a batch."""
     limit = model.config.max_positions - 1
-    sources = [ids[:limit] + [tokenizer.eos_id] for ids in tokenizer.encode_batch(texts)]
+    sources = [[*ids[:limit], tokenizer.eos_id] for ids in tokenizer.encode_batch(texts)]
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     outputs: list[str] = [""] * len(sources)
     for start in tqdm(range(0, len(order), batch_size), disable=not progress, desc="translate", unit="batch"):

@@ -170,12 +170,10 @@ tabs = { $count ->
 link-text = Lesen Sie die <a data-l10n-name="x">Hinweise</a>
 """
 PROPS_EN = (
-    "# c\nfileNotFound = The file %S cannot be found.\n"
-    "downloads = One download;#1 downloads\nwrapped = a \\\n  b\n"
+    "# c\nfileNotFound = The file %S cannot be found.\ndownloads = One download;#1 downloads\nwrapped = a \\\n  b\n"
 )
 PROPS_DE = (
-    "fileNotFound = Die Datei %S wurde nicht gefunden.\n"
-    "downloads = Ein Download;#1 Downloads\nwrapped = x \\\n  y\n"
+    "fileNotFound = Die Datei %S wurde nicht gefunden.\ndownloads = Ein Download;#1 Downloads\nwrapped = x \\\n  y\n"
 )
 
 
@@ -260,9 +258,9 @@ def test_cleaner_rules() -> None:
     assert drop_reason("%1 %2", "%2 %1", CFG) == "no_letters"
     assert drop_reason("word " * 70, "Wort " * 70, CFG) == "too_long"
     assert drop_reason("x" * 400, "y" * 400, CFG) == "too_long"
-    assert drop_reason(
-        "A short sentence here.", "Ein sehr, sehr, sehr, sehr, sehr, sehr, sehr langer Satz.", CFG
-    ) == ("length_ratio")
+    assert drop_reason("A short sentence here.", "Ein sehr, sehr, sehr, sehr, sehr, sehr, sehr langer Satz.", CFG) == (
+        "length_ratio"
+    )
     assert drop_reason("Zoom", "Vergrößerung", CFG) is None  # short strings are exempt from the ratio rule
     assert drop_reason("Open the file.", "Öffnen Sie die Datei.", CFG) is None
 
@@ -273,9 +271,7 @@ def test_sentence_split_and_dedup() -> None:
         "Then z. B. das.",
         "Done!",
     ]
-    en = (
-        "The first sentence is here and fairly long. " * 2 + "The third sentence closes the paragraph nicely."
-    )
+    en = "The first sentence is here and fairly long. " * 2 + "The third sentence closes the paragraph nicely."
     de = "Der erste Satz steht hier und ist lang. " * 2 + "Der dritte Satz schließt den Absatz schön ab."
     stats: Counter[str] = Counter()
     out = list(clean_pairs([(en, de), ("Open", "Öffnen"), ("Open", "Öffnen")], CFG, stats))
