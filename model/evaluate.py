@@ -48,9 +48,10 @@ def translate_texts(
 
 
 def score(hypotheses: Sequence[str], references: Sequence[str]) -> Scores:
-    bleu = sacrebleu.corpus_bleu(list(hypotheses), [list(references)])
+    metric = sacrebleu.BLEU()  # its signature is only known once it has scored something
+    bleu = metric.corpus_score(list(hypotheses), [list(references)])
     chrf = sacrebleu.corpus_chrf(list(hypotheses), [list(references)])
-    return Scores(bleu.score, chrf.score, len(hypotheses), str(sacrebleu.BLEU().get_signature()))
+    return Scores(bleu.score, chrf.score, len(hypotheses), str(metric.get_signature()))
 
 
 def evaluate_checkpoint(

@@ -171,7 +171,7 @@ class Trainer:
                     loss, tokens = self.loss(self.train_pairs, batches[self.batch_in_epoch])
                 self.batch_in_epoch += 1
                 loss.backward()
-                losses.append(float(loss))
+                losses.append(loss.item())
                 step_tokens += tokens
             for p in self.model.parameters():  # loss was summed: normalise by target tokens of the whole step
                 if p.grad is not None:

@@ -1,0 +1,33 @@
+# The README's two set-up commands. Each creates its own virtual environment.
+#   make demo   install the serving stack (no torch) and translate a sample with the shipped demo model
+#   make test   install everything (training extras, CPU onnxruntime, dev tools) and run the whole test suite
+PYTHON ?= python3
+SERVE_VENV ?= .venv-serve
+DEV_VENV ?= .venv
+# The CPU build of torch, pinned: an unpinned "torch" would pull a multi-GB CUDA build.
+TORCH ?= torch==2.13.0
+
+.PHONY: demo test lint
+
+$(SERVE_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(SERVE_VENV)
+	$(SERVE_VENV)/bin/pip install --quiet --upgrade pip
+	$(SERVE_VENV)/bin/pip install --quiet ".[cpu,train]" "$(TORCH)"
+	touch $@
+
+$(DEV_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(DEV_VENV)
+	$(DEV_VENV)/bin/pip install --quiet --upgrade pip
+	$(DEV_VENV)/bin/pip install --quiet "$(TORCH)"
+	$(DEV_VENV)/bin/pip install --quiet -e ".[train,cpu,dev]"
+	touch $@
+
+demo: $(SERVE_VENV)/.installed
+	printf 'The package contains the documentation.\nThis program is free software.\nSelect the cells that you want to print.\n' \
+		| $(SERVE_VENV)/bin/nmtserve translate --backend torch
+
+test: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python -m pytest -q
+
+lint: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/ruff check . && $(DEV_VENV)/bin/ruff format --check .

@@ -1,0 +1,64 @@
+"""The ``nmtserve`` console script: ``translate --backend torch`` keeps lines aligned and matches the library."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from nmtserve.model.beam_search import DecodingOptions
+from nmtserve.model.checkpoint import DEMO_CHECKPOINT, load_checkpoint
+from nmtserve.model.evaluate import translate_texts
+
+NMTSERVE = Path(sys.executable).parent / "nmtserve"
+LINES = ["The package is installed.", "", "The server is running now."]
+
+
+def run_cli(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """Run the installed console script on one CPU thread."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    return subprocess.run(
+        [str(NMTSERVE), *args], input=stdin, capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+
+
+def in_process(checkpoint: Path | None, texts: list[str]) -> list[str]:
+    """translate_texts with the CLI's default decoding options (beam 4, length penalty 1, max 256)."""
+    model, tokenizer, _ = load_checkpoint(checkpoint)
+    return translate_texts(model, tokenizer, texts, DecodingOptions(beam_size=4, length_penalty=1.0, max_length=256))
+
+
+def test_translate_keeps_lines_aligned(trained_checkpoint: Path) -> None:
+    """3 input lines (one blank) give exactly 3 output lines; the blank stays blank; the others equal the library's."""
+    result = run_cli("translate", "--backend", "torch", "--checkpoint", str(trained_checkpoint), stdin="\n".join(LINES))
+    assert result.returncode == 0, result.stderr
+    output = result.stdout.split("\n")
+    assert output[-1] == "" and len(output[:-1]) == 3  # three lines, each newline-terminated
+    assert output[1] == ""
+    assert [output[0], output[2]] == in_process(trained_checkpoint, [LINES[0], LINES[2]])
+    assert output[0].strip() and output[2].strip()
+
+
+def test_help_does_not_import_torch() -> None:
+    """Building the parser (what ``nmtserve --help`` does) never imports torch."""
+    code = "import sys; from nmtserve.cli.main import build_parser; build_parser(); print('torch' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.strip() == "False"
+    help_text = run_cli("--help")
+    assert help_text.returncode == 0 and "translate" in help_text.stdout
+
+
+def test_translate_with_the_demo_model() -> None:
+    """With no --checkpoint the shipped demo model translates into non-empty German-looking text, as in-process."""
+    assert (DEMO_CHECKPOINT / "model.safetensors").is_file(), f"demo model missing at {DEMO_CHECKPOINT}"
+    result = run_cli("translate", "--backend", "torch", stdin="\n".join(LINES) + "\n")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout.splitlines()
+    assert len(output) == 3 and output[1] == ""
+    assert [output[0], output[2]] == in_process(None, [LINES[0], LINES[2]])
+    for source, translation in ((LINES[0], output[0]), (LINES[2], output[2])):
+        assert translation.strip() and translation != source
+    german = {"das", "der", "die", "ist", "wird", "wurde", "paket", "installiert", "server", "läuft", "jetzt"}
+    assert german & set(re.findall(r"\w+", output[0].lower())), output[0]
