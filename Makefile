@@ -19,7 +19,7 @@ $(DEV_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(DEV_VENV)
 	$(DEV_VENV)/bin/pip install --quiet --upgrade pip
 	$(DEV_VENV)/bin/pip install --quiet "$(TORCH)"
-	$(DEV_VENV)/bin/pip install --quiet -e ".[train,cpu,dev]"
+	$(DEV_VENV)/bin/pip install --quiet -e ".[train,bench,cpu,dev]"
 	touch $@
 
 demo: $(SERVE_VENV)/.installed

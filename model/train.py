@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from tqdm import tqdm
 
 from nmtserve.model.batching import TokenizedPairs, collate, make_batches, read_lines, tokenize_split
 from nmtserve.model.beam_search import DecodingOptions
-from nmtserve.model.checkpoint import TOKENIZER, save_checkpoint
+from nmtserve.model.checkpoint import TOKENIZER, WEIGHTS, read_config, save_checkpoint
 from nmtserve.model.evaluate import score, translate_texts
 from nmtserve.model.schedule import transformer_lr
 from nmtserve.model.tokenizer import Tokenizer, train_tokenizer
@@ -49,6 +50,7 @@ class TrainConfig:
     average_last: int = 5
     seed: int = 1
     threads: int = 0  # 0: torch's default
+    init_from: Path | None = None  # start from these weights + tokenizer (e.g. to keep training the demo model)
     bf16: bool = True  # autocast matmuls to bfloat16 (weights and Adam stay fp32): ~2x faster on AVX512-BF16 CPUs
 
 
@@ -80,13 +82,20 @@ class Trainer:
             torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
         tokenizer_path = self.out / TOKENIZER
+        if config.init_from is not None and not tokenizer_path.is_file():
+            self.out.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(Path(config.init_from) / TOKENIZER, tokenizer_path)
         if not tokenizer_path.is_file():
             log.info("training the SentencePiece model")
             texts = read_lines(config.corpus / "train.en") + read_lines(config.corpus / "train.de")
             train_tokenizer(texts, tokenizer_path, config.vocab_size)
         self.tokenizer = Tokenizer(tokenizer_path)
-        preset = PRESETS[config.preset]
-        self.model = Transformer(type(preset).from_dict({**preset.to_dict(), "vocab_size": self.tokenizer.vocab_size}))
+        if config.init_from is not None:
+            model_config = read_config(Path(config.init_from))[0]
+        else:
+            preset = PRESETS[config.preset]
+            model_config = type(preset).from_dict({**preset.to_dict(), "vocab_size": self.tokenizer.vocab_size})
+        self.model = Transformer(model_config)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=0.0, betas=(0.9, 0.98), eps=1e-9)
         self.train_pairs = tokenize_split(config.corpus, "train", self.tokenizer, self.out / "cache")
         self.dev_pairs = tokenize_split(config.corpus, "dev", self.tokenizer, self.out / "cache")
@@ -94,6 +103,8 @@ class Trainer:
         self.dev_references = read_lines(config.corpus / "dev.de")[: config.eval_sentences]
         self.step, self.epoch, self.batch_in_epoch = 0, 0, 0
         self.history: list[dict] = []
+        if config.init_from is not None:
+            self.model.load_state_dict(load_file(Path(config.init_from) / WEIGHTS))
         self._resume()
 
     # -- state -------------------------------------------------------------------------------------------

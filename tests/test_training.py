@@ -141,3 +141,16 @@ def test_trainer_at_max_steps_does_not_train_further(trained_run: TrainedRun, tm
     assert again.step == 5
     for name, value in again.model.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+def test_init_from_starts_a_new_run_from_a_checkpoint(trained_checkpoint: Path, trained_run: TrainedRun, tmp_path):
+    """--init-from copies the checkpoint's tokenizer and weights, so training can continue from a shipped model."""
+    config = train_config(trained_run.corpus, tmp_path / "continued", max_steps=0)
+    config.init_from = trained_checkpoint
+    trainer = Trainer(config)
+    assert (tmp_path / "continued" / "sentencepiece.model").read_bytes() == (
+        trained_checkpoint / "sentencepiece.model"
+    ).read_bytes()
+    shipped = load_file(trained_checkpoint / "model.safetensors")
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, shipped[name]), name

@@ -1,0 +1,90 @@
+"""Translate token ids with CTranslate2 under the same decoding rules as the ONNX engine.
+
+CTranslate2 takes and returns token strings; the converted vocabulary is the SentencePiece pieces in id order,
+so ids map to pieces and back without the tokenizer. Its decoding options are set from our ``DecodingOptions``:
+beam size, length penalty, ``min_length`` and an absolute max length. CTranslate2 has no length cap relative
+to the source, so comparisons use options whose relative cap never binds (see ``absolute_cap``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from nmtserve.server.engine.options import DecodingOptions
+
+COMPUTE_TYPES = {"fp32": "float32", "int8": "int8_float32"}  # our precision names -> CTranslate2 compute types
+
+
+def absolute_cap(options: DecodingOptions) -> DecodingOptions:
+    """``options`` with the source-relative max length disabled: only ``max_length`` limits, as in CTranslate2."""
+    return replace(options, max_length_ratio=0.0, max_length_offset=options.max_length)
+
+
+@dataclass(frozen=True)
+class Output:
+    token_ids: list[int]  # without BOS and EOS
+    score: float | None
+
+
+class CTranslate2Engine:
+    """A ``ctranslate2.Translator`` that speaks token ids."""
+
+    def __init__(self, model_dir: Path | str, threads: int = 1, precision: str = "fp32") -> None:
+        import ctranslate2
+
+        if precision not in COMPUTE_TYPES:
+            raise ValueError(f"precision must be one of {sorted(COMPUTE_TYPES)}, not {precision!r}")
+        self.model_dir, self.precision = Path(model_dir), precision
+        self.translator = ctranslate2.Translator(
+            str(model_dir),
+            device="cpu",
+            compute_type=COMPUTE_TYPES[precision],
+            inter_threads=1,
+            intra_threads=threads,
+        )
+        self.pieces = _read_vocabulary(self.model_dir)
+        self.ids = {piece: i for i, piece in enumerate(self.pieces)}
+
+    def translate_ids(
+        self, sources: Sequence[Sequence[int]], options: DecodingOptions, max_batch_size: int = 64
+    ) -> list[Output]:
+        """Best hypothesis of each source (token ids ending with EOS), in order.
+
+        ``options`` must have a relative max length that never binds (``absolute_cap``): CTranslate2 cannot
+        express it, and silently decoding under different rules would make the comparison meaningless.
+        """
+        if options.num_hypotheses != 1:
+            raise ValueError("only the best hypothesis is compared")
+        longest = max((len(s) for s in sources), default=0)
+        if options.max_length_for(longest) != options.max_length or options.max_length_for(1) != options.max_length:
+            raise ValueError("options cap the length relative to the source; use absolute_cap(options)")
+        results = self.translator.translate_batch(
+            [[self.pieces[i] for i in source] for source in sources],
+            max_batch_size=max_batch_size,
+            beam_size=options.beam_size,
+            length_penalty=options.length_penalty,
+            max_decoding_length=options.max_length,
+            min_decoding_length=options.min_length,
+            return_scores=True,
+        )
+        return [Output([self.ids[p] for p in r.hypotheses[0]], r.scores[0] if r.scores else None) for r in results]
+
+    def score_ids(self, sources: Sequence[Sequence[int]], targets: Sequence[Sequence[int]]) -> list[list[float]]:
+        """Per-token log-probabilities of ``targets`` (without BOS; CTranslate2 appends EOS and scores it)."""
+        results = self.translator.score_batch(
+            [[self.pieces[i] for i in source] for source in sources],
+            [[self.pieces[i] for i in target] for target in targets],
+        )
+        return [list(r.log_probs) for r in results]
+
+
+def _read_vocabulary(model_dir: Path) -> list[str]:
+    """The target vocabulary as saved by ``ModelSpec.save`` (shared_vocabulary.json when source == target)."""
+    for name in ("shared_vocabulary.json", "target_vocabulary.json"):
+        path = model_dir / name
+        if path.is_file():
+            return json.loads(path.read_text(encoding="utf-8"))
+    raise FileNotFoundError(f"{model_dir}: no shared_vocabulary.json or target_vocabulary.json")

@@ -1,0 +1,84 @@
+"""Wall-clock timing for the benchmarks: warm up, repeat, keep every sample.
+
+The best (minimum) of the repeats is the headline figure: on a shared machine (training runs on the other core)
+noise only ever adds time, so the minimum is the least disturbed estimate. All samples go to the JSON so the
+spread stays visible.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+@dataclass(frozen=True)
+class Timing:
+    seconds: list[float]  # wall clock
+    cpu_seconds: list[float]  # CPU time of this process over the same intervals
+
+    @property
+    def cpu_over_wall(self) -> float:
+        """About 1.0 for a single-threaded run that had its core; well below 1.0: it waited for the CPU."""
+        return sum(self.cpu_seconds) / max(sum(self.seconds), 1e-12)
+
+    @property
+    def best(self) -> float:
+        return min(self.seconds)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.seconds)
+
+    @property
+    def best_cpu(self) -> float:
+        """Least CPU time of the repeats: insensitive to waiting for a core, not to sharing caches or memory."""
+        return min(self.cpu_seconds)
+
+    def merged(self, other: Timing) -> Timing:
+        return Timing(self.seconds + other.seconds, self.cpu_seconds + other.cpu_seconds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "best_s": self.best,
+            "median_s": self.median,
+            "best_cpu_s": self.best_cpu,
+            "samples_s": self.seconds,
+            "cpu_samples_s": self.cpu_seconds,
+            "cpu_over_wall": self.cpu_over_wall,
+        }
+
+
+def measure(
+    fn: Callable[[], Any], repeats: int = 3, warmup: int = 1, min_seconds: float = 0.0, max_repeats: int = 100
+) -> tuple[Timing, Any]:
+    """Call ``fn`` ``warmup`` times untimed, then at least ``repeats`` times timed, and more (up to ``max_repeats``)
+    until the timed calls add up to ``min_seconds``: short runs get more samples, so that one quiet moment on a
+    busy machine is likely among them. Returns the timing and the last result."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    seconds: list[float] = []
+    cpu_seconds: list[float] = []
+    while len(seconds) < max(1, repeats) or (sum(seconds) < min_seconds and len(seconds) < max_repeats):
+        start, cpu_start = time.perf_counter(), time.process_time()
+        result = fn()
+        seconds.append(time.perf_counter() - start)
+        cpu_seconds.append(time.process_time() - cpu_start)
+    return Timing(seconds, cpu_seconds), result
+
+
+def limit_threads(threads: int) -> None:
+    """Pin torch and any OpenMP/BLAS pool to ``threads``: every engine gets the same number (fairness)."""
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(threads)
+    try:
+        import torch
+    except ImportError:  # the benchmark of the ONNX engine alone does not need torch
+        return
+    torch.set_num_threads(threads)

@@ -1,0 +1,55 @@
+"""Part 3: the ONNX engine beside CTranslate2 on the same weights, sentences, beam, threads and precision.
+
+Speed only means something if both decoders do the same work, so the outputs are compared too: on fp32 they
+should agree on (nearly) every sentence; int8 quantizes differently in the two runtimes, so some divergence is
+expected there and reported, not hidden. Tokens are the output tokens each engine produced (EOS not counted).
+The repeats alternate between the engines (ours, CTranslate2, ours, ...) so that a burst of load from another
+process lands on both alike; the headline uses each engine's best wall time, and the same figures from CPU time
+are kept beside it, since they barely move when the machine is busy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from nmtserve.bench.engines import TranslateFn
+from nmtserve.bench.timing import Timing, measure
+from nmtserve.server.engine.options import DecodingOptions
+
+
+def compare(
+    ours: TranslateFn,
+    theirs: TranslateFn,
+    sources: Sequence[Sequence[int]],
+    options: DecodingOptions,
+    batch_size: int,
+    repeats: int = 3,
+    warmup_sentences: int = 16,
+) -> dict[str, Any]:
+    """Time both engines on ``sources`` (after a short warm-up each) and compare their outputs."""
+    engines = {"ours": ours, "ctranslate2": theirs}
+    for translate in engines.values():
+        translate(sources[:warmup_sentences], options, batch_size)
+    timings: dict[str, Timing] = {}
+    outputs: dict[str, list[list[int]]] = {}
+    for _ in range(max(1, repeats)):
+        for name, translate in engines.items():
+            timing, outputs[name] = measure(lambda t=translate: t(sources, options, batch_size), repeats=1, warmup=0)
+            timings[name] = timings[name].merged(timing) if name in timings else timing
+    result: dict[str, Any] = {"sentences": len(sources), "beam": options.beam_size, "batch_size": batch_size}
+    for name, timing in timings.items():
+        tokens = sum(len(ids) for ids in outputs[name])
+        result[name] = {
+            "tokens_per_s": tokens / timing.best,
+            "sentences_per_s": len(sources) / timing.best,
+            "tokens_per_cpu_s": tokens / timing.best_cpu,
+            "output_tokens": tokens,
+            "timing": timing.to_dict(),
+        }
+    same = sum(a == b for a, b in zip(outputs["ours"], outputs["ctranslate2"], strict=True))
+    result["identical_pct"] = 100.0 * same / max(1, len(sources))
+    result["ratio_tokens_per_s"] = result["ours"]["tokens_per_s"] / result["ctranslate2"]["tokens_per_s"]
+    result["ratio_sentences_per_s"] = result["ours"]["sentences_per_s"] / result["ctranslate2"]["sentences_per_s"]
+    result["ratio_tokens_per_cpu_s"] = result["ours"]["tokens_per_cpu_s"] / result["ctranslate2"]["tokens_per_cpu_s"]
+    return result

@@ -1,0 +1,229 @@
+"""``export_model``: checkpoint directory -> self-contained ONNX model directory that the engine loads without torch.
+
+The directory is assembled in a sibling staging folder, verified against PyTorch, and only then renamed into
+place with its manifest written last: a directory with a manifest is a complete, checked export.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import shutil
+from importlib import metadata as package_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from tqdm import tqdm
+
+from nmtserve.export.fusion import maybe_fuse
+from nmtserve.export.graph_edit import append_topk
+from nmtserve.export.precision import PRECISIONS, cache_element_type, convert_fp16, quantize_int8
+from nmtserve.export.row_ops import build_row_ops
+from nmtserve.export.torch_export import OPSET, STEP_LOG_PROBS, export_decoder_step, export_encoder
+from nmtserve.export.verify import verify_export
+from nmtserve.model.checkpoint import TOKENIZER as CHECKPOINT_TOKENIZER
+from nmtserve.model.checkpoint import WEIGHTS, load_checkpoint
+from nmtserve.model.transformer import Transformer
+from nmtserve.server.engine.model_dir import (
+    DECODER_STEP,
+    ENCODER,
+    FORMAT,
+    FORMAT_VERSION,
+    IO_NAMES,
+    TOKENIZER,
+    sha256_file,
+    write_manifest,
+)
+
+log = logging.getLogger(__name__)
+
+
+def _version(name: str) -> str | None:
+    try:
+        return package_metadata.version(name)
+    except package_metadata.PackageNotFoundError:
+        return None
+
+
+def _sample_feeds(model: Transformer) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Typical serving shapes (8 rows, 30 source tokens, 20 cached steps) for timing the fusion."""
+    config, rng = model.config, np.random.default_rng(0)
+    layers, heads, d_head = config.n_decoder_layers, config.n_heads, config.d_head
+    rows, cache_len, source_len = 8, 20, 30
+    encoder = {"source_ids": rng.integers(4, config.vocab_size, (rows, source_len))}
+    kv = (layers, rows, heads, cache_len, d_head)
+    cross = (layers, rows, heads, source_len, d_head)
+    step = {
+        "token_ids": rng.integers(4, config.vocab_size, rows),
+        "positions": np.full(rows, cache_len),
+        "reorder": np.arange(rows),
+        "self_keys": rng.standard_normal(kv, np.float32),
+        "self_values": rng.standard_normal(kv, np.float32),
+        "self_mask": np.ones((rows, cache_len), bool),
+        "cross_keys": rng.standard_normal(cross, np.float32),
+        "cross_values": rng.standard_normal(cross, np.float32),
+        "source_mask": np.ones((rows, source_len), bool),
+        "forbid_eos": np.zeros(rows, bool),
+        "k": np.array([8]),
+    }
+    return encoder, step
+
+
+def _manifest(
+    model: Transformer,
+    checkpoint_dir: Path,
+    checkpoint_metadata: dict,
+    precision: str,
+    name: str | None,
+    version: str | None,
+    languages: tuple[str, str],
+    verification: dict[str, Any],
+    fusion: dict[str, Any],
+) -> dict[str, Any]:
+    config = model.config
+    weights_sha = sha256_file(checkpoint_dir / WEIGHTS)
+    steps = checkpoint_metadata.get("steps")
+    default_version = (f"step{steps}-" if steps is not None else "") + weights_sha[:12]
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": {
+            "name": name or f"nmtserve-{languages[0]}-{languages[1]}-{checkpoint_dir.name}",
+            "version": version or str(checkpoint_metadata.get("version", default_version)),
+            "architecture": "transformer-2017" + ("-prenorm" if config.pre_norm else ""),
+            "checkpoint": {
+                "path": str(checkpoint_dir),
+                "weights_sha256": weights_sha,
+                "steps": steps,
+                "epochs": checkpoint_metadata.get("epochs"),
+            },
+        },
+        "languages": {"source": languages[0], "target": languages[1]},
+        "dimensions": {
+            "vocab_size": config.vocab_size,
+            "d_model": config.d_model,
+            "n_heads": config.n_heads,
+            "d_head": config.d_head,
+            "d_ff": config.d_ff,
+            "n_encoder_layers": config.n_encoder_layers,
+            "n_decoder_layers": config.n_decoder_layers,
+            "max_positions": config.max_positions,
+        },
+        "special_ids": {"pad": config.pad_id, "unk": config.unk_id, "bos": config.bos_id, "eos": config.eos_id},
+        "opset": OPSET,
+        "precision": precision,
+        "cache_dtype": "float16" if precision == "fp16" else "float32",
+        "exporter": {
+            "method": "torch.onnx.export(dynamo=True) + onnx.helper graph edits",
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxscript": _version("onnxscript"),
+            "onnxruntime": ort.__version__,
+            "nmtserve": _version("nmtserve"),
+        },
+        "io": IO_NAMES,
+        "verification": verification,
+        "fusion": fusion,
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+
+
+def export_model(
+    checkpoint_dir: Path,
+    out_dir: Path,
+    precision: str = "fp32",
+    *,
+    name: str | None = None,
+    version: str | None = None,
+    languages: tuple[str, str] = ("en", "de"),
+    fuse: bool = False,
+    threads: int = 1,
+    progress: bool = True,
+) -> Path:
+    """Export, verify and write ``out_dir`` (replacing an older export there); returns ``out_dir``.
+
+    fp32 graphs must match PyTorch within 1e-4 or nothing is written. int8/fp16 are derived from the verified
+    fp32 graphs; their differences are measured and recorded in the manifest (BLEU decides if they are usable).
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    checkpoint_dir, out_dir = Path(checkpoint_dir).resolve(), Path(out_dir).resolve()
+    stages = ["load", "export encoder", "export decoder step", "row graphs", "verify fp32"]
+    stages += [] if precision == "fp32" else [f"convert {precision}", f"verify {precision}"]
+    stages += ["fuse"] if fuse else []
+    stages += ["manifest"]
+    bar = tqdm(stages, desc=f"export {precision}", unit="stage", disable=not progress)
+    stage = iter(bar)
+
+    next(stage)
+    model, _, checkpoint_metadata = load_checkpoint(checkpoint_dir)
+    staging = out_dir.parent / f".{out_dir.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        bar.set_postfix_str(next(stage))
+        export_encoder(model, staging)
+        bar.set_postfix_str(next(stage))
+        export_decoder_step(model, staging)
+        append_topk(staging / DECODER_STEP, STEP_LOG_PROBS, *IO_NAMES[DECODER_STEP]["outputs"][:2])
+        bar.set_postfix_str(next(stage))
+        build_row_ops(staging, cache_element_type(precision))
+        bar.set_postfix_str(next(stage))
+        verification = {"fp32": verify_export(model, staging, "fp32", threads).to_dict()}
+        if precision != "fp32":
+            bar.set_postfix_str(next(stage))
+            if precision == "int8":
+                quantize_int8(staging / ENCODER)
+                quantize_int8(staging / DECODER_STEP)
+            else:
+                convert_fp16(staging / ENCODER, keep_fp32_outputs=[])
+                convert_fp16(staging / DECODER_STEP, keep_fp32_outputs=["topk_log_probs"])
+            bar.set_postfix_str(next(stage))
+            verification[precision] = _verify_reduced(model, staging, precision, threads)
+        fusion: dict[str, Any] = {"requested": fuse}
+        if fuse:
+            bar.set_postfix_str(next(stage))
+            fusion.update(_fuse(model, staging, precision))
+        bar.set_postfix_str(next(stage))
+        shutil.copyfile(checkpoint_dir / CHECKPOINT_TOKENIZER, staging / TOKENIZER)
+        manifest = _manifest(
+            model, checkpoint_dir, checkpoint_metadata, precision, name, version, languages, verification, fusion
+        )
+        write_manifest(staging, manifest)
+        for _ in stage:
+            pass
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    finally:
+        bar.close()
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    staging.rename(out_dir)
+    return out_dir
+
+
+def _verify_reduced(model: Transformer, directory: Path, precision: str, threads: int) -> dict[str, Any]:
+    """Measured, not enforced: int8/fp16 are judged by BLEU. A graph that cannot run on CPU is recorded as such."""
+    try:
+        return verify_export(model, directory, precision, threads).to_dict()
+    except ort.capi.onnxruntime_pybind11_state.NotImplemented as error:  # e.g. fp16 kernels missing on CPU
+        return {"unverified": f"onnxruntime CPU cannot run the {precision} graphs: {error}"}
+
+
+def _fuse(model: Transformer, directory: Path, precision: str) -> dict[str, Any]:
+    if precision != "fp32":
+        return {"skipped": "fusion is only measured on fp32 graphs"}
+    encoder_feeds, step_feeds = _sample_feeds(model)
+    config = model.config
+    result = {
+        ENCODER: maybe_fuse(directory / ENCODER, config.n_heads, config.d_model, encoder_feeds),
+        DECODER_STEP: maybe_fuse(directory / DECODER_STEP, config.n_heads, config.d_model, step_feeds),
+    }
+    if any(r["kept"] for r in result.values()):
+        verify_export(model, directory, "fp32")  # a kept fusion must still pass the full fp32 check
+    return result

@@ -1,0 +1,201 @@
+"""Check exported graphs against the PyTorch model before an export directory is declared done.
+
+Encoder: cross K/V for batch 1 and 7, source lengths 1 and 200 (mixed lengths with padding in one batch).
+Decoder step: several sentences with two rows each are decoded step by step through the ONNX cache (cache length
+0..n, rows extending random parents of their own sentence via ``reorder``, a sentence joining mid-way with
+``reorder = -1`` and a left-padded history, EOS forbidden on random rows), and every step's full log-probs
+(k = vocab) are compared with teacher-forced PyTorch decoding of that row's whole prefix without a cache.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from nmtserve.model.transformer import Transformer
+from nmtserve.server.engine.model_dir import DECODER_STEP, ENCODER
+
+FP32_TOLERANCE = 1e-4
+
+
+class ExportVerificationError(RuntimeError):
+    """The exported graphs disagree with PyTorch beyond tolerance."""
+
+
+@dataclass
+class VerificationReport:
+    """Largest absolute differences seen against the fp32 PyTorch model."""
+
+    cross_kv_max_abs_diff: float = 0.0
+    log_prob_max_abs_diff: float = 0.0  # over the whole vocabulary
+    top_log_prob_max_abs_diff: float = 0.0  # over each row's 8 most likely tokens (what beam search looks at)
+    top1_agreement: float = 1.0  # fraction of steps whose arg-max token matches PyTorch's
+    cases: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _session(path: Path, threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _random_sources(model: Transformer, lengths: list[int], rng: np.random.Generator) -> torch.Tensor:
+    """Padded source batch: random pieces, each row ending with EOS (as the tokenizer produces)."""
+    config = model.config
+    ids = torch.full((len(lengths), max(lengths)), config.pad_id, dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, : n - 1] = torch.from_numpy(rng.integers(4, config.vocab_size, n - 1))
+        ids[i, n - 1] = config.eos_id
+    return ids
+
+
+def _long_length(model: Transformer) -> int:
+    return min(200, model.config.max_positions)
+
+
+class _StepCase:
+    """One step-by-step decoding run of several sentences (two rows each) through the ONNX step graph."""
+
+    def __init__(self, model: Transformer, step: ort.InferenceSession, lengths: list[int], cache_dtype: np.dtype):
+        self.model, self.step, self.cache_dtype = model, step, cache_dtype
+        config = model.config
+        self.vocab = config.vocab_size
+        self.source_ids = _random_sources(model, lengths, np.random.default_rng(len(lengths)))
+        with torch.inference_mode():
+            pairs = model.cross_kv(model.encode(self.source_ids))
+        self.cross_k = torch.stack([k for k, _ in pairs]).numpy()  # [L, B, H, S, Dh]
+        self.cross_v = torch.stack([v for _, v in pairs]).numpy()
+        self.source_mask = (self.source_ids != config.pad_id).numpy()
+        self.torch_cross = [(k, v) for k, v in pairs]
+
+    def _reference(self, rows: list[tuple[int, list[int]]], forbid_eos: np.ndarray) -> np.ndarray:
+        """Teacher-forced log-probs [R, V] after each row's prefix (BOS first), without a cache: independent of
+        the step graph. Rows with equal prefix lengths share one batched call."""
+        config, model = self.model.config, self.model
+        out = np.empty((len(rows), self.vocab), np.float32)
+        for length in sorted({len(h) for _, h in rows}):
+            group = [r for r, (_, h) in enumerate(rows) if len(h) == length]
+            sentences = torch.tensor([rows[r][0] for r in group])
+            cross = [(k[sentences], v[sentences]) for k, v in self.torch_cross]
+            with torch.inference_mode():
+                logits, _ = model.decode(
+                    torch.tensor([rows[r][1] for r in group]), cross, model.source_mask(self.source_ids[sentences])
+                )
+            out[group] = torch.log_softmax(logits[:, -1].float(), dim=-1).numpy()
+        out[forbid_eos, config.eos_id] = -np.inf
+        return out
+
+    def run(self, steps: int, join_step: int | None, rng: np.random.Generator, report: VerificationReport) -> None:
+        config = self.model.config
+        batch = self.source_ids.shape[0]
+        layers, heads, d_head = config.n_decoder_layers, config.n_heads, config.d_head
+        keys = np.zeros((layers, 1, heads, 0, d_head), self.cache_dtype)
+        values, mask = keys.copy(), np.zeros((1, 0), bool)
+        rows: list[tuple[int, list[int]]] = []  # (sentence, tokens fed so far incl. BOS) of each cache row
+        top1_total = top1_same = 0
+        for t in range(steps):
+            new_rows, reorder = [], []
+            for s in range(batch):
+                if join_step is not None and s == batch - 1 and t < join_step:
+                    continue
+                parents = [i for i, (sentence, _) in enumerate(rows) if sentence == s]
+                for _ in range(2):
+                    parent = int(rng.choice(parents)) if parents else -1
+                    history = rows[parent][1] if parent >= 0 else []
+                    token = config.bos_id if not history else int(rng.integers(4, self.vocab))
+                    new_rows.append((s, [*history, token]))
+                    reorder.append(parent)
+            sentence_of = np.array([s for s, _ in new_rows])
+            forbid = rng.random(len(new_rows)) < 0.5
+            feeds = {
+                "token_ids": np.array([h[-1] for _, h in new_rows], np.int64),
+                "positions": np.array([len(h) - 1 for _, h in new_rows], np.int64),
+                "reorder": np.array(reorder, np.int64),
+                "self_keys": keys,
+                "self_values": values,
+                "self_mask": mask,
+                "cross_keys": self.cross_k[:, sentence_of].astype(self.cache_dtype),
+                "cross_values": self.cross_v[:, sentence_of].astype(self.cache_dtype),
+                "source_mask": self.source_mask[sentence_of],
+                "forbid_eos": forbid,
+                "k": np.array([self.vocab], np.int64),
+            }
+            top_values, top_ids, keys, values, mask = self.step.run(None, feeds)
+            if np.any(np.diff(top_values, axis=1) > 0):
+                raise ExportVerificationError(f"{DECODER_STEP}: TopK output is not sorted")
+            reference = self._reference(new_rows, forbid)
+            for r in range(len(new_rows)):
+                actual = np.empty(self.vocab, np.float32)
+                actual[top_ids[r]] = top_values[r]
+                expected = reference[r]
+                if not np.array_equal(np.isinf(actual), np.isinf(expected)):
+                    raise ExportVerificationError(f"{DECODER_STEP}: -inf pattern differs (row {r}, step {t})")
+                finite = np.isfinite(expected)
+                diff = np.abs(actual[finite] - expected[finite])
+                report.log_prob_max_abs_diff = max(report.log_prob_max_abs_diff, float(diff.max()))
+                top = np.argsort(-expected)[:8]
+                report.top_log_prob_max_abs_diff = max(
+                    report.top_log_prob_max_abs_diff, float(np.abs(actual[top] - expected[top]).max())
+                )
+                top1_total += 1
+                top1_same += int(top_ids[r, 0] == top[0])
+            rows = new_rows
+        report.top1_agreement = min(report.top1_agreement, top1_same / top1_total)
+        report.cases.append(
+            f"step: {batch} sentences x 2 rows, source lengths {sorted(set(self.source_mask.sum(1).tolist()))}, "
+            f"cache length 0..{steps - 1}" + (f", sentence joining at step {join_step}" if join_step else "")
+        )
+
+
+def verify_encoder(model: Transformer, encoder: ort.InferenceSession, report: VerificationReport) -> None:
+    rng = np.random.default_rng(0)
+    long = _long_length(model)
+    for lengths in ([1], [long], [1] * 7, [long, 1, 17, long - 3, 2, 64, 5]):
+        source_ids = _random_sources(model, lengths, rng)
+        with torch.inference_mode():
+            pairs = model.cross_kv(model.encode(source_ids))
+        expected_k = torch.stack([k for k, _ in pairs]).numpy()
+        expected_v = torch.stack([v for _, v in pairs]).numpy()
+        actual_k, actual_v = encoder.run(None, {"source_ids": source_ids.numpy()})
+        if actual_k.shape != expected_k.shape:
+            raise ExportVerificationError(f"{ENCODER}: shape {actual_k.shape} != {expected_k.shape}")
+        diff = max(
+            float(np.abs(actual_k.astype(np.float32) - expected_k).max()),
+            float(np.abs(actual_v.astype(np.float32) - expected_v).max()),
+        )
+        report.cross_kv_max_abs_diff = max(report.cross_kv_max_abs_diff, diff)
+        report.cases.append(f"encoder: batch {len(lengths)}, source lengths {sorted(set(lengths))}")
+
+
+def verify_step(model: Transformer, step: ort.InferenceSession, cache_dtype: np.dtype, report: VerificationReport):
+    rng = np.random.default_rng(1)
+    long = _long_length(model)
+    _StepCase(model, step, [1], cache_dtype).run(steps=5, join_step=None, rng=rng, report=report)
+    lengths = [long, 1, 9, long - 7, 3, 40, 2]
+    _StepCase(model, step, lengths, cache_dtype).run(steps=6, join_step=2, rng=rng, report=report)
+
+
+def verify_export(
+    model: Transformer, directory: Path, precision: str, threads: int = 1, tolerance: float | None = None
+) -> VerificationReport:
+    """Compare the graphs in ``directory`` with ``model``; raise if fp32 (or ``tolerance``, when given) is exceeded."""
+    directory = Path(directory)
+    cache_dtype = np.dtype(np.float16 if precision == "fp16" else np.float32)
+    report = VerificationReport()
+    verify_encoder(model, _session(directory / ENCODER, threads), report)
+    verify_step(model, _session(directory / DECODER_STEP, threads), cache_dtype, report)
+    limit = tolerance if tolerance is not None else (FP32_TOLERANCE if precision == "fp32" else None)
+    worst = max(report.cross_kv_max_abs_diff, report.log_prob_max_abs_diff)
+    if limit is not None and worst > limit:
+        raise ExportVerificationError(
+            f"{precision} export of {directory} differs from PyTorch by {worst:.3g} > {limit:g}: {report.to_dict()}"
+        )
+    return report

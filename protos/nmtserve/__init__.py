@@ -1,0 +1,1 @@
+"""Proto package ``nmtserve``: one subpackage per API version (``v1``)."""

@@ -1,0 +1,134 @@
+"""A small synchronous Python client for the ``nmtserve.v1.Translator`` service.
+
+    with TranslatorClient("127.0.0.1:50051") as client:
+        client.wait_until_serving()
+        print(client.translate_texts(["The package contains the documentation."]))
+
+Options left as None (or 0) take the server's defaults. Errors surface as ``grpc.RpcError`` with the server's
+status code and message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
+from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    text: str
+    score: float | None
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    """One answer on a stream: final ``translations``, a ``partial`` (index, stable text), or an ``error``."""
+
+    request_id: str
+    translations: list[list[Hypothesis]] = field(default_factory=list)
+    partial: tuple[int, str] | None = None
+    error: tuple[grpc.StatusCode, str] | None = None
+
+    @property
+    def final(self) -> bool:
+        return self.partial is None
+
+
+def decoding_options(
+    beam_size: int = 0,
+    length_penalty: float | None = None,
+    max_length: int = 0,
+    num_hypotheses: int = 0,
+    return_scores: bool | None = None,
+) -> pb.DecodingOptions:
+    options = pb.DecodingOptions(beam_size=beam_size, max_length=max_length, num_hypotheses=num_hypotheses)
+    if length_penalty is not None:
+        options.length_penalty = length_penalty
+    if return_scores is not None:
+        options.return_scores = return_scores
+    return options
+
+
+def _hypotheses(translation: pb.Translation) -> list[Hypothesis]:
+    return [Hypothesis(h.text, h.score if h.HasField("score") else None) for h in translation.hypotheses]
+
+
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
+
+
+def _event(response: pb.TranslateResponse) -> Iterator[StreamEvent]:
+    if response.HasField("error"):
+        code = _CODES.get(response.error.code, grpc.StatusCode.UNKNOWN)
+        yield StreamEvent(response.request_id, error=(code, response.error.message))
+    for partial in response.partials:
+        yield StreamEvent(response.request_id, partial=(partial.index, partial.text))
+    if response.translations:
+        yield StreamEvent(response.request_id, translations=[_hypotheses(t) for t in response.translations])
+
+
+class TranslatorClient:
+    def __init__(self, target: str, timeout: float | None = 60.0) -> None:
+        self.target, self.timeout = target, timeout
+        self.channel = grpc.insecure_channel(
+            target,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ],
+        )
+        self.stub = pb_grpc.TranslatorStub(self.channel)
+        self.health_stub = health_pb2_grpc.HealthStub(self.channel)
+
+    def translate(
+        self, texts: Sequence[str], options: pb.DecodingOptions | None = None, timeout: float | None = None
+    ) -> list[list[Hypothesis]]:
+        """n-best lists (best first), one per text, in order."""
+        request = pb.TranslateRequest(texts=list(texts), options=options or pb.DecodingOptions())
+        response = self.stub.Translate(request, timeout=timeout or self.timeout)
+        return [_hypotheses(t) for t in response.translations]
+
+    def translate_texts(self, texts: Sequence[str], options: pb.DecodingOptions | None = None) -> list[str]:
+        """The best translation of each text."""
+        return [nbest[0].text if nbest else "" for nbest in self.translate(texts, options)]
+
+    def stream(self, requests: Iterable[pb.TranslateRequest], timeout: float | None = None) -> Iterator[StreamEvent]:
+        """Send ``requests`` on one TranslateStream; yield events as the server sends them (any order)."""
+        for response in self.stub.TranslateStream(iter(requests), timeout=timeout or self.timeout):
+            yield from _event(response)
+
+    def model_info(self) -> pb.ModelInfo:
+        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+
+    def health(self, service: str = "") -> str:
+        """SERVING, NOT_SERVING, ... (grpc.health.v1) for ``service`` ("" = the whole server)."""
+        response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+
+    def wait_until_serving(self, timeout: float = 60.0) -> None:
+        """Block until health reports SERVING (the model is loaded and warmed up); TimeoutError otherwise."""
+        request = health_pb2.HealthCheckRequest(service="")
+        try:
+            for response in self.health_stub.Watch(request, timeout=timeout, wait_for_ready=True):
+                if response.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise
+        raise TimeoutError(f"{self.target} did not report SERVING within {timeout} s")
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> TranslatorClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

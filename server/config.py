@@ -1,0 +1,281 @@
+"""Server configuration: defaults < TOML file < ``NMTSERVE_*`` environment variables < command-line flags.
+
+One frozen dataclass is the single source of truth: the flags, the environment variable names and the TOML keys
+are all derived from its fields, so a new setting cannot be reachable one way and not another. Everything is
+validated before the model is loaded, and unknown TOML keys are errors (a typo must not silently fall back to a
+default in production).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any
+
+from nmtserve.server.engine.model_dir import MANIFEST
+
+ENV_PREFIX = "NMTSERVE_"
+CONFIG_ENV = "NMTSERVE_CONFIG"  # path of the TOML file, when --config is not given
+BATCHING_MODES = ("continuous", "request")
+LOG_FORMATS = ("text", "json")
+LOG_LEVELS = ("debug", "info", "warning", "error")
+CHOICES = {"device": ("cpu", "cuda"), "batching": BATCHING_MODES, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS}
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type, or out of range; the message names the setting and its source."""
+
+
+def _setting(default: Any, help: str, flag: str | None = None) -> Any:
+    return field(default=default, metadata={"help": help, "flag": flag})
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    # Model and device
+    model: Path | None = field(
+        default=None, metadata={"help": "exported model directory (default: the shipped demo model)", "flag": None}
+    )
+    device: str = _setting("cpu", "onnxruntime device: cpu or cuda")
+    threads: int = _setting(0, "CPU intra-op threads per graph call (0: the cores this process may use, at most 8)")
+    spin: bool = _setting(False, "let idle onnxruntime threads spin (burns CPU that the gRPC thread and others need)")
+    # Network
+    host: str = _setting("127.0.0.1", "address the gRPC server binds")
+    port: int = _setting(50051, "gRPC port (0: any free port)")
+    metrics_host: str = _setting("127.0.0.1", "address the Prometheus endpoint binds")
+    metrics_port: int = _setting(9090, "Prometheus /metrics port (0: any free port)")
+    # Batching
+    batching: str = _setting("request", "request (request-level dynamic batching) or continuous (iteration-level)")
+    max_batch_size: int = _setting(32, "sentences decoded together")
+    max_batch_tokens: int = _setting(4096, "padded source tokens decoded together (sentences x longest source)")
+    max_queue_delay_ms: float = _setting(2.0, "how long an idle engine waits for a batch to fill")
+    join_fraction: float = _setting(
+        0.25, "continuous batching: waiting sentences join the running batch once they are this fraction of it"
+    )
+    max_join_steps: int = _setting(8, "continuous batching: ... or once this many decode steps passed since a join")
+    max_queue_size: int = _setting(4096, "sentences waiting; more are refused with RESOURCE_EXHAUSTED")
+    # Request limits
+    max_texts_per_request: int = _setting(256, "texts in one request")
+    max_input_tokens: int = _setting(256, "SentencePiece tokens in one text (longer texts are refused, not cut)")
+    max_beam_size: int = _setting(16, "largest beam a request may ask for")
+    max_output_length: int = _setting(512, "largest max_length a request may ask for")
+    # Decoding defaults (a request's unset options)
+    beam_size: int = _setting(4, "default beam size")
+    length_penalty: float = _setting(1.0, "default length penalty")
+    max_length: int = _setting(256, "default cap on output tokens")
+    num_hypotheses: int = _setting(1, "default n-best size")
+    return_scores: bool = _setting(True, "return hypothesis scores by default")
+    # Operations
+    warmup: bool = _setting(True, "translate a few sentences before reporting SERVING")
+    drain_timeout_s: float = _setting(30.0, "on SIGTERM, how long in-flight requests may take before the server stops")
+    log_format: str = _setting("text", "text or json (one JSON object per line)")
+    log_level: str = _setting("info", "debug, info, warning or error")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            f.name: (str(v) if isinstance(v := getattr(self, f.name), Path) else v) for f in dataclasses.fields(self)
+        }
+
+
+FIELDS: dict[str, dataclasses.Field] = {f.name: f for f in dataclasses.fields(ServerConfig)}
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def flag_name(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _kind(name: str) -> type:
+    annotation = str(FIELDS[name].type)
+    for kind in (bool, int, float):
+        if annotation == kind.__name__:
+            return kind
+    return Path if "Path" in annotation else str
+
+
+def _coerce(name: str, value: Any, source: str, text: bool = False) -> Any:
+    """``value`` as the field's type, or ConfigError; ``text``: parse a string (environment variables), else the
+    value must already have the right type (TOML and flags are typed)."""
+    kind = _kind(name)
+    where = f"{name} ({source})"
+    if text and isinstance(value, str) and kind is not str and kind is not Path:
+        text = value.strip().lower()
+        try:
+            if kind is bool:
+                if text in ("1", "true", "yes", "on"):
+                    return True
+                if text in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(value)
+            return kind(text)
+        except ValueError:
+            raise ConfigError(f"{where}: {value!r} is not a valid {kind.__name__}") from None
+    if kind is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if kind is float and (isinstance(value, bool) or not isinstance(value, int | float)):
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if kind is float:
+        return float(value)
+    if kind is Path and isinstance(value, Path):
+        return value.expanduser()
+    if kind in (str, Path) and not isinstance(value, str):
+        raise ConfigError(f"{where}: expected a string, got {value!r}")
+    return Path(value).expanduser() if kind is Path else value
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """The settings of a TOML file: flat keys named as the fields (``max_batch_size = 32``)."""
+    try:
+        data = tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config file {path}: {error}") from None
+    unknown = sorted(set(data) - set(FIELDS))
+    if unknown:
+        raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
+    values = {name: _coerce(name, value, f"file {path}") for name, value in data.items()}
+    if values.get("model") is not None and not values["model"].is_absolute():
+        values["model"] = Path(path).parent / values["model"]  # relative to the file, not to the working directory
+    return values
+
+
+def read_env(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Settings from ``NMTSERVE_<FIELD>`` variables, and the names of NMTSERVE_ variables that match no field."""
+    values, unknown = {}, []
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == CONFIG_ENV:
+            continue
+        name = key[len(ENV_PREFIX) :].lower()
+        if name in FIELDS:
+            values[name] = _coerce(name, raw, f"environment {key}", text=True)
+        else:
+            unknown.append(key)
+    return values, sorted(unknown)
+
+
+def validate(config: ServerConfig) -> ServerConfig:
+    """Range and consistency checks; raises ConfigError naming every problem at once."""
+    c, problems = config, []
+
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            problems.append(message)
+
+    need(c.device in ("cpu", "cuda"), f"device must be cpu or cuda, not {c.device!r}")
+    need(c.threads >= 0, "threads must be >= 0")
+    for name in ("port", "metrics_port"):
+        need(0 <= getattr(c, name) <= 65535, f"{name} must be in 0..65535")
+    need(c.port == 0 or c.port != c.metrics_port or c.host != c.metrics_host, "port and metrics_port must differ")
+    need(c.batching in BATCHING_MODES, f"batching must be one of {', '.join(BATCHING_MODES)}, not {c.batching!r}")
+    for name in ("max_batch_size", "max_batch_tokens", "max_queue_size", "max_texts_per_request", "max_input_tokens"):
+        need(getattr(c, name) >= 1, f"{name} must be >= 1")
+    need(c.max_queue_delay_ms >= 0, "max_queue_delay_ms must be >= 0")
+    need(0 <= c.join_fraction <= 1, "join_fraction must be in 0..1")
+    need(c.max_join_steps >= 1, "max_join_steps must be >= 1")
+    need(
+        c.max_batch_tokens >= c.max_input_tokens + 1,
+        f"max_batch_tokens ({c.max_batch_tokens}) must hold one longest text: >= max_input_tokens + 1 "
+        f"({c.max_input_tokens + 1})",
+    )
+    need(c.max_queue_size >= c.max_texts_per_request, "max_queue_size must be >= max_texts_per_request")
+    need(c.max_beam_size >= 1 and c.max_output_length >= 1, "max_beam_size and max_output_length must be >= 1")
+    need(1 <= c.beam_size <= c.max_beam_size, f"beam_size must be in 1..max_beam_size ({c.max_beam_size})")
+    need(1 <= c.num_hypotheses <= c.beam_size, f"num_hypotheses must be in 1..beam_size ({c.beam_size})")
+    need(c.length_penalty >= 0, "length_penalty must be >= 0")
+    need(
+        1 <= c.max_length <= c.max_output_length, f"max_length must be in 1..max_output_length ({c.max_output_length})"
+    )
+    need(c.drain_timeout_s >= 0, "drain_timeout_s must be >= 0")
+    need(c.log_format in LOG_FORMATS, f"log_format must be one of {', '.join(LOG_FORMATS)}")
+    need(c.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}")
+    if problems:
+        raise ConfigError("invalid configuration: " + "; ".join(problems))
+    return config
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting (``--max-batch-size``...), defaulting to None so that unset flags do not override."""
+    parser.add_argument(
+        "--config", type=Path, default=None, metavar="FILE", help=f"TOML file of settings (or ${CONFIG_ENV})"
+    )
+    for name, spec in FIELDS.items():
+        kind = _kind(name)
+        help_text = f"{spec.metadata['help']} [env {env_name(name)}; default {spec.default}]"
+        if kind is bool:
+            parser.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            metavar = "DIR" if kind is Path else None
+            parser.add_argument(
+                flag_name(name), type=kind, default=None, metavar=metavar, choices=CHOICES.get(name), help=help_text
+            )
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: ServerConfig
+    sources: dict[str, str]  # setting -> "file", "env" or "flag", for the settings not left at their default
+    warnings: list[str]
+
+
+def load_config(
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> LoadedConfig:
+    """Merge the layers (``flags`` holds parsed flag values, None meaning "not given") and validate."""
+    environ = os.environ if environ is None else environ
+    flags = {k: v for k, v in (flags or {}).items() if k in FIELDS and v is not None}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    path = config_file or (Path(environ[CONFIG_ENV]) if environ.get(CONFIG_ENV) else None)
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if path is not None:
+        layers.append((f"file {path}", read_toml(path)))
+    env_values, unknown_env = read_env(environ)
+    layers += [("env", env_values), ("flag", {k: _coerce(k, v, "flag") for k, v in flags.items()})]
+    for source, layer in layers:
+        values.update(layer)
+        sources.update(dict.fromkeys(layer, source))
+    warnings = [f"ignoring unknown environment variable {key}" for key in unknown_env]
+    return LoadedConfig(validate(ServerConfig(**values)), sources, warnings)
+
+
+def demo_model_candidates() -> list[Path]:
+    """Where the shipped exported demo model may live, in order of preference (found without importing torch)."""
+    candidates = []
+    for package, relative in (
+        ("nmtserve.export", "demo"),
+        ("nmtserve.model", "demo/onnx"),
+        ("nmtserve.model", "demo-onnx"),
+    ):
+        spec = find_spec(package)
+        for location in (spec.submodule_search_locations or []) if spec else []:
+            candidates.append(Path(location) / relative)
+    return candidates
+
+
+def resolve_model_dir(model: Path | None) -> Path:
+    """``model`` itself, or the first demo-model candidate holding a manifest; ConfigError when there is none."""
+    if model is not None:
+        return Path(model)
+    candidates = demo_model_candidates()
+    for candidate in candidates:
+        if (candidate / MANIFEST).is_file():
+            return candidate
+    raise ConfigError(
+        "no --model given and no exported demo model found (looked in "
+        + ", ".join(str(c) for c in candidates)
+        + "); export one with `nmtserve export` or pass --model DIR"
+    )

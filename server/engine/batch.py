@@ -1,0 +1,233 @@
+"""A running batch of sentences decoded step by step: the unit a continuous-batching server drives.
+
+Sentences can be added between any two steps and leave the batch the step they finish (or are cancelled). The
+decoder cache, the cross-attention K/V and the masks live on the device for the whole life of the batch; per
+step the host sends token ids, positions, the row ``reorder`` and the EOS mask, and reads back [rows x k] top-k
+log-probs. Row bookkeeping on the device goes through small graphs: ``gather_rows`` when the sentence layout of
+the rows changes (beams expanding after step 0, sentences leaving), ``append_rows`` when sentences join,
+``trim_cache`` when the longest history has left.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from itertools import count
+
+import numpy as np
+import onnxruntime as ort
+
+from nmtserve.server.engine.beam import Sentence, advance
+from nmtserve.server.engine.model_dir import APPEND_ROWS, DECODER_STEP, ENCODER, GATHER_ROWS, TRIM_CACHE
+from nmtserve.server.engine.options import DecodingOptions, Hypothesis
+from nmtserve.server.engine.runtime import Runtime
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A sentence that left the batch, with its n-best list (best first)."""
+
+    key: Hashable
+    hypotheses: list[Hypothesis]
+
+
+class DecodingBatch:
+    """Holds the running batch; ``add`` sentences, call ``step`` until ``len(batch) == 0``, collect what finishes.
+
+    Not thread-safe: one owner (e.g. the server's scheduler thread) calls ``add``, ``cancel`` and ``step``.
+    """
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._info = runtime.info
+        self._serials = count()
+        self._sentences: list[Sentence] = []  # in row order
+        self._cross: dict[str, ort.OrtValue] | None = None  # cross_keys, cross_values, source_mask
+        self._cross_rows: list[int] = []  # serial of the sentence owning each cross row
+        self._cache: dict[str, ort.OrtValue] = {}
+        self._cache_len = 0
+        self._reset_cache()
+
+    def __len__(self) -> int:
+        return len(self._sentences)
+
+    @property
+    def rows(self) -> int:
+        """Hypotheses decoded per step right now (the decoder's batch size)."""
+        return sum(s.rows for s in self._sentences)
+
+    @property
+    def keys(self) -> list[Hashable]:
+        return [s.key for s in self._sentences]
+
+    @property
+    def sentences(self) -> tuple[Sentence, ...]:
+        """The live sentences in row order (read-only view: e.g. to stream the stable prefix of a translation)."""
+        return tuple(self._sentences)
+
+    def _reset_cache(self) -> None:
+        """An empty cache: one row (so that Gather has something to index) of length 0."""
+        info = self._info
+        empty = np.zeros((info.n_decoder_layers, 1, info.n_heads, 0, info.d_head), self._runtime.cache_dtype)
+        self._cache = {
+            "self_keys": self._runtime.upload(empty),
+            "self_values": self._runtime.upload(empty.copy()),
+            "self_mask": self._runtime.upload(np.zeros((1, 0), bool)),
+        }
+        self._cache_len = 0
+
+    def add(
+        self,
+        sources: Sequence[Sequence[int]],
+        options: DecodingOptions | Sequence[DecodingOptions],
+        keys: Sequence[Hashable] | None = None,
+    ) -> list[Hashable]:
+        """Encode ``sources`` (token ids ending with EOS) now; they decode from the next ``step`` on.
+
+        ``options`` may differ per sentence (beam sizes may be mixed). ``keys`` default to running integers.
+        """
+        if not sources:
+            return []
+        info = self._info
+        per_sentence = [options] * len(sources) if isinstance(options, DecodingOptions) else list(options)
+        if len(per_sentence) != len(sources):
+            raise ValueError("one DecodingOptions per source, or a single one for all")
+        keys = list(keys) if keys is not None else [f"s{next(self._serials)}" for _ in sources]
+        if len(keys) != len(sources):
+            raise ValueError("one key per source")
+        if len(set(keys) | {s.key for s in self._sentences}) != len(keys) + len(self._sentences):
+            raise ValueError("keys must be unique among the sentences of a batch")
+        for ids in sources:
+            if not 1 <= len(ids) <= info.max_positions:
+                raise ValueError(f"a source must have 1..{info.max_positions} tokens (EOS included), not {len(ids)}")
+            if min(ids) < 0 or max(ids) >= info.vocab_size:
+                raise ValueError(f"source token ids must be in 0..{info.vocab_size - 1}")
+        for opts in set(per_sentence):
+            opts.validate(info.vocab_size)
+
+        length = max(len(ids) for ids in sources)
+        source_ids = np.full((len(sources), length), info.pad_id, np.int64)
+        for i, ids in enumerate(sources):
+            source_ids[i, : len(ids)] = ids
+        encoded = self._runtime.run(ENCODER, {"source_ids": source_ids})
+        new = {
+            "cross_keys": encoded["cross_keys"],
+            "cross_values": encoded["cross_values"],
+            "source_mask": self._runtime.upload(source_ids != info.pad_id),
+        }
+        if self._cross is None:
+            self._cross = new
+        else:
+            joined = self._runtime.run(
+                APPEND_ROWS,
+                {
+                    **self._cross,
+                    "new_cross_keys": new["cross_keys"],
+                    "new_cross_values": new["cross_values"],
+                    "new_source_mask": new["source_mask"],
+                },
+            )
+            self._cross = {name: joined[f"out_{name}"] for name in ("cross_keys", "cross_values", "source_mask")}
+
+        for ids, opts, key in zip(sources, per_sentence, keys, strict=True):
+            serial = next(self._serials)
+            # Positions must stay inside the model's table: the reference would fail there, we stop instead.
+            max_length = min(opts.max_length_for(len(ids)), info.max_positions)
+            self._sentences.append(Sentence(key, serial, len(ids), opts, max_length))
+            self._cross_rows.append(serial)
+        return keys
+
+    def cancel(self, key: Hashable) -> bool:
+        """Drop a sentence (e.g. its client went away); its rows leave at the next step."""
+        for i, sentence in enumerate(self._sentences):
+            if sentence.key == key:
+                del self._sentences[i]
+                if not self._sentences:
+                    self._clear()
+                return True
+        return False
+
+    def _clear(self) -> None:
+        self._cross, self._cross_rows = None, []
+        self._reset_cache()
+
+    def _align_cross(self, row_serials: list[int]) -> None:
+        """Give every decoder row the cross K/V of its sentence, cut to the longest remaining source."""
+        if row_serials == self._cross_rows:
+            return
+        first = {}
+        for i, serial in enumerate(self._cross_rows):
+            first.setdefault(serial, i)
+        source_len = max(s.source_len for s in self._sentences)
+        gathered = self._runtime.run(
+            GATHER_ROWS,
+            {
+                **self._cross,
+                "rows": np.array([first[s] for s in row_serials], np.int64),
+                "source_len": np.array([source_len], np.int64),
+            },
+        )
+        self._cross = {name: gathered[f"out_{name}"] for name in ("cross_keys", "cross_values", "source_mask")}
+        self._cross_rows = list(row_serials)
+
+    def _trim_cache(self) -> None:
+        """Rows are left-padded, so slots older than the longest live history are unused by every row."""
+        keep = max(s.step for s in self._sentences)
+        if keep < self._cache_len:
+            trimmed = self._runtime.run(TRIM_CACHE, {**self._cache, "keep": np.array([keep], np.int64)})
+            self._cache = {name: trimmed[f"out_{name}"] for name in ("self_keys", "self_values", "self_mask")}
+            self._cache_len = keep
+
+    def step(self) -> list[Finished]:
+        """Decode one token for every live hypothesis; return the sentences that finished (they leave the batch)."""
+        if not self._sentences:
+            return []
+        info = self._info
+        row_serials: list[int] = []
+        tokens, positions, reorder, forbid = [], [], [], []
+        for sentence in self._sentences:
+            rows = sentence.rows
+            row_serials += [sentence.serial] * rows
+            tokens.append(sentence.tokens[:, -1] if sentence.step else np.full(rows, info.bos_id, np.int64))
+            positions.append(np.full(rows, sentence.step, np.int64))
+            reorder.append(sentence.parents)  # already global cache rows (or -1 for a new sentence)
+            forbid.append(np.full(rows, sentence.forbid_eos))
+        self._align_cross(row_serials)
+        self._trim_cache()
+        k = min(info.vocab_size, max(s.options.candidates_per_row for s in self._sentences))
+        out = self._runtime.run(
+            DECODER_STEP,
+            {
+                "token_ids": np.concatenate(tokens),
+                "positions": np.concatenate(positions),
+                "reorder": np.concatenate(reorder),
+                **self._cache,
+                **self._cross,
+                "forbid_eos": np.concatenate(forbid),
+                "k": np.array([k], np.int64),
+            },
+            host_outputs=("topk_log_probs", "topk_ids"),
+        )
+        self._cache = {
+            "self_keys": out["new_self_keys"],
+            "self_values": out["new_self_values"],
+            "self_mask": out["new_self_mask"],
+        }
+        self._cache_len += 1
+        log_probs, ids = out["topk_log_probs"].numpy(), out["topk_ids"].numpy()
+
+        finished: list[Finished] = []
+        live: list[Sentence] = []
+        offset = 0
+        for sentence in self._sentences:
+            rows = slice(offset, offset + sentence.rows)
+            offset += sentence.rows
+            if advance(sentence, log_probs[rows], ids[rows], info.vocab_size, info.eos_id):
+                finished.append(Finished(sentence.key, sentence.finalize()))
+            else:
+                sentence.parents = sentence.parents + rows.start  # sentence-local -> rows of the new cache
+                live.append(sentence)
+        self._sentences = live
+        if not live:
+            self._clear()
+        return finished

@@ -1,0 +1,117 @@
+"""Host-side beam-search rules for one sentence, on the [rows x k] top-k arrays the step graph returns.
+
+The rules are those of ``nmtserve.model.beam_search`` (CTranslate2's), reproduced exactly:
+- the sentence's 2K best (hypothesis, token) candidates are the best of each row's top 2K, merged here;
+- of the first K candidates, one ending with EOS (or any, on the last allowed step) becomes a finished
+  hypothesis and its slot is refilled by the next candidate that does not end with EOS (if there is none left,
+  the slot keeps its candidate);
+- the sentence stops with K finished hypotheses, at its max length, or (length_penalty == 0) as soon as the
+  best candidate finished and ``num_hypotheses`` are collected;
+- scores are float32 sums of log-probs, divided at the end by length ** length_penalty (length counts EOS).
+Step 0 runs one row per sentence instead of K copies of BOS: the reference's other K-1 copies score -inf and
+never contribute a candidate, so the outcome is the same for a fraction of the work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nmtserve.server.engine.options import DecodingOptions, Hypothesis
+
+
+@dataclass
+class Sentence:
+    """Decoding state of one source: its live hypotheses (rows) and what has finished."""
+
+    key: Hashable
+    serial: int  # unique within a batch: identifies the sentence's rows of cross K/V on the device
+    source_len: int
+    options: DecodingOptions
+    max_length: int
+    step: int = 0  # tokens generated so far = cache slots this sentence's rows have
+    tokens: np.ndarray = field(default_factory=lambda: np.zeros((1, 0), np.int64))  # [rows, step], no BOS
+    scores: np.ndarray = field(default_factory=lambda: np.zeros(1, np.float32))  # [rows]
+    parents: np.ndarray = field(default_factory=lambda: np.full(1, -1, np.int64))  # [rows], sentence-local
+    finished: list[tuple[list[int], float, int]] = field(default_factory=list)
+
+    @property
+    def rows(self) -> int:
+        return len(self.scores)
+
+    @property
+    def forbid_eos(self) -> bool:
+        return self.step < self.options.min_length
+
+    def finalize(self) -> list[Hypothesis]:
+        options = self.options
+        ranked = [
+            (tokens, log_prob / (length**options.length_penalty), log_prob)
+            for tokens, log_prob, length in self.finished
+        ]
+        ranked.sort(key=lambda h: h[1], reverse=True)  # stable, as the reference's list.sort
+        if not options.return_scores:
+            return [Hypothesis(tokens, None, None) for tokens, _, _ in ranked[: options.num_hypotheses]]
+        return [Hypothesis(tokens, score, log_prob) for tokens, score, log_prob in ranked[: options.num_hypotheses]]
+
+
+def _advance(sentence: Sentence, parents: np.ndarray, tokens: np.ndarray, scores: np.ndarray) -> None:
+    sentence.tokens = np.concatenate([sentence.tokens[parents], tokens[:, None]], axis=1)
+    sentence.scores = scores.astype(np.float32)
+    sentence.parents = parents
+    sentence.step += 1
+
+
+def advance_greedy(sentence: Sentence, log_probs: np.ndarray, ids: np.ndarray, eos_id: int) -> bool:
+    """Beam 1 with k = 1: the best token either ends the sentence or extends its only row. True when done."""
+    token, score = int(ids[0, 0]), sentence.scores[0] + log_probs[0, 0]
+    if token == eos_id or sentence.step + 1 == sentence.max_length:
+        history = sentence.tokens[0].tolist() + ([] if token == eos_id else [token])
+        sentence.finished.append((history, float(score), sentence.step + 1))
+        return True
+    _advance(sentence, np.zeros(1, np.int64), np.array([token], np.int64), np.array([score], np.float32))
+    return False
+
+
+def advance_beam(sentence: Sentence, log_probs: np.ndarray, ids: np.ndarray, vocab: int, eos_id: int) -> bool:
+    """Apply one step of the beam rules to ``sentence`` given its rows' sorted top-k. True when done."""
+    options = sentence.options
+    beam = options.beam_size
+    width = 2 * beam
+    candidates = (sentence.scores[:, None] + log_probs[:, :width]).ravel()  # float32, as the reference
+    flat = (np.arange(sentence.rows, dtype=np.int64)[:, None] * vocab + ids[:, :width]).ravel()
+    order = np.lexsort((flat, -candidates))[:width]  # best first; ties: lower (row, token) first
+    top_scores, top_flat = candidates[order], flat[order]
+    top_tokens, top_rows = top_flat % vocab, top_flat // vocab
+
+    last_step = sentence.step + 1 == sentence.max_length
+    spare, top_finished = beam, False
+    chosen: list[int] = []
+    for k in range(beam):
+        position = k
+        token = int(top_tokens[k])
+        if token == eos_id or last_step:
+            history = sentence.tokens[top_rows[k]].tolist() + ([] if token == eos_id else [token])
+            sentence.finished.append((history, float(top_scores[k]), sentence.step + 1))
+            top_finished |= k == 0
+            while spare < width and int(top_tokens[spare]) == eos_id:
+                spare += 1
+            if spare < width:  # as in CTranslate2, a slot with no spare left keeps its candidate
+                position, spare = spare, spare + 1
+        chosen.append(position)
+    done = last_step or len(sentence.finished) >= beam
+    if options.length_penalty == 0:
+        done |= top_finished and len(sentence.finished) >= options.num_hypotheses
+    if not done:
+        pick = np.array(chosen)
+        _advance(sentence, top_rows[pick], top_tokens[pick], top_scores[pick])
+    return done
+
+
+def advance(sentence: Sentence, log_probs: np.ndarray, ids: np.ndarray, vocab: int, eos_id: int) -> bool:
+    """One step for ``sentence`` from its rows of the step graph's output; True when it has finished."""
+    if sentence.options.beam_size == 1:
+        return advance_greedy(sentence, log_probs, ids, eos_id)
+    return advance_beam(sentence, log_probs, ids, vocab, eos_id)

@@ -1,0 +1,93 @@
+"""``Engine``: a verified model directory + onnxruntime sessions + tokenizer, translating batches of text or ids.
+
+``translate_ids`` is built on the step-level ``DecodingBatch``: sources (sorted by length) stream through one
+running batch that is refilled as sentences finish, so a long batch never waits for its slowest sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from tqdm import tqdm
+
+from nmtserve.model.tokenizer import Tokenizer
+from nmtserve.server.engine.batch import DecodingBatch
+from nmtserve.server.engine.model_dir import TOKENIZER, ModelInfo, load_model_info
+from nmtserve.server.engine.options import DecodingOptions, Hypothesis
+from nmtserve.server.engine.runtime import Runtime, RuntimeConfig
+
+
+class Engine:
+    def __init__(self, info: ModelInfo, runtime: Runtime, tokenizer: Tokenizer) -> None:
+        self.info, self.runtime, self.tokenizer = info, runtime, tokenizer
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: Path | str,
+        device: str = "cpu",
+        threads: int | None = None,
+        *,
+        device_id: int = 0,
+        spin: bool = True,
+    ) -> Engine:
+        """Check every file against the manifest's sha256, then create the sessions (raises ModelDirError,
+        EngineError)."""
+        info = load_model_info(Path(model_dir))
+        runtime = Runtime(info, RuntimeConfig(device=device, device_id=device_id, threads=threads, spin=spin))
+        tokenizer = Tokenizer(info.path(TOKENIZER))
+        if tokenizer.vocab_size != info.vocab_size or tokenizer.eos_id != info.eos_id:
+            raise ValueError(f"{model_dir}: tokenizer does not match the model (vocabulary or EOS id)")
+        return cls(info, runtime, tokenizer)
+
+    def new_batch(self) -> DecodingBatch:
+        """An empty running batch for step-level (continuous-batching) use."""
+        return DecodingBatch(self.runtime)
+
+    def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids ending with EOS, truncated as the reference's ``translate_texts`` does."""
+        limit = self.info.max_positions - 1
+        return [[*ids[:limit], self.tokenizer.eos_id] for ids in self.tokenizer.encode_batch(list(texts))]
+
+    def translate_ids(
+        self,
+        sources: Sequence[Sequence[int]],
+        options: DecodingOptions | None = None,
+        max_batch_size: int = 64,
+        progress: bool = False,
+    ) -> list[list[Hypothesis]]:
+        """n-best lists for tokenized sources (each ending with EOS), in the order of ``sources``.
+
+        At most ``max_batch_size`` sentences decode together; the batch is topped up whenever it is half empty.
+        """
+        options = options or DecodingOptions()
+        options.validate(self.info.vocab_size)
+        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        results: list[list[Hypothesis] | None] = [None] * len(sources)
+        batch = self.new_batch()
+        queued = 0
+        with tqdm(total=len(sources), disable=not progress, desc="translate", unit="sent") as bar:
+            while queued < len(order) or len(batch):
+                if queued < len(order) and len(batch) <= max_batch_size // 2:
+                    take = order[queued : queued + max_batch_size - len(batch)]
+                    batch.add([sources[i] for i in take], options, keys=take)
+                    queued += len(take)
+                for done in batch.step():
+                    results[done.key] = done.hypotheses
+                    bar.update()
+        return results  # type: ignore[return-value]
+
+    def translate(
+        self,
+        texts: Sequence[str],
+        options: DecodingOptions | None = None,
+        max_batch_size: int = 64,
+        progress: bool = False,
+    ) -> list[list[Hypothesis]]:
+        """n-best translations of ``texts`` with ``text`` filled in, in order."""
+        nbests = self.translate_ids(self.encode_texts(texts), options, max_batch_size, progress)
+        return [
+            [Hypothesis(h.token_ids, h.score, h.log_prob, self.tokenizer.decode(h.token_ids)) for h in nbest]
+            for nbest in nbests
+        ]

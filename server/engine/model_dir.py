@@ -1,0 +1,180 @@
+"""The exported model directory: file names, graph I/O names, and the manifest that pins every file by sha256.
+
+The exporter writes this layout and the engine refuses any directory that does not match it, so both sides
+import the names from here and cannot drift apart. Torch-free on purpose: the serving engine imports it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT = "nmtserve-onnx"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+
+ENCODER = "encoder.onnx"
+DECODER_STEP = "decoder_step.onnx"
+GATHER_ROWS = "gather_rows.onnx"
+APPEND_ROWS = "append_rows.onnx"
+TRIM_CACHE = "trim_cache.onnx"
+TOKENIZER = "sentencepiece.model"
+REQUIRED_FILES = (ENCODER, DECODER_STEP, GATHER_ROWS, APPEND_ROWS, TRIM_CACHE, TOKENIZER)
+
+# Graph signatures. Shapes: L decoder layers, H heads, Dh head size, R rows (hypotheses), C rows of the incoming
+# cache, T cache length, S source length, N new rows.
+IO_NAMES: dict[str, dict[str, list[str]]] = {
+    ENCODER: {"inputs": ["source_ids"], "outputs": ["cross_keys", "cross_values"]},
+    DECODER_STEP: {
+        "inputs": [
+            "token_ids",  # int64 [R]
+            "positions",  # int64 [R]: position of this token (= tokens generated before it)
+            "reorder",  # int64 [R]: cache row each output row extends; -1 starts a row with no history
+            "self_keys",  # float [L, C, H, T, Dh]
+            "self_values",  # float [L, C, H, T, Dh]
+            "self_mask",  # bool [C, T], True on valid (left-padded) cache slots
+            "cross_keys",  # float [L, R, H, S, Dh]
+            "cross_values",  # float [L, R, H, S, Dh]
+            "source_mask",  # bool [R, S]
+            "forbid_eos",  # bool [R]
+            "k",  # int64 [1]
+        ],
+        "outputs": [
+            "topk_log_probs",  # float32 [R, k]
+            "topk_ids",  # int64 [R, k]
+            "new_self_keys",  # float [L, R, H, T + 1, Dh]
+            "new_self_values",  # float [L, R, H, T + 1, Dh]
+            "new_self_mask",  # bool [R, T + 1]
+        ],
+    },
+    GATHER_ROWS: {
+        "inputs": ["cross_keys", "cross_values", "source_mask", "rows", "source_len"],
+        "outputs": ["out_cross_keys", "out_cross_values", "out_source_mask"],
+    },
+    APPEND_ROWS: {
+        "inputs": [
+            "cross_keys",
+            "cross_values",
+            "source_mask",
+            "new_cross_keys",
+            "new_cross_values",
+            "new_source_mask",
+        ],
+        "outputs": ["out_cross_keys", "out_cross_values", "out_source_mask"],
+    },
+    TRIM_CACHE: {
+        "inputs": ["self_keys", "self_values", "self_mask", "keep"],
+        "outputs": ["out_self_keys", "out_self_values", "out_self_mask"],
+    },
+}
+
+
+class ModelDirError(RuntimeError):
+    """The model directory is missing, incomplete, or does not match its manifest."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the engine needs to know about an exported model, read from its manifest."""
+
+    directory: Path
+    name: str
+    version: str
+    precision: str
+    cache_dtype: str  # numpy dtype name of the K/V tensors: "float32" or "float16"
+    vocab_size: int
+    d_model: int
+    n_heads: int
+    d_head: int
+    n_decoder_layers: int
+    max_positions: int
+    pad_id: int
+    bos_id: int
+    eos_id: int
+    manifest: dict[str, Any]
+
+    def path(self, name: str) -> Path:
+        return self.directory / name
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_digests(directory: Path) -> dict[str, str]:
+    """sha256 of every regular file in ``directory`` except the manifest itself."""
+    return {p.name: sha256_file(p) for p in sorted(Path(directory).iterdir()) if p.is_file() and p.name != MANIFEST}
+
+
+def write_manifest(directory: Path, manifest: dict[str, Any]) -> Path:
+    """Write ``manifest`` with the digests of the directory's files; written last, it marks the export complete."""
+    manifest = {**manifest, "files": file_digests(directory)}
+    path = Path(directory) / MANIFEST
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def read_manifest(directory: Path) -> dict[str, Any]:
+    path = Path(directory) / MANIFEST
+    if not Path(directory).is_dir():
+        raise ModelDirError(f"model directory {directory} does not exist")
+    if not path.is_file():
+        raise ModelDirError(f"{path}: {MANIFEST} is missing (incomplete export?)")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelDirError(f"{path}: {MANIFEST} is not valid JSON: {error}") from error
+    if manifest.get("format") != FORMAT or manifest.get("format_version") != FORMAT_VERSION:
+        raise ModelDirError(
+            f"{path}: format {manifest.get('format')!r} v{manifest.get('format_version')!r} is not "
+            f"{FORMAT!r} v{FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def verify_files(directory: Path, manifest: dict[str, Any]) -> None:
+    """Refuse a directory whose files are absent or differ from the manifest: a half-copied model must not serve."""
+    files: dict[str, str] = manifest.get("files", {})
+    for name in REQUIRED_FILES:
+        if name not in files:
+            raise ModelDirError(f"{Path(directory) / MANIFEST}: manifest lists no {name}")
+    for name, expected in files.items():
+        path = Path(directory) / name
+        if not path.is_file():
+            raise ModelDirError(f"{path}: file {name} listed in the manifest is missing")
+        actual = sha256_file(path)
+        if actual != expected:
+            raise ModelDirError(f"{path}: sha256 mismatch for {name} (manifest {expected[:12]}…, file {actual[:12]}…)")
+
+
+def load_model_info(directory: Path, verify: bool = True) -> ModelInfo:
+    """Read the manifest and (by default) check every file's sha256 before anything is loaded."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    if verify:
+        verify_files(directory, manifest)
+    dims, special = manifest["dimensions"], manifest["special_ids"]
+    return ModelInfo(
+        directory=directory,
+        name=manifest["model"]["name"],
+        version=manifest["model"]["version"],
+        precision=manifest["precision"],
+        cache_dtype=manifest["cache_dtype"],
+        vocab_size=dims["vocab_size"],
+        d_model=dims["d_model"],
+        n_heads=dims["n_heads"],
+        d_head=dims["d_head"],
+        n_decoder_layers=dims["n_decoder_layers"],
+        max_positions=dims["max_positions"],
+        pad_id=special["pad"],
+        bos_id=special["bos"],
+        eos_id=special["eos"],
+        manifest=manifest,
+    )

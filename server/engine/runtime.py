@@ -1,0 +1,106 @@
+"""onnxruntime sessions for one exported model, run through IO binding so that tensors stay on the device.
+
+Every graph call binds device-resident OrtValues (cache, cross K/V, masks) as they are and small host arrays
+(token ids, positions, reorder, k) by copy; only outputs named as host outputs (the [rows x k] top-k) come back to
+the host. On CPU the "device" is host memory and the same code path runs, which is what the tests exercise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnxruntime as ort
+
+from nmtserve.server.engine.model_dir import APPEND_ROWS, DECODER_STEP, ENCODER, GATHER_ROWS, TRIM_CACHE, ModelInfo
+
+log = logging.getLogger(__name__)
+
+GRAPHS = (ENCODER, DECODER_STEP, GATHER_ROWS, APPEND_ROWS, TRIM_CACHE)
+Value = ort.OrtValue | np.ndarray
+
+
+class EngineError(RuntimeError):
+    """The engine cannot be set up as asked (device, provider, model)."""
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str = "cpu"  # "cpu" or "cuda"
+    device_id: int = 0
+    threads: int | None = None  # CPU intra-op threads; None: the cores this process may use, at most 8
+    spin: bool = True  # let idle ORT threads spin: lower latency, but burns CPU that a co-located job may want
+
+    def intra_op_threads(self) -> int:
+        if self.threads:
+            return self.threads
+        return max(1, min(8, len(os.sched_getaffinity(0))))
+
+
+def _providers(config: RuntimeConfig) -> list:
+    if config.device == "cpu":
+        return ["CPUExecutionProvider"]
+    if config.device == "cuda":
+        available = ort.get_available_providers()
+        if "CUDAExecutionProvider" not in available:
+            raise EngineError(
+                "device='cuda' was requested but this onnxruntime has no CUDAExecutionProvider "
+                f"(available: {', '.join(available)}); install onnxruntime-gpu (the 'gpu' extra) or use device='cpu'"
+            )
+        return [("CUDAExecutionProvider", {"device_id": config.device_id}), "CPUExecutionProvider"]
+    raise EngineError(f"device must be 'cpu' or 'cuda', not {config.device!r}")
+
+
+def _session_options(config: RuntimeConfig) -> ort.SessionOptions:
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.inter_op_num_threads = 1
+    if config.device == "cpu":
+        options.intra_op_num_threads = config.intra_op_threads()
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if config.spin else "0")
+    options.log_severity_level = 3
+    return options
+
+
+class Runtime:
+    """The five sessions of a model directory and a uniform ``run`` over IO binding."""
+
+    def __init__(self, info: ModelInfo, config: RuntimeConfig) -> None:
+        self.info, self.config = info, config
+        providers = _providers(config)
+        if config.device == "cuda" and info.precision == "int8":
+            log.warning("int8 models use CPU-only quantized kernels; on CUDA prefer the fp16 export")
+        if config.device == "cpu" and info.precision == "fp16":
+            log.warning("fp16 models are meant for CUDA; on CPU prefer the fp32 or int8 export")
+        options = _session_options(config)
+        self.sessions = {
+            name: ort.InferenceSession(str(info.path(name)), options, providers=providers) for name in GRAPHS
+        }
+        self.outputs = {name: [o.name for o in s.get_outputs()] for name, s in self.sessions.items()}
+        self.cache_dtype = np.dtype(info.cache_dtype)
+
+    def upload(self, array: np.ndarray) -> ort.OrtValue:
+        """A host array as an OrtValue on the device (on CPU it wraps the array without a copy)."""
+        return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.config.device, self.config.device_id)
+
+    def run(self, graph: str, inputs: Mapping[str, Value], host_outputs: Iterable[str] = ()) -> dict[str, ort.OrtValue]:
+        """Run ``graph``; outputs stay on the device except ``host_outputs`` (read them with ``.numpy()``)."""
+        session = self.sessions[graph]
+        binding = session.io_binding()
+        for name, value in inputs.items():
+            if isinstance(value, ort.OrtValue):
+                binding.bind_ortvalue_input(name, value)
+            else:
+                binding.bind_cpu_input(name, np.ascontiguousarray(value))
+        on_host = set(host_outputs)
+        for name in self.outputs[graph]:
+            if name in on_host:
+                binding.bind_output(name, "cpu")
+            else:
+                binding.bind_output(name, self.config.device, self.config.device_id)
+        session.run_with_iobinding(binding)
+        return dict(zip(self.outputs[graph], binding.get_outputs(), strict=True))

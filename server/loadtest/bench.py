@@ -1,0 +1,221 @@
+"""Server benchmarks for docs/benchmarks.md: every figure comes from one run of this script.
+
+    python -m nmtserve.server.loadtest.bench --model DIR --input data/corpus/dev.en --out runs/bench/server
+
+Each server runs in its own process (``nmtserve serve``), so the load generator does not share its GIL; the
+three servers (continuous, request-level, ``max_batch_size 1``) run side by side and take turns, so a change in
+the machine's load (a training run shares it) spreads over all of them. The engine baseline runs first, alone.
+Measured:
+1. engine alone: ``Engine.translate`` on the first N sentences (length-sorted inside, the server's batch size);
+2. the servers on the same N sentences, each sentence its own request, all sent at once;
+3. saturation throughput (closed loop, cycling through the input), median of ``--repeats`` runs per server;
+4. continuous vs request-level batching under open-loop Poisson arrivals at 25/50/75/90 % of the default
+   server's saturation rate: latency percentiles, throughput, a latency CDF and load curves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from nmtserve.server.client import TranslatorClient
+from nmtserve.server.config import ServerConfig
+from nmtserve.server.loadtest.plots import latency_cdf, load_curves
+from nmtserve.server.loadtest.run import LoadTestReport, LoadTestSpec, run_loadtest
+from nmtserve.server.loadtest.stats import LevelResult, format_level
+from nmtserve.server.loadtest.workload import read_lines
+
+
+class ServerProcess:
+    """``nmtserve serve`` on a free port in a child process; JSON logs are read to learn the port."""
+
+    def __init__(self, model: Path, *flags: str) -> None:
+        argv = [sys.executable, "-m", "nmtserve.cli.main", "serve", "--model", str(model), "--port", "0"]
+        argv += ["--metrics-port", "0", "--log-format", "json", *flags]
+        self.argv = argv
+        self.address = ""
+        self.log: list[str] = []
+
+    def __enter__(self) -> ServerProcess:
+        self.process = subprocess.Popen(self.argv, stderr=subprocess.PIPE, text=True)
+        for line in self.process.stderr:
+            self.log.append(line)
+            record = json.loads(line) if line.startswith("{") else {}
+            if record.get("message") == "listening":
+                self.address = record["grpc"]
+                break
+        else:
+            raise RuntimeError("server exited before listening:\n" + "".join(self.log))
+        threading.Thread(target=lambda: self.log.extend(self.process.stderr), daemon=True).start()
+        with TranslatorClient(self.address) as client:
+            client.wait_until_serving(timeout=120)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass
+class Bench:
+    model: Path
+    lines: list[str]
+    duration: float
+    sentences: int
+    threads: int
+    out: Path
+    repeats: int = 2
+    progress: bool = True
+
+    def load(self, server: ServerProcess, mode: str, level: float, once: bool = False) -> LoadTestReport:
+        lines = self.lines[: self.sentences] if once else self.lines
+        duration = 3600.0 if once else self.duration  # ``once`` stops when every line was sent
+        spec = LoadTestSpec(server.address, lines, mode, [level], duration, once=once, timeout=60.0)
+        report = run_loadtest(spec, progress=self.progress)
+        print(f"  {format_level(report.results[0])}", flush=True)
+        return report
+
+
+SERVERS = {  # name -> flags; the default batching mode is ServerConfig's
+    "continuous": ("--batching", "continuous"),
+    "request": ("--batching", "request"),
+    "batch_1": ("--max-batch-size", "1"),
+}
+
+
+def _engine_rate(engine, lines: list[str], batch_size: int) -> float:
+    """Sentences/s of ``Engine.translate`` (length-sorted inside) on ``lines``; best of two runs."""
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        engine.translate(lines, max_batch_size=batch_size)
+        best = min(best, time.perf_counter() - start)
+    return len(lines) / best
+
+
+def engine_alone(model: Path, lines: list[str], threads: int, ceiling_sentences: int = 60) -> dict:
+    """The engine without a server, at the server's batch size; and how much batching can gain at all (the same
+    ``ceiling_sentences`` sentences at batch 1 and at the server's batch size)."""
+    from nmtserve.server.engine import Engine
+
+    batch = ServerConfig().max_batch_size
+    engine = Engine.load(model, threads=threads, spin=False)
+    engine.translate(lines[:8])  # warm-up
+    rate = _engine_rate(engine, lines, batch)
+    few = lines[:ceiling_sentences]
+    batched, single = _engine_rate(engine, few, batch), _engine_rate(engine, few, 1)
+    return {
+        "sentences": len(lines),
+        "batch_size": batch,
+        "sentences_per_s": rate,
+        "batching_ceiling": {"sentences": len(few), "batched": batched, "batch_1": single, "ratio": batched / single},
+    }
+
+
+def _median(values: list[float]) -> float:
+    return float(statistics.median(values))
+
+
+def run(bench: Bench) -> dict:
+    """All measurements; the servers run side by side (idle ones cost nothing) and take turns, so that a change
+    in the machine's load spreads over every configuration instead of favouring one."""
+    bench.out.mkdir(parents=True, exist_ok=True)
+    default = ServerConfig().batching
+    results: dict = {"model": str(bench.model), "threads": bench.threads, "duration_s": bench.duration}
+    results["default_batching"] = default
+    print(f"engine alone on {bench.sentences} sentences ...", flush=True)
+    results["engine_alone"] = engine_alone(bench.model, bench.lines[: bench.sentences], bench.threads)
+    alone = results["engine_alone"]
+    ceiling = alone["batching_ceiling"]
+    print(
+        f"  {alone['sentences_per_s']:.1f} sentences/s; batching gains the engine {ceiling['ratio']:.2f}x", flush=True
+    )
+    with contextlib.ExitStack() as stack:
+        servers = {
+            name: stack.enter_context(ServerProcess(bench.model, "--threads", str(bench.threads), *flags))
+            for name, flags in SERVERS.items()
+        }
+        for name in ("continuous", "request"):
+            # Like the engine, the server gets every sentence at once (each its own request) and orders the work.
+            print(f"{name}: the same {bench.sentences} sentences, one request each, all in flight", flush=True)
+            same = bench.load(servers[name], "concurrency", bench.sentences, True)
+            results.setdefault(name, {})["same_sentences"] = same
+        saturation: dict[str, list[LevelResult]] = {name: [] for name in SERVERS}
+        for repeat in range(bench.repeats):
+            for name, server in servers.items():
+                print(f"{name}: saturation (closed loop), run {repeat + 1}", flush=True)
+                in_flight = 8 if name == "batch_1" else 64
+                saturation[name].append(bench.load(server, "concurrency", in_flight).results[0])
+        rate = _median([r.sentences_per_s for r in saturation[default]])
+        levels = [round(rate * fraction, 1) for fraction in FRACTIONS]
+        sweeps: dict[str, list[LevelResult]] = {"continuous": [], "request": []}
+        cdf = []
+        for fraction, level in zip(FRACTIONS, levels, strict=True):
+            for name in sweeps:
+                print(f"{name}: open loop at {level} req/s ({fraction:.0%} of saturation)", flush=True)
+                report = bench.load(servers[name], "rate", level)
+                sweeps[name].append(report.results[0])
+                if fraction == 0.5:
+                    cdf.append((name, report.results[0], report.samples[0]))
+
+    for name in SERVERS:
+        entry = results.setdefault(name, {})
+        if "same_sentences" in entry:
+            entry["same_sentences"] = entry["same_sentences"].results[0].as_dict()
+        entry["saturation_runs"] = [r.as_dict() for r in saturation[name]]
+        entry["saturation_sentences_per_s"] = _median([r.sentences_per_s for r in saturation[name]])
+        if name in sweeps:
+            entry["open_loop"] = [r.as_dict() for r in sweeps[name]]
+    half = results[default]["open_loop"][FRACTIONS.index(0.5)]["latency_ms"]
+    results["checks"] = {
+        "batching_speedup": results[default]["saturation_sentences_per_s"]
+        / results["batch_1"]["saturation_sentences_per_s"],
+        "server_vs_engine": max(results[n]["same_sentences"]["sentences_per_s"] for n in ("continuous", "request"))
+        / results["engine_alone"]["sentences_per_s"],
+        "p99_over_p50_at_half_saturation": half["p99"] / half["p50"],
+    }
+    (bench.out / "server_bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    latency_cdf(cdf, bench.out / "latency_cdf.png", "Latency CDF at half the saturation rate (dev.en, beam 4)")
+    load_curves(list(sweeps.items()), bench.out / "load_curves.png", "Continuous vs request-level batching")
+    print(json.dumps(results["checks"], indent=2))
+    return results
+
+
+FRACTIONS = (0.25, 0.5, 0.75, 0.9)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--input", type=Path, default=Path("data/corpus/dev.en"))
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/server"))
+    parser.add_argument("--duration", type=float, default=15.0, help="seconds per load level")
+    parser.add_argument("--sentences", type=int, default=300, help="sentences of the engine-vs-server comparison")
+    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="onnxruntime threads")
+    parser.add_argument("--repeats", type=int, default=2, help="saturation runs per server (the median is kept)")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    lines = read_lines(args.input)
+    bench = Bench(
+        args.model, lines, args.duration, args.sentences, args.threads, args.out, args.repeats, not args.quiet
+    )
+    run(bench)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,241 @@
+"""The engine thread: forms batches from the queue and drives the engine's step-level ``DecodingBatch``.
+
+Two modes, one loop (so that they differ in nothing else):
+- ``request`` (request-level dynamic batching, as CTranslate2 and Triton do for encoder-decoder models): when the
+  engine is idle, a batch is formed from the queue and decoded until its last sentence finishes; sentences that
+  arrive meanwhile wait for it.
+- ``continuous`` (iteration-level batching): between decode steps, waiting sentences join the running batch
+  (their encoder runs, their cache rows are appended) and finished sentences leave at once, so a short sentence
+  never waits for a long one.
+
+Joining has a price on this engine: appending copies the batch's cross-attention K/V (``append_rows``), the next
+step re-gathers it (``gather_rows``), both in proportion to the batch's rows x its longest source, and a batch
+that takes every length carries the padding of its longest source. So, in continuous mode:
+- newcomers join once they number at least ``join_fraction`` of the running batch (at low load that is one
+  sentence: it joins at the next step) or ``max_join_steps`` steps after the last join (a bound on their wait);
+- under backlog (more sentences waiting than the batch has room for) nobody joins: the batch drains and the next
+  one is formed from the backlog with length grouping, as in request mode, which is the cheaper way to run a
+  saturated engine. Continuous batching thus buys its latency where there is spare capacity and gives back
+  nothing at saturation.
+
+A multi-batch variant (several running batches advanced in turn, newcomers starting their own) was measured and
+dropped: the rounds lengthen every sentence's steps, and its p99 was worse than either mode.
+
+Default: ``request``. On CPU (docs/benchmarks.md), continuous batching halves the median latency at low and
+moderate load, but a decode step costs in proportion to its rows, so keeping the batch full slows every long
+sentence, and the joins' copies cost capacity: from about 75 % of saturation its p99 is several times worse.
+Request-level batching has the better tail and the same saturation throughput. Where a step's cost hardly
+depends on its rows (a GPU), the balance may well flip: measure with ``python -m nmtserve.server.loadtest.bench``.
+
+The thread never touches the event loop: results go out through each request's sink (which hops threads). The
+engine releases the GIL inside onnxruntime, so the gRPC event loop keeps serving while a step runs. Between two
+steps the thread drops sentences whose request was cancelled, timed out or failed, so no further work is spent
+on them.
+
+Failure isolation: an exception while encoding new sentences retries them one by one; an exception in a decode
+step re-runs every sentence of the batch alone, so only the sentences that fail on their own fail their
+request (INTERNAL), never their neighbours.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+
+from nmtserve.server.batching import Budget
+from nmtserve.server.engine import Engine, Hypothesis
+from nmtserve.server.metrics import ServerMetrics
+from nmtserve.server.partial import live_sentences, stable_prefix
+from nmtserve.server.work import WorkItem
+from nmtserve.server.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+IDLE_POLL_S = 0.1  # how often an idle engine thread rechecks for shutdown
+
+
+class EngineFailure(RuntimeError):
+    """The engine failed on this request's own sentence (it failed when decoded alone)."""
+
+
+class ShuttingDown(RuntimeError):
+    """The engine thread stopped before the sentence finished."""
+
+
+class Scheduler:
+    def __init__(
+        self,
+        engine: Engine,
+        queue: WorkQueue,
+        budget: Budget,
+        metrics: ServerMetrics,
+        continuous: bool = False,
+        max_delay_s: float = 0.002,
+        join_fraction: float = 0.25,
+        max_join_steps: int = 8,
+    ) -> None:
+        self.engine, self.queue, self.budget, self.metrics = engine, queue, budget, metrics
+        self.continuous, self.max_delay_s = continuous, max_delay_s
+        self.join_fraction, self.max_join_steps = join_fraction, max_join_steps
+        self._batch = engine.new_batch()
+        self._live: dict[int, WorkItem] = {}  # key -> item: the sentences in the running batch
+        self._steps_since_join = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nmtserve-engine", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop after the current step; sentences still running are abandoned (their requests are told)."""
+        self._stop.set()
+        self.queue.close()
+        self._thread.join(timeout)
+
+    @property
+    def running(self) -> int:
+        """Sentences in the running batch."""
+        return len(self._live)
+
+    # -- the loop ----------------------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._iteration()
+            except Exception:  # a bug in the scheduler itself: fail what is running, keep serving
+                log.exception("scheduler iteration failed; failing the running batch")
+                self._fail_all(EngineFailure("internal scheduler error"))
+        self._fail_all(ShuttingDown("the server is shutting down"))
+
+    def _iteration(self) -> None:
+        self._reap()
+        if not self._live:
+            self._admit(wait_s=IDLE_POLL_S)
+        elif self.continuous and self._worth_joining():
+            self._admit(wait_s=None)
+        if self._live:
+            self._step()
+        self.metrics.running.set(len(self._live))
+
+    def _worth_joining(self) -> bool:
+        """Continuous mode: should the waiting sentences join the running batch now (see the module doc)?"""
+        waiting, room = len(self.queue), self.budget.max_sentences - len(self._live)
+        if waiting == 0 or room <= 0 or waiting > room:
+            return False
+        return (
+            waiting >= math.ceil(len(self._live) * self.join_fraction) or self._steps_since_join >= self.max_join_steps
+        )
+
+    def _reap(self) -> None:
+        """Drop running sentences whose request is gone."""
+        now = time.monotonic()
+        dead = [key for key, item in self._live.items() if item.request.dead(now)]
+        for key in dead:
+            self._batch.cancel(key)
+            del self._live[key]
+        if dead:
+            self.metrics.abandoned.labels("batch").inc(len(dead))
+
+    def _admit(self, wait_s: float | None) -> None:
+        """Take sentences from the queue into the batch, within what the budget has left."""
+        live = self._live.values()
+        longest = max((item.length for item in live), default=0)
+        options = next(iter(live)).options if self._live else None
+        chosen, dead = self.queue.take(self.budget, len(self._live), longest, options, wait_s, self.max_delay_s)
+        if dead:
+            self.metrics.abandoned.labels("queue").inc(len(dead))
+        if not chosen:
+            return
+        now = time.monotonic()
+        for item in chosen:
+            self.metrics.queue_wait.observe(now - item.enqueued_at)
+        chosen.sort(key=lambda item: item.length)
+        start = time.perf_counter()
+        try:
+            self._batch.add([i.source_ids for i in chosen], [i.options for i in chosen], [i.key for i in chosen])
+        except Exception:
+            log.exception("encoding %d joining sentences failed; retrying them one by one", len(chosen))
+            self.metrics.engine_errors.inc()
+            chosen = self._add_one_by_one(chosen)
+        self.metrics.encode.observe(time.perf_counter() - start)
+        self.metrics.admitted_batch_size.observe(len(chosen))
+        self.metrics.tokens.labels("input").inc(sum(item.length for item in chosen))
+        for item in chosen:
+            self._live[item.key] = item
+        self._steps_since_join = 0
+
+    def _add_one_by_one(self, items: list[WorkItem]) -> list[WorkItem]:
+        added = []
+        for item in items:
+            try:
+                self._batch.add([item.source_ids], [item.options], [item.key])
+                added.append(item)
+            except Exception as error:
+                log.exception("encoding a sentence failed on its own; failing its request")
+                self._fail(item, error)
+        return added
+
+    def _step(self) -> None:
+        items = list(self._live.values())
+        start = time.perf_counter()
+        try:
+            finished = self._batch.step()
+        except Exception:
+            log.exception("decode step of %d sentences failed; re-running each alone", len(items))
+            self.metrics.engine_errors.inc()
+            self._batch, self._live = self.engine.new_batch(), {}
+            for item in items:
+                self._run_alone(item)
+            return
+        self._steps_since_join += 1
+        self.metrics.decode_step.observe(time.perf_counter() - start)
+        self.metrics.batch_size.observe(len(items))
+        self.metrics.batch_tokens.observe(len(items) * max(item.length for item in items))
+        for done in finished:
+            self._deliver(self._live.pop(done.key), done.hypotheses)
+        if any(item.request.partial for item in self._live.values()):
+            self._send_partials()
+
+    def _send_partials(self) -> None:
+        sentences = live_sentences(self._batch)
+        for key, item in self._live.items():
+            if item.request.partial and key in sentences:
+                prefix = stable_prefix(sentences[key])
+                if len(prefix) > item.last_partial:
+                    item.last_partial = len(prefix)
+                    item.request.sink.partial(item.index, prefix)
+
+    def _deliver(self, item: WorkItem, hypotheses: list[Hypothesis]) -> None:
+        if hypotheses:
+            self.metrics.tokens.labels("output").inc(len(hypotheses[0].token_ids))
+        item.request.sink.finished(item.index, hypotheses)
+
+    def _run_alone(self, item: WorkItem) -> None:
+        """Decode one sentence in a batch of its own (after a shared batch failed), honouring cancellation."""
+        if item.request.dead():
+            return
+        batch = self.engine.new_batch()
+        try:
+            batch.add([item.source_ids], [item.options], [item.key])
+            while len(batch) and not item.request.dead():
+                for done in batch.step():
+                    self._deliver(item, done.hypotheses)
+        except Exception as error:
+            log.exception("a sentence failed when decoded alone; failing its request")
+            self._fail(item, error)
+
+    def _fail(self, item: WorkItem, error: BaseException) -> None:
+        item.request.cancel()  # its other sentences stop too
+        item.request.sink.failed(EngineFailure(f"the engine failed on text {item.index}: {error}"))
+
+    def _fail_all(self, error: BaseException) -> None:
+        """Fail every running sentence's request and start over with an empty batch."""
+        for item in self._live.values():
+            item.request.cancel()
+            item.request.sink.failed(error)
+        self._batch, self._live = self.engine.new_batch(), {}

@@ -1,0 +1,122 @@
+"""``nmtserve bench engine`` end to end on the tiny model, and the pieces it is built from.
+
+Timings are never asserted (they depend on the machine and its load); the tests check that every part runs,
+decodes what it claims to (forced lengths, same outputs as CTranslate2 on fp32), and writes its JSON and PNGs.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from nmtserve.bench import artifacts
+from nmtserve.bench.ctranslate2_engine import absolute_cap
+from nmtserve.bench.decode_cost import forced_length
+from nmtserve.bench.engine_bench import FIGURES, RESULTS_JSON, median_length_source
+from nmtserve.bench.engines import onnx_translate
+from nmtserve.bench.timing import measure
+from nmtserve.cli.main import main
+from nmtserve.export.testing import TEXT, tiny_export
+from nmtserve.server.engine import DecodingOptions, Engine
+from nmtserve.server.engine.model_dir import MANIFEST
+
+pytest.importorskip("ctranslate2")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_export(tmp_path_factory.getbasetemp() / "tiny-model", "fp32")
+
+
+@pytest.fixture(scope="session")
+def source_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("bench-source") / "dev.en"
+    path.write_text("\n".join([*TEXT, "", "the cat", "open the list"]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_bench_engine_quick_end_to_end(tiny_dir: Path, source_file: Path, tmp_path: Path) -> None:
+    """The smoke test: all three parts on the tiny model, JSON with the expected keys, three PNGs."""
+    out = tmp_path / "bench"
+    argv = ["bench", "engine", "--checkpoint", str(tiny_dir.parent / "checkpoint"), "--model-dir", str(tiny_dir)]
+    argv += ["--source", str(source_file), "--out", str(out), "--quick", "--profile", "always"]
+    assert main(argv) == 0
+
+    results = json.loads((out / RESULTS_JSON).read_text())
+    assert {"config", "machine", "artifacts", "decoding", "decode_cost", "batch_throughput"} <= results.keys()
+    assert {"versus_ctranslate2", "profile", "contention"} <= results.keys()
+    assert results["machine"]["threads_per_engine"] == 1
+
+    decode = results["decode_cost"]
+    assert decode["lengths"] == [4, 8, 16]
+    assert {"onnx fp32 (cache)", "ctranslate2 fp32", "torch (cache)", "torch (no cache)"} <= decode["engines"].keys()
+    for row in decode["engines"].values():
+        assert row["length"] == [4, 8, 16] and len(row["ms_per_token"]) == 3 and row["growth"] > 0
+
+    throughput = results["batch_throughput"]
+    assert set(throughput["series"]) == {"onnx fp32 beam 1", "onnx fp32 beam 2"}
+    for row in throughput["series"].values():
+        assert row["batch_size"] == [1, 4] and all(v > 0 for v in row["tokens_per_s"])
+
+    versus = results["versus_ctranslate2"]
+    assert [(r["precision"], r["beam"]) for r in versus] == [("fp32", 2), ("fp32", 1)]
+    for row in versus:
+        assert row["identical_pct"] == 100.0  # same weights, same rules, fp32: the same translations
+        assert row["ours"]["tokens_per_s"] > 0 and row["ctranslate2"]["tokens_per_s"] > 0
+        assert row["ratio_tokens_per_s"] == pytest.approx(
+            row["ours"]["tokens_per_s"] / row["ctranslate2"]["tokens_per_s"]
+        )
+
+    profile = results["profile"][0]
+    assert "decoder_step.onnx" in profile["graph_times"]["graphs"]
+    assert profile["operators"]["decoder_step.onnx"]["ops"]
+    assert 0 <= profile["graph_times"]["host_share"] <= 1
+
+    for name in FIGURES.values():
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+
+
+def test_forced_length_decodes_exactly(tiny_dir: Path) -> None:
+    translate = onnx_translate(Engine.load(tiny_dir, threads=1))
+    for length in (1, 5, 37):
+        assert [len(ids) for ids in translate([[5, 6, 3], [7, 3]], forced_length(length), 4)] == [length, length]
+
+
+def test_absolute_cap_ignores_source_length() -> None:
+    options = absolute_cap(DecodingOptions(max_length=50))
+    assert {options.max_length_for(n) for n in (1, 3, 30, 1000)} == {50}
+
+
+def test_median_length_source() -> None:
+    assert median_length_source([[1, 3], [1, 2, 3, 4, 3], [1, 2, 3]]) == [1, 2, 3]
+
+
+def test_measure_keeps_every_sample() -> None:
+    calls = []
+    timing, result = measure(lambda: calls.append(1) or len(calls), repeats=3, warmup=2)
+    assert len(calls) == 5 and result == 5 and len(timing.seconds) == 3
+    assert timing.best <= timing.median
+
+
+def test_model_dir_from_other_weights_is_refused(tiny_dir: Path, tmp_path: Path) -> None:
+    """Comparing engines on different weights would be meaningless: the manifest's weights sha256 must match."""
+    other = tmp_path / "other-checkpoint"
+    shutil.copytree(tiny_dir.parent / "checkpoint", other)
+    (other / "model.safetensors").write_bytes((other / "model.safetensors").read_bytes() + b" ")
+    with pytest.raises(ValueError, match="same weights"):
+        artifacts.prepare(other, [tiny_dir], [], tmp_path / "work")
+
+
+def test_shipped_export_is_found_by_weights(tiny_dir: Path, tmp_path: Path) -> None:
+    manifest = json.loads((tiny_dir / MANIFEST).read_text())
+    sha = manifest["model"]["checkpoint"]["weights_sha256"]
+    root = tmp_path / "shipped"
+    shutil.copytree(tiny_dir, root / "demo-onnx" / "fp32")
+    assert artifacts.find_shipped_export(sha, "fp32", (root,)) == root / "demo-onnx" / "fp32"
+    assert artifacts.find_shipped_export(sha, "int8", (root,)) is None
+    assert artifacts.find_shipped_export("0" * 64, "fp32", (root,)) is None

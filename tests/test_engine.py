@@ -1,0 +1,198 @@
+"""The torch-free ONNX engine against the PyTorch reference beam search, on a tiny random model exported once."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nmtserve.export.testing import tiny_export
+from nmtserve.model.beam_search import DecodingOptions as ReferenceOptions
+from nmtserve.model.beam_search import beam_search, greedy_search
+from nmtserve.model.checkpoint import load_checkpoint
+from nmtserve.server.engine import DecodingOptions, Engine, EngineError, Hypothesis, ModelDirError
+from nmtserve.server.engine.model_dir import DECODER_STEP, MANIFEST, TOKENIZER
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_export(tmp_path_factory.getbasetemp() / "tiny-model", "fp32")
+
+
+@pytest.fixture(scope="session")
+def engine(tiny_dir: Path) -> Engine:
+    return Engine.load(tiny_dir, threads=1)
+
+
+@pytest.fixture(scope="session")
+def model(tiny_dir: Path):
+    return load_checkpoint(tiny_dir.parent / "checkpoint")[0]
+
+
+def _sources(count: int, seed: int = 0, vocab: int = 64) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    lengths = [1, 3, 17, 6, 2, 40, 9, 12, 5, 25][:count]
+    return [[int(t) for t in rng.integers(4, vocab, n - 1)] + [3] for n in lengths]
+
+
+def _assert_same(reference: list[list], engine: list[list[Hypothesis]]) -> None:
+    assert len(reference) == len(engine)
+    for ref_nbest, got_nbest in zip(reference, engine, strict=True):
+        assert [h.token_ids for h in got_nbest] == [h.token_ids for h in ref_nbest]
+        for ref, got in zip(ref_nbest, got_nbest, strict=True):
+            assert got.score == pytest.approx(ref.score, abs=1e-4)
+            assert got.log_prob == pytest.approx(ref.log_prob, abs=1e-4)
+
+
+OPTION_SETS = [
+    {"beam_size": 4},
+    {"beam_size": 1},
+    {"beam_size": 4, "num_hypotheses": 4, "length_penalty": 0.6},
+    {"beam_size": 4, "length_penalty": 0.0, "num_hypotheses": 2},
+    {"beam_size": 3, "min_length": 4, "max_length": 9},
+    {"beam_size": 2, "max_length_ratio": 0.5, "max_length_offset": 1},
+]
+
+
+@pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
+def test_matches_reference_beam_search(engine: Engine, model, options: dict) -> None:
+    sources = _sources(10)
+    reference = beam_search(model, sources, ReferenceOptions(**options))
+    _assert_same(reference, engine.translate_ids(sources, DecodingOptions(**options)))
+
+
+def test_outputs_vary_in_length(engine: Engine) -> None:
+    """The fixture model must exercise both EOS and the max-length cut, or the parity tests prove little."""
+    sources = _sources(10)
+    options = DecodingOptions()
+    results = engine.translate_ids(sources, options)
+    hit_max = [len(n[0].token_ids) == options.max_length_for(len(s)) for s, n in zip(sources, results, strict=True)]
+    assert any(hit_max) and not all(hit_max)
+
+
+def test_beam_one_is_greedy(engine: Engine, model) -> None:
+    sources = _sources(10, seed=1)
+    options = DecodingOptions(beam_size=1)
+    got = engine.translate_ids(sources, options)
+    for source, nbest in zip(sources, got, strict=True):
+        assert nbest[0].token_ids == greedy_search(model, source, options.max_length_for(len(source)))
+
+
+def test_nbest_sorted_and_counted(engine: Engine) -> None:
+    for nbest in engine.translate_ids(_sources(6), DecodingOptions(beam_size=4, num_hypotheses=3)):
+        scores = [h.score for h in nbest]
+        assert len(nbest) == 3 and scores == sorted(scores, reverse=True)
+    unscored = engine.translate_ids(_sources(2), DecodingOptions(return_scores=False))
+    assert all(h.score is None and h.log_prob is None for nbest in unscored for h in nbest)
+
+
+def test_max_and_min_length(engine: Engine) -> None:
+    sources = _sources(10, seed=2)
+    for nbest in engine.translate_ids(sources, DecodingOptions(max_length=3, num_hypotheses=4)):
+        assert all(1 <= len(h.token_ids) <= 3 for h in nbest)
+    relative = DecodingOptions(max_length_ratio=1.0, max_length_offset=0)
+    for source, nbest in zip(sources, engine.translate_ids(sources, relative), strict=True):
+        assert len(nbest[0].token_ids) <= len(source)
+    for nbest in engine.translate_ids(sources, DecodingOptions(min_length=6, max_length=8, num_hypotheses=4)):
+        assert all(6 <= len(h.token_ids) <= 8 for h in nbest)
+
+
+def test_eos_is_stripped_and_ends_hypotheses(engine: Engine, model) -> None:
+    sources = _sources(10, seed=3)
+    options = DecodingOptions(beam_size=4, num_hypotheses=4)
+    ended_early = 0
+    for source, nbest in zip(sources, engine.translate_ids(sources, options), strict=True):
+        for h in nbest:
+            assert model.config.bos_id not in h.token_ids
+            ended_early += len(h.token_ids) < options.max_length_for(len(source))
+            assert h.log_prob <= 0
+    assert ended_early > 0
+
+
+def test_batched_equals_one_by_one(engine: Engine) -> None:
+    sources = _sources(10, seed=4)
+    options = DecodingOptions(beam_size=4, num_hypotheses=2)
+    batched = engine.translate_ids(sources, options, max_batch_size=4)  # refilled as sentences finish
+    singles = [engine.translate_ids([s], options)[0] for s in sources]
+    _assert_same(singles, batched)
+
+
+def test_step_api_continuous_batching(engine: Engine) -> None:
+    """Sentences joining a running batch, mixed beam sizes and a cancellation give the stand-alone results."""
+    sources = _sources(8, seed=5)
+    beams = [DecodingOptions(beam_size=4), DecodingOptions(beam_size=1), DecodingOptions(beam_size=2)]
+    expected = {i: engine.translate_ids([s], beams[i % 3])[0] for i, s in enumerate(sources)}
+    batch = engine.new_batch()
+    batch.add(sources[:3], [beams[i % 3] for i in range(3)], keys=[0, 1, 2])
+    batch.add([sources[7]], beams[7 % 3], keys=["gone"])
+    results, pending, steps = {}, list(range(3, 7)), 0
+    while len(batch) or pending:
+        if pending and steps % 2 == 1:  # one newcomer every other step
+            i = pending.pop(0)
+            batch.add([sources[i]], beams[i % 3], keys=[i])
+        if steps == 2:
+            assert batch.cancel("gone") and not batch.cancel("gone")
+        results.update({done.key: done.hypotheses for done in batch.step()})
+        steps += 1
+    assert sorted(results) == list(range(7))
+    for i in range(7):
+        _assert_same([expected[i]], [results[i]])
+    assert batch.rows == 0 and batch.step() == []
+
+
+def test_translate_text(engine: Engine) -> None:
+    results = engine.translate(["the cat sat on the mat", "", "open the file"], DecodingOptions(num_hypotheses=2))
+    assert [len(n) for n in results] == [2, 2, 2]
+    assert all(isinstance(h.text, str) for nbest in results for h in nbest)
+    assert results[0][0].text == engine.tokenizer.decode(results[0][0].token_ids)
+
+
+def test_rejects_bad_requests(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="num_hypotheses"):
+        engine.translate_ids([[5, 3]], DecodingOptions(beam_size=2, num_hypotheses=3))
+    with pytest.raises(ValueError, match="token ids"):
+        engine.translate_ids([[5, 999, 3]])
+    with pytest.raises(ValueError, match="tokens"):
+        engine.translate_ids([[]])
+
+
+@pytest.mark.parametrize("damage", ["corrupt-step", "missing-tokenizer", "missing-manifest", "corrupt-manifest"])
+def test_damaged_model_dir_is_refused(tiny_dir: Path, tmp_path: Path, damage: str) -> None:
+    directory = tmp_path / "model"
+    shutil.copytree(tiny_dir, directory)
+    if damage == "corrupt-step":
+        with open(directory / DECODER_STEP, "r+b") as handle:
+            handle.seek(100)
+            handle.write(b"\x00\x01\x02")
+        expected = DECODER_STEP
+    elif damage == "missing-tokenizer":
+        (directory / TOKENIZER).unlink()
+        expected = TOKENIZER
+    elif damage == "missing-manifest":
+        (directory / MANIFEST).unlink()
+        expected = MANIFEST
+    else:
+        (directory / MANIFEST).write_text("{not json")
+        expected = MANIFEST
+    with pytest.raises(ModelDirError, match=expected.replace(".", r"\.")):
+        Engine.load(directory)
+
+
+def test_cuda_without_provider_is_a_clear_error(tiny_dir: Path) -> None:
+    with pytest.raises(EngineError, match="CUDAExecutionProvider"):
+        Engine.load(tiny_dir, device="cuda")
+
+
+def test_serving_modules_do_not_import_torch() -> None:
+    code = (
+        "import pkgutil, sys, importlib\n"
+        "import nmtserve.server, nmtserve.server.engine\n"
+        "for m in pkgutil.walk_packages(nmtserve.server.__path__, 'nmtserve.server.'):\n"
+        "    importlib.import_module(m.name)\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -1,0 +1,247 @@
+"""ONNX export of a tiny random model: graph signatures, dynamic shapes, cached vs teacher-forced decoding, the
+row graphs, reduced precisions, and that verification catches a wrong graph. Real onnxruntime sessions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, numpy_helper
+
+from nmtserve.export.precision import convert_fp16, quantize_int8
+from nmtserve.export.row_ops import build_row_ops
+from nmtserve.export.testing import tiny_export
+from nmtserve.export.verify import ExportVerificationError, verify_export
+from nmtserve.model.checkpoint import load_checkpoint
+from nmtserve.server.engine import DecodingOptions, Engine
+from nmtserve.server.engine.model_dir import (
+    APPEND_ROWS,
+    DECODER_STEP,
+    ENCODER,
+    GATHER_ROWS,
+    IO_NAMES,
+    MANIFEST,
+    REQUIRED_FILES,
+    TRIM_CACHE,
+    sha256_file,
+    write_manifest,
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_export(tmp_path_factory.getbasetemp() / "tiny-model", "fp32")
+
+
+@pytest.fixture(scope="session")
+def model(tiny_dir: Path) -> torch.nn.Module:
+    return load_checkpoint(tiny_dir.parent / "checkpoint")[0]
+
+
+def _session(path: Path) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _sources(lengths: list[int], vocab: int, seed: int = 0) -> torch.Tensor:
+    rng = np.random.default_rng(seed)
+    ids = torch.zeros((len(lengths), max(lengths)), dtype=torch.long)
+    for i, n in enumerate(lengths):
+        ids[i, : n - 1] = torch.from_numpy(rng.integers(4, vocab, n - 1))
+        ids[i, n - 1] = 3
+    return ids
+
+
+def test_manifest_pins_every_file(tiny_dir: Path) -> None:
+    manifest = json.loads((tiny_dir / MANIFEST).read_text())
+    assert set(REQUIRED_FILES) <= set(manifest["files"])
+    for name, digest in manifest["files"].items():
+        assert sha256_file(tiny_dir / name) == digest
+    assert manifest["precision"] == "fp32" and manifest["opset"] == 18
+    assert manifest["languages"] == {"source": "en", "target": "de"}
+    assert manifest["dimensions"]["d_head"] * manifest["dimensions"]["n_heads"] == manifest["dimensions"]["d_model"]
+    assert manifest["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+    assert {"torch", "onnx", "onnxruntime"} <= set(manifest["exporter"])
+    fp32 = manifest["verification"]["fp32"]
+    assert fp32["log_prob_max_abs_diff"] <= 1e-4 and fp32["cross_kv_max_abs_diff"] <= 1e-4
+    assert not list(tiny_dir.parent.glob(".*.partial")), "staging directory left behind"
+
+
+def test_graph_signatures(tiny_dir: Path) -> None:
+    for graph in (ENCODER, DECODER_STEP, GATHER_ROWS, APPEND_ROWS, TRIM_CACHE):
+        session = _session(tiny_dir / graph)
+        assert [i.name for i in session.get_inputs()] == IO_NAMES[graph]["inputs"], graph
+        assert [o.name for o in session.get_outputs()] == IO_NAMES[graph]["outputs"], graph
+
+
+@pytest.mark.parametrize(("batch", "source_len"), [(1, 1), (1, 200), (7, 1), (7, 200)])
+def test_encoder_dynamic_shapes(tiny_dir: Path, model, batch: int, source_len: int) -> None:
+    lengths = [source_len] + [max(1, source_len - 3 * i) for i in range(1, batch)]
+    source_ids = _sources(lengths, model.config.vocab_size)
+    keys, values = _session(tiny_dir / ENCODER).run(None, {"source_ids": source_ids.numpy()})
+    with torch.inference_mode():
+        pairs = model.cross_kv(model.encode(source_ids))
+    config = model.config
+    assert keys.shape == (config.n_decoder_layers, batch, config.n_heads, source_len, config.d_head)
+    np.testing.assert_allclose(keys, torch.stack([k for k, _ in pairs]).numpy(), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(values, torch.stack([v for _, v in pairs]).numpy(), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(("batch", "source_len"), [(1, 1), (7, 200)])
+def test_cached_steps_equal_teacher_forcing(tiny_dir: Path, model, batch: int, source_len: int) -> None:
+    """Cache lengths 0..n through the step graph (k = vocab) against one teacher-forced pass without a cache."""
+    config, steps = model.config, 6
+    vocab, layers, heads, d_head = config.vocab_size, config.n_decoder_layers, config.n_heads, config.d_head
+    lengths = [source_len] + [max(1, source_len // (i + 1)) for i in range(1, batch)]
+    source_ids = _sources(lengths, vocab, seed=batch)
+    target = torch.cat([torch.full((batch, 1), config.bos_id), torch.randint(4, vocab, (batch, steps - 1))], dim=1)
+    with torch.inference_mode():
+        cross = model.cross_kv(model.encode(source_ids))
+        logits, _ = model.decode(target, cross, model.source_mask(source_ids))
+    expected = torch.log_softmax(logits, dim=-1).numpy()
+
+    step = _session(tiny_dir / DECODER_STEP)
+    keys = np.zeros((layers, 1, heads, 0, d_head), np.float32)
+    values, mask = keys.copy(), np.zeros((1, 0), bool)
+    for t in range(steps):
+        top_values, top_ids, keys, values, mask = step.run(
+            None,
+            {
+                "token_ids": target[:, t].numpy(),
+                "positions": np.full(batch, t),
+                "reorder": np.full(batch, -1) if t == 0 else np.arange(batch),
+                "self_keys": keys,
+                "self_values": values,
+                "self_mask": mask,
+                "cross_keys": torch.stack([k for k, _ in cross]).numpy(),
+                "cross_values": torch.stack([v for _, v in cross]).numpy(),
+                "source_mask": (source_ids != 0).numpy(),
+                "forbid_eos": np.zeros(batch, bool),
+                "k": np.array([vocab]),
+            },
+        )
+        assert keys.shape == (layers, batch, heads, t + 1, d_head) and mask.all()
+        assert np.all(np.diff(top_values, axis=1) <= 0), "TopK output must be sorted"
+        actual = np.empty((batch, vocab), np.float32)
+        np.put_along_axis(actual, top_ids, top_values, axis=1)
+        np.testing.assert_allclose(actual, expected[:, t], atol=1e-4, rtol=0)
+
+
+def test_step_reorder_forbid_eos_and_small_k(tiny_dir: Path, model) -> None:
+    """reorder gathers cache rows in the graph, -1 starts an empty history, forbid_eos masks EOS, k is honoured."""
+    config = model.config
+    layers, heads, d_head = config.n_decoder_layers, config.n_heads, config.d_head
+    rng = np.random.default_rng(3)
+    keys = rng.standard_normal((layers, 2, heads, 3, d_head), np.float32)
+    cross = rng.standard_normal((layers, 3, heads, 4, d_head), np.float32)
+    feeds = {
+        "token_ids": np.array([5, 6, 7]),
+        "positions": np.array([3, 3, 0]),
+        "reorder": np.array([1, 0, -1]),
+        "self_keys": keys,
+        "self_values": keys * 0.5,
+        "self_mask": np.array([[True, True, True], [False, True, True]]),
+        "cross_keys": cross,
+        "cross_values": cross,
+        "source_mask": np.ones((3, 4), bool),
+        "forbid_eos": np.array([True, False, False]),
+        "k": np.array([2]),
+    }
+    top_values, top_ids, new_keys, _, new_mask = _session(tiny_dir / DECODER_STEP).run(None, feeds)
+    assert top_values.shape == (3, 2) and top_ids.dtype == np.int64
+    np.testing.assert_array_equal(new_keys[:, 0, :, :3], keys[:, 1])
+    np.testing.assert_array_equal(new_keys[:, 1, :, :3], keys[:, 0])
+    np.testing.assert_array_equal(new_mask, [[False, True, True, True], [True, True, True, True], [False] * 3 + [True]])
+    full = _session(tiny_dir / DECODER_STEP).run(None, {**feeds, "k": np.array([config.vocab_size])})
+    assert config.eos_id not in full[1][0, :-1] and full[0][0, -1] == -np.inf
+    np.testing.assert_array_equal(full[1][:, :2], top_ids)
+
+
+@pytest.mark.parametrize(("dtype", "np_dtype"), [(TensorProto.FLOAT, np.float32), (TensorProto.FLOAT16, np.float16)])
+def test_row_graphs(tmp_path: Path, dtype: int, np_dtype: type) -> None:
+    build_row_ops(tmp_path, dtype)
+    rng = np.random.default_rng(0)
+    keys, mask = rng.standard_normal((2, 3, 2, 5, 4)).astype(np_dtype), rng.random((3, 5)) > 0.3
+    rows = np.array([2, 0, 0])
+    gathered = _session(tmp_path / GATHER_ROWS).run(
+        None, {"cross_keys": keys, "cross_values": -keys, "source_mask": mask, "rows": rows, "source_len": [4]}
+    )
+    np.testing.assert_array_equal(gathered[0], keys[:, rows, :, :4])
+    np.testing.assert_array_equal(gathered[1], -keys[:, rows, :, :4])
+    np.testing.assert_array_equal(gathered[2], mask[rows, :4])
+    longer, longer_mask = rng.standard_normal((2, 2, 2, 7, 4)).astype(np_dtype), np.ones((2, 7), bool)
+    joined = _session(tmp_path / APPEND_ROWS).run(
+        None,
+        {
+            "cross_keys": keys,
+            "cross_values": keys,
+            "source_mask": mask,
+            "new_cross_keys": longer,
+            "new_cross_values": longer,
+            "new_source_mask": longer_mask,
+        },
+    )
+    assert joined[0].shape == (2, 5, 2, 7, 4)
+    np.testing.assert_array_equal(joined[0][:, :3, :, :5], keys)
+    np.testing.assert_array_equal(joined[0][:, 3:], longer)
+    np.testing.assert_array_equal(joined[2], np.concatenate([np.pad(mask, ((0, 0), (0, 2))), longer_mask]))
+    for keep in (0, 2, 5):
+        trimmed = _session(tmp_path / TRIM_CACHE).run(
+            None, {"self_keys": keys, "self_values": keys, "self_mask": mask, "keep": [keep]}
+        )
+        np.testing.assert_array_equal(trimmed[0], keys[:, :, :, 5 - keep :])
+        np.testing.assert_array_equal(trimmed[2], mask[:, 5 - keep :])
+
+
+def _derived_copy(tiny_dir: Path, tmp_path: Path, precision: str) -> Path:
+    directory = tmp_path / precision
+    shutil.copytree(tiny_dir, directory)
+    manifest = json.loads((directory / MANIFEST).read_text())
+    if precision == "int8":
+        quantize_int8(directory / ENCODER)
+        quantize_int8(directory / DECODER_STEP)
+    elif precision == "fp16":
+        convert_fp16(directory / ENCODER, [])
+        convert_fp16(directory / DECODER_STEP, ["topk_log_probs"])
+        build_row_ops(directory, TensorProto.FLOAT16)
+    write_manifest(
+        directory, {**manifest, "precision": precision, "cache_dtype": "float16" if precision == "fp16" else "float32"}
+    )
+    return directory
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_reduced_precision_is_close(tiny_dir: Path, model, tmp_path: Path, precision: str) -> None:
+    directory = _derived_copy(tiny_dir, tmp_path, precision)
+    if precision == "int8":
+        ops = {n.op_type for n in onnx.load(str(directory / DECODER_STEP)).graph.node}
+        assert ops & {"DynamicQuantizeMatMul", "MatMulInteger"}, ops
+    else:
+        step = onnx.load(str(directory / DECODER_STEP))
+        types = {o.name: o.type.tensor_type.elem_type for o in step.graph.output}
+        assert types["topk_log_probs"] == TensorProto.FLOAT and types["new_self_keys"] == TensorProto.FLOAT16
+    report = verify_export(model, directory, precision)
+    assert report.log_prob_max_abs_diff < 0.5 and report.top1_agreement > 0.9, report
+    engine = Engine.load(directory, threads=1)  # the engine runs it end to end (fp16: fp16 cache on CPU)
+    nbest = engine.translate_ids([[5, 6, 7, 3], [9, 3]], DecodingOptions(beam_size=2))
+    assert all(len(n) == 1 and n[0].log_prob < 0 for n in nbest)
+
+
+def test_verification_catches_a_wrong_graph(tiny_dir: Path, model, tmp_path: Path) -> None:
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir, broken)
+    graph = onnx.load(str(broken / DECODER_STEP))
+    weight = max(graph.graph.initializer, key=lambda t: int(np.prod(t.dims)))
+    array = numpy_helper.to_array(weight).copy()
+    array.flat[0] += 0.5
+    weight.CopyFrom(numpy_helper.from_array(array, weight.name))
+    onnx.save(graph, str(broken / DECODER_STEP))
+    with pytest.raises(ExportVerificationError):
+        verify_export(model, broken, "fp32")

@@ -1,0 +1,87 @@
+"""The load generator against a real server: open and closed loop, JSON report, PNG plots, statistics."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from nmtserve.cli.main import main
+from nmtserve.export.testing import tiny_export
+from nmtserve.server.background import BackgroundServer
+from nmtserve.server.config import ServerConfig
+from nmtserve.server.loadtest.stats import Sample, summarize
+from nmtserve.server.loadtest.workload import Workload, read_lines
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_export(tmp_path_factory.getbasetemp() / "tiny-model", "fp32")
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path):
+    config = ServerConfig(model=model_dir, port=0, metrics_port=0, threads=1, warmup=False, max_length=16)
+    with BackgroundServer(config) as running:
+        yield running
+
+
+@pytest.fixture
+def input_file(tmp_path: Path) -> Path:
+    path = tmp_path / "input.en"
+    path.write_text("the cat sat on the mat\n\nopen the file\nsave it\na package manager installs software\n")
+    return path
+
+
+def test_open_loop_sweep_writes_json_and_plots(server: BackgroundServer, input_file: Path, tmp_path: Path, capsys):
+    out = tmp_path / "out"
+    argv = ["loadtest", "--server", server.address, "--input", str(input_file), "--rate", "10,20"]
+    assert main([*argv, "--duration", "1", "--out", str(out), "--quiet", "--seed", "1"]) == 0
+    report = json.loads((out / "loadtest.json").read_text())
+    assert [level["offered"] for level in report["levels"]] == [10, 20]
+    for level in report["levels"]:
+        assert level["ok"] == level["requests"] > 0 and not level["errors"]
+        assert 0 < level["latency_ms"]["p50"] <= level["latency_ms"]["p99"] <= level["latency_ms"]["p99.9"]
+    assert report["model"]["precision"] == "fp32"
+    for png in ("loadtest_latency_cdf.png", "loadtest_load.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = capsys.readouterr().out
+    assert "req/s offered" in printed and "p99.9" in printed
+
+
+def test_closed_loop_once_sends_every_line(server: BackgroundServer, input_file: Path, tmp_path: Path) -> None:
+    argv = ["loadtest", "--server", server.address, "--input", str(input_file), "--concurrency", "3", "--once"]
+    assert main([*argv, "--duration", "30", "--out", str(tmp_path), "--name", "closed", "--quiet"]) == 0
+    level = json.loads((tmp_path / "closed.json").read_text())["levels"][0]
+    assert level["requests"] == level["ok"] == 4 and level["mode"] == "concurrency"
+
+
+def test_statistics() -> None:
+    samples = [Sample(due=i * 0.1, latency=(i + 1) / 1000, code="OK", texts=2) for i in range(100)]
+    samples += [Sample(due=10.0, latency=0.5, code="DEADLINE_EXCEEDED", texts=2)]
+    samples += [Sample(due=10.0, latency=math.nan, code="CLIENT_OVERLOADED", texts=2)]
+    result = summarize("rate", 10.0, samples)
+    assert result.requests == 102 and result.ok == 100
+    assert result.latency_ms["p50"] == pytest.approx(50.5) and result.latency_ms["max"] == pytest.approx(100)
+    assert result.errors == {"DEADLINE_EXCEEDED": 1, "CLIENT_OVERLOADED": 1}
+    assert result.duration_s == pytest.approx(10.5)
+    assert result.sentences_per_s == pytest.approx(200 / 10.5)
+
+
+def test_workload(tmp_path: Path) -> None:
+    path = tmp_path / "lines"
+    path.write_text("a\n\nb\nc\n")
+    lines = read_lines(path)
+    assert lines == ["a", "b", "c"]
+    stream = iter(Workload(lines, texts_per_request=1, seed=0))
+    assert sorted(next(stream)[0] for _ in range(3)) == ["a", "b", "c"]  # without replacement
+    assert Workload(lines, texts_per_request=2).once() == [["a", "b"], ["c"]]
+
+
+def test_open_loop_throughput_counts_answers_within_the_window() -> None:
+    samples = [Sample(due=i, latency=0.5, code="OK", texts=1) for i in range(10)]  # the last answer at 9.5 s
+    samples.append(Sample(due=9.8, latency=1.0, code="OK", texts=1))  # answered after the 10 s window
+    result = summarize("rate", 1.0, samples, window=10.0)
+    assert result.throughput_rps == pytest.approx(1.0) and result.ok == 11

@@ -1,0 +1,94 @@
+"""Server configuration: precedence (defaults < TOML < NMTSERVE_* < flags), validation, flags, demo model lookup."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pytest
+
+from nmtserve.server.config import ConfigError, ServerConfig, add_flags, load_config, resolve_model_dir
+
+
+def parse(*argv: str) -> dict:
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    return vars(parser.parse_args(list(argv)))
+
+
+def test_defaults_serve_the_demo_on_the_documented_ports() -> None:
+    config = load_config({}, environ={}).config
+    assert (config.host, config.port, config.metrics_port, config.model) == ("127.0.0.1", 50051, 9090, None)
+    assert config.batching == "request"  # measured better on CPU: docs/benchmarks.md
+
+
+def test_precedence_file_env_flag(tmp_path: Path) -> None:
+    toml = tmp_path / "serve.toml"
+    toml.write_text('port = 6000\nmax_batch_size = 8\nbatching = "request"\nmodel = "models/demo"\nspin = false\n')
+    environ = {"NMTSERVE_PORT": "7000", "NMTSERVE_MAX_QUEUE_DELAY_MS": "1.5", "NMTSERVE_UNRELATED": "x"}
+    loaded = load_config(parse("--port", "8000", "--no-warmup", "--config", str(toml)), environ, config_file=toml)
+    config = loaded.config
+    assert config.port == 8000 and config.max_batch_size == 8 and config.max_queue_delay_ms == 1.5
+    assert config.batching == "request" and config.spin is False and config.warmup is False
+    assert config.model == tmp_path / "models/demo"  # relative to the file
+    assert loaded.sources["port"] == "flag" and loaded.sources["max_queue_delay_ms"] == "env"
+    assert loaded.sources["max_batch_size"].startswith("file")
+    assert loaded.warnings == ["ignoring unknown environment variable NMTSERVE_UNRELATED"]
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    toml = tmp_path / "serve.toml"
+    toml.write_text("metrics_port = 9999\n")
+    assert load_config({}, {"NMTSERVE_CONFIG": str(toml)}).config.metrics_port == 9999
+
+
+@pytest.mark.parametrize(
+    ("flags", "environ", "toml", "message"),
+    [
+        ({}, {}, "max_batch_sise = 3\n", "unknown setting(s) max_batch_sise"),
+        ({}, {}, 'port = "x"\n', "expected an integer"),
+        ({}, {"NMTSERVE_SPIN": "maybe"}, None, "not a valid bool"),
+        ({"beam_size": 3, "num_hypotheses": 4}, {}, None, "num_hypotheses must be in 1..beam_size"),
+        ({"max_batch_tokens": 100}, {}, None, "max_batch_tokens (100) must hold one longest text"),
+        ({"port": 70000}, {}, None, "port must be in 0..65535"),
+        ({"max_queue_delay_ms": -1.0}, {}, None, "max_queue_delay_ms must be >= 0"),
+    ],
+)
+def test_invalid_settings_are_refused(tmp_path: Path, flags: dict, environ: dict, toml: str | None, message: str):
+    path = None
+    if toml is not None:
+        path = tmp_path / "bad.toml"
+        path.write_text(toml)
+    with pytest.raises(ConfigError) as caught:
+        load_config(flags, environ, path)
+    assert message in str(caught.value)
+
+
+def test_bad_choice_flag_is_an_argparse_error() -> None:
+    with pytest.raises(SystemExit):
+        parse("--batching", "sometimes")
+
+
+def test_model_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert resolve_model_dir(tmp_path) == tmp_path
+    monkeypatch.setattr("nmtserve.server.config.demo_model_candidates", lambda: [tmp_path / "a", tmp_path / "b"])
+    with pytest.raises(ConfigError, match="no exported demo model found"):
+        resolve_model_dir(None)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "manifest.json").write_text("{}")
+    assert resolve_model_dir(None) == tmp_path / "b"
+
+
+def test_as_dict_is_json_ready() -> None:
+    import json
+
+    assert json.loads(json.dumps(ServerConfig(model=Path("/m")).as_dict()))["model"] == "/m"
+
+
+def test_serve_without_a_model_fails_before_binding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    from nmtserve.server.app import serve
+
+    monkeypatch.setattr("nmtserve.server.config.demo_model_candidates", lambda: [tmp_path / "nothing"])
+    assert asyncio.run(serve(ServerConfig(port=0, metrics_port=0))) == 2
