@@ -1,5 +1,5 @@
 # The README's two set-up commands. Each creates its own virtual environment.
-#   make demo   install the serving stack (no torch) and translate a sample with the shipped demo model
+#   make demo   install the serving stack (no torch) and start the gRPC server on the shipped demo model
 #   make test   install everything (training extras, CPU onnxruntime, dev tools) and run the whole test suite
 PYTHON ?= python3
 SERVE_VENV ?= .venv-serve
@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 $(SERVE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/pip install --quiet --upgrade pip
-	$(SERVE_VENV)/bin/pip install --quiet ".[cpu,train]" "$(TORCH)"
+	$(SERVE_VENV)/bin/pip install --quiet -e ".[cpu]"
 	touch $@
 
 $(DEV_VENV)/.installed: pyproject.toml
@@ -23,8 +23,9 @@ $(DEV_VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(SERVE_VENV)/.installed
-	printf 'The package contains the documentation.\nThis program is free software.\nSelect the cells that you want to print.\n' \
-		| $(SERVE_VENV)/bin/nmtserve translate --backend torch
+	@echo "gRPC on 127.0.0.1:50051, metrics on http://127.0.0.1:9090/metrics; try:"
+	@echo "  echo 'The package contains the documentation.' | $(SERVE_VENV)/bin/nmtserve translate --server 127.0.0.1:50051"
+	$(SERVE_VENV)/bin/nmtserve serve
 
 test: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m pytest -q

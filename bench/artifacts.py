@@ -12,11 +12,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmtserve.model.checkpoint import DEMO_CHECKPOINT, WEIGHTS
-from nmtserve.server.engine.model_dir import MANIFEST, ModelDirError, read_manifest, sha256_file
+from nmtserve.model.checkpoint import WEIGHTS
+from nmtserve.server.engine.model_dir import MANIFEST, ModelDirError, demo_export, read_manifest, sha256_file
 
-# Where a shipped export of the demo model may live; searched two levels deep for manifests.
-SHIPPED_ROOTS = (DEMO_CHECKPOINT.parent, DEMO_CHECKPOINT.parent.parent / "export")
+# Where shipped exports of the demo model live (export/demo/<precision>); searched two levels deep for manifests.
+SHIPPED_ROOTS = (demo_export().parent,)
 
 
 @dataclass(frozen=True)

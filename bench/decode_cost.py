@@ -4,7 +4,8 @@ With a K/V cache a step should cost about the same at step 250 as at step 10 (on
 they are small next to the output projection), so per-token cost should be nearly flat in the output length;
 without a cache every step re-runs the decoder over the whole prefix and the per-token cost grows linearly.
 The length is forced (min_length = max_length = L, EOS forbidden until then) so every run decodes exactly L
-steps whatever the model would have said.
+steps whatever the model would have said; a run of length 1 gives the fixed cost (encoding, first step setup),
+which is subtracted.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 from tqdm import tqdm
 
 from nmtserve.bench.engines import TranslateFn
-from nmtserve.bench.timing import measure
+from nmtserve.bench.timing import Timing, measure
 from nmtserve.server.engine.options import DecodingOptions
 
 LENGTHS = (16, 32, 64, 128, 256)
@@ -28,38 +29,43 @@ def forced_length(length: int) -> DecodingOptions:
     )
 
 
+def _time_forced(decode: TranslateFn, source: Sequence[int], length: int, repeats: int, min_seconds: float) -> Timing:
+    options = forced_length(length)
+    timing, outputs = measure(lambda: decode([source], options, 1), repeats=repeats, warmup=1, min_seconds=min_seconds)
+    if len(outputs[0]) != length:
+        raise RuntimeError(f"forced length {length} produced {len(outputs[0])} tokens")
+    return timing
+
+
 def run_decode_cost(
     engines: Mapping[str, TranslateFn],
     source: Sequence[int],
     lengths: Sequence[int] = LENGTHS,
     repeats: int = 3,
-    skip: Mapping[str, int] | None = None,
     min_seconds: float = 1.0,
 ) -> dict[str, Any]:
-    """Time every engine at every length; ``skip`` maps an engine to a length above which it is not run.
+    """Time every engine at every length, and at length 1 (encoding + one step: the per-sentence fixed cost).
 
-    Returns ``{"lengths", "source_len", "engines": {name: {"ms_per_token": [...], "growth": ..., ...}}}`` where
-    ``growth`` is the per-token cost at the longest length over that at the shortest.
+    ``ms_per_token`` is the decoding cost alone, (T(L) - T(1)) / (L - 1): left in, the encoder's fixed cost would
+    inflate short lengths and make the growth look flatter than it is. ``ms_per_token_with_encoder`` is T(L) / L.
+    ``growth`` is ``ms_per_token`` at the longest length over that at the shortest.
     """
-    skip = skip or {}
     results: dict[str, Any] = {"lengths": list(lengths), "source_len": len(source), "engines": {}}
-    work = [(name, length) for name in engines for length in lengths if length <= skip.get(name, max(lengths))]
-    rows: dict[str, dict[str, list]] = {name: {"length": [], "ms_per_token": [], "timing": []} for name in engines}
+    work = [(name, length) for name in engines for length in (1, *lengths)]
+    timings: dict[str, dict[int, Timing]] = {name: {} for name in engines}
     for name, length in tqdm(work, desc="decode cost", unit="run"):
-        options = forced_length(length)
-        decode = engines[name]
-        timing, outputs = measure(
-            lambda d=decode, o=options: d([source], o, 1), repeats=repeats, warmup=1, min_seconds=min_seconds
-        )
-        produced = len(outputs[0])
-        if produced != length:
-            raise RuntimeError(f"{name}: forced length {length} produced {produced} tokens")
-        rows[name]["length"].append(length)
-        rows[name]["ms_per_token"].append(1000.0 * timing.best / length)
-        rows[name]["timing"].append(timing.to_dict())
-    for name, row in rows.items():
-        per_token = row["ms_per_token"]
-        row["growth"] = per_token[-1] / per_token[0] if len(per_token) > 1 else None
-        row["growth_lengths"] = [row["length"][0], row["length"][-1]] if per_token else []
-        results["engines"][name] = row
+        timings[name][length] = _time_forced(engines[name], source, length, repeats, min_seconds)
+    for name, by_length in timings.items():
+        fixed = by_length[1].best
+        per_token = [1000.0 * max(by_length[n].best - fixed, 0.0) / (n - 1) for n in lengths]
+        results["engines"][name] = {
+            "length": list(lengths),
+            "ms_per_token": per_token,
+            "ms_per_token_with_encoder": [1000.0 * by_length[n].best / n for n in lengths],
+            "ms_fixed": 1000.0 * fixed,
+            "growth": per_token[-1] / per_token[0] if len(per_token) > 1 and per_token[0] > 0 else None,
+            "growth_lengths": [lengths[0], lengths[-1]],
+            "timing": [by_length[n].to_dict() for n in lengths],
+            "timing_length_1": by_length[1].to_dict(),
+        }
     return results

@@ -27,10 +27,10 @@ def plot_decode_cost(results: dict[str, Any], path: Path, title: str) -> Path:
     axes.set_yscale("log")
     axes.set_xticks(results["lengths"], [str(n) for n in results["lengths"]])
     axes.set_xlabel("output length (tokens, forced)")
-    axes.set_ylabel("ms per output token")
+    axes.set_ylabel("ms per output token (encoder excluded)")
     axes.set_title(title, fontsize=10)
     axes.grid(True, which="both", alpha=0.3)
-    axes.legend(fontsize=8)
+    axes.legend(fontsize=7, loc="upper left", ncols=2, framealpha=0.8)
     return _save(plt, figure, path)
 
 

@@ -81,7 +81,9 @@ def format_decode_cost(results: dict[str, Any]) -> str:
         growth = f"{row['growth']:.2f}×" if row["growth"] is not None else "-"
         rows.append([name, *cells, growth])
     span = f"len{lengths[-1]}/len{lengths[0]}"
-    title = f"Decode cost, ms per output token (batch 1, beam 1, source {results['source_len']} tokens)"
+    title = (
+        f"Decode cost, ms per output token, encoder excluded (batch 1, beam 1, source {results['source_len']} tokens)"
+    )
     return title + "\n" + _table(["engine", *[str(n) for n in lengths], span], rows)
 
 

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 DEFAULT_CORPUS = Path("data/corpus")
-DEMO_EXPORT = Path(__file__).resolve().parent.parent / "export" / "demo"  # export/demo/{fp32,int8}
 
 
 def _add_decoding_flags(parser: argparse.ArgumentParser) -> None:
@@ -24,6 +23,12 @@ def _add_backend_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", type=Path, default=None, help="onnx backend: exported model dir")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "int8"], help="onnx: which demo export")
     parser.add_argument("--threads", type=int, default=None, help="onnx: intra-op threads")
+
+
+def _demo_export(precision: str) -> Path:
+    from nmtserve.server.engine.model_dir import demo_export
+
+    return demo_export(precision)
 
 
 def _engine_options(args: argparse.Namespace):
@@ -79,7 +84,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 0
     from nmtserve.export.compare import bleu_of
 
-    model_dir = args.model or DEMO_EXPORT / args.precision
+    model_dir = args.model or _demo_export(args.precision)
     print(bleu_of(model_dir, args.corpus, args.split, args.limit, _engine_options(args), threads=args.threads))
     return 0
 
@@ -98,7 +103,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
     else:
         from nmtserve.server.engine import Engine
 
-        engine = Engine.load(args.model or DEMO_EXPORT / args.precision, threads=args.threads)
+        engine = Engine.load(args.model or _demo_export(args.precision), threads=args.threads)
         translated = [nbest[0].text for nbest in engine.translate(texts, _engine_options(args))]
     translations = iter(translated)
     for line in lines:  # blank lines stay blank, so output lines match input lines one to one

@@ -14,11 +14,10 @@ import os
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-from nmtserve.server.engine.model_dir import MANIFEST
+from nmtserve.server.engine.model_dir import MANIFEST, demo_export
 
 ENV_PREFIX = "NMTSERVE_"
 CONFIG_ENV = "NMTSERVE_CONFIG"  # path of the TOML file, when --config is not given
@@ -252,30 +251,13 @@ def load_config(
     return LoadedConfig(validate(ServerConfig(**values)), sources, warnings)
 
 
-def demo_model_candidates() -> list[Path]:
-    """Where the shipped exported demo model may live, in order of preference (found without importing torch)."""
-    candidates = []
-    for package, relative in (
-        ("nmtserve.export", "demo"),
-        ("nmtserve.model", "demo/onnx"),
-        ("nmtserve.model", "demo-onnx"),
-    ):
-        spec = find_spec(package)
-        for location in (spec.submodule_search_locations or []) if spec else []:
-            candidates.append(Path(location) / relative)
-    return candidates
-
-
 def resolve_model_dir(model: Path | None) -> Path:
-    """``model`` itself, or the first demo-model candidate holding a manifest; ConfigError when there is none."""
+    """``model`` itself, or the shipped fp32 demo export; ConfigError when neither is there."""
     if model is not None:
         return Path(model)
-    candidates = demo_model_candidates()
-    for candidate in candidates:
-        if (candidate / MANIFEST).is_file():
-            return candidate
-    raise ConfigError(
-        "no --model given and no exported demo model found (looked in "
-        + ", ".join(str(c) for c in candidates)
-        + "); export one with `nmtserve export` or pass --model DIR"
-    )
+    demo = demo_export("fp32")
+    if not (demo / MANIFEST).is_file():
+        raise ConfigError(
+            f"no --model given and no exported demo model at {demo}; export one with `nmtserve export` or pass --model"
+        )
+    return demo

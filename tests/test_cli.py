@@ -62,3 +62,22 @@ def test_translate_with_the_demo_model() -> None:
         assert translation.strip() and translation != source
     german = {"das", "der", "die", "ist", "wird", "wurde", "paket", "installiert", "server", "läuft", "jetzt"}
     assert german & set(re.findall(r"\w+", output[0].lower())), output[0]
+
+
+def test_default_onnx_backend_matches_torch_on_the_demo_model() -> None:
+    """``nmtserve translate`` (ONNX engine, shipped fp32 export) prints what the PyTorch reference translates."""
+    result = run_cli("translate", stdin="\n".join(LINES) + "\n")
+    assert result.returncode == 0, result.stderr
+    output = result.stdout.splitlines()
+    assert len(output) == 3 and output[1] == ""
+    assert [output[0], output[2]] == in_process(None, [LINES[0], LINES[2]])
+
+
+def test_shipped_export_was_made_from_the_shipped_checkpoint() -> None:
+    """The demo export's manifest pins the sha256 of the demo checkpoint's weights: the two cannot drift apart."""
+    from nmtserve.server.engine.model_dir import demo_export, read_manifest, sha256_file
+
+    for precision in ("fp32", "int8"):
+        manifest = read_manifest(demo_export(precision))
+        assert manifest["precision"] == precision
+        assert manifest["model"]["checkpoint"]["weights_sha256"] == sha256_file(DEMO_CHECKPOINT / "model.safetensors")

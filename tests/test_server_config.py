@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nmtserve.server.config import ConfigError, ServerConfig, add_flags, load_config, resolve_model_dir
+from nmtserve.server.engine.model_dir import demo_export
 
 
 def parse(*argv: str) -> dict:
@@ -71,12 +72,19 @@ def test_bad_choice_flag_is_an_argparse_error() -> None:
 
 def test_model_dir_resolution(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_model_dir(tmp_path) == tmp_path
-    monkeypatch.setattr("nmtserve.server.config.demo_model_candidates", lambda: [tmp_path / "a", tmp_path / "b"])
-    with pytest.raises(ConfigError, match="no exported demo model found"):
+    monkeypatch.setattr("nmtserve.server.config.demo_export", lambda precision: tmp_path / precision)
+    with pytest.raises(ConfigError, match="no exported demo model at"):
         resolve_model_dir(None)
-    (tmp_path / "b").mkdir()
-    (tmp_path / "b" / "manifest.json").write_text("{}")
-    assert resolve_model_dir(None) == tmp_path / "b"
+    (tmp_path / "fp32").mkdir()
+    (tmp_path / "fp32" / "manifest.json").write_text("{}")
+    assert resolve_model_dir(None) == tmp_path / "fp32"
+
+
+def test_demo_export_lives_in_the_export_package() -> None:
+    """The shipped demo export is found inside the installed nmtserve.export package, per precision."""
+    import nmtserve.export
+
+    assert demo_export("int8") == Path(nmtserve.export.__file__).parent / "demo" / "int8"
 
 
 def test_as_dict_is_json_ready() -> None:
@@ -90,5 +98,5 @@ def test_serve_without_a_model_fails_before_binding(tmp_path: Path, monkeypatch:
 
     from nmtserve.server.app import serve
 
-    monkeypatch.setattr("nmtserve.server.config.demo_model_candidates", lambda: [tmp_path / "nothing"])
+    monkeypatch.setattr("nmtserve.server.config.demo_export", lambda precision: tmp_path / "nothing")
     assert asyncio.run(serve(ServerConfig(port=0, metrics_port=0))) == 2

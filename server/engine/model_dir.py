@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,19 @@ APPEND_ROWS = "append_rows.onnx"
 TRIM_CACHE = "trim_cache.onnx"
 TOKENIZER = "sentencepiece.model"
 REQUIRED_FILES = (ENCODER, DECODER_STEP, GATHER_ROWS, APPEND_ROWS, TRIM_CACHE, TOKENIZER)
+
+
+def demo_export(precision: str = "fp32") -> Path:
+    """The shipped export of the demo model: ``export/demo/<precision>`` inside the installed package.
+
+    Located through the import system rather than ``__file__`` arithmetic so it works from a wheel and from an
+    editable install alike, and without importing ``nmtserve.export`` (whose exporter needs torch).
+    """
+    spec = find_spec("nmtserve.export")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("nmtserve.export is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "demo" / precision
+
 
 # Graph signatures. Shapes: L decoder layers, H heads, Dh head size, R rows (hypotheses), C rows of the incoming
 # cache, T cache length, S source length, N new rows.
