@@ -1,6 +1,7 @@
-"""``python -m nmtserve.export``: export a checkpoint, or compare an export with the PyTorch reference / fp32.
+"""``python -m nmtserve.export``: acceptance checks of an export against the PyTorch reference / the fp32 export.
 
-python -m nmtserve.export export model/demo /tmp/demo-int8 --precision int8
+(Exporting itself is ``nmtserve export``.)
+
 python -m nmtserve.export compare model/demo /tmp/demo-fp32 --corpus data/corpus --limit 200
 python -m nmtserve.export bleu /tmp/demo-fp32 /tmp/demo-int8 --corpus data/corpus
 """
@@ -16,11 +17,6 @@ from pathlib import Path
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nmtserve.export", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    export = commands.add_parser("export", help="checkpoint directory -> verified ONNX model directory")
-    export.add_argument("checkpoint", type=Path)
-    export.add_argument("out", type=Path)
-    export.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
-    export.add_argument("--fuse", action="store_true", help="try onnxruntime.transformers fusion (kept if faster)")
     compare = commands.add_parser("compare", help="token parity and speed of the engine vs model.beam_search")
     compare.add_argument("checkpoint", type=Path)
     compare.add_argument("model_dir", type=Path)
@@ -38,11 +34,6 @@ def main(argv: list[str] | None = None) -> int:
     bleu.add_argument("--tolerance", type=float, default=0.5)
     args = parser.parse_args(argv)
 
-    if args.command == "export":
-        from nmtserve.export.exporter import export_model
-
-        print(export_model(args.checkpoint, args.out, args.precision, fuse=args.fuse))
-        return 0
     if args.command == "compare":
         from nmtserve.export.compare import compare_with_reference
         from nmtserve.model.batching import read_lines

@@ -13,9 +13,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
+from tqdm import tqdm
+
 from nmtserve.model.data import apt, ddtp, debian_reference, firefox, libreoffice_help, libreoffice_ui
 from nmtserve.model.data.clean import CleanConfig, clean_pairs, remove_overlap
-from tqdm import tqdm
 
 SUITES = ["bookworm", "trixie"]
 PACKAGES = [
@@ -41,9 +42,7 @@ def _train_sources(lists: Path, x: dict[str, Path]) -> dict[str, Callable[[], It
             yield from ddtp.iter_pairs(apt.find_list(lists, suite, "en"), apt.find_list(lists, suite, "de"))
 
     help_root = "usr/share/libreoffice/help"
-    langpack = (
-        x["firefox-esr-l10n-de"] / FF_LIB / "browser/extensions/langpack-de@firefox-esr.mozilla.org.xpi"
-    )
+    langpack = x["firefox-esr-l10n-de"] / FF_LIB / "browser/extensions/langpack-de@firefox-esr.mozilla.org.xpi"
     return {
         "ddtp": ddtp_all,
         "libreoffice_help": lambda: libreoffice_help.iter_pairs(
@@ -129,17 +128,12 @@ def build_corpus(out_dir: Path, cache_dir: Path) -> dict:
 
     lists = apt.fetch_translation_lists(cache_dir, SUITES)
     debs = apt.download_debs(PACKAGES, cache_dir / "debs")
-    x = {
-        name: apt.extract_deb(deb, cache_dir / "extract" / name)
-        for name, deb in tqdm(debs.items(), desc="extract")
-    }
+    x = {name: apt.extract_deb(deb, cache_dir / "extract" / name) for name, deb in tqdm(debs.items(), desc="extract")}
 
     ref_dir = "usr/share/debian-reference"
     ref_raw = list(
         tqdm(
-            debian_reference.iter_pairs(
-                x["debian-reference-en"] / ref_dir, x["debian-reference-de"] / ref_dir
-            ),
+            debian_reference.iter_pairs(x["debian-reference-en"] / ref_dir, x["debian-reference-de"] / ref_dir),
             desc="debian_reference",
             unit=" pairs",
         )
@@ -181,7 +175,5 @@ def build_corpus(out_dir: Path, cache_dir: Path) -> dict:
         "files_sha256": files,
         "build_seconds": round(time.time() - t0, 1),
     }
-    (out_dir / "manifest.json").write_text(
-        json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8"
-    )
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     return manifest

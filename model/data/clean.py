@@ -109,10 +109,7 @@ def drop_reason(en: str, de: str, cfg: CleanConfig) -> str | None:
         return "empty"
     if en == de:
         return "identical"
-    if (
-        letters_outside_placeholders(en) < cfg.min_letters
-        or letters_outside_placeholders(de) < cfg.min_letters
-    ):
+    if letters_outside_placeholders(en) < cfg.min_letters or letters_outside_placeholders(de) < cfg.min_letters:
         return "no_letters"
     if max(len(en), len(de)) > cfg.max_chars or max(len(en.split()), len(de.split())) > cfg.max_words:
         return "too_long"
@@ -122,9 +119,7 @@ def drop_reason(en: str, de: str, cfg: CleanConfig) -> str | None:
     return None
 
 
-def clean_pairs(
-    pairs: Iterable[tuple[str, str]], cfg: CleanConfig, stats: Counter[str]
-) -> Iterator[tuple[str, str]]:
+def clean_pairs(pairs: Iterable[tuple[str, str]], cfg: CleanConfig, stats: Counter[str]) -> Iterator[tuple[str, str]]:
     """Normalize, sentence-split long pairs, drop by rule and exact duplicates; count reasons in stats."""
     seen: set[tuple[str, str]] = set()
     for raw_en, raw_de in pairs:

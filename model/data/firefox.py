@@ -91,9 +91,7 @@ def _catalogs(zf: zipfile.ZipFile, locale: str, prefix: str) -> dict[str, dict[s
         if name.endswith(".ftl"):
             out[_norm_path(name, locale, prefix)] = parse_ftl(zf.read(name).decode("utf-8", errors="replace"))
         elif name.endswith(".properties"):
-            out[_norm_path(name, locale, prefix)] = parse_properties(
-                zf.read(name).decode("utf-8", errors="replace")
-            )
+            out[_norm_path(name, locale, prefix)] = parse_properties(zf.read(name).decode("utf-8", errors="replace"))
     return out
 
 
