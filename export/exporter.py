@@ -20,21 +20,24 @@ import torch
 from tqdm import tqdm
 
 from nmtserve.export.fusion import maybe_fuse
-from nmtserve.export.graph_edit import append_topk
 from nmtserve.export.precision import PRECISIONS, cache_element_type, convert_fp16, quantize_int8
 from nmtserve.export.row_ops import build_row_ops
-from nmtserve.export.torch_export import OPSET, STEP_LOG_PROBS, export_decoder_step, export_encoder
+from nmtserve.export.step_graph import build_decoder_step
+from nmtserve.export.torch_export import OPSET, export_encoder
 from nmtserve.export.verify import verify_export
 from nmtserve.model.checkpoint import TOKENIZER as CHECKPOINT_TOKENIZER
 from nmtserve.model.checkpoint import WEIGHTS, load_checkpoint
 from nmtserve.model.transformer import Transformer
 from nmtserve.server.engine.model_dir import (
+    CROSS_KV,
     DECODER_STEP,
     ENCODER,
     FORMAT,
     FORMAT_VERSION,
-    IO_NAMES,
+    SELF_KV,
     TOKENIZER,
+    io_names,
+    per_layer,
     sha256_file,
     write_manifest,
 )
@@ -55,21 +58,18 @@ def _sample_feeds(model: Transformer) -> tuple[dict[str, np.ndarray], dict[str, 
     layers, heads, d_head = config.n_decoder_layers, config.n_heads, config.d_head
     rows, cache_len, source_len = 8, 20, 30
     encoder = {"source_ids": rng.integers(4, config.vocab_size, (rows, source_len))}
-    kv = (layers, rows, heads, cache_len, d_head)
-    cross = (layers, rows, heads, source_len, d_head)
     step = {
         "token_ids": rng.integers(4, config.vocab_size, rows),
         "positions": np.full(rows, cache_len),
         "reorder": np.arange(rows),
-        "self_keys": rng.standard_normal(kv, np.float32),
-        "self_values": rng.standard_normal(kv, np.float32),
         "self_mask": np.ones((rows, cache_len), bool),
-        "cross_keys": rng.standard_normal(cross, np.float32),
-        "cross_values": rng.standard_normal(cross, np.float32),
         "source_mask": np.ones((rows, source_len), bool),
-        "forbid_eos": np.zeros(rows, bool),
         "k": np.array([8]),
     }
+    for name in per_layer(SELF_KV, layers):
+        step[name] = rng.standard_normal((rows, heads, cache_len, d_head), np.float32)
+    for name in per_layer(CROSS_KV, layers):
+        step[name] = rng.standard_normal((rows, heads, source_len, d_head), np.float32)
     return encoder, step
 
 
@@ -125,7 +125,7 @@ def _manifest(
             "onnxruntime": ort.__version__,
             "nmtserve": _version("nmtserve"),
         },
-        "io": IO_NAMES,
+        "io": io_names(config.n_decoder_layers),
         "verification": verification,
         "fusion": fusion,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -168,10 +168,9 @@ def export_model(
         bar.set_postfix_str(next(stage))
         export_encoder(model, staging)
         bar.set_postfix_str(next(stage))
-        export_decoder_step(model, staging)
-        append_topk(staging / DECODER_STEP, STEP_LOG_PROBS, *IO_NAMES[DECODER_STEP]["outputs"][:2])
+        build_decoder_step(model, staging / DECODER_STEP)
         bar.set_postfix_str(next(stage))
-        build_row_ops(staging, cache_element_type(precision))
+        build_row_ops(staging, cache_element_type(precision), model.config.n_decoder_layers)
         bar.set_postfix_str(next(stage))
         verification = {"fp32": verify_export(model, staging, "fp32", threads).to_dict()}
         if precision != "fp32":

@@ -47,7 +47,8 @@ def quantize_int8(path: Path, per_channel: bool = True) -> Path:
         per_channel=per_channel,
         weight_type=QuantType.QInt8,
         nodes_to_exclude=activation_matmuls,
-        extra_options={"MatMulConstBOnly": True},
+        # Shape inference cannot type the outputs of contrib ops (MultiHeadAttention); they are float.
+        extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     tmp.replace(path)
     return path

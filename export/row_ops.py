@@ -1,10 +1,12 @@
 """Tiny hand-built graphs that move rows of the per-row tensors on the device, never through the host.
 
-- gather_rows: select rows of cross K/V and source mask (sentences leaving the batch, beams expanding) and cut
-  the source axis to the longest remaining source (sources are right-padded, so a prefix keeps every row valid);
+- gather_rows: select rows of the cross K/V and source mask (sentences leaving the batch, beams expanding) and
+  cut the source axis to the longest remaining source (sources are right-padded, so a prefix keeps every row valid);
 - append_rows: join newly encoded sentences to a running batch, right-padding the shorter source axis;
 - trim_cache: drop leading self-attention cache slots that no row uses any more (rows are left-padded).
-They are written with onnx.helper rather than traced from torch: each is a handful of standard ops.
+Every graph treats its tensors alike: K/V tensors [rows, heads, length, d_head] (one per layer) and a bool mask
+[rows, length]; rows are axis 0, length is axis 2 of a K/V tensor and axis 1 of the mask. They are written with
+onnx.helper rather than traced from torch: each is a handful of standard ops per tensor.
 """
 
 from __future__ import annotations
@@ -15,23 +17,31 @@ import onnx
 from onnx import TensorProto, helper
 
 from nmtserve.export.torch_export import OPSET
-from nmtserve.server.engine.model_dir import APPEND_ROWS, GATHER_ROWS, IO_NAMES, TRIM_CACHE
+from nmtserve.server.engine.model_dir import APPEND_ROWS, GATHER_ROWS, TRIM_CACHE, io_names
 
 IR_VERSION = 10
+KV_LENGTH_AXIS, MASK_LENGTH_AXIS = 2, 1
 
 
-def _kv(name: str, dtype: int, rows: str = "rows", length: str = "len") -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, dtype, ["layers", rows, "heads", length, "d_head"])
+def _tensor(name: str, dtype: int, rows: str, length: str) -> onnx.ValueInfoProto:
+    """A K/V tensor (``dtype``) or, for names ending in ``mask``, the bool mask that goes with them."""
+    if name.endswith("mask"):
+        return helper.make_tensor_value_info(name, TensorProto.BOOL, [rows, length])
+    return helper.make_tensor_value_info(name, dtype, [rows, "heads", length, "d_head"])
 
 
-def _mask(name: str, rows: str = "rows", length: str = "len") -> onnx.ValueInfoProto:
-    return helper.make_tensor_value_info(name, TensorProto.BOOL, [rows, length])
+def _length_axis(name: str) -> str:
+    return "mask_axis" if name.endswith("mask") else "kv_axis"
 
 
 def _int64(name: str, value: list[int]) -> onnx.NodeProto:
     return helper.make_node(
         "Constant", [], [name], value=helper.make_tensor(name, TensorProto.INT64, [len(value)], value)
     )
+
+
+def _axes() -> list[onnx.NodeProto]:
+    return [_int64("kv_axis", [KV_LENGTH_AXIS]), _int64("mask_axis", [MASK_LENGTH_AXIS])]
 
 
 def _save(graph: onnx.GraphProto, path: Path) -> Path:
@@ -42,48 +52,36 @@ def _save(graph: onnx.GraphProto, path: Path) -> Path:
     return path
 
 
-def build_gather_rows(path: Path, dtype: int) -> Path:
-    keys, values, mask, rows, source_len = IO_NAMES[GATHER_ROWS]["inputs"]
-    out_keys, out_values, out_mask = IO_NAMES[GATHER_ROWS]["outputs"]
-    nodes = [
-        _int64("zero", [0]),
-        _int64("kv_axis", [3]),
-        _int64("mask_axis", [1]),
-        helper.make_node("Gather", [keys, rows], ["g_keys"], axis=1),
-        helper.make_node("Gather", [values, rows], ["g_values"], axis=1),
-        helper.make_node("Gather", [mask, rows], ["g_mask"], axis=0),
-        helper.make_node("Slice", ["g_keys", "zero", source_len, "kv_axis"], [out_keys]),
-        helper.make_node("Slice", ["g_values", "zero", source_len, "kv_axis"], [out_values]),
-        helper.make_node("Slice", ["g_mask", "zero", source_len, "mask_axis"], [out_mask]),
-    ]
+def build_gather_rows(path: Path, dtype: int, layers: int) -> Path:
+    names = io_names(layers)[GATHER_ROWS]
+    *tensors, rows, source_len = names["inputs"]
+    nodes = [_int64("zero", [0]), *_axes()]
+    for name, out in zip(tensors, names["outputs"], strict=True):
+        nodes.append(helper.make_node("Gather", [name, rows], [f"g_{name}"], axis=0))
+        nodes.append(helper.make_node("Slice", [f"g_{name}", "zero", source_len, _length_axis(name)], [out]))
     graph = helper.make_graph(
         nodes,
         "gather_rows",
         [
-            _kv(keys, dtype),
-            _kv(values, dtype),
-            _mask(mask),
+            *(_tensor(name, dtype, "rows", "len") for name in tensors),
             helper.make_tensor_value_info(rows, TensorProto.INT64, ["out_rows"]),
             helper.make_tensor_value_info(source_len, TensorProto.INT64, [1]),
         ],
-        [
-            _kv(out_keys, dtype, "out_rows", "out_len"),
-            _kv(out_values, dtype, "out_rows", "out_len"),
-            _mask(out_mask, "out_rows", "out_len"),
-        ],
+        [_tensor(name, dtype, "out_rows", "out_len") for name in names["outputs"]],
     )
     return _save(graph, path)
 
 
-def build_append_rows(path: Path, dtype: int) -> Path:
-    keys, values, mask, new_keys, new_values, new_mask = IO_NAMES[APPEND_ROWS]["inputs"]
-    out_keys, out_values, out_mask = IO_NAMES[APPEND_ROWS]["outputs"]
+def build_append_rows(path: Path, dtype: int, layers: int) -> Path:
+    names = io_names(layers)[APPEND_ROWS]
+    half = len(names["inputs"]) // 2
+    old, new = names["inputs"][:half], names["inputs"][half:]
+    mask, new_mask = old[-1], new[-1]
     nodes = [
         _int64("zero", [0]),
         _int64("one", [1]),
         _int64("two", [2]),
-        _int64("kv_axis", [3]),
-        _int64("mask_axis", [1]),
+        *_axes(),
         helper.make_node("Constant", [], ["no_kv"], value=helper.make_tensor("no_kv", dtype, [], [0])),
         helper.make_node("Constant", [], ["no_mask"], value=helper.make_tensor("no_mask", TensorProto.BOOL, [], [0])),
         helper.make_node("Shape", [mask], ["old_shape"]),
@@ -95,75 +93,56 @@ def build_append_rows(path: Path, dtype: int) -> Path:
         helper.make_node("Sub", ["len", "new_len"], ["new_pad"]),
         helper.make_node("Concat", ["zero", "old_pad"], ["old_pads"], axis=0),
         helper.make_node("Concat", ["zero", "new_pad"], ["new_pads"], axis=0),
-        helper.make_node("Pad", [keys, "old_pads", "no_kv", "kv_axis"], ["p_keys"]),
-        helper.make_node("Pad", [values, "old_pads", "no_kv", "kv_axis"], ["p_values"]),
-        helper.make_node("Pad", [mask, "old_pads", "no_mask", "mask_axis"], ["p_mask"]),
-        helper.make_node("Pad", [new_keys, "new_pads", "no_kv", "kv_axis"], ["p_new_keys"]),
-        helper.make_node("Pad", [new_values, "new_pads", "no_kv", "kv_axis"], ["p_new_values"]),
-        helper.make_node("Pad", [new_mask, "new_pads", "no_mask", "mask_axis"], ["p_new_mask"]),
-        helper.make_node("Concat", ["p_keys", "p_new_keys"], [out_keys], axis=1),
-        helper.make_node("Concat", ["p_values", "p_new_values"], [out_values], axis=1),
-        helper.make_node("Concat", ["p_mask", "p_new_mask"], [out_mask], axis=0),
     ]
+    for a, b, out in zip(old, new, names["outputs"], strict=True):
+        fill, axis = ("no_mask" if a.endswith("mask") else "no_kv"), _length_axis(a)
+        nodes.append(helper.make_node("Pad", [a, "old_pads", fill, axis], [f"p_{a}"]))
+        nodes.append(helper.make_node("Pad", [b, "new_pads", fill, axis], [f"p_{b}"]))
+        nodes.append(helper.make_node("Concat", [f"p_{a}", f"p_{b}"], [out], axis=0))
     graph = helper.make_graph(
         nodes,
         "append_rows",
         [
-            _kv(keys, dtype, "rows", "len"),
-            _kv(values, dtype, "rows", "len"),
-            _mask(mask, "rows", "len"),
-            _kv(new_keys, dtype, "new_rows", "new_len"),
-            _kv(new_values, dtype, "new_rows", "new_len"),
-            _mask(new_mask, "new_rows", "new_len"),
+            *(_tensor(name, dtype, "rows", "len") for name in old),
+            *(_tensor(name, dtype, "new_rows", "new_len") for name in new),
         ],
-        [
-            _kv(out_keys, dtype, "out_rows", "out_len"),
-            _kv(out_values, dtype, "out_rows", "out_len"),
-            _mask(out_mask, "out_rows", "out_len"),
-        ],
+        [_tensor(name, dtype, "out_rows", "out_len") for name in names["outputs"]],
     )
     return _save(graph, path)
 
 
-def build_trim_cache(path: Path, dtype: int) -> Path:
-    keys, values, mask, keep = IO_NAMES[TRIM_CACHE]["inputs"]
-    out_keys, out_values, out_mask = IO_NAMES[TRIM_CACHE]["outputs"]
+def build_trim_cache(path: Path, dtype: int, layers: int) -> Path:
+    names = io_names(layers)[TRIM_CACHE]
+    *tensors, keep = names["inputs"]
+    mask = tensors[-1]
     nodes = [
         _int64("one", [1]),
         _int64("two", [2]),
         _int64("end", [(1 << 62)]),
-        _int64("kv_axis", [3]),
-        _int64("mask_axis", [1]),
+        *_axes(),
         helper.make_node("Shape", [mask], ["shape"]),
         helper.make_node("Slice", ["shape", "one", "two"], ["len"]),
         helper.make_node("Sub", ["len", keep], ["start"]),
-        helper.make_node("Slice", [keys, "start", "end", "kv_axis"], [out_keys]),
-        helper.make_node("Slice", [values, "start", "end", "kv_axis"], [out_values]),
-        helper.make_node("Slice", [mask, "start", "end", "mask_axis"], [out_mask]),
     ]
+    for name, out in zip(tensors, names["outputs"], strict=True):
+        nodes.append(helper.make_node("Slice", [name, "start", "end", _length_axis(name)], [out]))
     graph = helper.make_graph(
         nodes,
         "trim_cache",
         [
-            _kv(keys, dtype),
-            _kv(values, dtype),
-            _mask(mask),
+            *(_tensor(name, dtype, "rows", "len") for name in tensors),
             helper.make_tensor_value_info(keep, TensorProto.INT64, [1]),
         ],
-        [
-            _kv(out_keys, dtype, "rows", "out_len"),
-            _kv(out_values, dtype, "rows", "out_len"),
-            _mask(out_mask, "rows", "out_len"),
-        ],
+        [_tensor(name, dtype, "rows", "out_len") for name in names["outputs"]],
     )
     return _save(graph, path)
 
 
-def build_row_ops(directory: Path, dtype: int) -> list[Path]:
+def build_row_ops(directory: Path, dtype: int, layers: int) -> list[Path]:
     """All three helper graphs for K/V tensors of ONNX element type ``dtype`` (FLOAT or FLOAT16)."""
     directory = Path(directory)
     return [
-        build_gather_rows(directory / GATHER_ROWS, dtype),
-        build_append_rows(directory / APPEND_ROWS, dtype),
-        build_trim_cache(directory / TRIM_CACHE, dtype),
+        build_gather_rows(directory / GATHER_ROWS, dtype, layers),
+        build_append_rows(directory / APPEND_ROWS, dtype, layers),
+        build_trim_cache(directory / TRIM_CACHE, dtype, layers),
     ]

@@ -3,8 +3,8 @@
 Encoder: cross K/V for batch 1 and 7, source lengths 1 and 200 (mixed lengths with padding in one batch).
 Decoder step: several sentences with two rows each are decoded step by step through the ONNX cache (cache length
 0..n, rows extending random parents of their own sentence via ``reorder``, a sentence joining mid-way with
-``reorder = -1`` and a left-padded history, EOS forbidden on random rows), and every step's full log-probs
-(k = vocab) are compared with teacher-forced PyTorch decoding of that row's whole prefix without a cache.
+``reorder = -1`` and a left-padded history), and every step's full log-probs (k = vocab) are compared with
+teacher-forced PyTorch decoding of that row's whole prefix without a cache.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import onnxruntime as ort
 import torch
 
 from nmtserve.model.transformer import Transformer
-from nmtserve.server.engine.model_dir import DECODER_STEP, ENCODER
+from nmtserve.server.engine.model_dir import CROSS_KV, DECODER_STEP, ENCODER, SELF_KV, per_layer
 
 FP32_TOLERANCE = 1e-4
 
@@ -71,15 +71,14 @@ class _StepCase:
         self.source_ids = _random_sources(model, lengths, np.random.default_rng(len(lengths)))
         with torch.inference_mode():
             pairs = model.cross_kv(model.encode(self.source_ids))
-        self.cross_k = torch.stack([k for k, _ in pairs]).numpy()  # [L, B, H, S, Dh]
-        self.cross_v = torch.stack([v for _, v in pairs]).numpy()
+        self.cross = [t.numpy() for pair in pairs for t in pair]  # [B, H, S, Dh] each, layer-major
         self.source_mask = (self.source_ids != config.pad_id).numpy()
         self.torch_cross = [(k, v) for k, v in pairs]
 
-    def _reference(self, rows: list[tuple[int, list[int]]], forbid_eos: np.ndarray) -> np.ndarray:
+    def _reference(self, rows: list[tuple[int, list[int]]]) -> np.ndarray:
         """Teacher-forced log-probs [R, V] after each row's prefix (BOS first), without a cache: independent of
         the step graph. Rows with equal prefix lengths share one batched call."""
-        config, model = self.model.config, self.model
+        model = self.model
         out = np.empty((len(rows), self.vocab), np.float32)
         for length in sorted({len(h) for _, h in rows}):
             group = [r for r, (_, h) in enumerate(rows) if len(h) == length]
@@ -90,15 +89,15 @@ class _StepCase:
                     torch.tensor([rows[r][1] for r in group]), cross, model.source_mask(self.source_ids[sentences])
                 )
             out[group] = torch.log_softmax(logits[:, -1].float(), dim=-1).numpy()
-        out[forbid_eos, config.eos_id] = -np.inf
         return out
 
     def run(self, steps: int, join_step: int | None, rng: np.random.Generator, report: VerificationReport) -> None:
         config = self.model.config
         batch = self.source_ids.shape[0]
         layers, heads, d_head = config.n_decoder_layers, config.n_heads, config.d_head
-        keys = np.zeros((layers, 1, heads, 0, d_head), self.cache_dtype)
-        values, mask = keys.copy(), np.zeros((1, 0), bool)
+        self_names, cross_names = per_layer(SELF_KV, layers), per_layer(CROSS_KV, layers)
+        cache = [np.zeros((1, heads, 0, d_head), self.cache_dtype) for _ in self_names]
+        mask = np.zeros((1, 0), bool)
         rows: list[tuple[int, list[int]]] = []  # (sentence, tokens fed so far incl. BOS) of each cache row
         top1_total = top1_same = 0
         for t in range(steps):
@@ -114,24 +113,20 @@ class _StepCase:
                     new_rows.append((s, [*history, token]))
                     reorder.append(parent)
             sentence_of = np.array([s for s, _ in new_rows])
-            forbid = rng.random(len(new_rows)) < 0.5
             feeds = {
                 "token_ids": np.array([h[-1] for _, h in new_rows], np.int64),
                 "positions": np.array([len(h) - 1 for _, h in new_rows], np.int64),
                 "reorder": np.array(reorder, np.int64),
-                "self_keys": keys,
-                "self_values": values,
                 "self_mask": mask,
-                "cross_keys": self.cross_k[:, sentence_of].astype(self.cache_dtype),
-                "cross_values": self.cross_v[:, sentence_of].astype(self.cache_dtype),
                 "source_mask": self.source_mask[sentence_of],
-                "forbid_eos": forbid,
                 "k": np.array([self.vocab], np.int64),
+                **dict(zip(self_names, cache, strict=True)),
+                **{n: t[sentence_of].astype(self.cache_dtype) for n, t in zip(cross_names, self.cross, strict=True)},
             }
-            top_values, top_ids, keys, values, mask = self.step.run(None, feeds)
+            top_values, top_ids, *cache, mask = self.step.run(None, feeds)
             if np.any(np.diff(top_values, axis=1) > 0):
                 raise ExportVerificationError(f"{DECODER_STEP}: TopK output is not sorted")
-            reference = self._reference(new_rows, forbid)
+            reference = self._reference(new_rows)
             for r in range(len(new_rows)):
                 actual = np.empty(self.vocab, np.float32)
                 actual[top_ids[r]] = top_values[r]
@@ -162,15 +157,11 @@ def verify_encoder(model: Transformer, encoder: ort.InferenceSession, report: Ve
         source_ids = _random_sources(model, lengths, rng)
         with torch.inference_mode():
             pairs = model.cross_kv(model.encode(source_ids))
-        expected_k = torch.stack([k for k, _ in pairs]).numpy()
-        expected_v = torch.stack([v for _, v in pairs]).numpy()
-        actual_k, actual_v = encoder.run(None, {"source_ids": source_ids.numpy()})
-        if actual_k.shape != expected_k.shape:
-            raise ExportVerificationError(f"{ENCODER}: shape {actual_k.shape} != {expected_k.shape}")
-        diff = max(
-            float(np.abs(actual_k.astype(np.float32) - expected_k).max()),
-            float(np.abs(actual_v.astype(np.float32) - expected_v).max()),
-        )
+        expected = [t.numpy() for pair in pairs for t in pair]
+        actual = encoder.run(None, {"source_ids": source_ids.numpy()})
+        if [a.shape for a in actual] != [e.shape for e in expected]:
+            raise ExportVerificationError(f"{ENCODER}: shapes {[a.shape for a in actual]} != {expected[0].shape}")
+        diff = max(float(np.abs(a.astype(np.float32) - e).max()) for a, e in zip(actual, expected, strict=True))
         report.cross_kv_max_abs_diff = max(report.cross_kv_max_abs_diff, diff)
         report.cases.append(f"encoder: batch {len(lengths)}, source lengths {sorted(set(lengths))}")
 

@@ -54,6 +54,7 @@ OPTION_SETS = [
     {"beam_size": 4, "num_hypotheses": 4, "length_penalty": 0.6},
     {"beam_size": 4, "length_penalty": 0.0, "num_hypotheses": 2},
     {"beam_size": 3, "min_length": 4, "max_length": 9},
+    {"beam_size": 1, "min_length": 5, "max_length": 9},
     {"beam_size": 2, "max_length_ratio": 0.5, "max_length_offset": 1},
 ]
 

@@ -25,10 +25,11 @@ from nmtserve.server.engine.model_dir import (
     DECODER_STEP,
     ENCODER,
     GATHER_ROWS,
-    IO_NAMES,
     MANIFEST,
     REQUIRED_FILES,
     TRIM_CACHE,
+    io_names,
+    per_layer,
     sha256_file,
     write_manifest,
 )
@@ -74,24 +75,32 @@ def test_manifest_pins_every_file(tiny_dir: Path) -> None:
     assert not list(tiny_dir.parent.glob(".*.partial")), "staging directory left behind"
 
 
-def test_graph_signatures(tiny_dir: Path) -> None:
+def _per_layer(prefix: str, tensors: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """{prefix_keys.i: tensors[2i], prefix_values.i: tensors[2i+1]}: the graphs' per-layer K/V inputs."""
+    names = per_layer((f"{prefix}_keys", f"{prefix}_values"), len(tensors) // 2)
+    return dict(zip(names, tensors, strict=True))
+
+
+def test_graph_signatures(tiny_dir: Path, model) -> None:
+    names = io_names(model.config.n_decoder_layers)
     for graph in (ENCODER, DECODER_STEP, GATHER_ROWS, APPEND_ROWS, TRIM_CACHE):
         session = _session(tiny_dir / graph)
-        assert [i.name for i in session.get_inputs()] == IO_NAMES[graph]["inputs"], graph
-        assert [o.name for o in session.get_outputs()] == IO_NAMES[graph]["outputs"], graph
+        assert [i.name for i in session.get_inputs()] == names[graph]["inputs"], graph
+        assert [o.name for o in session.get_outputs()] == names[graph]["outputs"], graph
 
 
 @pytest.mark.parametrize(("batch", "source_len"), [(1, 1), (1, 200), (7, 1), (7, 200)])
 def test_encoder_dynamic_shapes(tiny_dir: Path, model, batch: int, source_len: int) -> None:
     lengths = [source_len] + [max(1, source_len - 3 * i) for i in range(1, batch)]
     source_ids = _sources(lengths, model.config.vocab_size)
-    keys, values = _session(tiny_dir / ENCODER).run(None, {"source_ids": source_ids.numpy()})
+    outputs = _session(tiny_dir / ENCODER).run(None, {"source_ids": source_ids.numpy()})
     with torch.inference_mode():
         pairs = model.cross_kv(model.encode(source_ids))
     config = model.config
-    assert keys.shape == (config.n_decoder_layers, batch, config.n_heads, source_len, config.d_head)
-    np.testing.assert_allclose(keys, torch.stack([k for k, _ in pairs]).numpy(), atol=1e-4, rtol=0)
-    np.testing.assert_allclose(values, torch.stack([v for _, v in pairs]).numpy(), atol=1e-4, rtol=0)
+    assert len(outputs) == 2 * config.n_decoder_layers
+    for actual, expected in zip(outputs, [t for pair in pairs for t in pair], strict=True):
+        assert actual.shape == (batch, config.n_heads, source_len, config.d_head)
+        np.testing.assert_allclose(actual, expected.numpy(), atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize(("batch", "source_len"), [(1, 1), (7, 200)])
@@ -108,96 +117,86 @@ def test_cached_steps_equal_teacher_forcing(tiny_dir: Path, model, batch: int, s
     expected = torch.log_softmax(logits, dim=-1).numpy()
 
     step = _session(tiny_dir / DECODER_STEP)
-    keys = np.zeros((layers, 1, heads, 0, d_head), np.float32)
-    values, mask = keys.copy(), np.zeros((1, 0), bool)
+    cache, mask = [np.zeros((1, heads, 0, d_head), np.float32)] * (2 * layers), np.zeros((1, 0), bool)
     for t in range(steps):
-        top_values, top_ids, keys, values, mask = step.run(
+        top_values, top_ids, *cache, mask = step.run(
             None,
             {
                 "token_ids": target[:, t].numpy(),
                 "positions": np.full(batch, t),
                 "reorder": np.full(batch, -1) if t == 0 else np.arange(batch),
-                "self_keys": keys,
-                "self_values": values,
                 "self_mask": mask,
-                "cross_keys": torch.stack([k for k, _ in cross]).numpy(),
-                "cross_values": torch.stack([v for _, v in cross]).numpy(),
                 "source_mask": (source_ids != 0).numpy(),
-                "forbid_eos": np.zeros(batch, bool),
                 "k": np.array([vocab]),
+                **_per_layer("self", cache),
+                **_per_layer("cross", [t.numpy() for pair in cross for t in pair]),
             },
         )
-        assert keys.shape == (layers, batch, heads, t + 1, d_head) and mask.all()
+        assert all(c.shape == (batch, heads, t + 1, d_head) for c in cache) and mask.all()
         assert np.all(np.diff(top_values, axis=1) <= 0), "TopK output must be sorted"
         actual = np.empty((batch, vocab), np.float32)
         np.put_along_axis(actual, top_ids, top_values, axis=1)
         np.testing.assert_allclose(actual, expected[:, t], atol=1e-4, rtol=0)
 
 
-def test_step_reorder_forbid_eos_and_small_k(tiny_dir: Path, model) -> None:
-    """reorder gathers cache rows in the graph, -1 starts an empty history, forbid_eos masks EOS, k is honoured."""
+def test_step_reorder_and_small_k(tiny_dir: Path, model) -> None:
+    """reorder gathers cache rows in the graph, -1 starts an empty history, k is honoured."""
     config = model.config
     layers, heads, d_head = config.n_decoder_layers, config.n_heads, config.d_head
     rng = np.random.default_rng(3)
-    keys = rng.standard_normal((layers, 2, heads, 3, d_head), np.float32)
-    cross = rng.standard_normal((layers, 3, heads, 4, d_head), np.float32)
+    cache = [rng.standard_normal((2, heads, 3, d_head), np.float32) for _ in range(2 * layers)]
+    cross = [rng.standard_normal((3, heads, 4, d_head), np.float32) for _ in range(2 * layers)]
     feeds = {
         "token_ids": np.array([5, 6, 7]),
         "positions": np.array([3, 3, 0]),
         "reorder": np.array([1, 0, -1]),
-        "self_keys": keys,
-        "self_values": keys * 0.5,
         "self_mask": np.array([[True, True, True], [False, True, True]]),
-        "cross_keys": cross,
-        "cross_values": cross,
         "source_mask": np.ones((3, 4), bool),
-        "forbid_eos": np.array([True, False, False]),
         "k": np.array([2]),
+        **_per_layer("self", cache),
+        **_per_layer("cross", cross),
     }
-    top_values, top_ids, new_keys, _, new_mask = _session(tiny_dir / DECODER_STEP).run(None, feeds)
+    top_values, top_ids, *new_cache, new_mask = _session(tiny_dir / DECODER_STEP).run(None, feeds)
     assert top_values.shape == (3, 2) and top_ids.dtype == np.int64
-    np.testing.assert_array_equal(new_keys[:, 0, :, :3], keys[:, 1])
-    np.testing.assert_array_equal(new_keys[:, 1, :, :3], keys[:, 0])
+    for old, new in zip(cache, new_cache, strict=True):
+        np.testing.assert_array_equal(new[0, :, :3], old[1])
+        np.testing.assert_array_equal(new[1, :, :3], old[0])
     np.testing.assert_array_equal(new_mask, [[False, True, True, True], [True, True, True, True], [False] * 3 + [True]])
     full = _session(tiny_dir / DECODER_STEP).run(None, {**feeds, "k": np.array([config.vocab_size])})
-    assert config.eos_id not in full[1][0, :-1] and full[0][0, -1] == -np.inf
     np.testing.assert_array_equal(full[1][:, :2], top_ids)
 
 
 @pytest.mark.parametrize(("dtype", "np_dtype"), [(TensorProto.FLOAT, np.float32), (TensorProto.FLOAT16, np.float16)])
 def test_row_graphs(tmp_path: Path, dtype: int, np_dtype: type) -> None:
-    build_row_ops(tmp_path, dtype)
+    layers = 2
+    build_row_ops(tmp_path, dtype, layers)
     rng = np.random.default_rng(0)
-    keys, mask = rng.standard_normal((2, 3, 2, 5, 4)).astype(np_dtype), rng.random((3, 5)) > 0.3
-    rows = np.array([2, 0, 0])
-    gathered = _session(tmp_path / GATHER_ROWS).run(
-        None, {"cross_keys": keys, "cross_values": -keys, "source_mask": mask, "rows": rows, "source_len": [4]}
+    kv = [rng.standard_normal((3, 2, 5, 4)).astype(np_dtype) for _ in range(2 * layers)]
+    mask, rows = rng.random((3, 5)) > 0.3, np.array([2, 0, 0])
+    *gathered, gathered_mask = _session(tmp_path / GATHER_ROWS).run(
+        None, {**_per_layer("cross", kv), "source_mask": mask, "rows": rows, "source_len": [4]}
     )
-    np.testing.assert_array_equal(gathered[0], keys[:, rows, :, :4])
-    np.testing.assert_array_equal(gathered[1], -keys[:, rows, :, :4])
-    np.testing.assert_array_equal(gathered[2], mask[rows, :4])
-    longer, longer_mask = rng.standard_normal((2, 2, 2, 7, 4)).astype(np_dtype), np.ones((2, 7), bool)
-    joined = _session(tmp_path / APPEND_ROWS).run(
-        None,
-        {
-            "cross_keys": keys,
-            "cross_values": keys,
-            "source_mask": mask,
-            "new_cross_keys": longer,
-            "new_cross_values": longer,
-            "new_source_mask": longer_mask,
-        },
+    for before, after in zip(kv, gathered, strict=True):
+        np.testing.assert_array_equal(after, before[rows, :, :4])
+    np.testing.assert_array_equal(gathered_mask, mask[rows, :4])
+    longer = [rng.standard_normal((2, 2, 7, 4)).astype(np_dtype) for _ in range(2 * layers)]
+    longer_mask = np.ones((2, 7), bool)
+    new = {f"new_{name}": value for name, value in _per_layer("cross", longer).items()}
+    *joined, joined_mask = _session(tmp_path / APPEND_ROWS).run(
+        None, {**_per_layer("cross", kv), "source_mask": mask, **new, "new_source_mask": longer_mask}
     )
-    assert joined[0].shape == (2, 5, 2, 7, 4)
-    np.testing.assert_array_equal(joined[0][:, :3, :, :5], keys)
-    np.testing.assert_array_equal(joined[0][:, 3:], longer)
-    np.testing.assert_array_equal(joined[2], np.concatenate([np.pad(mask, ((0, 0), (0, 2))), longer_mask]))
+    for old, added, out in zip(kv, longer, joined, strict=True):
+        assert out.shape == (5, 2, 7, 4)
+        np.testing.assert_array_equal(out[:3, :, :5], old)
+        np.testing.assert_array_equal(out[3:], added)
+    np.testing.assert_array_equal(joined_mask, np.concatenate([np.pad(mask, ((0, 0), (0, 2))), longer_mask]))
     for keep in (0, 2, 5):
-        trimmed = _session(tmp_path / TRIM_CACHE).run(
-            None, {"self_keys": keys, "self_values": keys, "self_mask": mask, "keep": [keep]}
+        *trimmed, trimmed_mask = _session(tmp_path / TRIM_CACHE).run(
+            None, {**_per_layer("self", kv), "self_mask": mask, "keep": [keep]}
         )
-        np.testing.assert_array_equal(trimmed[0], keys[:, :, :, 5 - keep :])
-        np.testing.assert_array_equal(trimmed[2], mask[:, 5 - keep :])
+        for before, after in zip(kv, trimmed, strict=True):
+            np.testing.assert_array_equal(after, before[:, :, 5 - keep :])
+        np.testing.assert_array_equal(trimmed_mask, mask[:, 5 - keep :])
 
 
 def _derived_copy(tiny_dir: Path, tmp_path: Path, precision: str) -> Path:
@@ -210,7 +209,7 @@ def _derived_copy(tiny_dir: Path, tmp_path: Path, precision: str) -> Path:
     elif precision == "fp16":
         convert_fp16(directory / ENCODER, [])
         convert_fp16(directory / DECODER_STEP, ["topk_log_probs"])
-        build_row_ops(directory, TensorProto.FLOAT16)
+        build_row_ops(directory, TensorProto.FLOAT16, manifest["dimensions"]["n_decoder_layers"])
     write_manifest(
         directory, {**manifest, "precision": precision, "cache_dtype": "float16" if precision == "fp16" else "float32"}
     )
@@ -226,7 +225,7 @@ def test_reduced_precision_is_close(tiny_dir: Path, model, tmp_path: Path, preci
     else:
         step = onnx.load(str(directory / DECODER_STEP))
         types = {o.name: o.type.tensor_type.elem_type for o in step.graph.output}
-        assert types["topk_log_probs"] == TensorProto.FLOAT and types["new_self_keys"] == TensorProto.FLOAT16
+        assert types["topk_log_probs"] == TensorProto.FLOAT and types["new_self_keys.0"] == TensorProto.FLOAT16
     report = verify_export(model, directory, precision)
     assert report.log_prob_max_abs_diff < 0.5 and report.top1_agreement > 0.9, report
     engine = Engine.load(directory, threads=1)  # the engine runs it end to end (fp16: fp16 cache on CPU)

@@ -2,10 +2,11 @@
 
 Sentences can be added between any two steps and leave the batch the step they finish (or are cancelled). The
 decoder cache, the cross-attention K/V and the masks live on the device for the whole life of the batch; per
-step the host sends token ids, positions, the row ``reorder`` and the EOS mask, and reads back [rows x k] top-k
-log-probs. Row bookkeeping on the device goes through small graphs: ``gather_rows`` when the sentence layout of
-the rows changes (beams expanding after step 0, sentences leaving), ``append_rows`` when sentences join,
-``trim_cache`` when the longest history has left.
+step the host sends token ids, positions and the row ``reorder``, and reads back [rows x k] top-k log-probs
+(one more than beam search needs while some sentence is below its ``min_length``: the host drops EOS from
+those rows, which is cheaper than masking the whole vocabulary in the graph). Row bookkeeping on the device goes
+through small graphs: ``gather_rows`` when the sentence layout of the rows changes (beams expanding after step 0,
+sentences leaving), ``append_rows`` when sentences join, ``trim_cache`` when the longest history has left.
 """
 
 from __future__ import annotations
@@ -18,9 +19,25 @@ import numpy as np
 import onnxruntime as ort
 
 from nmtserve.server.engine.beam import Sentence, advance
-from nmtserve.server.engine.model_dir import APPEND_ROWS, DECODER_STEP, ENCODER, GATHER_ROWS, TRIM_CACHE
+from nmtserve.server.engine.model_dir import (
+    APPEND_ROWS,
+    DECODER_STEP,
+    ENCODER,
+    GATHER_ROWS,
+    SELF_KV,
+    TRIM_CACHE,
+    per_layer,
+)
 from nmtserve.server.engine.options import DecodingOptions, Hypothesis
 from nmtserve.server.engine.runtime import Runtime
+
+
+def without_eos(log_probs: np.ndarray, ids: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Drop EOS from each row's sorted top-k (rows without it drop their last, least likely candidate): k - 1."""
+    keep = ids != eos_id
+    keep[keep.all(axis=1), -1] = False
+    rows = len(ids)
+    return log_probs[keep].reshape(rows, -1), ids[keep].reshape(rows, -1)
 
 
 @dataclass(frozen=True)
@@ -40,9 +57,10 @@ class DecodingBatch:
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
         self._info = runtime.info
+        self._self_kv = per_layer(SELF_KV, self._info.n_decoder_layers)
         self._serials = count()
         self._sentences: list[Sentence] = []  # in row order
-        self._cross: dict[str, ort.OrtValue] | None = None  # cross_keys, cross_values, source_mask
+        self._cross: dict[str, ort.OrtValue] | None = None  # cross K/V of every layer and source_mask
         self._cross_rows: list[int] = []  # serial of the sentence owning each cross row
         self._cache: dict[str, ort.OrtValue] = {}
         self._cache_len = 0
@@ -67,13 +85,10 @@ class DecodingBatch:
 
     def _reset_cache(self) -> None:
         """An empty cache: one row (so that Gather has something to index) of length 0."""
-        info = self._info
-        empty = np.zeros((info.n_decoder_layers, 1, info.n_heads, 0, info.d_head), self._runtime.cache_dtype)
-        self._cache = {
-            "self_keys": self._runtime.upload(empty),
-            "self_values": self._runtime.upload(empty.copy()),
-            "self_mask": self._runtime.upload(np.zeros((1, 0), bool)),
-        }
+        info, upload = self._info, self._runtime.upload
+        empty = np.zeros((1, info.n_heads, 0, info.d_head), self._runtime.cache_dtype)
+        self._cache = {name: upload(empty) for name in self._self_kv}
+        self._cache["self_mask"] = upload(np.zeros((1, 0), bool))
         self._cache_len = 0
 
     def add(
@@ -109,25 +124,13 @@ class DecodingBatch:
         source_ids = np.full((len(sources), length), info.pad_id, np.int64)
         for i, ids in enumerate(sources):
             source_ids[i, : len(ids)] = ids
-        encoded = self._runtime.run(ENCODER, {"source_ids": source_ids})
-        new = {
-            "cross_keys": encoded["cross_keys"],
-            "cross_values": encoded["cross_values"],
-            "source_mask": self._runtime.upload(source_ids != info.pad_id),
-        }
+        new = self._runtime.run(ENCODER, {"source_ids": source_ids})
+        new["source_mask"] = self._runtime.upload(source_ids != info.pad_id)
         if self._cross is None:
             self._cross = new
         else:
-            joined = self._runtime.run(
-                APPEND_ROWS,
-                {
-                    **self._cross,
-                    "new_cross_keys": new["cross_keys"],
-                    "new_cross_values": new["cross_values"],
-                    "new_source_mask": new["source_mask"],
-                },
-            )
-            self._cross = {name: joined[f"out_{name}"] for name in ("cross_keys", "cross_values", "source_mask")}
+            joined = self._runtime.run(APPEND_ROWS, {**self._cross, **{f"new_{n}": v for n, v in new.items()}})
+            self._cross = _strip(joined, "out_")
 
         for ids, opts, key in zip(sources, per_sentence, keys, strict=True):
             serial = next(self._serials)
@@ -167,7 +170,7 @@ class DecodingBatch:
                 "source_len": np.array([source_len], np.int64),
             },
         )
-        self._cross = {name: gathered[f"out_{name}"] for name in ("cross_keys", "cross_values", "source_mask")}
+        self._cross = _strip(gathered, "out_")
         self._cross_rows = list(row_serials)
 
     def _trim_cache(self) -> None:
@@ -175,7 +178,7 @@ class DecodingBatch:
         keep = max(s.step for s in self._sentences)
         if keep < self._cache_len:
             trimmed = self._runtime.run(TRIM_CACHE, {**self._cache, "keep": np.array([keep], np.int64)})
-            self._cache = {name: trimmed[f"out_{name}"] for name in ("self_keys", "self_values", "self_mask")}
+            self._cache = _strip(trimmed, "out_")
             self._cache_len = keep
 
     def step(self) -> list[Finished]:
@@ -184,17 +187,18 @@ class DecodingBatch:
             return []
         info = self._info
         row_serials: list[int] = []
-        tokens, positions, reorder, forbid = [], [], [], []
+        tokens, positions, reorder = [], [], []
         for sentence in self._sentences:
             rows = sentence.rows
             row_serials += [sentence.serial] * rows
             tokens.append(sentence.tokens[:, -1] if sentence.step else np.full(rows, info.bos_id, np.int64))
             positions.append(np.full(rows, sentence.step, np.int64))
             reorder.append(sentence.parents)  # already global cache rows (or -1 for a new sentence)
-            forbid.append(np.full(rows, sentence.forbid_eos))
         self._align_cross(row_serials)
         self._trim_cache()
-        k = min(info.vocab_size, max(s.options.candidates_per_row for s in self._sentences))
+        k = max(s.options.candidates_per_row for s in self._sentences)
+        k += any(s.forbid_eos for s in self._sentences)  # one spare candidate to replace a banned EOS
+        k = min(info.vocab_size, k)
         out = self._runtime.run(
             DECODER_STEP,
             {
@@ -203,16 +207,11 @@ class DecodingBatch:
                 "reorder": np.concatenate(reorder),
                 **self._cache,
                 **self._cross,
-                "forbid_eos": np.concatenate(forbid),
                 "k": np.array([k], np.int64),
             },
             host_outputs=("topk_log_probs", "topk_ids"),
         )
-        self._cache = {
-            "self_keys": out["new_self_keys"],
-            "self_values": out["new_self_values"],
-            "self_mask": out["new_self_mask"],
-        }
+        self._cache = _strip(out, "new_")
         self._cache_len += 1
         log_probs, ids = out["topk_log_probs"].numpy(), out["topk_ids"].numpy()
 
@@ -222,7 +221,10 @@ class DecodingBatch:
         for sentence in self._sentences:
             rows = slice(offset, offset + sentence.rows)
             offset += sentence.rows
-            if advance(sentence, log_probs[rows], ids[rows], info.vocab_size, info.eos_id):
+            sentence_log_probs, sentence_ids = log_probs[rows], ids[rows]
+            if sentence.forbid_eos:
+                sentence_log_probs, sentence_ids = without_eos(sentence_log_probs, sentence_ids, info.eos_id)
+            if advance(sentence, sentence_log_probs, sentence_ids, info.vocab_size, info.eos_id):
                 finished.append(Finished(sentence.key, sentence.finalize()))
             else:
                 sentence.parents = sentence.parents + rows.start  # sentence-local -> rows of the new cache
@@ -231,3 +233,8 @@ class DecodingBatch:
         if not live:
             self._clear()
         return finished
+
+
+def _strip(outputs: dict[str, ort.OrtValue], prefix: str) -> dict[str, ort.OrtValue]:
+    """Graph outputs named ``<prefix><input name>`` keyed by the input name they feed next time."""
+    return {name.removeprefix(prefix): value for name, value in outputs.items() if name.startswith(prefix)}

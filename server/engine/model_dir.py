@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
 FORMAT = "nmtserve-onnx"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
 
 ENCODER = "encoder.onnx"
@@ -38,52 +39,40 @@ def demo_export(precision: str = "fp32") -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "demo" / precision
 
 
-# Graph signatures. Shapes: L decoder layers, H heads, Dh head size, R rows (hypotheses), C rows of the incoming
-# cache, T cache length, S source length, N new rows.
-IO_NAMES: dict[str, dict[str, list[str]]] = {
-    ENCODER: {"inputs": ["source_ids"], "outputs": ["cross_keys", "cross_values"]},
-    DECODER_STEP: {
-        "inputs": [
-            "token_ids",  # int64 [R]
-            "positions",  # int64 [R]: position of this token (= tokens generated before it)
-            "reorder",  # int64 [R]: cache row each output row extends; -1 starts a row with no history
-            "self_keys",  # float [L, C, H, T, Dh]
-            "self_values",  # float [L, C, H, T, Dh]
-            "self_mask",  # bool [C, T], True on valid (left-padded) cache slots
-            "cross_keys",  # float [L, R, H, S, Dh]
-            "cross_values",  # float [L, R, H, S, Dh]
-            "source_mask",  # bool [R, S]
-            "forbid_eos",  # bool [R]
-            "k",  # int64 [1]
-        ],
-        "outputs": [
-            "topk_log_probs",  # float32 [R, k]
-            "topk_ids",  # int64 [R, k]
-            "new_self_keys",  # float [L, R, H, T + 1, Dh]
-            "new_self_values",  # float [L, R, H, T + 1, Dh]
-            "new_self_mask",  # bool [R, T + 1]
-        ],
-    },
-    GATHER_ROWS: {
-        "inputs": ["cross_keys", "cross_values", "source_mask", "rows", "source_len"],
-        "outputs": ["out_cross_keys", "out_cross_values", "out_source_mask"],
-    },
-    APPEND_ROWS: {
-        "inputs": [
-            "cross_keys",
-            "cross_values",
-            "source_mask",
-            "new_cross_keys",
-            "new_cross_values",
-            "new_source_mask",
-        ],
-        "outputs": ["out_cross_keys", "out_cross_values", "out_source_mask"],
-    },
-    TRIM_CACHE: {
-        "inputs": ["self_keys", "self_values", "self_mask", "keep"],
-        "outputs": ["out_self_keys", "out_self_values", "out_self_mask"],
-    },
-}
+# Graph signatures. Shapes: H heads, Dh head size, R rows (hypotheses), C rows of the incoming cache, T cache
+# length, S source length, N new rows. K/V tensors are one per decoder layer (``self_keys.0``, ``self_values.0``,
+# ``self_keys.1``, ...): stacked [layers, ...] tensors would cost the step graph a Split of the whole cache on the
+# way in and a stacking Concat on the way out, two full copies per step on top of the unavoidable append.
+SELF_KV = ("self_keys", "self_values")  # float [C, H, T, Dh] in, [R, H, T + 1, Dh] out (left-padded history)
+CROSS_KV = ("cross_keys", "cross_values")  # float [R, H, S, Dh]: the source's encoder-decoder attention K/V
+
+
+def per_layer(names: Sequence[str], layers: int) -> list[str]:
+    """``names`` for every decoder layer, layer-major: ``[keys.0, values.0, keys.1, values.1, ...]``."""
+    return [f"{name}.{layer}" for layer in range(layers) for name in names]
+
+
+def prefixed(prefix: str, names: Sequence[str]) -> list[str]:
+    return [prefix + name for name in names]
+
+
+def io_names(layers: int) -> dict[str, dict[str, list[str]]]:
+    """Input and output names of every graph of a model with ``layers`` decoder layers."""
+    cache = [*per_layer(SELF_KV, layers), "self_mask"]  # self_mask: bool [C, T], True on valid cache slots
+    cross = [*per_layer(CROSS_KV, layers), "source_mask"]  # source_mask: bool [R, S], True on real tokens
+    return {
+        ENCODER: {"inputs": ["source_ids"], "outputs": cross[:-1]},
+        DECODER_STEP: {
+            # token_ids, positions (tokens generated before this one), reorder (the cache row each output row
+            # extends; -1 starts a row with no history): int64 [R]; k: int64 [1]
+            "inputs": ["token_ids", "positions", "reorder", cache[-1], cross[-1], *cache[:-1], *cross[:-1], "k"],
+            # topk_log_probs float32 [R, k], topk_ids int64 [R, k], then the grown cache
+            "outputs": ["topk_log_probs", "topk_ids", *prefixed("new_", cache)],
+        },
+        GATHER_ROWS: {"inputs": [*cross, "rows", "source_len"], "outputs": prefixed("out_", cross)},
+        APPEND_ROWS: {"inputs": [*cross, *prefixed("new_", cross)], "outputs": prefixed("out_", cross)},
+        TRIM_CACHE: {"inputs": [*cache, "keep"], "outputs": prefixed("out_", cache)},
+    }
 
 
 class ModelDirError(RuntimeError):

@@ -1,0 +1,178 @@
+"""The decoder-step graph written directly in ONNX from the model's weights, around onnxruntime's fused attention.
+
+Why not the traced graph: traced, one decoder step is ~150 small nodes, and attention alone is a batched MatMul
+per head, a mask ``Where``, a Softmax, another batched MatMul, transposes and the two ``Concat`` that grow the
+cache. onnxruntime's ``com.microsoft.MultiHeadAttention`` does all of that in one kernel: it takes the past K/V
+of each layer, appends the new position itself and returns the grown cache (``present``), on CPU and CUDA alike.
+Self-attention's Q, K and V come from one [d, 3d] GEMM. Writing the graph by hand, the way CTranslate2's
+converters fill a model spec, keeps it short and lets every weight land where the fused kernels want it; the
+exporter verifies it against the PyTorch model exactly as it verifies the traced graphs.
+
+Inputs and outputs are those of ``io_names(...)[DECODER_STEP]``; the maths is ``model/transformer.py``'s:
+embedding x sqrt(d_model) + sinusoidal position, then per layer self-attention, encoder-decoder attention and the
+FFN, each with its residual and LayerNorm (post-norm, or pre-norm with a final norm), then the output projection
+through the shared embedding, log-softmax and TopK.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from nmtserve.export.torch_export import OPSET
+from nmtserve.model.transformer import Transformer
+from nmtserve.server.engine.model_dir import CROSS_KV, DECODER_STEP, SELF_KV, io_names, per_layer
+
+MS_DOMAIN = "com.microsoft"
+IR_VERSION = 10
+LAYER_NORM_EPSILON = 1e-5  # torch.nn.LayerNorm's default, which the model uses
+
+
+class _Graph:
+    """Accumulates nodes and initializers; ``op`` returns the output name(s) of the node it adds."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def weight(self, name: str, value: np.ndarray | torch.Tensor) -> str:
+        array = value.detach().float().numpy() if isinstance(value, torch.Tensor) else value
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attributes) -> str | list[str]:
+        self._count += 1
+        names = (
+            outputs if isinstance(outputs, list) else [f"{op_type.lower()}_{self._count}_{i}" for i in range(outputs)]
+        )
+        domain = MS_DOMAIN if op_type == "MultiHeadAttention" else None
+        self.nodes.append(
+            helper.make_node(op_type, inputs, names, name=f"{op_type}_{self._count}", domain=domain, **attributes)
+        )
+        return names[0] if len(names) == 1 else names
+
+
+def _linear(graph: _Graph, x: str, linear: torch.nn.Linear, name: str) -> str:
+    """x @ W^T + b, as onnxruntime fuses it (MatMul then Add of the bias)."""
+    weight = graph.weight(f"{name}.weight", linear.weight.t())
+    bias = graph.weight(f"{name}.bias", linear.bias)
+    return graph.op("Add", [graph.op("MatMul", [x, weight]), bias])
+
+
+def _layer_norm(graph: _Graph, x: str, norm: torch.nn.LayerNorm, name: str) -> str:
+    scale, bias = graph.weight(f"{name}.weight", norm.weight), graph.weight(f"{name}.bias", norm.bias)
+    return graph.op("LayerNormalization", [x, scale, bias], axis=-1, epsilon=norm.eps)
+
+
+def _sublayer(graph: _Graph, x: str, residual, name: str, body: Callable[[str], str]) -> str:
+    """Section 5.4: LayerNorm(x + body(x)) post-norm, or x + body(LayerNorm(x)) pre-norm (``Residual``'s rule)."""
+    if residual.pre_norm:
+        return graph.op("Add", [x, body(_layer_norm(graph, x, residual.norm, f"{name}.norm"))])
+    return _layer_norm(graph, graph.op("Add", [x, body(x)]), residual.norm, f"{name}.norm")
+
+
+def build_decoder_step(model: Transformer, path: Path) -> Path:
+    """Write the decoder-step graph of ``model`` (eval mode, fp32) to ``path``."""
+    config = model.config
+    layers, heads = config.n_decoder_layers, config.n_heads
+    names = io_names(layers)[DECODER_STEP]
+    self_kv, cross_kv = per_layer(SELF_KV, layers), per_layer(CROSS_KV, layers)
+    g = _Graph()
+    axis_1 = g.weight("axis_1", np.array([1], np.int64))
+
+    # Rows: reorder picks each row's cache row (-1: no history); the new slot is valid for every row.
+    has_history = g.op("GreaterOrEqual", ["reorder", g.weight("zero", np.array(0, np.int64))])
+    index = g.op("Max", ["reorder", "zero"])
+    past_mask = g.op("And", [g.op("Gather", ["self_mask", index], axis=0), g.op("Unsqueeze", [has_history, axis_1])])
+    new_slot = g.op("Unsqueeze", [g.op("GreaterOrEqual", ["positions", "zero"]), axis_1])
+    g.op("Concat", [past_mask, new_slot], ["new_self_mask"], axis=1)
+    self_mask = g.op("Cast", ["new_self_mask"], to=TensorProto.INT32)
+    source_mask = g.op("Cast", ["source_mask"], to=TensorProto.INT32)
+
+    # Section 3.4: embedding x sqrt(d_model) + positional encoding, as [R, 1, d] for the attention kernels.
+    embedding = g.weight("embedding", model.embedding.weight)
+    scaled = g.op(
+        "Mul",
+        [g.op("Gather", [embedding, "token_ids"]), g.weight("sqrt_d", np.array(math.sqrt(config.d_model), np.float32))],
+    )
+    position = g.op("Gather", [g.weight("positions_table", model.positions), "positions"])
+    x = g.op("Unsqueeze", [g.op("Add", [scaled, position]), axis_1])
+
+    for i, layer in enumerate(model.decoder_layers):
+        scope = f"decoder.{i}"
+
+        def self_attention(h: str, i: int = i, attention=layer.self_attention, scope: str = scope) -> str:
+            weight = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight]).t()
+            bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias])
+            qkv = g.op("MatMul", [h, g.weight(f"{scope}.self.qkv.weight", weight)])
+            q, k, v = g.op("Split", [qkv], 3, axis=2, num_outputs=3)
+            past_keys = g.op("Gather", [self_kv[2 * i], index], axis=0)
+            past_values = g.op("Gather", [self_kv[2 * i + 1], index], axis=0)
+            attended = g.op(
+                "MultiHeadAttention",
+                [q, k, v, g.weight(f"{scope}.self.qkv.bias", bias), self_mask, "", past_keys, past_values],
+                [f"{scope}.self.out", f"new_{self_kv[2 * i]}", f"new_{self_kv[2 * i + 1]}"],
+                num_heads=heads,
+            )[0]
+            return _linear(g, attended, attention.output, f"{scope}.self.output")
+
+        def cross_attention(h: str, i: int = i, attention=layer.cross_attention, scope: str = scope) -> str:
+            query = _linear(g, h, attention.query, f"{scope}.cross.query")
+            keys, values = cross_kv[2 * i], cross_kv[2 * i + 1]
+            attended = g.op("MultiHeadAttention", [query, keys, values, "", source_mask], num_heads=heads)
+            return _linear(g, attended, attention.output, f"{scope}.cross.output")
+
+        def feed_forward(h: str, ffn=layer.feed_forward, scope: str = scope) -> str:
+            inner = g.op("Relu", [_linear(g, h, ffn.inner, f"{scope}.ffn.inner")])
+            return _linear(g, inner, ffn.outer, f"{scope}.ffn.outer")
+
+        x = _sublayer(g, x, layer.self_residual, f"{scope}.self", self_attention)
+        x = _sublayer(g, x, layer.cross_residual, f"{scope}.cross", cross_attention)
+        x = _sublayer(g, x, layer.feed_forward_residual, f"{scope}.ffn", feed_forward)
+
+    if config.pre_norm:
+        x = _layer_norm(g, x, model.decoder_norm, "decoder.norm")
+    # The output projection shares the embedding (Section 3.4); stored transposed so that quantization sees a
+    # plain weight MatMul.
+    logits = g.op("MatMul", [g.op("Squeeze", [x, axis_1]), g.weight("output_projection", model.embedding.weight.t())])
+    log_probs = g.op("LogSoftmax", [logits], axis=-1)
+    g.op("TopK", [log_probs, "k"], names["outputs"][:2], axis=-1, largest=1, sorted=1)
+
+    cache_dims = ["cache_rows", "heads", "cache_len", "d_head"]
+    shapes = {
+        "token_ids": (TensorProto.INT64, ["rows"]),
+        "positions": (TensorProto.INT64, ["rows"]),
+        "reorder": (TensorProto.INT64, ["rows"]),
+        "self_mask": (TensorProto.BOOL, ["cache_rows", "cache_len"]),
+        "source_mask": (TensorProto.BOOL, ["rows", "source_len"]),
+        "k": (TensorProto.INT64, [1]),
+        **{name: (TensorProto.FLOAT, cache_dims) for name in self_kv},
+        **{name: (TensorProto.FLOAT, ["rows", "heads", "source_len", "d_head"]) for name in cross_kv},
+        "topk_log_probs": (TensorProto.FLOAT, ["rows", "k"]),
+        "topk_ids": (TensorProto.INT64, ["rows", "k"]),
+        "new_self_mask": (TensorProto.BOOL, ["rows", "new_cache_len"]),
+        **{f"new_{name}": (TensorProto.FLOAT, ["rows", "heads", "new_cache_len", "d_head"]) for name in self_kv},
+    }
+    graph = helper.make_graph(
+        g.nodes,
+        "decoder_step",
+        [helper.make_tensor_value_info(n, *shapes[n]) for n in names["inputs"]],
+        [helper.make_tensor_value_info(n, *shapes[n]) for n in names["outputs"]],
+        g.initializers,
+    )
+    onnx_model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", OPSET), helper.make_opsetid(MS_DOMAIN, 1)],
+        producer_name="nmtserve",
+    )
+    onnx_model.ir_version = IR_VERSION
+    onnx.checker.check_model(onnx_model)
+    onnx.save(onnx_model, str(path))
+    return path
