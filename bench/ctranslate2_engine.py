@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nmtserve.server.engine.options import DecodingOptions
+from nmtserve.model.decoding import DecodingOptions
 
 COMPUTE_TYPES = {"fp32": "float32", "int8": "int8_float32"}  # our precision names -> CTranslate2 compute types
 

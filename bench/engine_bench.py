@@ -23,7 +23,7 @@ from nmtserve.bench.batch_throughput import BATCH_SIZES, run_batch_throughput
 from nmtserve.bench.decode_cost import LENGTHS, run_decode_cost
 from nmtserve.bench.timing import limit_threads
 from nmtserve.model.checkpoint import DEMO_CHECKPOINT
-from nmtserve.server.engine.options import DecodingOptions
+from nmtserve.model.decoding import DecodingOptions
 
 PARTS = ("decode", "batch", "ctranslate2")
 RESULTS_JSON = "engine.json"

@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING
 
-from nmtserve.server.engine.options import DecodingOptions
+from nmtserve.model.decoding import DecodingOptions
 
 if TYPE_CHECKING:
     from nmtserve.bench.ctranslate2_engine import CTranslate2Engine

@@ -15,7 +15,7 @@ from typing import Any
 
 from nmtserve.bench.engines import TranslateFn
 from nmtserve.bench.timing import Timing, measure
-from nmtserve.server.engine.options import DecodingOptions
+from nmtserve.model.decoding import DecodingOptions
 
 
 def compare(

@@ -31,14 +31,8 @@ def _demo_export(precision: str) -> Path:
     return demo_export(precision)
 
 
-def _engine_options(args: argparse.Namespace):
-    from nmtserve.server.engine import DecodingOptions
-
-    return DecodingOptions(beam_size=args.beam_size, length_penalty=args.length_penalty, max_length=args.max_length)
-
-
 def _decoding_options(args: argparse.Namespace):
-    from nmtserve.model.beam_search import DecodingOptions
+    from nmtserve.model.decoding import DecodingOptions
 
     return DecodingOptions(beam_size=args.beam_size, length_penalty=args.length_penalty, max_length=args.max_length)
 
@@ -85,7 +79,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from nmtserve.export.compare import bleu_of
 
     model_dir = args.model or _demo_export(args.precision)
-    print(bleu_of(model_dir, args.corpus, args.split, args.limit, _engine_options(args), threads=args.threads))
+    print(bleu_of(model_dir, args.corpus, args.split, args.limit, _decoding_options(args), threads=args.threads))
     return 0
 
 
@@ -104,7 +98,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         from nmtserve.server.engine import Engine
 
         engine = Engine.load(args.model or _demo_export(args.precision), threads=args.threads)
-        translated = [nbest[0].text for nbest in engine.translate(texts, _engine_options(args))]
+        translated = [nbest[0].text for nbest in engine.translate(texts, _decoding_options(args))]
     translations = iter(translated)
     for line in lines:  # blank lines stay blank, so output lines match input lines one to one
         print(next(translations) if line.strip() else "")
@@ -171,6 +165,24 @@ def _add_bench_parser(commands) -> None:
     engine.set_defaults(func=cmd_bench_engine)
 
 
+def _client_security(args: argparse.Namespace) -> dict:
+    """TranslatorClient's TLS and token arguments from ``translate --server`` flags (the token from a file or
+    $NMTSERVE_TOKEN, never from a flag, which would show in the process list)."""
+    import os
+
+    token = os.environ.get("NMTSERVE_TOKEN") or None
+    if args.token_file is not None:
+        token = args.token_file.read_text(encoding="utf-8").strip().splitlines()[0].strip()
+    return {
+        "tls": args.tls,
+        "tls_ca": args.tls_ca,
+        "tls_cert": args.tls_cert,
+        "tls_key": args.tls_key,
+        "server_name": args.tls_server_name,
+        "token": token,
+    }
+
+
 def _translate_remote(args: argparse.Namespace) -> int:
     """``translate --server``: stdin lines in chunks to a running server (a few chunks in flight), stdout in order."""
     from concurrent.futures import ThreadPoolExecutor
@@ -182,7 +194,12 @@ def _translate_remote(args: argparse.Namespace) -> int:
     lines = [line.rstrip("\n") for line in sys.stdin]
     options = decoding_options(args.beam_size, args.length_penalty, args.max_length)
     chunks = [lines[i : i + args.batch_size] for i in range(0, len(lines), args.batch_size)]
-    with TranslatorClient(args.server, timeout=args.timeout) as client, ThreadPoolExecutor(4) as pool:
+    try:
+        client = TranslatorClient(args.server, timeout=args.timeout, **_client_security(args))
+    except (OSError, ValueError) as error:  # unreadable certificate or token files
+        print(f"nmtserve translate: {error}", file=sys.stderr)
+        return 2
+    with client, ThreadPoolExecutor(4) as pool:
         try:
             for translations in pool.map(lambda chunk: client.translate_texts(chunk, options), chunks):
                 print("\n".join(translations))
@@ -329,6 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     translate.add_argument("--batch-size", type=int, default=32)
     translate.add_argument("--server", metavar="HOST:PORT", default=None, help="translate with a running server")
     translate.add_argument("--timeout", type=float, default=300.0, help="with --server: seconds per request")
+    translate.add_argument("--tls", action="store_true", help="with --server: connect over TLS (system CA roots)")
+    translate.add_argument("--tls-ca", type=Path, default=None, metavar="FILE", help="with --server: TLS, server CA")
+    translate.add_argument("--tls-cert", type=Path, default=None, metavar="FILE", help="client certificate (mTLS)")
+    translate.add_argument("--tls-key", type=Path, default=None, metavar="FILE", help="client key (mTLS)")
+    translate.add_argument("--tls-server-name", default=None, help="name to verify in the server's certificate")
+    translate.add_argument(
+        "--token-file", type=Path, default=None, metavar="FILE", help="bearer token (first line; or $NMTSERVE_TOKEN)"
+    )
     _add_decoding_flags(translate)
     translate.set_defaults(func=cmd_translate)
 

@@ -12,32 +12,10 @@ Readability beats speed here; the fast path is the exported engine.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 
+from nmtserve.model.decoding import DecodingOptions, Hypothesis
 from nmtserve.model.transformer import KVCache, Transformer
-
-
-@dataclass(frozen=True)
-class DecodingOptions:
-    beam_size: int = 4
-    length_penalty: float = 1.0
-    max_length: int = 256  # absolute cap on generated tokens, EOS included
-    max_length_ratio: float = 2.0  # and a cap relative to the source: ratio * source_len + offset
-    max_length_offset: int = 10
-    min_length: int = 1  # EOS is not allowed before this many tokens
-    num_hypotheses: int = 1
-
-    def max_length_for(self, source_len: int) -> int:
-        return max(1, min(self.max_length, int(self.max_length_ratio * source_len) + self.max_length_offset))
-
-
-@dataclass(frozen=True)
-class Hypothesis:
-    token_ids: list[int]  # without BOS and EOS
-    score: float  # log-probability divided by length ** length_penalty
-    log_prob: float
 
 
 def _finalize(found: list[tuple[list[int], float, int]], options: DecodingOptions) -> list[Hypothesis]:

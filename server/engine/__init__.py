@@ -3,10 +3,10 @@
 Nothing in this package may import torch, directly or through another module: the serving image has none.
 """
 
+from nmtserve.model.decoding import DecodingOptions, Hypothesis
 from nmtserve.server.engine.batch import DecodingBatch, Finished
 from nmtserve.server.engine.engine import Engine
 from nmtserve.server.engine.model_dir import ModelDirError, ModelInfo
-from nmtserve.server.engine.options import DecodingOptions, Hypothesis
 from nmtserve.server.engine.runtime import EngineError, RuntimeConfig
 
 __all__ = [

@@ -18,6 +18,7 @@ from itertools import count
 import numpy as np
 import onnxruntime as ort
 
+from nmtserve.model.decoding import DecodingOptions, Hypothesis
 from nmtserve.server.engine.beam import Sentence, advance
 from nmtserve.server.engine.model_dir import (
     APPEND_ROWS,
@@ -28,7 +29,6 @@ from nmtserve.server.engine.model_dir import (
     TRIM_CACHE,
     per_layer,
 )
-from nmtserve.server.engine.options import DecodingOptions, Hypothesis
 from nmtserve.server.engine.runtime import Runtime
 
 

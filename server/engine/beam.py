@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nmtserve.server.engine.options import DecodingOptions, Hypothesis
+from nmtserve.model.decoding import DecodingOptions, Hypothesis
 
 
 @dataclass

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from nmtserve.model.decoding import DecodingOptions, Hypothesis
 from nmtserve.model.tokenizer import Tokenizer
 from nmtserve.server.engine.batch import DecodingBatch
 from nmtserve.server.engine.model_dir import TOKENIZER, ModelInfo, load_model_info
-from nmtserve.server.engine.options import DecodingOptions, Hypothesis
 from nmtserve.server.engine.runtime import Runtime, RuntimeConfig
 
 

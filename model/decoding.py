@@ -1,7 +1,7 @@
-"""Decoding options and results of the ONNX engine.
+"""Decoding options and results, shared by the PyTorch reference beam search and the ONNX engine.
 
-Same fields, defaults and max-length rule as ``nmtserve.model.beam_search.DecodingOptions`` (that module imports
-torch, which the serving path must not), so a request decoded here and by the reference means the same thing.
+One definition for both, so that a request decoded by the engine and by the reference means the same thing.
+Torch-free on purpose: the serving engine imports it.
 """
 
 from __future__ import annotations
