@@ -63,7 +63,10 @@ class EngineBenchConfig:
             lengths=(4, 8, 16),
             batch_sizes=(1, 4),
             beams=(2, 1),
-            max_length=32,
+            # The tiny random model falls into loops of a few tokens; past ~16 tokens, orderings of a loop score
+            # within float rounding of each other and which one a beam keeps depends on summation order, which
+            # differs between engines (seen: 7 of 8 sentences identical at 32 tokens, after a kernel change).
+            max_length=16,
             repeats=1,
             quick=True,
         )

@@ -1,6 +1,6 @@
 """Tiny hand-built graphs that move rows of the per-row tensors on the device, never through the host.
 
-- gather_rows: select rows of the cross K/V and source mask (sentences leaving the batch, beams expanding) and
+- gather_rows: select rows of the cross K/V and source mask (one row per sentence: sentences leaving) and
   cut the source axis to the longest remaining source (sources are right-padded, so a prefix keeps every row valid);
 - append_rows: join newly encoded sentences to a running batch, right-padding the shorter source axis;
 - trim_cache: drop leading self-attention cache slots that no row uses any more (rows are left-padded).

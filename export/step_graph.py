@@ -95,6 +95,7 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
     g.op("Concat", [past_mask, new_slot], ["new_self_mask"], axis=1)
     self_mask = g.op("Cast", ["new_self_mask"], to=TensorProto.INT32)
     source_mask = g.op("Cast", ["source_mask"], to=TensorProto.INT32)
+    flat = g.weight("flat", np.array([-1, config.d_model], np.int64))
 
     # Section 3.4: embedding x sqrt(d_model) + positional encoding, as [R, 1, d] for the attention kernels.
     embedding = g.weight("embedding", model.embedding.weight)
@@ -124,10 +125,13 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
             return _linear(g, attended, attention.output, f"{scope}.self.output")
 
         def cross_attention(h: str, i: int = i, attention=layer.cross_attention, scope: str = scope) -> str:
-            query = _linear(g, h, attention.query, f"{scope}.cross.query")
+            # Each sentence's K/V serve all its hypotheses: their queries are gathered into [N, W, d] slots.
+            queries = _linear(g, g.op("Squeeze", [h, axis_1]), attention.query, f"{scope}.cross.query")
+            query = g.op("Gather", [queries, "query_rows"])
             keys, values = cross_kv[2 * i], cross_kv[2 * i + 1]
-            attended = g.op("MultiHeadAttention", [query, keys, values, "", source_mask], num_heads=heads)
-            return _linear(g, attended, attention.output, f"{scope}.cross.output")
+            slots = g.op("MultiHeadAttention", [query, keys, values, "", source_mask], num_heads=heads)
+            attended = g.op("Gather", [g.op("Reshape", [slots, flat]), "row_slots"])
+            return g.op("Unsqueeze", [_linear(g, attended, attention.output, f"{scope}.cross.output"), axis_1])
 
         def feed_forward(h: str, ffn=layer.feed_forward, scope: str = scope) -> str:
             inner = g.op("Relu", [_linear(g, h, ffn.inner, f"{scope}.ffn.inner")])
@@ -151,10 +155,12 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
         "positions": (TensorProto.INT64, ["rows"]),
         "reorder": (TensorProto.INT64, ["rows"]),
         "self_mask": (TensorProto.BOOL, ["cache_rows", "cache_len"]),
-        "source_mask": (TensorProto.BOOL, ["rows", "source_len"]),
+        "source_mask": (TensorProto.BOOL, ["sentences", "source_len"]),
+        "query_rows": (TensorProto.INT64, ["sentences", "slots"]),
+        "row_slots": (TensorProto.INT64, ["rows"]),
         "k": (TensorProto.INT64, [1]),
         **{name: (TensorProto.FLOAT, cache_dims) for name in self_kv},
-        **{name: (TensorProto.FLOAT, ["rows", "heads", "source_len", "d_head"]) for name in cross_kv},
+        **{name: (TensorProto.FLOAT, ["sentences", "heads", "source_len", "d_head"]) for name in cross_kv},
         "topk_log_probs": (TensorProto.FLOAT, ["rows", "k"]),
         "topk_ids": (TensorProto.INT64, ["rows", "k"]),
         "new_self_mask": (TensorProto.BOOL, ["rows", "new_cache_len"]),

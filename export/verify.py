@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 
 from nmtserve.model.transformer import Transformer
+from nmtserve.server.engine.batch import cross_slots
 from nmtserve.server.engine.model_dir import CROSS_KV, DECODER_STEP, ENCODER, SELF_KV, per_layer
 
 FP32_TOLERANCE = 1e-4
@@ -113,15 +114,19 @@ class _StepCase:
                     new_rows.append((s, [*history, token]))
                     reorder.append(parent)
             sentence_of = np.array([s for s, _ in new_rows])
+            sentences = sorted(set(sentence_of.tolist()))  # rows come grouped by sentence, in this order
+            query_rows, row_slots = cross_slots([int(np.sum(sentence_of == s)) for s in sentences])
             feeds = {
                 "token_ids": np.array([h[-1] for _, h in new_rows], np.int64),
                 "positions": np.array([len(h) - 1 for _, h in new_rows], np.int64),
                 "reorder": np.array(reorder, np.int64),
                 "self_mask": mask,
-                "source_mask": self.source_mask[sentence_of],
+                "source_mask": self.source_mask[sentences],
+                "query_rows": query_rows,
+                "row_slots": row_slots,
                 "k": np.array([self.vocab], np.int64),
                 **dict(zip(self_names, cache, strict=True)),
-                **{n: t[sentence_of].astype(self.cache_dtype) for n, t in zip(cross_names, self.cross, strict=True)},
+                **{n: t[sentences].astype(self.cache_dtype) for n, t in zip(cross_names, self.cross, strict=True)},
             }
             top_values, top_ids, *cache, mask = self.step.run(None, feeds)
             if np.any(np.diff(top_values, axis=1) > 0):

@@ -15,6 +15,7 @@ from nmtserve.model.beam_search import DecodingOptions as ReferenceOptions
 from nmtserve.model.beam_search import beam_search, greedy_search
 from nmtserve.model.checkpoint import load_checkpoint
 from nmtserve.server.engine import DecodingOptions, Engine, EngineError, Hypothesis, ModelDirError
+from nmtserve.server.engine.batch import cross_slots
 from nmtserve.server.engine.model_dir import DECODER_STEP, MANIFEST, TOKENIZER
 
 
@@ -197,3 +198,11 @@ def test_serving_modules_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_cross_slots_lay_out_each_sentences_rows() -> None:
+    """Sentences with 2, 1 and 3 consecutive rows: W = 3 slots each; spare slots repeat the sentence's last row."""
+    query_rows, row_slots = cross_slots([2, 1, 3])
+    np.testing.assert_array_equal(query_rows, [[0, 1, 1], [2, 2, 2], [3, 4, 5]])
+    np.testing.assert_array_equal(row_slots, [0, 1, 3, 6, 7, 8])
+    np.testing.assert_array_equal(query_rows.reshape(-1)[row_slots], np.arange(6))  # every row reads its own slot

@@ -20,6 +20,7 @@ from nmtserve.export.testing import tiny_export
 from nmtserve.export.verify import ExportVerificationError, verify_export
 from nmtserve.model.checkpoint import load_checkpoint
 from nmtserve.server.engine import DecodingOptions, Engine
+from nmtserve.server.engine.batch import cross_slots
 from nmtserve.server.engine.model_dir import (
     APPEND_ROWS,
     DECODER_STEP,
@@ -127,6 +128,7 @@ def test_cached_steps_equal_teacher_forcing(tiny_dir: Path, model, batch: int, s
                 "reorder": np.full(batch, -1) if t == 0 else np.arange(batch),
                 "self_mask": mask,
                 "source_mask": (source_ids != 0).numpy(),
+                **dict(zip(("query_rows", "row_slots"), cross_slots([1] * batch), strict=True)),
                 "k": np.array([vocab]),
                 **_per_layer("self", cache),
                 **_per_layer("cross", [t.numpy() for pair in cross for t in pair]),
@@ -140,18 +142,20 @@ def test_cached_steps_equal_teacher_forcing(tiny_dir: Path, model, batch: int, s
 
 
 def test_step_reorder_and_small_k(tiny_dir: Path, model) -> None:
-    """reorder gathers cache rows in the graph, -1 starts an empty history, k is honoured."""
+    """reorder gathers cache rows in the graph, -1 starts an empty history, k is honoured; rows 0-1 are one
+    sentence's beams (sharing its cross K/V), row 2 another sentence's."""
     config = model.config
     layers, heads, d_head = config.n_decoder_layers, config.n_heads, config.d_head
     rng = np.random.default_rng(3)
     cache = [rng.standard_normal((2, heads, 3, d_head), np.float32) for _ in range(2 * layers)]
-    cross = [rng.standard_normal((3, heads, 4, d_head), np.float32) for _ in range(2 * layers)]
+    cross = [rng.standard_normal((2, heads, 4, d_head), np.float32) for _ in range(2 * layers)]  # 2 sentences
     feeds = {
         "token_ids": np.array([5, 6, 7]),
         "positions": np.array([3, 3, 0]),
         "reorder": np.array([1, 0, -1]),
         "self_mask": np.array([[True, True, True], [False, True, True]]),
-        "source_mask": np.ones((3, 4), bool),
+        "source_mask": np.ones((2, 4), bool),
+        **dict(zip(("query_rows", "row_slots"), cross_slots([2, 1]), strict=True)),
         "k": np.array([2]),
         **_per_layer("self", cache),
         **_per_layer("cross", cross),

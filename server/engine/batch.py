@@ -4,9 +4,10 @@ Sentences can be added between any two steps and leave the batch the step they f
 decoder cache, the cross-attention K/V and the masks live on the device for the whole life of the batch; per
 step the host sends token ids, positions and the row ``reorder``, and reads back [rows x k] top-k log-probs
 (one more than beam search needs while some sentence is below its ``min_length``: the host drops EOS from
-those rows, which is cheaper than masking the whole vocabulary in the graph). Row bookkeeping on the device goes
-through small graphs: ``gather_rows`` when the sentence layout of the rows changes (beams expanding after step 0,
-sentences leaving), ``append_rows`` when sentences join, ``trim_cache`` when the longest history has left.
+those rows, which is cheaper than masking the whole vocabulary in the graph). Cross-attention K/V are kept once
+per sentence, not per hypothesis: a beam reads them through query slots (``cross_slots``), so beams expanding
+or reordering move nothing. Row bookkeeping on the device goes through small graphs: ``gather_rows`` when
+sentences leave, ``append_rows`` when sentences join, ``trim_cache`` when the longest history has left.
 """
 
 from __future__ import annotations
@@ -30,6 +31,21 @@ from nmtserve.server.engine.model_dir import (
     per_layer,
 )
 from nmtserve.server.engine.runtime import Runtime
+
+
+def cross_slots(rows_per_sentence: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """The step graph's ``query_rows`` [N, W] and ``row_slots`` [R] for sentences owning consecutive rows.
+
+    Cross-attention K/V are kept once per sentence; its hypotheses' queries are laid out in W = max rows slots per
+    sentence (a sentence with fewer rows repeats its last row in the spare slots, whose output nobody reads).
+    """
+    width = max(rows_per_sentence)
+    starts = np.cumsum([0, *rows_per_sentence[:-1]])
+    counts = np.asarray(rows_per_sentence)
+    slot = np.arange(width)
+    query_rows = starts[:, None] + np.minimum(slot[None, :], counts[:, None] - 1)
+    row_slots = np.concatenate([n * width + np.arange(c) for n, c in enumerate(rows_per_sentence)])
+    return query_rows.astype(np.int64), row_slots.astype(np.int64)
 
 
 def without_eos(log_probs: np.ndarray, ids: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -61,7 +77,7 @@ class DecodingBatch:
         self._serials = count()
         self._sentences: list[Sentence] = []  # in row order
         self._cross: dict[str, ort.OrtValue] | None = None  # cross K/V of every layer and source_mask
-        self._cross_rows: list[int] = []  # serial of the sentence owning each cross row
+        self._cross_rows: list[int] = []  # serial of the sentence owning each cross row (one row per sentence)
         self._cache: dict[str, ort.OrtValue] = {}
         self._cache_len = 0
         self._reset_cache()
@@ -154,24 +170,23 @@ class DecodingBatch:
         self._cross, self._cross_rows = None, []
         self._reset_cache()
 
-    def _align_cross(self, row_serials: list[int]) -> None:
-        """Give every decoder row the cross K/V of its sentence, cut to the longest remaining source."""
-        if row_serials == self._cross_rows:
+    def _align_cross(self) -> None:
+        """Keep the cross K/V of the live sentences only (in row order), cut to the longest remaining source."""
+        serials = [s.serial for s in self._sentences]
+        if serials == self._cross_rows:
             return
-        first = {}
-        for i, serial in enumerate(self._cross_rows):
-            first.setdefault(serial, i)
+        position = {serial: i for i, serial in enumerate(self._cross_rows)}
         source_len = max(s.source_len for s in self._sentences)
         gathered = self._runtime.run(
             GATHER_ROWS,
             {
                 **self._cross,
-                "rows": np.array([first[s] for s in row_serials], np.int64),
+                "rows": np.array([position[serial] for serial in serials], np.int64),
                 "source_len": np.array([source_len], np.int64),
             },
         )
         self._cross = _strip(gathered, "out_")
-        self._cross_rows = list(row_serials)
+        self._cross_rows = serials
 
     def _trim_cache(self) -> None:
         """Rows are left-padded, so slots older than the longest live history are unused by every row."""
@@ -186,15 +201,14 @@ class DecodingBatch:
         if not self._sentences:
             return []
         info = self._info
-        row_serials: list[int] = []
         tokens, positions, reorder = [], [], []
         for sentence in self._sentences:
             rows = sentence.rows
-            row_serials += [sentence.serial] * rows
             tokens.append(sentence.tokens[:, -1] if sentence.step else np.full(rows, info.bos_id, np.int64))
             positions.append(np.full(rows, sentence.step, np.int64))
             reorder.append(sentence.parents)  # already global cache rows (or -1 for a new sentence)
-        self._align_cross(row_serials)
+        self._align_cross()
+        query_rows, row_slots = cross_slots([s.rows for s in self._sentences])
         self._trim_cache()
         k = max(s.options.candidates_per_row for s in self._sentences)
         k += any(s.forbid_eos for s in self._sentences)  # one spare candidate to replace a banned EOS
@@ -205,6 +219,8 @@ class DecodingBatch:
                 "token_ids": np.concatenate(tokens),
                 "positions": np.concatenate(positions),
                 "reorder": np.concatenate(reorder),
+                "query_rows": query_rows,
+                "row_slots": row_slots,
                 **self._cache,
                 **self._cross,
                 "k": np.array([k], np.int64),

@@ -39,12 +39,12 @@ def demo_export(precision: str = "fp32") -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "demo" / precision
 
 
-# Graph signatures. Shapes: H heads, Dh head size, R rows (hypotheses), C rows of the incoming cache, T cache
-# length, S source length, N new rows. K/V tensors are one per decoder layer (``self_keys.0``, ``self_values.0``,
+# Graph signatures. Shapes: H heads, Dh head size, R rows (hypotheses), N sentences, C rows of the incoming
+# cache, T cache length, S source length. K/V tensors are one per decoder layer (``self_keys.0``, ``self_values.0``,
 # ``self_keys.1``, ...): stacked [layers, ...] tensors would cost the step graph a Split of the whole cache on the
 # way in and a stacking Concat on the way out, two full copies per step on top of the unavoidable append.
 SELF_KV = ("self_keys", "self_values")  # float [C, H, T, Dh] in, [R, H, T + 1, Dh] out (left-padded history)
-CROSS_KV = ("cross_keys", "cross_values")  # float [R, H, S, Dh]: the source's encoder-decoder attention K/V
+CROSS_KV = ("cross_keys", "cross_values")  # float [N, H, S, Dh]: one per sentence, not per hypothesis
 
 
 def per_layer(names: Sequence[str], layers: int) -> list[str]:
@@ -59,13 +59,26 @@ def prefixed(prefix: str, names: Sequence[str]) -> list[str]:
 def io_names(layers: int) -> dict[str, dict[str, list[str]]]:
     """Input and output names of every graph of a model with ``layers`` decoder layers."""
     cache = [*per_layer(SELF_KV, layers), "self_mask"]  # self_mask: bool [C, T], True on valid cache slots
-    cross = [*per_layer(CROSS_KV, layers), "source_mask"]  # source_mask: bool [R, S], True on real tokens
+    cross = [*per_layer(CROSS_KV, layers), "source_mask"]  # source_mask: bool [N, S], True on real tokens
     return {
         ENCODER: {"inputs": ["source_ids"], "outputs": cross[:-1]},
         DECODER_STEP: {
             # token_ids, positions (tokens generated before this one), reorder (the cache row each output row
-            # extends; -1 starts a row with no history): int64 [R]; k: int64 [1]
-            "inputs": ["token_ids", "positions", "reorder", cache[-1], cross[-1], *cache[:-1], *cross[:-1], "k"],
+            # extends; -1 starts a row with no history): int64 [R]; k: int64 [1]. Cross-attention runs per
+            # sentence over W query slots: query_rows [N, W] names the row in each slot (a sentence with fewer than
+            # W rows repeats one), row_slots [R] the flat slot (n * W + j) whose output each row takes.
+            "inputs": [
+                "token_ids",
+                "positions",
+                "reorder",
+                "query_rows",
+                "row_slots",
+                cache[-1],
+                cross[-1],
+                *cache[:-1],
+                *cross[:-1],
+                "k",
+            ],
             # topk_log_probs float32 [R, k], topk_ids int64 [R, k], then the grown cache
             "outputs": ["topk_log_probs", "topk_ids", *prefixed("new_", cache)],
         },
