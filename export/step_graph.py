@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +80,54 @@ def _sublayer(graph: _Graph, x: str, residual, name: str, body: Callable[[str], 
     return _layer_norm(graph, graph.op("Add", [x, body(x)]), residual.norm, f"{name}.norm")
 
 
+@dataclass(frozen=True)
+class _Shared:
+    """Tensors every decoder layer reads: the graph, the gathered cache index and the masks."""
+
+    graph: _Graph
+    heads: int
+    index: str  # cache row each row extends (reorder with -1 clamped to 0)
+    self_mask: str  # int32 [R, T + 1]
+    source_mask: str  # int32 [N, S]
+    axis_1: str
+    flat: str  # the shape [-1, d_model]
+
+
+def _self_attention(shared: _Shared, attention, scope: str, kv: list[str], h: str) -> str:
+    """One QKV GEMM, then fused attention over the reordered past (its grown cache is the ``new_`` output)."""
+    g, (keys, values) = shared.graph, kv
+    weight = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight]).t()
+    bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias])
+    q, k, v = g.op("Split", [g.op("MatMul", [h, g.weight(f"{scope}.qkv.weight", weight)])], 3, axis=2, num_outputs=3)
+    past_keys = g.op("Gather", [keys, shared.index], axis=0)
+    past_values = g.op("Gather", [values, shared.index], axis=0)
+    attended = g.op(
+        "MultiHeadAttention",
+        [q, k, v, g.weight(f"{scope}.qkv.bias", bias), shared.self_mask, "", past_keys, past_values],
+        [f"{scope}.out", f"new_{keys}", f"new_{values}"],
+        num_heads=shared.heads,
+    )[0]
+    return _linear(g, attended, attention.output, f"{scope}.output")
+
+
+def _cross_attention(shared: _Shared, attention, scope: str, kv: list[str], h: str) -> str:
+    """Each sentence's K/V serve all its hypotheses: their queries are gathered into [N, W, d] slots."""
+    g, (keys, values) = shared.graph, kv
+    queries = _linear(g, g.op("Squeeze", [h, shared.axis_1]), attention.query, f"{scope}.query")
+    slots = g.op(
+        "MultiHeadAttention",
+        [g.op("Gather", [queries, "query_rows"]), keys, values, "", shared.source_mask],
+        num_heads=shared.heads,
+    )
+    attended = g.op("Gather", [g.op("Reshape", [slots, shared.flat]), "row_slots"])
+    return g.op("Unsqueeze", [_linear(g, attended, attention.output, f"{scope}.output"), shared.axis_1])
+
+
+def _feed_forward(shared: _Shared, ffn, scope: str, h: str) -> str:
+    inner = shared.graph.op("Relu", [_linear(shared.graph, h, ffn.inner, f"{scope}.inner")])
+    return _linear(shared.graph, inner, ffn.outer, f"{scope}.outer")
+
+
 def build_decoder_step(model: Transformer, path: Path) -> Path:
     """Write the decoder-step graph of ``model`` (eval mode, fp32) to ``path``."""
     config = model.config
@@ -96,6 +146,7 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
     self_mask = g.op("Cast", ["new_self_mask"], to=TensorProto.INT32)
     source_mask = g.op("Cast", ["source_mask"], to=TensorProto.INT32)
     flat = g.weight("flat", np.array([-1, config.d_model], np.int64))
+    shared = _Shared(g, heads, index, self_mask, source_mask, axis_1, flat)
 
     # Section 3.4: embedding x sqrt(d_model) + positional encoding, as [R, 1, d] for the attention kernels.
     embedding = g.weight("embedding", model.embedding.weight)
@@ -107,38 +158,12 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
     x = g.op("Unsqueeze", [g.op("Add", [scaled, position]), axis_1])
 
     for i, layer in enumerate(model.decoder_layers):
-        scope = f"decoder.{i}"
-
-        def self_attention(h: str, i: int = i, attention=layer.self_attention, scope: str = scope) -> str:
-            weight = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight]).t()
-            bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias])
-            qkv = g.op("MatMul", [h, g.weight(f"{scope}.self.qkv.weight", weight)])
-            q, k, v = g.op("Split", [qkv], 3, axis=2, num_outputs=3)
-            past_keys = g.op("Gather", [self_kv[2 * i], index], axis=0)
-            past_values = g.op("Gather", [self_kv[2 * i + 1], index], axis=0)
-            attended = g.op(
-                "MultiHeadAttention",
-                [q, k, v, g.weight(f"{scope}.self.qkv.bias", bias), self_mask, "", past_keys, past_values],
-                [f"{scope}.self.out", f"new_{self_kv[2 * i]}", f"new_{self_kv[2 * i + 1]}"],
-                num_heads=heads,
-            )[0]
-            return _linear(g, attended, attention.output, f"{scope}.self.output")
-
-        def cross_attention(h: str, i: int = i, attention=layer.cross_attention, scope: str = scope) -> str:
-            # Each sentence's K/V serve all its hypotheses: their queries are gathered into [N, W, d] slots.
-            queries = _linear(g, g.op("Squeeze", [h, axis_1]), attention.query, f"{scope}.cross.query")
-            query = g.op("Gather", [queries, "query_rows"])
-            keys, values = cross_kv[2 * i], cross_kv[2 * i + 1]
-            slots = g.op("MultiHeadAttention", [query, keys, values, "", source_mask], num_heads=heads)
-            attended = g.op("Gather", [g.op("Reshape", [slots, flat]), "row_slots"])
-            return g.op("Unsqueeze", [_linear(g, attended, attention.output, f"{scope}.cross.output"), axis_1])
-
-        def feed_forward(h: str, ffn=layer.feed_forward, scope: str = scope) -> str:
-            inner = g.op("Relu", [_linear(g, h, ffn.inner, f"{scope}.ffn.inner")])
-            return _linear(g, inner, ffn.outer, f"{scope}.ffn.outer")
-
-        x = _sublayer(g, x, layer.self_residual, f"{scope}.self", self_attention)
-        x = _sublayer(g, x, layer.cross_residual, f"{scope}.cross", cross_attention)
+        scope, layer_kv = f"decoder.{i}", slice(2 * i, 2 * i + 2)
+        attend_self = partial(_self_attention, shared, layer.self_attention, f"{scope}.self", self_kv[layer_kv])
+        x = _sublayer(g, x, layer.self_residual, f"{scope}.self", attend_self)
+        attend_source = partial(_cross_attention, shared, layer.cross_attention, f"{scope}.cross", cross_kv[layer_kv])
+        x = _sublayer(g, x, layer.cross_residual, f"{scope}.cross", attend_source)
+        feed_forward = partial(_feed_forward, shared, layer.feed_forward, f"{scope}.ffn")
         x = _sublayer(g, x, layer.feed_forward_residual, f"{scope}.ffn", feed_forward)
 
     if config.pre_norm:
