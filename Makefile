@@ -7,7 +7,7 @@ DEV_VENV ?= .venv
 # The CPU build of torch, pinned: an unpinned "torch" would pull a multi-GB CUDA build.
 TORCH ?= torch==2.13.0
 
-.PHONY: demo test lint
+.PHONY: demo test lint audit
 
 $(SERVE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(SERVE_VENV)
@@ -32,3 +32,15 @@ test: $(DEV_VENV)/.installed
 
 lint: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/ruff check . && $(DEV_VENV)/bin/ruff format --check .
+
+# Known vulnerabilities in the serving dependencies (what `make demo` installs); CI runs it after `make test`.
+audit: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python .ci/audit.py --out runs/audit
+
+# Deployment assets (deploy/, docs/deploy.md): the image's pinned locks, the PrometheusRule generated from the rules
+# file, and the dashboard plots of the docs (a local server and Debian's Prometheus, about two minutes of traffic).
+.PHONY: deploy-assets
+deploy-assets: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python deploy/docker/lock.py
+	$(DEV_VENV)/bin/python deploy/tools/prometheusrule.py
+	$(DEV_VENV)/bin/python deploy/tools/local_stack.py --duration 90 --render docs/img

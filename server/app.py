@@ -1,10 +1,15 @@
 """Assembles the server: gRPC (Translator, health, reflection), the metrics endpoint, the engine thread.
 
-Life cycle: ``start`` binds the ports with health NOT_SERVING; ``load`` loads and warms the model off the event
-loop, starts the engine thread and turns health SERVING; ``drain`` turns health NOT_SERVING, refuses new requests
-(UNAVAILABLE) and waits for in-flight ones; ``stop`` closes everything. ``serve`` runs that sequence until SIGTERM
-or SIGINT, which is what ``nmtserve serve`` and a Kubernetes pod need (readiness probes see NOT_SERVING while a
-replica drains).
+Life cycle: ``start`` binds the ports with health NOT_SERVING; ``load`` verifies the model directory against its
+manifest's sha256 digests, loads and warms the model off the event loop, starts the engine thread and turns health
+SERVING; ``drain`` turns health NOT_SERVING, refuses new requests (UNAVAILABLE) and waits for in-flight ones;
+``stop`` closes everything. ``serve`` runs that sequence until SIGTERM or SIGINT, which is what ``nmtserve serve``
+and a Kubernetes pod need (readiness probes see NOT_SERVING while a replica drains). A second signal during the
+drain stops at once.
+
+If the model cannot be loaded (a missing file, a checksum mismatch, an unusable graph), the server logs one
+``model load failed`` error naming the directory and the reason, keeps health NOT_SERVING and answers UNAVAILABLE
+until it is stopped (then it exits 1); with ``exit_on_load_failure`` it exits 1 at once instead.
 """
 
 from __future__ import annotations
@@ -20,13 +25,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.batching import Budget
 from nmtserve.server.config import ConfigError, ServerConfig, resolve_model_dir
 from nmtserve.server.engine import Engine
 from nmtserve.server.metrics import MetricsEndpoint, ServerMetrics, serve_metrics
 from nmtserve.server.scheduler import Scheduler
-from nmtserve.server.service import SERVICE_NAME, Backend, TranslatorService
+from nmtserve.server.security import BearerTokenInterceptor, load_tokens, server_credentials
+from nmtserve.server.service import SERVICE_NAME, Backend, TranslatorService, add_translator_service
 from nmtserve.server.tracking import ServingState
 from nmtserve.server.validation import default_options
 from nmtserve.server.workqueue import WorkQueue
@@ -40,6 +45,8 @@ WARMUP_TEXTS = (
     "Select the cells that you want to print, then open the File menu and choose Print to print them.",
 )
 SELECTION_WINDOW_FACTOR = 4  # the batcher looks at the 4 x max_batch_size oldest waiting sentences
+SCHEDULER_STOP_S = 5.0  # how long ``stop`` waits for the engine thread to finish its step
+MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # n-best lists of 256 texts can exceed gRPC's default of 4 MiB
 
 
 def warm_up(engine: Engine, config: ServerConfig) -> float:
@@ -68,16 +75,34 @@ class TranslationServer:
         for name in HEALTH_SERVICES:
             await self.health.set(name, status)
 
+    def _reject_unauthenticated(self, method: str, reason: str) -> None:
+        self.metrics.unauthenticated.labels(method, reason).inc()
+
     async def start(self) -> None:
-        """Bind the gRPC and metrics ports; health answers NOT_SERVING until ``load`` finishes."""
-        server = grpc.aio.server()
-        pb_grpc.add_TranslatorServicer_to_server(self.service, server)
+        """Bind the gRPC and metrics ports; health answers NOT_SERVING until ``load`` finishes.
+
+        Raises ConfigError for unusable TLS or token files and OSError for ports that cannot be bound."""
+        config = self.config
+        credentials = server_credentials(config)
+        interceptors = []
+        if config.auth_token_file is not None:
+            tokens = load_tokens(config.auth_token_file)
+            interceptors.append(BearerTokenInterceptor(tokens, on_reject=self._reject_unauthenticated))
+        options = [
+            ("grpc.max_receive_message_length", config.max_message_bytes),
+            ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+        ]
+        server = grpc.aio.server(interceptors=interceptors, options=options)
+        add_translator_service(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
-        address = f"{self.config.host}:{self.config.port}"
+        address = f"{config.host}:{config.port}"
         try:
-            self.port = server.add_insecure_port(address)
+            if credentials is None:
+                self.port = server.add_insecure_port(address)
+            else:
+                self.port = server.add_secure_port(address, credentials)
         except RuntimeError as error:
             raise OSError(f"cannot listen on {address}: {error}") from None
         await self._set_health(False)
@@ -85,9 +110,14 @@ class TranslationServer:
         self._server = server
         self._metrics_endpoint = serve_metrics(self.metrics, self.config.metrics_host, self.config.metrics_port)
         self.metrics_port = self._metrics_endpoint.port
+        security = {
+            "tls": credentials is not None,
+            "mutual_tls": config.tls_client_ca is not None,
+            "token_auth": config.auth_token_file is not None,
+        }
         log.info(
             "listening",
-            extra={"fields": {"grpc": f"{self.config.host}:{self.port}", "metrics": self.metrics_url}},
+            extra={"fields": {"grpc": f"{config.host}:{self.port}", "metrics": self.metrics_url, **security}},
         )
 
     @property
@@ -111,7 +141,12 @@ class TranslationServer:
         if config.warmup:
             seconds = await asyncio.to_thread(warm_up, engine, config)
             log.info("warmed up", extra={"fields": {"seconds": round(seconds, 3)}})
-        queue = WorkQueue(config.max_queue_size, on_depth=self.metrics.queue_depth.set)
+        queue = WorkQueue(
+            config.max_queue_size,
+            on_depth=self.metrics.queue_depth.set,
+            max_tokens=config.max_queue_tokens,
+            on_tokens=self.metrics.queue_tokens.set,
+        )
         budget = Budget(config.max_batch_size, config.max_batch_tokens, SELECTION_WINDOW_FACTOR * config.max_batch_size)
         self._scheduler = Scheduler(
             engine,
@@ -128,12 +163,27 @@ class TranslationServer:
         self.service.backend = Backend(engine, queue)
         info = engine.info
         self.metrics.set_model(info.name, info.version, info.precision, config.device)
+        self.state.load_failed = False
         self.state.ready = True
         await self._set_health(True)
         log.info(
             "serving",
             extra={"fields": {"model": info.name, "version": info.version, "precision": info.precision}},
         )
+
+    async def try_load(self, engine: Engine | None = None) -> bool:
+        """``load``; on failure log it, stay NOT_SERVING (requests get UNAVAILABLE) and return False."""
+        try:
+            await self.load(engine)
+            return True
+        except Exception as error:
+            self.state.load_failed = True
+            model = str(self.config.model) if self.config.model is not None else "(demo model)"
+            log.error(
+                "model load failed",
+                extra={"fields": {"model": model, "error": f"{type(error).__name__}: {error}"}},
+            )
+            return False
 
     async def drain(self, timeout: float | None = None) -> bool:
         """Go NOT_SERVING, refuse new requests, wait up to ``timeout`` for in-flight ones; True if all finished."""
@@ -152,7 +202,7 @@ class TranslationServer:
             await self._server.stop(grace)
             self._server = None
         if self._scheduler is not None:
-            await asyncio.to_thread(self._scheduler.stop)
+            await asyncio.to_thread(self._scheduler.stop, SCHEDULER_STOP_S)
             self._scheduler = None
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()
@@ -161,30 +211,44 @@ class TranslationServer:
 
 
 async def serve(config: ServerConfig) -> int:
-    """Run until SIGTERM/SIGINT, then drain; the exit status for ``nmtserve serve``."""
+    """Run until SIGTERM/SIGINT, then drain; the exit status for ``nmtserve serve``: 0 after a drain, 1 if the model
+    failed to load, 2 for a configuration error."""
     try:  # before binding any port: a missing model is a configuration error, not a server that never gets ready
         config = dataclasses.replace(config, model=resolve_model_dir(config.model))
     except ConfigError as error:
         log.error("%s", error)
         return 2
     server = TranslationServer(config)
-    await server.start()
-    stop = asyncio.Event()
+    try:
+        await server.start()
+    except (ConfigError, OSError) as error:
+        log.error("%s", error)
+        await server.stop()
+        return 2
+    signals = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    loading = asyncio.create_task(server.load())
-    stopping = asyncio.create_task(stop.wait())
-    await asyncio.wait({loading, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        loop.add_signal_handler(signum, signals.put_nowait, signum)
+    loading = asyncio.create_task(server.try_load())
+    first_signal = asyncio.create_task(signals.get())
+    await asyncio.wait({loading, first_signal}, return_when=asyncio.FIRST_COMPLETED)
     status = 0
-    if loading.done() and loading.exception() is not None:
-        log.error("could not load the model: %s", loading.exception())
+    if loading.done() and not loading.result():
         status = 1
+        if not config.exit_on_load_failure:
+            log.error("not serving: the model failed to load; waiting for SIGTERM (health stays NOT_SERVING)")
+            await first_signal
     else:
-        await stop.wait()
-        log.info("shutdown requested")
-        await server.drain()
+        await first_signal
+        log.info("shutdown requested", extra={"fields": {"signal": signal.Signals(first_signal.result()).name}})
+        draining = asyncio.create_task(server.drain())
+        second_signal = asyncio.create_task(signals.get())
+        await asyncio.wait({draining, second_signal}, return_when=asyncio.FIRST_COMPLETED)
+        if not draining.done():
+            log.warning("second signal: stopping without waiting for in-flight requests")
+        draining.cancel()
+        second_signal.cancel()
     loading.cancel()
-    stopping.cancel()
+    first_signal.cancel()
     await server.stop()
     return status

@@ -6,12 +6,18 @@
 
 Options left as None (or 0) take the server's defaults. Errors surface as ``grpc.RpcError`` with the server's
 status code and message.
+
+Security: ``tls=True`` (or any of ``tls_ca``/``tls_cert``/``tls_key``) connects over TLS, verifying the server
+against ``tls_ca`` (PEM path; default: the system's roots); ``tls_cert`` + ``tls_key`` present a client
+certificate (mutual TLS); ``server_name`` overrides the name checked in the server's certificate; ``token`` is sent
+as ``authorization: Bearer <token>`` with every call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -74,16 +80,52 @@ def _event(response: pb.TranslateResponse) -> Iterator[StreamEvent]:
         yield StreamEvent(response.request_id, translations=[_hypotheses(t) for t in response.translations])
 
 
+def channel_credentials(
+    tls_ca: Path | str | None = None, tls_cert: Path | str | None = None, tls_key: Path | str | None = None
+) -> grpc.ChannelCredentials:
+    """TLS credentials from PEM files: the CA that signed the server's certificate (None: the system's roots) and,
+    for mutual TLS, the client's certificate chain and key."""
+    if (tls_cert is None) != (tls_key is None):
+        raise ValueError("tls_cert and tls_key go together")
+    return grpc.ssl_channel_credentials(_read(tls_ca), _read(tls_key), _read(tls_cert))
+
+
+def _read(path: Path | str | None) -> bytes | None:
+    return Path(path).read_bytes() if path is not None else None
+
+
+def secure_channel_options(server_name: str | None) -> list[tuple[str, object]]:
+    return [("grpc.ssl_target_name_override", server_name)] if server_name else []
+
+
+def auth_metadata(token: str | None) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),) if token else ()
+
+
 class TranslatorClient:
-    def __init__(self, target: str, timeout: float | None = 60.0) -> None:
+    def __init__(
+        self,
+        target: str,
+        timeout: float | None = 60.0,
+        *,
+        tls: bool = False,
+        tls_ca: Path | str | None = None,
+        tls_cert: Path | str | None = None,
+        tls_key: Path | str | None = None,
+        server_name: str | None = None,
+        token: str | None = None,
+    ) -> None:
         self.target, self.timeout = target, timeout
-        self.channel = grpc.insecure_channel(
-            target,
-            options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ],
-        )
+        options = [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ]
+        if tls or tls_ca is not None or tls_cert is not None:
+            credentials = channel_credentials(tls_ca, tls_cert, tls_key)
+            self.channel = grpc.secure_channel(target, credentials, options + secure_channel_options(server_name))
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.metadata = auth_metadata(token)
         self.stub = pb_grpc.TranslatorStub(self.channel)
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
@@ -92,7 +134,7 @@ class TranslatorClient:
     ) -> list[list[Hypothesis]]:
         """n-best lists (best first), one per text, in order."""
         request = pb.TranslateRequest(texts=list(texts), options=options or pb.DecodingOptions())
-        response = self.stub.Translate(request, timeout=timeout or self.timeout)
+        response = self.stub.Translate(request, timeout=timeout or self.timeout, metadata=self.metadata)
         return [_hypotheses(t) for t in response.translations]
 
     def translate_texts(self, texts: Sequence[str], options: pb.DecodingOptions | None = None) -> list[str]:
@@ -101,22 +143,25 @@ class TranslatorClient:
 
     def stream(self, requests: Iterable[pb.TranslateRequest], timeout: float | None = None) -> Iterator[StreamEvent]:
         """Send ``requests`` on one TranslateStream; yield events as the server sends them (any order)."""
-        for response in self.stub.TranslateStream(iter(requests), timeout=timeout or self.timeout):
+        calls = self.stub.TranslateStream(iter(requests), timeout=timeout or self.timeout, metadata=self.metadata)
+        for response in calls:
             yield from _event(response)
 
     def model_info(self) -> pb.ModelInfo:
-        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout)
+        return self.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=self.timeout, metadata=self.metadata)
 
     def health(self, service: str = "") -> str:
         """SERVING, NOT_SERVING, ... (grpc.health.v1) for ``service`` ("" = the whole server)."""
-        response = self.health_stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=self.timeout)
+        request = health_pb2.HealthCheckRequest(service=service)
+        response = self.health_stub.Check(request, timeout=self.timeout, metadata=self.metadata)
         return health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
 
     def wait_until_serving(self, timeout: float = 60.0) -> None:
         """Block until health reports SERVING (the model is loaded and warmed up); TimeoutError otherwise."""
         request = health_pb2.HealthCheckRequest(service="")
         try:
-            for response in self.health_stub.Watch(request, timeout=timeout, wait_for_ready=True):
+            watch = self.health_stub.Watch(request, timeout=timeout, wait_for_ready=True, metadata=self.metadata)
+            for response in watch:
                 if response.status == health_pb2.HealthCheckResponse.SERVING:
                     return
         except grpc.RpcError as error:

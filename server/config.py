@@ -59,20 +59,57 @@ class ServerConfig:
     )
     max_join_steps: int = _setting(8, "continuous batching: ... or once this many decode steps passed since a join")
     max_queue_size: int = _setting(4096, "sentences waiting; more are refused with RESOURCE_EXHAUSTED")
+    max_queue_tokens: int = _setting(
+        131072, "source tokens waiting (EOS included); more are refused with RESOURCE_EXHAUSTED"
+    )
+    max_inflight_per_connection: int = _setting(
+        0, "requests in flight on one client connection; more are refused with RESOURCE_EXHAUSTED (0: no limit)"
+    )
     # Request limits
     max_texts_per_request: int = _setting(256, "texts in one request")
     max_input_tokens: int = _setting(256, "SentencePiece tokens in one text (longer texts are refused, not cut)")
+    max_input_bytes: int = _setting(8192, "UTF-8 bytes in one text, checked before tokenising")
+    max_message_bytes: int = _setting(
+        4 * 1024 * 1024, "size of one request message; larger ones are refused by gRPC with RESOURCE_EXHAUSTED"
+    )
+    reject_blank_texts: bool = _setting(
+        False, "refuse blank texts (INVALID_ARGUMENT) instead of answering them with an empty translation"
+    )
     max_beam_size: int = _setting(16, "largest beam a request may ask for")
     max_output_length: int = _setting(512, "largest max_length a request may ask for")
+    max_length_penalty: float = _setting(10.0, "largest length_penalty a request may ask for")
     # Decoding defaults (a request's unset options)
     beam_size: int = _setting(4, "default beam size")
     length_penalty: float = _setting(1.0, "default length penalty")
     max_length: int = _setting(256, "default cap on output tokens")
     num_hypotheses: int = _setting(1, "default n-best size")
     return_scores: bool = _setting(True, "return hypothesis scores by default")
+    # Security
+    tls_cert: Path | None = field(
+        default=None, metadata={"help": "PEM certificate chain of the server: serve TLS (with tls_key)", "flag": None}
+    )
+    tls_key: Path | None = field(default=None, metadata={"help": "PEM private key of tls_cert", "flag": None})
+    tls_client_ca: Path | None = field(
+        default=None,
+        metadata={
+            "help": "PEM CA bundle: require client certificates signed by it (mutual TLS; needs tls_cert)",
+            "flag": None,
+        },
+    )
+    auth_token_file: Path | None = field(
+        default=None,
+        metadata={
+            "help": "file of accepted bearer tokens, one per line: require 'authorization: Bearer <token>' on every "
+            "RPC but health checks",
+            "flag": None,
+        },
+    )
     # Operations
     warmup: bool = _setting(True, "translate a few sentences before reporting SERVING")
     drain_timeout_s: float = _setting(30.0, "on SIGTERM, how long in-flight requests may take before the server stops")
+    exit_on_load_failure: bool = _setting(
+        False, "exit (status 1) when the model fails to load, instead of staying up with health NOT_SERVING"
+    )
     log_format: str = _setting("text", "text or json (one JSON object per line)")
     log_level: str = _setting("info", "debug, info, warning or error")
 
@@ -145,8 +182,9 @@ def read_toml(path: Path) -> dict[str, Any]:
     if unknown:
         raise ConfigError(f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(FIELDS)}")
     values = {name: _coerce(name, value, f"file {path}") for name, value in data.items()}
-    if values.get("model") is not None and not values["model"].is_absolute():
-        values["model"] = Path(path).parent / values["model"]  # relative to the file, not to the working directory
+    for name, value in values.items():  # relative paths are relative to the file, not to the working directory
+        if isinstance(value, Path) and not value.is_absolute():
+            values[name] = Path(path).parent / value
     return values
 
 
@@ -189,10 +227,23 @@ def validate(config: ServerConfig) -> ServerConfig:
         f"({c.max_input_tokens + 1})",
     )
     need(c.max_queue_size >= c.max_texts_per_request, "max_queue_size must be >= max_texts_per_request")
+    need(
+        c.max_queue_tokens >= c.max_texts_per_request * (c.max_input_tokens + 1),
+        f"max_queue_tokens ({c.max_queue_tokens}) must hold one largest request: >= max_texts_per_request x "
+        f"(max_input_tokens + 1) ({c.max_texts_per_request * (c.max_input_tokens + 1)})",
+    )
+    need(c.max_inflight_per_connection >= 0, "max_inflight_per_connection must be >= 0 (0: no limit)")
+    need(c.max_input_bytes >= 1, "max_input_bytes must be >= 1")
+    need(c.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
+    need((c.tls_cert is None) == (c.tls_key is None), "tls_cert and tls_key must be given together")
+    need(c.tls_client_ca is None or c.tls_cert is not None, "tls_client_ca (mutual TLS) needs tls_cert and tls_key")
     need(c.max_beam_size >= 1 and c.max_output_length >= 1, "max_beam_size and max_output_length must be >= 1")
     need(1 <= c.beam_size <= c.max_beam_size, f"beam_size must be in 1..max_beam_size ({c.max_beam_size})")
     need(1 <= c.num_hypotheses <= c.beam_size, f"num_hypotheses must be in 1..beam_size ({c.beam_size})")
-    need(c.length_penalty >= 0, "length_penalty must be >= 0")
+    need(
+        0 <= c.length_penalty <= c.max_length_penalty <= 100,
+        f"length_penalty must be in 0..max_length_penalty ({c.max_length_penalty}), and max_length_penalty <= 100",
+    )
     need(
         1 <= c.max_length <= c.max_output_length, f"max_length must be in 1..max_output_length ({c.max_output_length})"
     )
@@ -215,7 +266,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             parser.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            metavar = "DIR" if kind is Path else None
+            metavar = ("DIR" if name == "model" else "FILE") if kind is Path else None
             parser.add_argument(
                 flag_name(name), type=kind, default=None, metavar=metavar, choices=CHOICES.get(name), help=help_text
             )

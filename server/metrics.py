@@ -87,7 +87,14 @@ class ServerMetrics:
         self.engine_errors = Counter(
             "nmtserve_engine_errors", "Engine failures; each is retried alone to find its request.", registry=r
         )
+        self.unauthenticated = Counter(
+            "nmtserve_unauthenticated_requests",
+            "RPCs refused with UNAUTHENTICATED (token missing or invalid), by method.",
+            ["method", "reason"],
+            registry=r,
+        )
         self.queue_depth = Gauge("nmtserve_queue_depth", "Sentences waiting for the engine.", registry=r)
+        self.queue_tokens = Gauge("nmtserve_queue_tokens", "Source tokens waiting for the engine.", registry=r)
         self.running = Gauge("nmtserve_running_sentences", "Sentences in the engine batch.", registry=r)
         self.inflight = Gauge("nmtserve_inflight_requests", "Requests received and not yet answered.", registry=r)
         self.model_info = Gauge(

@@ -1,10 +1,17 @@
 """The ``nmtserve.v1.Translator`` gRPC service (grpc.aio): validation, queueing, waiting, answering.
 
 Handlers never run the engine: they tokenise, queue work items and await results that the engine thread posts.
-Status codes: INVALID_ARGUMENT (empty request, text too long, bad options), RESOURCE_EXHAUSTED (queue full),
-DEADLINE_EXCEEDED, CANCELLED, UNAVAILABLE (loading or draining), INTERNAL (the engine failed on this request's
-own text). On TranslateStream, request-scoped failures come back in-band (``TranslateResponse.error``) so that one
-bad request does not end a stream carrying others.
+Status codes: INVALID_ARGUMENT (a message that does not parse, e.g. invalid UTF-8; empty request, text too long,
+control characters, bad options), RESOURCE_EXHAUSTED (queue full, too many requests in flight on the connection,
+or a message over ``max_message_bytes``, refused by gRPC itself), DEADLINE_EXCEEDED, CANCELLED, UNAVAILABLE
+(loading, draining, or the model failed to load), INTERNAL (the engine failed on this request's own text),
+UNAUTHENTICATED (``security.py``). RESOURCE_EXHAUSTED from the queue carries a retry hint: the trailing metadata
+``grpc-retry-pushback-ms`` (which gRPC clients with a retry policy honour) and the same figure in the message.
+On TranslateStream, request-scoped failures come back in-band (``TranslateResponse.error``) so that one bad
+request does not end a stream carrying others.
+
+Requests arrive as raw bytes and are parsed here rather than by gRPC's deserializer: a message that does not
+parse would otherwise fail as UNKNOWN with an exception logged, instead of a clean INVALID_ARGUMENT.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from dataclasses import dataclass
 from importlib import metadata
 
 import grpc
+from google.protobuf.message import DecodeError, Message
 
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
@@ -25,8 +33,14 @@ from nmtserve.server.engine import Engine
 from nmtserve.server.responses import blank_translation, translation
 from nmtserve.server.scheduler import EngineFailure, ShuttingDown
 from nmtserve.server.sink import LoopSink
-from nmtserve.server.tracking import ServingState
-from nmtserve.server.validation import RequestError, default_options, encode_texts, resolve_options
+from nmtserve.server.tracking import ConnectionLimiter, ServingState
+from nmtserve.server.validation import (
+    RequestError,
+    check_request_id,
+    default_options,
+    encode_texts,
+    resolve_options,
+)
 from nmtserve.server.work import Request, WorkItem
 from nmtserve.server.workqueue import QueueClosed, QueueFull, WorkQueue
 
@@ -56,19 +70,79 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+class Overloaded(RequestError):
+    """RESOURCE_EXHAUSTED with a retry hint."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        self.retry_after_s = retry_after_s
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((RETRY_PUSHBACK_KEY, str(max(1, round(self.retry_after_s * 1000)))),)
+
+
+def parse(message_type: type[Message], data: bytes | Message) -> Message:
+    """``data`` parsed as ``message_type`` (messages pass through), or INVALID_ARGUMENT."""
+    if not isinstance(data, bytes | bytearray | memoryview):
+        return data
+    try:
+        return message_type.FromString(bytes(data))
+    except DecodeError as error:
+        detail = str(error).rsplit(": ", 1)[-1] if ": " in str(error) else "malformed"
+        raise RequestError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            f"the request is not a valid {message_type.DESCRIPTOR.full_name} message ({detail}; strings must be "
+            "valid UTF-8)",
+        ) from None
+
+
+def _peer(context: grpc.aio.ServicerContext) -> str:
+    try:
+        return context.peer() or ""
+    except Exception:  # the call is already gone
+        return ""
+
+
 class TranslatorService(pb_grpc.TranslatorServicer):
     def __init__(self, config: ServerConfig, state: ServingState) -> None:
         self.config, self.state = config, state
         self.backend: Backend | None = None  # set once the model is loaded
+        self.connections = ConnectionLimiter(config.max_inflight_per_connection)
 
     # -- the request pipeline, shared by Translate and TranslateStream --------------------------------------------
 
+    def _retry_after_s(self) -> float:
+        return self.backend.queue.retry_after_s() if self.backend is not None else 1.0
+
     async def _translate(
-        self, request: pb.TranslateRequest, deadline: float | None, send_partial: PartialSender | None = None
+        self,
+        request: pb.TranslateRequest,
+        deadline: float | None,
+        send_partial: PartialSender | None = None,
+        peer: str = "",
     ) -> pb.TranslateResponse:
         reason = self.state.unavailable_reason()
         if reason is not None or self.backend is None:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, reason or "the model is not loaded")
+        if not self.connections.acquire(peer):
+            retry = self._retry_after_s()
+            raise Overloaded(
+                f"{self.connections.inflight(peer)} requests are in flight on this connection; the limit is "
+                f"{self.connections.limit} (max_inflight_per_connection); retry in {retry:.2f} s or open another "
+                "connection",
+                retry,
+            )
+        try:
+            return await self._translate_admitted(request, deadline, send_partial)
+        finally:
+            self.connections.release(peer)
+
+    async def _translate_admitted(
+        self, request: pb.TranslateRequest, deadline: float | None, send_partial: PartialSender | None
+    ) -> pb.TranslateResponse:
         backend = self.backend
         tokenizer = backend.engine.tokenizer
         options = resolve_options(request.options, self.config, backend.engine.info.vocab_size)
@@ -80,7 +154,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             if items:
                 backend.queue.put(items)
         except QueueFull as error:
-            raise RequestError(grpc.StatusCode.RESOURCE_EXHAUSTED, str(error)) from None
+            raise Overloaded(str(error), error.retry_after_s) from None
         except QueueClosed as error:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, str(error)) from None
         done = False
@@ -116,33 +190,43 @@ class TranslatorService(pb_grpc.TranslatorServicer):
 
     # -- RPCs ----------------------------------------------------------------------------------------------------
 
-    async def Translate(self, request: pb.TranslateRequest, context: grpc.aio.ServicerContext) -> pb.TranslateResponse:
+    async def Translate(
+        self, request: bytes | pb.TranslateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.TranslateResponse:
         deadline = _deadline(context)
         with self.state.track("Translate") as call:
             try:
-                return await self._translate(request, deadline)
+                return await self._translate(parse(pb.TranslateRequest, request), deadline, peer=_peer(context))
             except RequestError as error:
                 call.code = error.code
-                await context.abort(error.code, error.message)
+                metadata = error.trailing_metadata() if isinstance(error, Overloaded) else ()
+                await context.abort(error.code, error.message, trailing_metadata=metadata)
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.DEADLINE_EXCEEDED if self._expired(deadline) else grpc.StatusCode.CANCELLED
                 raise
         raise AssertionError("unreachable")  # context.abort raises
 
     async def TranslateStream(
-        self, request_iterator: AsyncIterator[pb.TranslateRequest], context: grpc.aio.ServicerContext
+        self, request_iterator: AsyncIterator[bytes | pb.TranslateRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.TranslateResponse]:
         deadline = _deadline(context)
+        peer = _peer(context)
         out: asyncio.Queue[pb.TranslateResponse | None] = asyncio.Queue()
         tasks: set[asyncio.Task] = set()
 
         async def read() -> None:
             try:
                 ordinal = 0
-                async for request in request_iterator:
-                    request_id = request.request_id or str(ordinal)
+                async for data in request_iterator:
+                    request: pb.TranslateRequest | RequestError
+                    try:
+                        request = parse(pb.TranslateRequest, data)
+                        request_id = request.request_id or str(ordinal)
+                        check_request_id(request_id)
+                    except RequestError as error:  # answered in-band under the message's ordinal
+                        request, request_id = error, str(ordinal)
                     ordinal += 1
-                    task = asyncio.create_task(self._stream_one(request, request_id, deadline, out))
+                    task = asyncio.create_task(self._stream_one(request, request_id, deadline, out, peer))
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
                 while tasks:
@@ -161,7 +245,12 @@ class TranslatorService(pb_grpc.TranslatorServicer):
                 task.cancel()
 
     async def _stream_one(
-        self, request: pb.TranslateRequest, request_id: str, deadline: float | None, out: asyncio.Queue
+        self,
+        request: pb.TranslateRequest | RequestError,
+        request_id: str,
+        deadline: float | None,
+        out: asyncio.Queue,
+        peer: str = "",
     ) -> None:
         tokenizer = self.backend.engine.tokenizer if self.backend else None
         sent: dict[int, str] = {}
@@ -176,7 +265,10 @@ class TranslatorService(pb_grpc.TranslatorServicer):
 
         with self.state.track("TranslateStream") as call:
             try:
-                response = await self._translate(request, deadline, send_partial if request.stream_partial else None)
+                if isinstance(request, RequestError):
+                    raise request
+                partial = send_partial if request.stream_partial else None
+                response = await self._translate(request, deadline, partial, peer)
                 response.request_id = request_id
                 out.put_nowait(response)
             except RequestError as error:
@@ -187,12 +279,38 @@ class TranslatorService(pb_grpc.TranslatorServicer):
                 call.code = grpc.StatusCode.DEADLINE_EXCEEDED if self._expired(deadline) else grpc.StatusCode.CANCELLED
                 raise
 
-    async def GetModelInfo(self, request: pb.GetModelInfoRequest, context: grpc.aio.ServicerContext) -> pb.ModelInfo:
+    async def GetModelInfo(
+        self, request: bytes | pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInfo:
         with self.state.track("GetModelInfo") as call:
+            try:
+                parse(pb.GetModelInfoRequest, request)
+            except RequestError as error:
+                call.code = error.code
+                await context.abort(error.code, error.message)
             if self.backend is None:
                 call.code = grpc.StatusCode.UNAVAILABLE
-                await context.abort(call.code, "the model is still loading")
+                reason = self.state.unavailable_reason() or "the model is still loading"
+                await context.abort(call.code, reason)
             return model_info_message(self.backend.engine, self.config)
+
+
+def add_translator_service(service: TranslatorService, server: grpc.aio.Server) -> None:
+    """Register ``service`` like the generated ``add_TranslatorServicer_to_server``, but with requests handed over
+    as raw bytes so that ``parse`` can answer a malformed message with INVALID_ARGUMENT."""
+    handlers = {
+        "Translate": grpc.unary_unary_rpc_method_handler(
+            service.Translate, response_serializer=pb.TranslateResponse.SerializeToString
+        ),
+        "TranslateStream": grpc.stream_stream_rpc_method_handler(
+            service.TranslateStream, response_serializer=pb.TranslateResponse.SerializeToString
+        ),
+        "GetModelInfo": grpc.unary_unary_rpc_method_handler(
+            service.GetModelInfo, response_serializer=pb.ModelInfo.SerializeToString
+        ),
+    }
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
+    server.add_registered_method_handlers(SERVICE_NAME, handlers)
 
 
 def model_info_message(engine: Engine, config: ServerConfig) -> pb.ModelInfo:

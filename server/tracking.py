@@ -1,4 +1,5 @@
-"""Per-request bookkeeping shared by every RPC: the in-flight count (for draining) and the request metrics."""
+"""Per-request bookkeeping shared by every RPC: the in-flight count (for draining), the in-flight count per client
+connection (for its limit) and the request metrics."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ class ServingState:
         self.metrics = metrics
         self.ready = False  # model loaded and warmed up
         self.draining = False
+        self.load_failed = False  # the model could not be loaded: this replica will never serve
         self.inflight = 0
         self._idle = asyncio.Event()
         self._idle.set()
@@ -24,6 +26,8 @@ class ServingState:
     def unavailable_reason(self) -> str | None:
         if self.draining:
             return "the server is draining (shutting down); retry on another replica"
+        if self.load_failed:  # the reason is in the server's log, not for clients (it names paths)
+            return "the model failed to load; this replica cannot serve (see its log)"
         if not self.ready:
             return "the model is still loading; retry shortly (health reports SERVING when ready)"
         return None
@@ -70,3 +74,31 @@ class RequestTimer:
         metrics.request_duration.labels(self.method, code).observe(time.perf_counter() - self._start)
         metrics.requests.labels(self.method, code).inc()
         self.state._exit()
+
+
+class ConnectionLimiter:
+    """Requests in flight per client connection (gRPC peer address), refused beyond ``limit`` (0: no limit).
+
+    Only the event loop touches it, so it needs no lock.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._inflight: dict[str, int] = {}
+
+    def inflight(self, peer: str) -> int:
+        return self._inflight.get(peer, 0)
+
+    def acquire(self, peer: str) -> bool:
+        count = self._inflight.get(peer, 0)
+        if self.limit and count >= self.limit:
+            return False
+        self._inflight[peer] = count + 1
+        return True
+
+    def release(self, peer: str) -> None:
+        count = self._inflight.get(peer, 0) - 1
+        if count > 0:
+            self._inflight[peer] = count
+        else:
+            self._inflight.pop(peer, None)

@@ -1,5 +1,17 @@
 """Turning a ``TranslateRequest`` into engine input, or a clear INVALID_ARGUMENT before any work is queued.
 
+Every message names the offending field (``texts[3]``, ``options.beam_size``) and the limit with its setting
+name, and never quotes the text itself (request texts stay out of logs and error messages). Checks, in order:
+- ``texts``: at least one, at most ``max_texts_per_request``;
+- each text: at most ``max_input_bytes`` UTF-8 bytes (checked first, so an oversized text is never tokenised),
+  no control characters (Unicode category Cc other than tab, line feed and carriage return: NUL, escape
+  sequences, C1 controls), not blank when ``reject_blank_texts``, and at most ``max_input_tokens`` tokens.
+  Other unusual Unicode (format characters such as zero-width joiners and bidi marks, combining marks, emoji,
+  private-use and unassigned code points) is translated like any text: the tokenizer maps what it does not know
+  to its unknown piece. Invalid UTF-8 never reaches this module: the request fails to parse and
+  ``service.py`` answers INVALID_ARGUMENT.
+- options: see ``resolve_options``.
+
 Texts are refused, not silently truncated, when they exceed ``max_input_tokens``: a translation of half a text
 that looks complete is worse than an error the client can act on.
 """
@@ -7,6 +19,7 @@ that looks complete is worse than an error the client can act on.
 from __future__ import annotations
 
 import math
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -41,19 +54,33 @@ def default_options(config: ServerConfig) -> DecodingOptions:
 
 
 def resolve_options(options: pb.DecodingOptions, config: ServerConfig, vocab_size: int) -> DecodingOptions:
-    """The request's options with unset fields (or 0) taken from the server's defaults, checked against its limits."""
+    """The request's options with unset fields (or 0) taken from the server's defaults, checked against its limits.
+
+    In proto3 an integer field set to 0 is indistinguishable from an unset one, so ``beam_size``, ``max_length``
+    and ``num_hypotheses`` of 0 mean "the server's default" (the v1 contract), never an error.
+    """
     beam_size = options.beam_size or config.beam_size
     if beam_size > config.max_beam_size:
-        raise invalid(f"options.beam_size {beam_size} exceeds this server's limit of {config.max_beam_size}")
+        raise invalid(
+            f"options.beam_size {beam_size} exceeds this server's limit of {config.max_beam_size} (max_beam_size)"
+        )
     num_hypotheses = options.num_hypotheses or min(config.num_hypotheses, beam_size)
     if num_hypotheses > beam_size:
         raise invalid(f"options.num_hypotheses {num_hypotheses} exceeds options.beam_size {beam_size}")
     max_length = options.max_length or config.max_length
     if max_length > config.max_output_length:
-        raise invalid(f"options.max_length {max_length} exceeds this server's limit of {config.max_output_length}")
+        raise invalid(
+            f"options.max_length {max_length} exceeds this server's limit of {config.max_output_length} "
+            "(max_output_length)"
+        )
     length_penalty = options.length_penalty if options.HasField("length_penalty") else config.length_penalty
     if not math.isfinite(length_penalty) or length_penalty < 0:
         raise invalid(f"options.length_penalty must be a finite number >= 0, not {length_penalty}")
+    if length_penalty > config.max_length_penalty:
+        raise invalid(
+            f"options.length_penalty {length_penalty:g} exceeds this server's limit of {config.max_length_penalty:g} "
+            "(max_length_penalty)"
+        )
     return_scores = options.return_scores if options.HasField("return_scores") else config.return_scores
     resolved = DecodingOptions(
         beam_size=beam_size,
@@ -75,20 +102,62 @@ class EncodedText:
     source_ids: list[int]  # ending with EOS
 
 
-def encode_texts(texts: Sequence[str], tokenizer: Tokenizer, config: ServerConfig) -> list[EncodedText]:
-    """Token ids of the non-blank texts (blank ones are answered without the engine)."""
+ALLOWED_CONTROLS = frozenset("\t\n\r")
+MAX_REQUEST_ID_CHARS = 256  # echoed in every answer on the stream: a large one would be an amplifier
+
+
+def control_character(text: str) -> tuple[int, str] | None:
+    """(offset, character) of the first control character that a text may not contain, or None."""
+    for offset, char in enumerate(text):
+        if char not in ALLOWED_CONTROLS and unicodedata.category(char) == "Cc":
+            return offset, char
+    return None
+
+
+def check_request_id(request_id: str) -> None:
+    if len(request_id) > MAX_REQUEST_ID_CHARS:
+        raise invalid(f"request_id has {len(request_id)} characters; the limit is {MAX_REQUEST_ID_CHARS}")
+
+
+def check_texts(texts: Sequence[str], config: ServerConfig) -> list[int]:
+    """Indices of the texts to translate (non-blank), after the checks that need no tokenizer."""
     if not texts:
         raise invalid("texts is empty: send at least one text")
     if len(texts) > config.max_texts_per_request:
-        raise invalid(f"{len(texts)} texts in one request; the limit is {config.max_texts_per_request}")
-    indices = [i for i, text in enumerate(texts) if text.strip()]
+        raise invalid(
+            f"texts has {len(texts)} entries; the limit is {config.max_texts_per_request} (max_texts_per_request)"
+        )
+    indices = []
+    for i, text in enumerate(texts):
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > config.max_input_bytes:
+            raise invalid(
+                f"texts[{i}] is {size} bytes (UTF-8); the limit is {config.max_input_bytes} (max_input_bytes)"
+            )
+        found = control_character(text)
+        if found is not None:
+            offset, char = found
+            raise invalid(
+                f"texts[{i}] contains the control character U+{ord(char):04X} at offset {offset}; control "
+                "characters other than tab, line feed and carriage return are not allowed"
+            )
+        if text.strip():
+            indices.append(i)
+        elif config.reject_blank_texts:
+            raise invalid(f"texts[{i}] is blank; this server refuses blank texts (reject_blank_texts)")
+    return indices
+
+
+def encode_texts(texts: Sequence[str], tokenizer: Tokenizer, config: ServerConfig) -> list[EncodedText]:
+    """Token ids of the non-blank texts (blank ones are answered without the engine)."""
+    indices = check_texts(texts, config)
     encoded = tokenizer.encode_batch([texts[i] for i in indices]) if indices else []
     out = []
     for i, ids in zip(indices, encoded, strict=True):
         if len(ids) > config.max_input_tokens:
             raise invalid(
-                f"text {i} has {len(ids)} tokens; the limit is {config.max_input_tokens} (split long texts into "
-                "sentences)"
+                f"texts[{i}] has {len(ids)} tokens; the limit is {config.max_input_tokens} (max_input_tokens; split "
+                "long texts into sentences)"
             )
         out.append(EncodedText(i, [*ids, tokenizer.eos_id]))
     return out

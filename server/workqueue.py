@@ -1,12 +1,17 @@
 """The one queue of waiting sentences between the RPC handlers (producers) and the engine thread (consumer).
 
-Bounded in sentences: a request whose texts do not all fit is refused whole (RESOURCE_EXHAUSTED) rather than
-partly queued. Cancelled requests leave the queue at once (``discard``), and sentences whose request died while
-waiting are dropped when the engine looks, so no engine work is spent on them.
+Bounded in sentences and in source tokens: a request whose texts do not all fit is refused whole
+(RESOURCE_EXHAUSTED, with a retry hint) rather than partly queued, so memory stays bounded however fast requests
+arrive. Cancelled requests leave the queue at once (``discard``), and sentences whose request died while waiting
+are dropped when the engine looks, so no engine work is spent on them.
+
+The retry hint is how long the engine would take to work off the sentences ahead, at the rate it has been taking
+them from the queue lately (clamped to ``RETRY_MIN_S``..``RETRY_MAX_S``).
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -15,9 +20,17 @@ from nmtserve.server.batching import Budget, is_full, select
 from nmtserve.server.engine import DecodingOptions
 from nmtserve.server.work import Request, WorkItem
 
+RETRY_MIN_S = 0.05
+RETRY_MAX_S = 30.0
+RATE_HALF_LIFE_S = 5.0  # the take rate is a moving average with this half-life
+
 
 class QueueFull(RuntimeError):
-    """The queue cannot take the request's sentences."""
+    """The queue cannot take the request's sentences; ``retry_after_s`` is a hint of when it might."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class QueueClosed(RuntimeError):
@@ -25,35 +38,90 @@ class QueueClosed(RuntimeError):
 
 
 class WorkQueue:
-    def __init__(self, capacity: int, on_depth: Callable[[int], None] | None = None) -> None:
-        self.capacity = capacity
+    def __init__(
+        self,
+        capacity: int,
+        on_depth: Callable[[int], None] | None = None,
+        max_tokens: int | None = None,
+        on_tokens: Callable[[int], None] | None = None,
+    ) -> None:
+        self.capacity = capacity  # sentences
+        self.max_tokens = max_tokens  # source tokens (None: no limit)
         self._items: list[WorkItem] = []  # arrival order
+        self._tokens = 0  # source tokens of ``_items``
         self._cond = threading.Condition()
         self._closed = False
         self._on_depth = on_depth or (lambda depth: None)
+        self._on_tokens = on_tokens or (lambda tokens: None)
+        self._rate = 0.0  # sentences taken per second, moving average
+        self._rate_at = time.monotonic()
 
     def __len__(self) -> int:
         return len(self._items)
+
+    @property
+    def tokens(self) -> int:
+        """Source tokens waiting."""
+        return self._tokens
+
+    def _set_items(self, items: list[WorkItem]) -> None:
+        self._items = items
+        self._tokens = sum(item.length for item in items)
+        self._on_depth(len(items))
+        self._on_tokens(self._tokens)
+
+    def retry_after_s(self) -> float:
+        """How long the sentences waiting now would take the engine at its recent rate (a hint, clamped)."""
+        with self._cond:
+            self._decay(time.monotonic())
+            rate = self._rate
+            waiting = len(self._items)
+        if rate <= 0:
+            return RETRY_MAX_S if waiting else RETRY_MIN_S
+        return min(RETRY_MAX_S, max(RETRY_MIN_S, waiting / rate))
+
+    def _decay(self, now: float) -> None:
+        elapsed = now - self._rate_at
+        if elapsed > 0:
+            self._rate *= 0.5 ** (elapsed / RATE_HALF_LIFE_S)
+            self._rate_at = now
+
+    def _count_taken(self, taken: int) -> None:
+        """Add ``taken`` sentences to the moving-average rate (an exponentially decaying count per second)."""
+        self._decay(time.monotonic())
+        self._rate += taken * math.log(2) / RATE_HALF_LIFE_S
 
     def put(self, items: Sequence[WorkItem]) -> None:
         with self._cond:
             if self._closed:
                 raise QueueClosed("the server is shutting down")
+            tokens = sum(item.length for item in items)
+            problem = None
             if len(self._items) + len(items) > self.capacity:
-                raise QueueFull(
-                    f"the queue is full ({len(self._items)} of {self.capacity} sentences waiting; this request has "
-                    f"{len(items)}); retry later"
+                problem = (
+                    f"the queue is full: {len(self._items)} sentences waiting and this request has {len(items)}; "
+                    f"the limit is {self.capacity} (max_queue_size)"
                 )
-            self._items.extend(items)
-            self._on_depth(len(self._items))
-            self._cond.notify()
+            elif self.max_tokens is not None and self._tokens + tokens > self.max_tokens:
+                problem = (
+                    f"the queue is full: {self._tokens} source tokens waiting and this request has {tokens}; "
+                    f"the limit is {self.max_tokens} (max_queue_tokens)"
+                )
+            if problem is None:
+                self._items.extend(items)
+                self._tokens += tokens
+                self._on_depth(len(self._items))
+                self._on_tokens(self._tokens)
+                self._cond.notify()
+                return
+        retry = self.retry_after_s()
+        raise QueueFull(f"{problem}; retry in {retry:.2f} s", retry)
 
     def discard(self, request: Request) -> int:
         """Remove ``request``'s waiting sentences; returns how many were removed."""
         with self._cond:
             before = len(self._items)
-            self._items = [item for item in self._items if item.request is not request]
-            self._on_depth(len(self._items))
+            self._set_items([item for item in self._items if item.request is not request])
             return before - len(self._items)
 
     def close(self) -> None:
@@ -67,7 +135,7 @@ class WorkQueue:
         head = self._items[:window]
         dead = [item for item in head if item.request.dead(now)]
         if dead:
-            self._items = [item for item in head if not item.request.dead(now)] + self._items[window:]
+            self._set_items([item for item in head if not item.request.dead(now)] + self._items[window:])
         return dead
 
     def take(
@@ -101,7 +169,6 @@ class WorkQueue:
             chosen = select(self._items, budget, running, running_longest, running_options)
             if chosen:
                 taken = {id(item) for item in chosen}
-                self._items = [item for item in self._items if id(item) not in taken]
-            if chosen or dead:
-                self._on_depth(len(self._items))
+                self._set_items([item for item in self._items if id(item) not in taken])
+                self._count_taken(len(chosen))
             return chosen, dead

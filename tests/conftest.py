@@ -170,3 +170,42 @@ def copy_tokenizer(run: TrainedRun, out: Path) -> None:
     """Seed ``out`` with the run's tokenizer so that a second run shares its vocabulary exactly."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(run.out / "sentencepiece.model", out / "sentencepiece.model")
+
+
+# -- reliability and security tests: the shipped demo export, servers on 127.0.0.1 ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_model_dir() -> Path:
+    """The shipped fp32 demo export (``export/demo/fp32``): the real model behind the reliability tests."""
+    from nmtserve.server.engine.model_dir import demo_export
+
+    return demo_export("fp32")
+
+
+@pytest.fixture(scope="session")
+def demo_engine(demo_model_dir: Path):
+    """The demo model in an offline engine: the reference every served translation is compared with."""
+    from nmtserve.server.engine import Engine
+
+    return Engine.load(demo_model_dir, threads=1, spin=False)
+
+
+def scrape_metrics(url: str) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of a /metrics endpoint, parsed with prometheus_client's parser."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+@pytest.fixture(scope="session")
+def metrics_of():
+    """``metrics_of(url)``: the samples of a /metrics endpoint (see ``scrape_metrics``)."""
+    return scrape_metrics

@@ -10,7 +10,9 @@ Measured:
 2. the servers on the same N sentences, each sentence its own request, all sent at once;
 3. saturation throughput (closed loop, cycling through the input), median of ``--repeats`` runs per server;
 4. continuous vs request-level batching under open-loop Poisson arrivals at 25/50/75/90 % of the default
-   server's saturation rate: latency percentiles, throughput, a latency CDF and load curves.
+   server's saturation rate: latency percentiles, throughput, a latency CDF and load curves;
+5. the tail the server adds: p99 / p50 at half saturation on sentences of one source length (the median's), where
+   every request is the same amount of work and any spread comes from queueing and batching, not the workload.
 """
 
 from __future__ import annotations
@@ -126,6 +128,16 @@ def engine_alone(model: Path, lines: list[str], threads: int, ceiling_sentences:
     }
 
 
+def equal_length_lines(model: Path, lines: list[str], spread: int = 1) -> list[str]:
+    """The lines whose SentencePiece length is within ``spread`` tokens of the median length."""
+    from nmtserve.model.tokenizer import Tokenizer
+    from nmtserve.server.engine.model_dir import TOKENIZER
+
+    lengths = [len(ids) for ids in Tokenizer(model / TOKENIZER).encode_batch(lines)]
+    middle = statistics.median_low(lengths)
+    return [line for line, n in zip(lines, lengths, strict=True) if abs(n - middle) <= spread]
+
+
 def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 
@@ -171,6 +183,10 @@ def run(bench: Bench) -> dict:
                 sweeps[name].append(report.results[0])
                 if fraction == 0.5:
                     cdf.append((name, report.results[0], report.samples[0]))
+        equal = Bench(**{**vars(bench), "lines": equal_length_lines(bench.model, bench.lines)})
+        print(f"{default}: {len(equal.lines)} sentences of the median length, saturation then half of it", flush=True)
+        equal_saturation = equal.load(servers[default], "concurrency", 64).results[0]
+        equal_half = equal.load(servers[default], "rate", round(equal_saturation.sentences_per_s / 2, 1)).results[0]
 
     for name in SERVERS:
         entry = results.setdefault(name, {})
@@ -180,13 +196,20 @@ def run(bench: Bench) -> dict:
         entry["saturation_sentences_per_s"] = _median([r.sentences_per_s for r in saturation[name]])
         if name in sweeps:
             entry["open_loop"] = [r.as_dict() for r in sweeps[name]]
+    results["equal_length"] = {
+        "sentences": len(equal.lines),
+        "saturation": equal_saturation.as_dict(),
+        "half_saturation": equal_half.as_dict(),
+    }
     half = results[default]["open_loop"][FRACTIONS.index(0.5)]["latency_ms"]
+    equal_latency = results["equal_length"]["half_saturation"]["latency_ms"]
     results["checks"] = {
         "batching_speedup": results[default]["saturation_sentences_per_s"]
         / results["batch_1"]["saturation_sentences_per_s"],
         "server_vs_engine": max(results[n]["same_sentences"]["sentences_per_s"] for n in ("continuous", "request"))
         / results["engine_alone"]["sentences_per_s"],
         "p99_over_p50_at_half_saturation": half["p99"] / half["p50"],
+        "p99_over_p50_at_half_saturation_equal_length": equal_latency["p99"] / equal_latency["p50"],
     }
     (bench.out / "server_bench.json").write_text(json.dumps(results, indent=2) + "\n")
     latency_cdf(cdf, bench.out / "latency_cdf.png", "Latency CDF at half the saturation rate (dev.en, beam 4)")
