@@ -21,55 +21,18 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
-import subprocess
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from nmtserve.server.client import TranslatorClient
 from nmtserve.server.config import ServerConfig
 from nmtserve.server.loadtest.plots import latency_cdf, load_curves
 from nmtserve.server.loadtest.run import LoadTestReport, LoadTestSpec, run_loadtest
+from nmtserve.server.loadtest.serverproc import ServerProcess
 from nmtserve.server.loadtest.stats import LevelResult, format_level
 from nmtserve.server.loadtest.workload import read_lines
-
-
-class ServerProcess:
-    """``nmtserve serve`` on a free port in a child process; JSON logs are read to learn the port."""
-
-    def __init__(self, model: Path, *flags: str) -> None:
-        argv = [sys.executable, "-m", "nmtserve.cli.main", "serve", "--model", str(model), "--port", "0"]
-        argv += ["--metrics-port", "0", "--log-format", "json", *flags]
-        self.argv = argv
-        self.address = ""
-        self.log: list[str] = []
-
-    def __enter__(self) -> ServerProcess:
-        self.process = subprocess.Popen(self.argv, stderr=subprocess.PIPE, text=True)
-        for line in self.process.stderr:
-            self.log.append(line)
-            record = json.loads(line) if line.startswith("{") else {}
-            if record.get("message") == "listening":
-                self.address = record["grpc"]
-                break
-        else:
-            raise RuntimeError("server exited before listening:\n" + "".join(self.log))
-        threading.Thread(target=lambda: self.log.extend(self.process.stderr), daemon=True).start()
-        with TranslatorClient(self.address) as client:
-            client.wait_until_serving(timeout=120)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
 
 
 @dataclass
