@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from test_server_process import NO_TORCH_MAIN
 
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server import security
@@ -392,8 +393,10 @@ def test_serving_path_source_never_unpickles() -> None:
     assert not problems, problems
 
 
-NO_UNPICKLING_SERVE = """
-import sys, pickle, _pickle
+# The serving entry point of test_server_process (torch refused), with unpickling refused as well.
+NO_UNPICKLING_SERVE = (
+    """
+import pickle, _pickle
 
 def refuse(*args, **kwargs):
     raise RuntimeError("unpickling on the serving path")
@@ -405,17 +408,9 @@ class Refused(pickle.Unpickler):
 for module in (pickle, _pickle):
     module.load = module.loads = refuse
     module.Unpickler = Refused
-
-class NoTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch must not be imported on the serving path")
-        return None
-
-sys.meta_path.insert(0, NoTorch())
-from nmtserve.cli.main import main
-sys.exit(main(sys.argv[1:]))
 """
+    + NO_TORCH_MAIN
+)
 
 
 def test_serving_never_unpickles_at_run_time(demo_model_dir: Path, demo_engine: Engine) -> None:
