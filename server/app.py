@@ -74,6 +74,7 @@ class TranslationServer:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in HEALTH_SERVICES:
             await self.health.set(name, status)
+        self.metrics.serving.set(1 if serving else 0)
 
     def _reject_unauthenticated(self, method: str, reason: str) -> None:
         self.metrics.unauthenticated.labels(method, reason).inc()
@@ -147,6 +148,8 @@ class TranslationServer:
             max_tokens=config.max_queue_tokens,
             on_tokens=self.metrics.queue_tokens.set,
         )
+        self.metrics.queue_capacity.labels("sentences").set(config.max_queue_size)
+        self.metrics.queue_capacity.labels("tokens").set(config.max_queue_tokens)
         budget = Budget(config.max_batch_size, config.max_batch_tokens, SELECTION_WINDOW_FACTOR * config.max_batch_size)
         self._scheduler = Scheduler(
             engine,

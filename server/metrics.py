@@ -95,6 +95,17 @@ class ServerMetrics:
         )
         self.queue_depth = Gauge("nmtserve_queue_depth", "Sentences waiting for the engine.", registry=r)
         self.queue_tokens = Gauge("nmtserve_queue_tokens", "Source tokens waiting for the engine.", registry=r)
+        self.queue_capacity = Gauge(
+            "nmtserve_queue_capacity",
+            "How much may wait before requests are refused with RESOURCE_EXHAUSTED (max_queue_size, max_queue_tokens).",
+            ["unit"],
+            registry=r,
+        )
+        self.serving = Gauge(
+            "nmtserve_serving",
+            "1 while the health service reports SERVING (model loaded and warmed up, not draining), else 0.",
+            registry=r,
+        )
         self.running = Gauge("nmtserve_running_sentences", "Sentences in the engine batch.", registry=r)
         self.inflight = Gauge("nmtserve_inflight_requests", "Requests received and not yet answered.", registry=r)
         self.model_info = Gauge(

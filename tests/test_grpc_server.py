@@ -308,6 +308,9 @@ def test_concurrent_requests_are_batched_and_counted(model_dir: Path, engine: En
     assert samples[("nmtserve_inflight_requests", ())] == 0
     info = [labels for (name, labels), v in samples.items() if name == "nmtserve_model_info" and v == 1]
     assert dict(info[0])["precision"] == "fp32" and dict(info[0])["device"] == "cpu"
+    settings = server.config
+    assert samples[("nmtserve_queue_capacity", (("unit", "sentences"),))] == settings.max_queue_size
+    assert samples[("nmtserve_queue_capacity", (("unit", "tokens"),))] == settings.max_queue_tokens
 
 
 def test_health_and_reflection(model_dir: Path) -> None:
@@ -321,6 +324,7 @@ def test_health_and_reflection(model_dir: Path) -> None:
 
             not_serving, serving = health_pb2.HealthCheckResponse.NOT_SERVING, health_pb2.HealthCheckResponse.SERVING
             assert status() == not_serving and status("nmtserve.v1.Translator") == not_serving
+            assert metrics(server.metrics_url)[("nmtserve_serving", ())] == 0
             stub = pb_grpc.TranslatorStub(channel)
             with pytest.raises(grpc.RpcError) as caught:
                 stub.Translate(pb.TranslateRequest(texts=TEXTS[:1]))
@@ -333,11 +337,13 @@ def test_health_and_reflection(model_dir: Path) -> None:
             watcher.start()
             server.load()
             assert status() == serving and status("nmtserve.v1.Translator") == serving
+            assert metrics(server.metrics_url)[("nmtserve_serving", ())] == 1
             assert stub.Translate(pb.TranslateRequest(texts=TEXTS[:1])).translations
             services = ProtoReflectionDescriptorDatabase(channel).get_services()
             assert "nmtserve.v1.Translator" in services and "grpc.health.v1.Health" in services
             assert server.drain(timeout=5)
             assert status() == not_serving
+            assert metrics(server.metrics_url)[("nmtserve_serving", ())] == 0
             watcher.join(timeout=10)
             assert seen[:3] == [not_serving, serving, not_serving]
             with pytest.raises(grpc.RpcError) as caught:
