@@ -3,7 +3,10 @@
 - gather_rows: select rows of the cross K/V and source mask (one row per sentence: sentences leaving) and
   cut the source axis to the longest remaining source (sources are right-padded, so a prefix keeps every row valid);
 - append_rows: join newly encoded sentences to a running batch, right-padding the shorter source axis;
-- trim_cache: drop leading self-attention cache slots that no row uses any more (rows are left-padded).
+- trim_cache: drop leading self-attention cache slots that no row uses any more (rows are left-padded);
+- reorder_cache: give each new row the cache of the row it extends (the beam reorder; -1 starts an empty
+  history). The engine skips it when rows did not move (greedy decoding, most steps), which spares a full copy
+  of the cache per step.
 Every graph treats its tensors alike: K/V tensors [rows, heads, length, d_head] (one per layer) and a bool mask
 [rows, length]; rows are axis 0, length is axis 2 of a K/V tensor and axis 1 of the mask. They are written with
 onnx.helper rather than traced from torch: each is a handful of standard ops per tensor.
@@ -17,7 +20,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from nmtserve.export.torch_export import OPSET
-from nmtserve.server.engine.model_dir import APPEND_ROWS, GATHER_ROWS, TRIM_CACHE, io_names
+from nmtserve.server.engine.model_dir import APPEND_ROWS, GATHER_ROWS, REORDER_CACHE, TRIM_CACHE, io_names
 
 IR_VERSION = 10
 KV_LENGTH_AXIS, MASK_LENGTH_AXIS = 2, 1
@@ -138,11 +141,41 @@ def build_trim_cache(path: Path, dtype: int, layers: int) -> Path:
     return _save(graph, path)
 
 
+def build_reorder_cache(path: Path, dtype: int, layers: int) -> Path:
+    names = io_names(layers)[REORDER_CACHE]
+    *tensors, reorder = names["inputs"]
+    mask = tensors[-1]
+    nodes = [
+        _int64("zero", [0]),
+        _int64("one", [1]),
+        helper.make_node("Max", [reorder, "zero"], ["index"]),
+        helper.make_node("GreaterOrEqual", [reorder, "zero"], ["has_history"]),
+        helper.make_node("Unsqueeze", ["has_history", "one"], ["has_history_column"]),
+    ]
+    for name, out in zip(tensors, names["outputs"], strict=True):
+        if name == mask:  # a row with no history has no valid slot
+            nodes.append(helper.make_node("Gather", [name, "index"], [f"g_{name}"], axis=0))
+            nodes.append(helper.make_node("And", [f"g_{name}", "has_history_column"], [out]))
+        else:
+            nodes.append(helper.make_node("Gather", [name, "index"], [out], axis=0))
+    graph = helper.make_graph(
+        nodes,
+        "reorder_cache",
+        [
+            *(_tensor(name, dtype, "rows", "len") for name in tensors),
+            helper.make_tensor_value_info(reorder, TensorProto.INT64, ["out_rows"]),
+        ],
+        [_tensor(name, dtype, "out_rows", "len") for name in names["outputs"]],
+    )
+    return _save(graph, path)
+
+
 def build_row_ops(directory: Path, dtype: int, layers: int) -> list[Path]:
-    """All three helper graphs for K/V tensors of ONNX element type ``dtype`` (FLOAT or FLOAT16)."""
+    """All four helper graphs for K/V tensors of ONNX element type ``dtype`` (FLOAT or FLOAT16)."""
     directory = Path(directory)
     return [
         build_gather_rows(directory / GATHER_ROWS, dtype, layers),
         build_append_rows(directory / APPEND_ROWS, dtype, layers),
         build_trim_cache(directory / TRIM_CACHE, dtype, layers),
+        build_reorder_cache(directory / REORDER_CACHE, dtype, layers),
     ]

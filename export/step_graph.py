@@ -82,11 +82,10 @@ def _sublayer(graph: _Graph, x: str, residual, name: str, body: Callable[[str], 
 
 @dataclass(frozen=True)
 class _Shared:
-    """Tensors every decoder layer reads: the graph, the gathered cache index and the masks."""
+    """Tensors every decoder layer reads: the graph, the masks and two constants."""
 
     graph: _Graph
     heads: int
-    index: str  # cache row each row extends (reorder with -1 clamped to 0)
     self_mask: str  # int32 [R, T + 1]
     source_mask: str  # int32 [N, S]
     axis_1: str
@@ -94,16 +93,14 @@ class _Shared:
 
 
 def _self_attention(shared: _Shared, attention, scope: str, kv: list[str], h: str) -> str:
-    """One QKV GEMM, then fused attention over the reordered past (its grown cache is the ``new_`` output)."""
+    """One QKV GEMM, then fused attention over the past (its grown cache is the ``new_`` output)."""
     g, (keys, values) = shared.graph, kv
     weight = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight]).t()
     bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias])
     q, k, v = g.op("Split", [g.op("MatMul", [h, g.weight(f"{scope}.qkv.weight", weight)])], 3, axis=2, num_outputs=3)
-    past_keys = g.op("Gather", [keys, shared.index], axis=0)
-    past_values = g.op("Gather", [values, shared.index], axis=0)
     attended = g.op(
         "MultiHeadAttention",
-        [q, k, v, g.weight(f"{scope}.qkv.bias", bias), shared.self_mask, "", past_keys, past_values],
+        [q, k, v, g.weight(f"{scope}.qkv.bias", bias), shared.self_mask, "", keys, values],
         [f"{scope}.out", f"new_{keys}", f"new_{values}"],
         num_heads=shared.heads,
     )[0]
@@ -137,16 +134,15 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
     g = _Graph()
     axis_1 = g.weight("axis_1", np.array([1], np.int64))
 
-    # Rows: reorder picks each row's cache row (-1: no history); the new slot is valid for every row.
-    has_history = g.op("GreaterOrEqual", ["reorder", g.weight("zero", np.array(0, np.int64))])
-    index = g.op("Max", ["reorder", "zero"])
-    past_mask = g.op("And", [g.op("Gather", ["self_mask", index], axis=0), g.op("Unsqueeze", [has_history, axis_1])])
-    new_slot = g.op("Unsqueeze", [g.op("GreaterOrEqual", ["positions", "zero"]), axis_1])
-    g.op("Concat", [past_mask, new_slot], ["new_self_mask"], axis=1)
+    # The cache arrives row-aligned (the beam reorder is reorder_cache's job); the new slot is valid for every row.
+    new_slot = g.op(
+        "Unsqueeze", [g.op("GreaterOrEqual", ["positions", g.weight("zero", np.array(0, np.int64))]), axis_1]
+    )
+    g.op("Concat", ["self_mask", new_slot], ["new_self_mask"], axis=1)
     self_mask = g.op("Cast", ["new_self_mask"], to=TensorProto.INT32)
     source_mask = g.op("Cast", ["source_mask"], to=TensorProto.INT32)
     flat = g.weight("flat", np.array([-1, config.d_model], np.int64))
-    shared = _Shared(g, heads, index, self_mask, source_mask, axis_1, flat)
+    shared = _Shared(g, heads, self_mask, source_mask, axis_1, flat)
 
     # Section 3.4: embedding x sqrt(d_model) + positional encoding, as [R, 1, d] for the attention kernels.
     embedding = g.weight("embedding", model.embedding.weight)
@@ -174,12 +170,11 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
     log_probs = g.op("LogSoftmax", [logits], axis=-1)
     g.op("TopK", [log_probs, "k"], names["outputs"][:2], axis=-1, largest=1, sorted=1)
 
-    cache_dims = ["cache_rows", "heads", "cache_len", "d_head"]
+    cache_dims = ["rows", "heads", "cache_len", "d_head"]
     shapes = {
         "token_ids": (TensorProto.INT64, ["rows"]),
         "positions": (TensorProto.INT64, ["rows"]),
-        "reorder": (TensorProto.INT64, ["rows"]),
-        "self_mask": (TensorProto.BOOL, ["cache_rows", "cache_len"]),
+        "self_mask": (TensorProto.BOOL, ["rows", "cache_len"]),
         "source_mask": (TensorProto.BOOL, ["sentences", "source_len"]),
         "query_rows": (TensorProto.INT64, ["sentences", "slots"]),
         "row_slots": (TensorProto.INT64, ["rows"]),

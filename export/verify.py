@@ -2,9 +2,9 @@
 
 Encoder: cross K/V for batch 1 and 7, source lengths 1 and 200 (mixed lengths with padding in one batch).
 Decoder step: several sentences with two rows each are decoded step by step through the ONNX cache (cache length
-0..n, rows extending random parents of their own sentence via ``reorder``, a sentence joining mid-way with
-``reorder = -1`` and a left-padded history), and every step's full log-probs (k = vocab) are compared with
-teacher-forced PyTorch decoding of that row's whole prefix without a cache.
+0..n, rows extending random parents of their own sentence through the ``reorder_cache`` graph, a sentence joining
+mid-way with ``reorder = -1`` and a left-padded history), and every step's full log-probs (k = vocab) are compared
+with teacher-forced PyTorch decoding of that row's whole prefix without a cache.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from nmtserve.model.transformer import Transformer
 from nmtserve.server.engine.batch import cross_slots
-from nmtserve.server.engine.model_dir import CROSS_KV, DECODER_STEP, ENCODER, SELF_KV, per_layer
+from nmtserve.server.engine.model_dir import CROSS_KV, DECODER_STEP, ENCODER, REORDER_CACHE, SELF_KV, per_layer
 
 FP32_TOLERANCE = 1e-4
 
@@ -62,11 +62,17 @@ def _long_length(model: Transformer) -> int:
     return min(200, model.config.max_positions)
 
 
-class _StepCase:
-    """One step-by-step decoding run of several sentences (two rows each) through the ONNX step graph."""
+@dataclass(frozen=True)
+class _StepGraphs:
+    step: ort.InferenceSession
+    reorder: ort.InferenceSession
 
-    def __init__(self, model: Transformer, step: ort.InferenceSession, lengths: list[int], cache_dtype: np.dtype):
-        self.model, self.step, self.cache_dtype = model, step, cache_dtype
+
+class _StepCase:
+    """One step-by-step decoding run of several sentences (two rows each) through the reorder and step graphs."""
+
+    def __init__(self, model: Transformer, graphs: _StepGraphs, lengths: list[int], cache_dtype: np.dtype):
+        self.model, self.step, self.reorder, self.cache_dtype = model, graphs.step, graphs.reorder, cache_dtype
         config = model.config
         self.vocab = config.vocab_size
         self.source_ids = _random_sources(model, lengths, np.random.default_rng(len(lengths)))
@@ -116,10 +122,17 @@ class _StepCase:
             sentence_of = np.array([s for s, _ in new_rows])
             sentences = sorted(set(sentence_of.tolist()))  # rows come grouped by sentence, in this order
             query_rows, row_slots = cross_slots([int(np.sum(sentence_of == s)) for s in sentences])
+            *cache, mask = self.reorder.run(
+                None,
+                {
+                    **dict(zip(self_names, cache, strict=True)),
+                    "self_mask": mask,
+                    "reorder": np.array(reorder, np.int64),
+                },
+            )
             feeds = {
                 "token_ids": np.array([h[-1] for _, h in new_rows], np.int64),
                 "positions": np.array([len(h) - 1 for _, h in new_rows], np.int64),
-                "reorder": np.array(reorder, np.int64),
                 "self_mask": mask,
                 "source_mask": self.source_mask[sentences],
                 "query_rows": query_rows,
@@ -171,12 +184,12 @@ def verify_encoder(model: Transformer, encoder: ort.InferenceSession, report: Ve
         report.cases.append(f"encoder: batch {len(lengths)}, source lengths {sorted(set(lengths))}")
 
 
-def verify_step(model: Transformer, step: ort.InferenceSession, cache_dtype: np.dtype, report: VerificationReport):
+def verify_step(model: Transformer, graphs: _StepGraphs, cache_dtype: np.dtype, report: VerificationReport):
     rng = np.random.default_rng(1)
     long = _long_length(model)
-    _StepCase(model, step, [1], cache_dtype).run(steps=5, join_step=None, rng=rng, report=report)
+    _StepCase(model, graphs, [1], cache_dtype).run(steps=5, join_step=None, rng=rng, report=report)
     lengths = [long, 1, 9, long - 7, 3, 40, 2]
-    _StepCase(model, step, lengths, cache_dtype).run(steps=6, join_step=2, rng=rng, report=report)
+    _StepCase(model, graphs, lengths, cache_dtype).run(steps=6, join_step=2, rng=rng, report=report)
 
 
 def verify_export(
@@ -187,7 +200,8 @@ def verify_export(
     cache_dtype = np.dtype(np.float16 if precision == "fp16" else np.float32)
     report = VerificationReport()
     verify_encoder(model, _session(directory / ENCODER, threads), report)
-    verify_step(model, _session(directory / DECODER_STEP, threads), cache_dtype, report)
+    graphs = _StepGraphs(_session(directory / DECODER_STEP, threads), _session(directory / REORDER_CACHE, threads))
+    verify_step(model, graphs, cache_dtype, report)
     limit = tolerance if tolerance is not None else (FP32_TOLERANCE if precision == "fp32" else None)
     worst = max(report.cross_kv_max_abs_diff, report.log_prob_max_abs_diff)
     if limit is not None and worst > limit:

@@ -27,6 +27,7 @@ from nmtserve.server.engine.model_dir import (
     ENCODER,
     GATHER_ROWS,
     MANIFEST,
+    REORDER_CACHE,
     REQUIRED_FILES,
     TRIM_CACHE,
     io_names,
@@ -84,7 +85,7 @@ def _per_layer(prefix: str, tensors: list[np.ndarray]) -> dict[str, np.ndarray]:
 
 def test_graph_signatures(tiny_dir: Path, model) -> None:
     names = io_names(model.config.n_decoder_layers)
-    for graph in (ENCODER, DECODER_STEP, GATHER_ROWS, APPEND_ROWS, TRIM_CACHE):
+    for graph in (ENCODER, DECODER_STEP, GATHER_ROWS, APPEND_ROWS, TRIM_CACHE, REORDER_CACHE):
         session = _session(tiny_dir / graph)
         assert [i.name for i in session.get_inputs()] == names[graph]["inputs"], graph
         assert [o.name for o in session.get_outputs()] == names[graph]["outputs"], graph
@@ -118,14 +119,13 @@ def test_cached_steps_equal_teacher_forcing(tiny_dir: Path, model, batch: int, s
     expected = torch.log_softmax(logits, dim=-1).numpy()
 
     step = _session(tiny_dir / DECODER_STEP)
-    cache, mask = [np.zeros((1, heads, 0, d_head), np.float32)] * (2 * layers), np.zeros((1, 0), bool)
+    cache, mask = [np.zeros((batch, heads, 0, d_head), np.float32)] * (2 * layers), np.zeros((batch, 0), bool)
     for t in range(steps):
         top_values, top_ids, *cache, mask = step.run(
             None,
             {
                 "token_ids": target[:, t].numpy(),
                 "positions": np.full(batch, t),
-                "reorder": np.full(batch, -1) if t == 0 else np.arange(batch),
                 "self_mask": mask,
                 "source_mask": (source_ids != 0).numpy(),
                 **dict(zip(("query_rows", "row_slots"), cross_slots([1] * batch), strict=True)),
@@ -142,30 +142,36 @@ def test_cached_steps_equal_teacher_forcing(tiny_dir: Path, model, batch: int, s
 
 
 def test_step_reorder_and_small_k(tiny_dir: Path, model) -> None:
-    """reorder gathers cache rows in the graph, -1 starts an empty history, k is honoured; rows 0-1 are one
-    sentence's beams (sharing its cross K/V), row 2 another sentence's."""
+    """reorder_cache gives each row its parent's cache (-1 starts an empty history), then the step grows it by one
+    valid slot and honours k; rows 0-1 are one sentence's beams (sharing its cross K/V), row 2 another's."""
     config = model.config
     layers, heads, d_head = config.n_decoder_layers, config.n_heads, config.d_head
     rng = np.random.default_rng(3)
     cache = [rng.standard_normal((2, heads, 3, d_head), np.float32) for _ in range(2 * layers)]
     cross = [rng.standard_normal((2, heads, 4, d_head), np.float32) for _ in range(2 * layers)]  # 2 sentences
+    mask = np.array([[True, True, True], [False, True, True]])
+    *moved, moved_mask = _session(tiny_dir / REORDER_CACHE).run(
+        None, {**_per_layer("self", cache), "self_mask": mask, "reorder": np.array([1, 0, -1])}
+    )
+    for old, new in zip(cache, moved, strict=True):
+        np.testing.assert_array_equal(new[0], old[1])
+        np.testing.assert_array_equal(new[1], old[0])
+    np.testing.assert_array_equal(moved_mask, [[False, True, True], [True, True, True], [False] * 3])
     feeds = {
         "token_ids": np.array([5, 6, 7]),
         "positions": np.array([3, 3, 0]),
-        "reorder": np.array([1, 0, -1]),
-        "self_mask": np.array([[True, True, True], [False, True, True]]),
+        "self_mask": moved_mask,
         "source_mask": np.ones((2, 4), bool),
         **dict(zip(("query_rows", "row_slots"), cross_slots([2, 1]), strict=True)),
         "k": np.array([2]),
-        **_per_layer("self", cache),
+        **_per_layer("self", moved),
         **_per_layer("cross", cross),
     }
     top_values, top_ids, *new_cache, new_mask = _session(tiny_dir / DECODER_STEP).run(None, feeds)
     assert top_values.shape == (3, 2) and top_ids.dtype == np.int64
-    for old, new in zip(cache, new_cache, strict=True):
-        np.testing.assert_array_equal(new[0, :, :3], old[1])
-        np.testing.assert_array_equal(new[1, :, :3], old[0])
-    np.testing.assert_array_equal(new_mask, [[False, True, True, True], [True, True, True, True], [False] * 3 + [True]])
+    for old, new in zip(moved, new_cache, strict=True):
+        np.testing.assert_array_equal(new[:, :, :3], old)
+    np.testing.assert_array_equal(new_mask, np.concatenate([moved_mask, np.ones((3, 1), bool)], axis=1))
     full = _session(tiny_dir / DECODER_STEP).run(None, {**feeds, "k": np.array([config.vocab_size])})
     np.testing.assert_array_equal(full[1][:, :2], top_ids)
 

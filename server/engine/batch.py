@@ -6,8 +6,9 @@ step the host sends token ids, positions and the row ``reorder``, and reads back
 (one more than beam search needs while some sentence is below its ``min_length``: the host drops EOS from
 those rows, which is cheaper than masking the whole vocabulary in the graph). Cross-attention K/V are kept once
 per sentence, not per hypothesis: a beam reads them through query slots (``cross_slots``), so beams expanding
-or reordering move nothing. Row bookkeeping on the device goes through small graphs: ``gather_rows`` when
-sentences leave, ``append_rows`` when sentences join, ``trim_cache`` when the longest history has left.
+or reordering move nothing. Row bookkeeping on the device goes through small graphs: ``reorder_cache`` when
+rows moved (beam search reorders every step; greedy decoding only when sentences join or leave), ``gather_rows``
+when sentences leave, ``append_rows`` when sentences join, ``trim_cache`` when the longest history has left.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from nmtserve.server.engine.model_dir import (
     DECODER_STEP,
     ENCODER,
     GATHER_ROWS,
+    REORDER_CACHE,
     SELF_KV,
     TRIM_CACHE,
     per_layer,
@@ -79,7 +81,6 @@ class DecodingBatch:
         self._cross: dict[str, ort.OrtValue] | None = None  # cross K/V of every layer and source_mask
         self._cross_rows: list[int] = []  # serial of the sentence owning each cross row (one row per sentence)
         self._cache: dict[str, ort.OrtValue] = {}
-        self._cache_len = 0
         self._reset_cache()
 
     def __len__(self) -> int:
@@ -105,7 +106,7 @@ class DecodingBatch:
         empty = np.zeros((1, info.n_heads, 0, info.d_head), self._runtime.cache_dtype)
         self._cache = {name: upload(empty) for name in self._self_kv}
         self._cache["self_mask"] = upload(np.zeros((1, 0), bool))
-        self._cache_len = 0
+        self._cache_len, self._cache_rows = 0, 1
 
     def add(
         self,
@@ -188,6 +189,13 @@ class DecodingBatch:
         self._cross = _strip(gathered, "out_")
         self._cross_rows = serials
 
+    def _reorder_cache(self, reorder: np.ndarray) -> None:
+        """Give each row the cache of the row it extends; nothing to do when no row moved (one copy saved)."""
+        if len(reorder) == self._cache_rows and np.array_equal(reorder, np.arange(self._cache_rows)):
+            return
+        moved = self._runtime.run(REORDER_CACHE, {**self._cache, "reorder": reorder})
+        self._cache, self._cache_rows = _strip(moved, "out_"), len(reorder)
+
     def _trim_cache(self) -> None:
         """Rows are left-padded, so slots older than the longest live history are unused by every row."""
         keep = max(s.step for s in self._sentences)
@@ -209,6 +217,7 @@ class DecodingBatch:
             reorder.append(sentence.parents)  # already global cache rows (or -1 for a new sentence)
         self._align_cross()
         query_rows, row_slots = cross_slots([s.rows for s in self._sentences])
+        self._reorder_cache(np.concatenate(reorder))
         self._trim_cache()
         k = max(s.options.candidates_per_row for s in self._sentences)
         k += any(s.forbid_eos for s in self._sentences)  # one spare candidate to replace a banned EOS
@@ -218,7 +227,6 @@ class DecodingBatch:
             {
                 "token_ids": np.concatenate(tokens),
                 "positions": np.concatenate(positions),
-                "reorder": np.concatenate(reorder),
                 "query_rows": query_rows,
                 "row_slots": row_slots,
                 **self._cache,
@@ -228,7 +236,7 @@ class DecodingBatch:
             host_outputs=("topk_log_probs", "topk_ids"),
         )
         self._cache = _strip(out, "new_")
-        self._cache_len += 1
+        self._cache_len, self._cache_rows = self._cache_len + 1, len(row_slots)
         log_probs, ids = out["topk_log_probs"].numpy(), out["topk_ids"].numpy()
 
         finished: list[Finished] = []

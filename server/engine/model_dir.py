@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 FORMAT = "nmtserve-onnx"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
 
 ENCODER = "encoder.onnx"
@@ -23,8 +23,9 @@ DECODER_STEP = "decoder_step.onnx"
 GATHER_ROWS = "gather_rows.onnx"
 APPEND_ROWS = "append_rows.onnx"
 TRIM_CACHE = "trim_cache.onnx"
+REORDER_CACHE = "reorder_cache.onnx"
 TOKENIZER = "sentencepiece.model"
-REQUIRED_FILES = (ENCODER, DECODER_STEP, GATHER_ROWS, APPEND_ROWS, TRIM_CACHE, TOKENIZER)
+REQUIRED_FILES = (ENCODER, DECODER_STEP, GATHER_ROWS, APPEND_ROWS, TRIM_CACHE, REORDER_CACHE, TOKENIZER)
 
 
 def demo_export(precision: str = "fp32") -> Path:
@@ -43,7 +44,7 @@ def demo_export(precision: str = "fp32") -> Path:
 # cache, T cache length, S source length. K/V tensors are one per decoder layer (``self_keys.0``, ``self_values.0``,
 # ``self_keys.1``, ...): stacked [layers, ...] tensors would cost the step graph a Split of the whole cache on the
 # way in and a stacking Concat on the way out, two full copies per step on top of the unavoidable append.
-SELF_KV = ("self_keys", "self_values")  # float [C, H, T, Dh] in, [R, H, T + 1, Dh] out (left-padded history)
+SELF_KV = ("self_keys", "self_values")  # float [R, H, T, Dh] in, [R, H, T + 1, Dh] out (left-padded history)
 CROSS_KV = ("cross_keys", "cross_values")  # float [N, H, S, Dh]: one per sentence, not per hypothesis
 
 
@@ -58,19 +59,18 @@ def prefixed(prefix: str, names: Sequence[str]) -> list[str]:
 
 def io_names(layers: int) -> dict[str, dict[str, list[str]]]:
     """Input and output names of every graph of a model with ``layers`` decoder layers."""
-    cache = [*per_layer(SELF_KV, layers), "self_mask"]  # self_mask: bool [C, T], True on valid cache slots
+    cache = [*per_layer(SELF_KV, layers), "self_mask"]  # self_mask: bool [R, T], True on valid cache slots
     cross = [*per_layer(CROSS_KV, layers), "source_mask"]  # source_mask: bool [N, S], True on real tokens
     return {
         ENCODER: {"inputs": ["source_ids"], "outputs": cross[:-1]},
         DECODER_STEP: {
-            # token_ids, positions (tokens generated before this one), reorder (the cache row each output row
-            # extends; -1 starts a row with no history): int64 [R]; k: int64 [1]. Cross-attention runs per
-            # sentence over W query slots: query_rows [N, W] names the row in each slot (a sentence with fewer than
-            # W rows repeats one), row_slots [R] the flat slot (n * W + j) whose output each row takes.
+            # token_ids, positions (tokens generated before this one): int64 [R]; k: int64 [1]. The cache comes in
+            # row-aligned (reorder_cache ran first where rows moved). Cross-attention runs per sentence over W query
+            # slots: query_rows [N, W] names the row in each slot (a sentence with fewer than W rows repeats one),
+            # row_slots [R] the flat slot (n * W + j) whose output each row takes.
             "inputs": [
                 "token_ids",
                 "positions",
-                "reorder",
                 "query_rows",
                 "row_slots",
                 cache[-1],
@@ -85,6 +85,8 @@ def io_names(layers: int) -> dict[str, dict[str, list[str]]]:
         GATHER_ROWS: {"inputs": [*cross, "rows", "source_len"], "outputs": prefixed("out_", cross)},
         APPEND_ROWS: {"inputs": [*cross, *prefixed("new_", cross)], "outputs": prefixed("out_", cross)},
         TRIM_CACHE: {"inputs": [*cache, "keep"], "outputs": prefixed("out_", cache)},
+        # reorder: int64 [R], the cache row each new row extends (-1: a row with no history yet)
+        REORDER_CACHE: {"inputs": [*cache, "reorder"], "outputs": prefixed("out_", cache)},
     }
 
 

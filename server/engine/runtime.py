@@ -15,11 +15,19 @@ from dataclasses import dataclass
 import numpy as np
 import onnxruntime as ort
 
-from nmtserve.server.engine.model_dir import APPEND_ROWS, DECODER_STEP, ENCODER, GATHER_ROWS, TRIM_CACHE, ModelInfo
+from nmtserve.server.engine.model_dir import (
+    APPEND_ROWS,
+    DECODER_STEP,
+    ENCODER,
+    GATHER_ROWS,
+    REORDER_CACHE,
+    TRIM_CACHE,
+    ModelInfo,
+)
 
 log = logging.getLogger(__name__)
 
-GRAPHS = (ENCODER, DECODER_STEP, GATHER_ROWS, APPEND_ROWS, TRIM_CACHE)
+GRAPHS = (ENCODER, DECODER_STEP, GATHER_ROWS, APPEND_ROWS, TRIM_CACHE, REORDER_CACHE)
 Value = ort.OrtValue | np.ndarray
 
 
@@ -67,7 +75,7 @@ def _session_options(config: RuntimeConfig) -> ort.SessionOptions:
 
 
 class Runtime:
-    """The five sessions of a model directory and a uniform ``run`` over IO binding."""
+    """The sessions of a model directory and a uniform ``run`` over IO binding."""
 
     def __init__(self, info: ModelInfo, config: RuntimeConfig) -> None:
         self.info, self.config = info, config
