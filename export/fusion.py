@@ -1,9 +1,10 @@
 """Optional offline fusion with ``onnxruntime.transformers.optimizer``, kept only when faster and still exact.
 
-On this architecture the optimizer finds no attention pattern it knows (the attention here is plain MatMul/
-Softmax with a boolean mask) and only fuses SkipLayerNormalization, which onnxruntime already does itself when a
-session is created with graph optimizations on; measured on the "small" model it was not faster. Hence this is
-opt-in (``export_model(..., fuse=True)``) and decides per graph by measurement.
+Only the traced encoder is a candidate (the decoder step is written around onnxruntime's fused attention). On it
+the optimizer finds no attention pattern it knows (plain MatMul/Softmax with a boolean mask) and only fuses
+SkipLayerNormalization, which onnxruntime already does itself when a session is created with graph optimizations
+on; measured on the demo model it was not faster. Hence this is opt-in (``export_model(..., fuse=True)``) and
+decided by measurement.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ import pytest
 import torch
 from onnx import TensorProto, numpy_helper
 
+from nmtserve.export.exporter import export_model
 from nmtserve.export.precision import convert_fp16, quantize_int8
 from nmtserve.export.row_ops import build_row_ops
 from nmtserve.export.testing import tiny_export
@@ -254,3 +255,13 @@ def test_verification_catches_a_wrong_graph(tiny_dir: Path, model, tmp_path: Pat
     onnx.save(graph, str(broken / DECODER_STEP))
     with pytest.raises(ExportVerificationError):
         verify_export(model, broken, "fp32")
+
+
+def test_fused_export_is_verified_and_serves(tiny_dir: Path, tmp_path: Path) -> None:
+    """--fuse measures the encoder fusion, records the decision, and the result still loads and translates."""
+    out = export_model(tiny_dir.parent / "checkpoint", tmp_path / "fused", "fp32", fuse=True, progress=False)
+    fusion = json.loads((out / MANIFEST).read_text())["fusion"]
+    assert fusion["requested"] and {"kept", "base_ms", "fused_ms"} <= fusion[ENCODER].keys()
+    assert fusion[ENCODER]["max_abs_diff"] <= 1e-6 or not fusion[ENCODER]["kept"]
+    nbest = Engine.load(out, threads=1).translate_ids([[5, 6, 7, 3]], DecodingOptions(beam_size=2))
+    assert len(nbest) == 1 and nbest[0][0].log_prob < 0
