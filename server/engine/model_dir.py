@@ -40,8 +40,8 @@ def demo_export(precision: str = "fp32") -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "demo" / precision
 
 
-# Graph signatures. Shapes: H heads, Dh head size, R rows (hypotheses), N sentences, C rows of the incoming
-# cache, T cache length, S source length. K/V tensors are one per decoder layer (``self_keys.0``, ``self_values.0``,
+# Graph signatures. Shapes: H heads, Dh head size, R rows (hypotheses), N sentences, T cache length, S source
+# length. K/V tensors are one per decoder layer (``self_keys.0``, ``self_values.0``,
 # ``self_keys.1``, ...): stacked [layers, ...] tensors would cost the step graph a Split of the whole cache on the
 # way in and a stacking Concat on the way out, two full copies per step on top of the unavoidable append.
 SELF_KV = ("self_keys", "self_values")  # float [R, H, T, Dh] in, [R, H, T + 1, Dh] out (left-padded history)
