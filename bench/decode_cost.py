@@ -29,9 +29,13 @@ def forced_length(length: int) -> DecodingOptions:
     )
 
 
-def _time_forced(decode: TranslateFn, source: Sequence[int], length: int, repeats: int, min_seconds: float) -> Timing:
+def _time_forced(
+    decode: TranslateFn, source: Sequence[int], length: int, repeats: int, min_seconds: float, warmup: int
+) -> Timing:
     options = forced_length(length)
-    timing, outputs = measure(lambda: decode([source], options, 1), repeats=repeats, warmup=1, min_seconds=min_seconds)
+    timing, outputs = measure(
+        lambda: decode([source], options, 1), repeats=repeats, warmup=warmup, min_seconds=min_seconds
+    )
     if len(outputs[0]) != length:
         raise RuntimeError(f"forced length {length} produced {len(outputs[0])} tokens")
     return timing
@@ -43,8 +47,15 @@ def run_decode_cost(
     lengths: Sequence[int] = LENGTHS,
     repeats: int = 3,
     min_seconds: float = 1.0,
+    rounds: int = 5,
 ) -> dict[str, Any]:
     """Time every engine at every length, and at length 1 (encoding + one step: the per-sentence fixed cost).
+
+    The timings are taken in ``rounds`` interleaved passes over all (engine, length) pairs, each pass giving every
+    pair ``repeats`` calls and a share of ``min_seconds``, and the best over all passes is kept. This VM's speed
+    drifts by tens of percent over seconds: timed back to back, one length could land in a slow spell and the
+    next in a fast one, and their ratio (the growth this part is about) would measure the drift. Interleaved,
+    every length sees every spell.
 
     ``ms_per_token`` is the decoding cost alone, (T(L) - T(1)) / (L - 1): left in, the encoder's fixed cost would
     inflate short lengths and make the growth look flatter than it is. ``ms_per_token_with_encoder`` is T(L) / L.
@@ -53,8 +64,15 @@ def run_decode_cost(
     results: dict[str, Any] = {"lengths": list(lengths), "source_len": len(source), "engines": {}}
     work = [(name, length) for name in engines for length in (1, *lengths)]
     timings: dict[str, dict[int, Timing]] = {name: {} for name in engines}
-    for name, length in tqdm(work, desc="decode cost", unit="run"):
-        timings[name][length] = _time_forced(engines[name], source, length, repeats, min_seconds)
+    with tqdm(total=rounds * len(work), desc="decode cost", unit="run") as bar:
+        for round_index in range(rounds):
+            for name, length in work:
+                timing = _time_forced(
+                    engines[name], source, length, repeats, min_seconds / rounds, warmup=int(round_index == 0)
+                )
+                previous = timings[name].get(length)
+                timings[name][length] = previous.merged(timing) if previous else timing
+                bar.update()
     for name, by_length in timings.items():
         fixed = by_length[1].best
         per_token = [1000.0 * max(by_length[n].best - fixed, 0.0) / (n - 1) for n in lengths]

@@ -46,7 +46,7 @@ class EngineBenchConfig:
     batch_sizes: tuple[int, ...] = BATCH_SIZES
     beams: tuple[int, ...] = (4, 1)
     max_length: int = 256
-    repeats: int = 3  # part 1 and 3; part 2 runs once per point (each point is already seconds long)
+    repeats: int = 3  # part 3 (part 1: 2 x repeats - 1 interleaved rounds); part 2 runs once per point (each point is already seconds long)
     parts: tuple[str, ...] = PARTS
     profile: str = "auto"  # "auto": when ours is below CTranslate2; "always"; "never"
     work_dir: Path | None = None  # cache of exports and conversions; None: a temporary directory
@@ -145,7 +145,9 @@ def _run(config: EngineBenchConfig, work_dir: Path) -> dict[str, Any]:
         decoders |= {f"ctranslate2 {p}": ctranslate2_translate(e) for p, e in ct2.items()}
         decoders["torch (cache)"] = torch_translate(model, use_cache=True)
         decoders["torch (no cache)"] = torch_translate(model, use_cache=False)
-        decode = run_decode_cost(decoders, median_length_source(sources), config.lengths, config.repeats)
+        decode = run_decode_cost(
+            decoders, median_length_source(sources), config.lengths, repeats=1, rounds=2 * config.repeats - 1
+        )
         results["decode_cost"] = decode
         plots.plot_decode_cost(decode, out / FIGURES["decode"], f"Decode cost per token: {title}")
         print(report.format_decode_cost(decode), flush=True)

@@ -23,7 +23,7 @@ TranslateFn = Callable[[Sources, DecodingOptions, int], list[list[int]]]
 
 
 def onnx_translate(engine: Engine) -> TranslateFn:
-    """The ONNX engine's own batching (continuous: refilled when half empty), scores skipped as a server would."""
+    """The ONNX engine's own batching (length-sorted cohorts), scores skipped as a server would."""
 
     def translate(sources: Sources, options: DecodingOptions, max_batch_size: int) -> list[list[int]]:
         nbests = engine.translate_ids(sources, replace(options, return_scores=False), max_batch_size=max_batch_size)
