@@ -46,7 +46,7 @@ class EngineBenchConfig:
     batch_sizes: tuple[int, ...] = BATCH_SIZES
     beams: tuple[int, ...] = (4, 1)
     max_length: int = 256
-    repeats: int = 3  # part 3 (part 1: 2 x repeats - 1 interleaved rounds); part 2 runs once per point (each point is already seconds long)
+    repeats: int = 3  # part 3; part 1: 2 x repeats - 1 interleaved rounds; part 2: once per point (seconds each)
     parts: tuple[str, ...] = PARTS
     profile: str = "auto"  # "auto": when ours is below CTranslate2; "always"; "never"
     work_dir: Path | None = None  # cache of exports and conversions; None: a temporary directory
