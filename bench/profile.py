@@ -25,7 +25,7 @@ from typing import Any
 import onnxruntime as ort
 
 from nmtserve.server.engine import DecodingOptions, Engine
-from nmtserve.server.engine.runtime import _session_options
+from nmtserve.server.engine.runtime import _session_options, open_session
 
 
 def _translate(engine: Engine, sources: Sequence[Sequence[int]], options: DecodingOptions, batch_size: int) -> None:
@@ -111,9 +111,7 @@ def _operator_profile(
         session_options = _session_options(runtime.config)
         session_options.enable_profiling = True
         session_options.profile_file_prefix = str(work_dir / graph.removesuffix(".onnx"))
-        profiled[graph] = ort.InferenceSession(
-            str(runtime.info.path(graph)), session_options, providers=["CPUExecutionProvider"]
-        )
+        profiled[graph] = open_session(runtime.info.path(graph), runtime.config, session_options)
     runtime.sessions = profiled
     try:
         _translate(engine, sources, options, batch_size)

@@ -11,6 +11,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -78,6 +79,19 @@ def _session_options(config: RuntimeConfig) -> ort.SessionOptions:
     return options
 
 
+def open_session(
+    path: Path, config: RuntimeConfig, options: ort.SessionOptions | None = None, providers: list | None = None
+) -> ort.InferenceSession:
+    """One graph's session as the engine runs it (``options``: e.g. ``_session_options(config)`` plus profiling)."""
+    disabled = list(CPU_DISABLED_FUSIONS) if config.device == "cpu" else []
+    return ort.InferenceSession(
+        str(path),
+        options or _session_options(config),
+        providers=providers or _providers(config),
+        disabled_optimizers=disabled,
+    )
+
+
 class Runtime:
     """The sessions of a model directory and a uniform ``run`` over IO binding."""
 
@@ -89,11 +103,7 @@ class Runtime:
         if config.device == "cpu" and info.precision == "fp16":
             log.warning("fp16 models are meant for CUDA; on CPU prefer the fp32 or int8 export")
         options = _session_options(config)
-        disabled = list(CPU_DISABLED_FUSIONS) if config.device == "cpu" else []
-        self.sessions = {
-            name: ort.InferenceSession(str(info.path(name)), options, providers=providers, disabled_optimizers=disabled)
-            for name in GRAPHS
-        }
+        self.sessions = {name: open_session(info.path(name), config, options, providers) for name in GRAPHS}
         self.outputs = {name: [o.name for o in s.get_outputs()] for name, s in self.sessions.items()}
         self.cache_dtype = np.dtype(info.cache_dtype)
 
