@@ -333,6 +333,11 @@ def model_info_message(engine: Engine, config: ServerConfig) -> pb.ModelInfo:
             max_batch_size=config.max_batch_size,
             max_batch_tokens=config.max_batch_tokens,
             max_queue_size=config.max_queue_size,
+            max_input_bytes=config.max_input_bytes,
+            max_message_bytes=config.max_message_bytes,
+            max_length_penalty=config.max_length_penalty,
+            max_queue_tokens=config.max_queue_tokens,
+            max_inflight_per_connection=config.max_inflight_per_connection,
         ),
         default_options=pb.DecodingOptions(
             beam_size=defaults.beam_size,

@@ -162,6 +162,10 @@ def test_model_info(stub, server: BackgroundServer) -> None:
     assert (info.source_language, info.target_language, info.precision, info.device) == ("en", "de", "fp32", "cpu")
     assert info.default_options.beam_size == 4 and info.limits.max_input_tokens == 256
     assert info.batching == server.config.batching and info.name and info.version
+    # Every limit a request can run into is advertised, with the value the server enforces.
+    config = server.config
+    for field in pb.Limits.DESCRIPTOR.fields:
+        assert getattr(info.limits, field.name) == pytest.approx(getattr(config, field.name)), field.name
 
 
 # -- errors ---------------------------------------------------------------------------------------------------------
