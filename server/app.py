@@ -160,6 +160,7 @@ class TranslationServer:
             max_delay_s=config.max_queue_delay_ms / 1000,
             join_fraction=config.join_fraction,
             max_join_steps=config.max_join_steps,
+            join_window_steps=config.join_window_steps,
         )
         self._scheduler.start()
         self.engine = engine

@@ -58,6 +58,9 @@ class ServerConfig:
         0.25, "continuous batching: waiting sentences join the running batch once they are this fraction of it"
     )
     max_join_steps: int = _setting(8, "continuous batching: ... or once this many decode steps passed since a join")
+    join_window_steps: int = _setting(
+        8, "request-level batching: sentences arriving in a batch's first N decode steps join it (0: never)"
+    )
     max_queue_size: int = _setting(4096, "sentences waiting; more are refused with RESOURCE_EXHAUSTED")
     max_queue_tokens: int = _setting(
         131072, "source tokens waiting (EOS included); more are refused with RESOURCE_EXHAUSTED"
@@ -221,6 +224,7 @@ def validate(config: ServerConfig) -> ServerConfig:
     need(c.max_queue_delay_ms >= 0, "max_queue_delay_ms must be >= 0")
     need(0 <= c.join_fraction <= 1, "join_fraction must be in 0..1")
     need(c.max_join_steps >= 1, "max_join_steps must be >= 1")
+    need(c.join_window_steps >= 0, "join_window_steps must be >= 0")
     need(
         c.max_batch_tokens >= c.max_input_tokens + 1,
         f"max_batch_tokens ({c.max_batch_tokens}) must hold one longest text: >= max_input_tokens + 1 "

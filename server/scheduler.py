@@ -3,7 +3,11 @@
 Two modes, one loop (so that they differ in nothing else):
 - ``request`` (request-level dynamic batching, as CTranslate2 and Triton do for encoder-decoder models): when the
   engine is idle, a batch is formed from the queue and decoded until its last sentence finishes; sentences that
-  arrive meanwhile wait for it.
+  arrive meanwhile wait for it, except in the batch's first ``join_window_steps`` decode steps, when they may
+  still join it (while it has room). Without that window a sentence arriving just after a batch started waits
+  for the whole batch, which is most of request-level batching's tail, and a burst whose first requests form a
+  small batch leaves the engine half used while the rest of the burst waits. Joining that early is cheap: the
+  joining rows' cache is left-padded by at most the window's few slots.
 - ``continuous`` (iteration-level batching): between decode steps, waiting sentences join the running batch
   (their encoder runs, their cache rows are appended) and finished sentences leave at once, so a short sentence
   never waits for a long one.
@@ -75,13 +79,16 @@ class Scheduler:
         max_delay_s: float = 0.002,
         join_fraction: float = 0.25,
         max_join_steps: int = 8,
+        join_window_steps: int = 0,
     ) -> None:
         self.engine, self.queue, self.budget, self.metrics = engine, queue, budget, metrics
         self.continuous, self.max_delay_s = continuous, max_delay_s
         self.join_fraction, self.max_join_steps = join_fraction, max_join_steps
+        self.join_window_steps = join_window_steps
         self._batch = engine.new_batch()
         self._live: dict[int, WorkItem] = {}  # key -> item: the sentences in the running batch
         self._steps_since_join = 0
+        self._batch_steps = 0  # decode steps since the running batch was formed from an empty one
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="nmtserve-engine", daemon=True)
 
@@ -116,14 +123,16 @@ class Scheduler:
         self._reap()
         if not self._live:
             self._admit(wait_s=IDLE_POLL_S)
-        elif self.continuous and self._worth_joining():
+        elif self._worth_joining():
             self._admit(wait_s=None)
         if self._live:
             self._step()
         self.metrics.running.set(len(self._live))
 
     def _worth_joining(self) -> bool:
-        """Continuous mode: should the waiting sentences join the running batch now (see the module doc)?"""
+        """Should the waiting sentences join the running batch now (see the module doc)?"""
+        if not self.continuous:
+            return self._batch_steps < self.join_window_steps and len(self.queue) > 0
         waiting, room = len(self.queue), self.budget.max_sentences - len(self._live)
         if waiting == 0 or room <= 0 or waiting > room:
             return False
@@ -151,6 +160,8 @@ class Scheduler:
             self.metrics.abandoned.labels("queue").inc(len(dead))
         if not chosen:
             return
+        if not self._live:
+            self._batch_steps = 0
         now = time.monotonic()
         for item in chosen:
             self.metrics.queue_wait.observe(now - item.enqueued_at)
@@ -193,6 +204,7 @@ class Scheduler:
                 self._run_alone(item)
             return
         self._steps_since_join += 1
+        self._batch_steps += 1
         self.metrics.decode_step.observe(time.perf_counter() - start)
         self.metrics.batch_size.observe(len(items))
         self.metrics.batch_tokens.observe(len(items) * max(item.length for item in items))

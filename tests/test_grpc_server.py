@@ -317,6 +317,29 @@ def test_concurrent_requests_are_batched_and_counted(model_dir: Path, engine: En
     assert samples[("nmtserve_queue_capacity", (("unit", "tokens"),))] == settings.max_queue_tokens
 
 
+@pytest.mark.parametrize("window", [0, 10_000])
+def test_request_batching_join_window(model_dir: Path, engine: Engine, window: int) -> None:
+    """Request-level batching: a sentence that arrives while a batch decodes joins it during the batch's first
+    ``join_window_steps`` steps (and, short, finishes first); with no window it waits for the whole batch."""
+    slow = SlowEngine(engine, delay=0.005)  # 5 ms a step: the first request decodes for about a second
+    with BackgroundServer(config(model_dir, batching="request", join_window_steps=window), engine=slow) as server:
+        with TranslatorClient(server.address) as client, ThreadPoolExecutor(2) as pool:
+            # A long source (output cap 2 x source + 10) and the tiny random model, which loops rather than ending.
+            first = pool.submit(client.translate_texts, [" ".join(TEXTS * 2)], pb.DecodingOptions(max_length=400))
+            wait_for(lambda: server.server._scheduler.running == 1)
+            second = pool.submit(client.translate_texts, [TEXTS[5]], pb.DecodingOptions(max_length=3))
+            second.result(timeout=60)
+            first_finished_before_second = first.done()
+            first.result(timeout=60)
+        samples = metrics(server.metrics_url)
+    single = samples[("nmtserve_batch_size_bucket", (("le", "1.0"),))]
+    shared_steps = samples[("nmtserve_batch_size_count", ())] - single
+    if window:
+        assert not first_finished_before_second and shared_steps > 0
+    else:
+        assert first_finished_before_second and shared_steps == 0
+
+
 def test_health_and_reflection(model_dir: Path) -> None:
     server = BackgroundServer(config(model_dir, warmup=True), load=False).start()
     try:
