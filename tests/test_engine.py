@@ -206,3 +206,26 @@ def test_cross_slots_lay_out_each_sentences_rows() -> None:
     np.testing.assert_array_equal(query_rows, [[0, 1, 1], [2, 2, 2], [3, 4, 5]])
     np.testing.assert_array_equal(row_slots, [0, 1, 3, 6, 7, 8])
     np.testing.assert_array_equal(query_rows.reshape(-1)[row_slots], np.arange(6))  # every row reads its own slot
+
+
+def test_cpu_sessions_leave_residual_add_and_layer_norm_unfused(tiny_dir: Path, tmp_path: Path) -> None:
+    """onnxruntime's CPU SkipLayerNormalization kernel is slower than the Add + LayerNormalization it fuses
+    (docs/benchmarks.md): the engine's CPU sessions must not fuse them; a plain session does."""
+    import onnx
+    import onnxruntime as ort
+
+    from nmtserve.server.engine.runtime import RuntimeConfig, _session_options, open_session
+
+    def optimized_ops(open_fn, name: str) -> set[str]:
+        options = _session_options(RuntimeConfig(threads=1))
+        options.optimized_model_filepath = str(tmp_path / name)
+        open_fn(options)
+        return {node.op_type for node in onnx.load(str(tmp_path / name)).graph.node}
+
+    step = tiny_dir / DECODER_STEP
+    engine_ops = optimized_ops(lambda options: open_session(step, RuntimeConfig(threads=1), options), "engine.onnx")
+    plain_ops = optimized_ops(
+        lambda options: ort.InferenceSession(str(step), options, providers=["CPUExecutionProvider"]), "plain.onnx"
+    )
+    assert "SkipLayerNormalization" in plain_ops  # the fusion applies to this graph...
+    assert "SkipLayerNormalization" not in engine_ops and "LayerNormalization" in engine_ops  # ...and is off
