@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from itertools import count
 
 import numpy as np
@@ -40,14 +41,23 @@ def cross_slots(rows_per_sentence: Sequence[int]) -> tuple[np.ndarray, np.ndarra
 
     Cross-attention K/V are kept once per sentence; its hypotheses' queries are laid out in W = max rows slots per
     sentence (a sentence with fewer rows repeats its last row in the spare slots, whose output nobody reads).
+    Cached: a batch's row layout repeats step after step (greedy decoding: all ones). The arrays are shared, so
+    they are made read-only.
     """
+    return _cross_slots(tuple(rows_per_sentence))
+
+
+@lru_cache(maxsize=256)
+def _cross_slots(rows_per_sentence: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     width = max(rows_per_sentence)
     starts = np.cumsum([0, *rows_per_sentence[:-1]])
     counts = np.asarray(rows_per_sentence)
     slot = np.arange(width)
     query_rows = starts[:, None] + np.minimum(slot[None, :], counts[:, None] - 1)
     row_slots = np.concatenate([n * width + np.arange(c) for n, c in enumerate(rows_per_sentence)])
-    return query_rows.astype(np.int64), row_slots.astype(np.int64)
+    query_rows, row_slots = query_rows.astype(np.int64), row_slots.astype(np.int64)
+    query_rows.flags.writeable = row_slots.flags.writeable = False
+    return query_rows, row_slots
 
 
 def without_eos(log_probs: np.ndarray, ids: np.ndarray, eos_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -209,14 +219,12 @@ class DecodingBatch:
         if not self._sentences:
             return []
         info = self._info
-        tokens, positions, reorder = [], [], []
-        for sentence in self._sentences:
-            rows = sentence.rows
-            tokens.append(sentence.tokens[:, -1] if sentence.step else np.full(rows, info.bos_id, np.int64))
-            positions.append(np.full(rows, sentence.step, np.int64))
-            reorder.append(sentence.parents)  # already global cache rows (or -1 for a new sentence)
+        rows = tuple(s.rows for s in self._sentences)
+        tokens = [s.tokens[:, -1] if s.step else np.full(s.rows, info.bos_id, np.int64) for s in self._sentences]
+        positions = np.repeat(np.array([s.step for s in self._sentences], np.int64), rows)
+        reorder = [s.parents for s in self._sentences]  # already global cache rows (or -1 for a new sentence)
         self._align_cross()
-        query_rows, row_slots = cross_slots([s.rows for s in self._sentences])
+        query_rows, row_slots = cross_slots(rows)
         self._reorder_cache(np.concatenate(reorder))
         self._trim_cache()
         k = max(s.options.candidates_per_row for s in self._sentences)
@@ -226,7 +234,7 @@ class DecodingBatch:
             DECODER_STEP,
             {
                 "token_ids": np.concatenate(tokens),
-                "positions": np.concatenate(positions),
+                "positions": positions,
                 "query_rows": query_rows,
                 "row_slots": row_slots,
                 **self._cache,
