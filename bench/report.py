@@ -108,12 +108,13 @@ def format_versus(results: list[dict[str, Any]]) -> str:
             f"{r['ctranslate2']['sentences_per_s']:.1f}",
             f"{r['ratio_tokens_per_s']:.2f}×",
             f"{r['ratio_tokens_per_cpu_s']:.2f}×",
+            f"{r['ratio_tokens_per_s_paired_median']:.2f}×",
             f"{r['identical_pct']:.1f}%",
         ]
         for r in results
     ]
     header = ["precision", "beam", "ours tok/s", "CT2 tok/s", "ours sent/s", "CT2 sent/s", "ours/CT2"]
-    header += ["(CPU time)", "identical"]
+    header += ["(CPU time)", "(paired median)", "identical"]
     sentences = results[0]["sentences"] if results else 0
     batch = results[0]["batch_size"] if results else 0
     return f"ONNX engine vs CTranslate2 ({sentences} sentences, max batch {batch})\n" + _table(header, rows)

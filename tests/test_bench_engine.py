@@ -72,6 +72,9 @@ def test_bench_engine_quick_end_to_end(tiny_dir: Path, source_file: Path, tmp_pa
         assert row["ratio_tokens_per_s"] == pytest.approx(
             row["ours"]["tokens_per_s"] / row["ctranslate2"]["tokens_per_s"]
         )
+        ours_s, theirs_s = row["ours"]["timing"]["samples_s"], row["ctranslate2"]["timing"]["samples_s"]
+        paired = [c / o for o, c in zip(ours_s, theirs_s, strict=True)]  # identical outputs: equal token counts
+        assert row["ratio_tokens_per_s_paired"] == pytest.approx(paired)
 
     profile = results["profile"][0]
     assert "decoder_step.onnx" in profile["graph_times"]["graphs"]
