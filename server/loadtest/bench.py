@@ -7,7 +7,8 @@ three servers (continuous, request-level, ``max_batch_size 1``) run side by side
 the machine's load (a training run shares it) spreads over all of them. The engine baseline runs first, alone.
 Measured:
 1. engine alone: ``Engine.translate`` on the first N sentences (length-sorted inside, the server's batch size);
-2. the servers on the same N sentences, each sentence its own request, all sent at once;
+2. the servers on the same N sentences, each sentence its own request, all sent at once (the better of two
+   bursts, as the engine's figure is the better of two runs);
 3. saturation throughput (closed loop, cycling through the input), median of ``--repeats`` runs per server;
 4. continuous vs request-level batching under open-loop Poisson arrivals at 25/50/75/90 % of the default
    server's saturation rate: latency percentiles, throughput, a latency CDF and load curves;
@@ -125,10 +126,14 @@ def run(bench: Bench) -> dict:
             for name, flags in SERVERS.items()
         }
         for name in ("continuous", "request"):
-            # Like the engine, the server gets every sentence at once (each its own request) and orders the work.
-            print(f"{name}: the same {bench.sentences} sentences, one request each, all in flight", flush=True)
-            same = bench.load(servers[name], "concurrency", bench.sentences, True)
+            # Like the engine, the server gets every sentence at once (each its own request) and orders the work;
+            # and like the engine's figure (the better of two runs), the server's is the better of two bursts: the
+            # first burst after start-up also pays for growing onnxruntime's memory arena to the batch's shapes.
+            print(f"{name}: the same {bench.sentences} sentences, one request each, all in flight (twice)", flush=True)
+            bursts = [bench.load(servers[name], "concurrency", bench.sentences, True) for _ in range(2)]
+            same = max(bursts, key=lambda report: report.results[0].sentences_per_s)
             results.setdefault(name, {})["same_sentences"] = same
+            results[name]["same_sentences_runs"] = [r.results[0].sentences_per_s for r in bursts]
         saturation: dict[str, list[LevelResult]] = {name: [] for name in SERVERS}
         for repeat in range(bench.repeats):
             for name, server in servers.items():
