@@ -25,11 +25,11 @@ that takes every length carries the padding of its longest source. So, in contin
 A multi-batch variant (several running batches advanced in turn, newcomers starting their own) was measured and
 dropped: the rounds lengthen every sentence's steps, and its p99 was worse than either mode.
 
-Default: ``request``. On CPU (docs/benchmarks.md), continuous batching halves the median latency at low and
-moderate load, but a decode step costs in proportion to its rows, so keeping the batch full slows every long
-sentence, and the joins' copies cost capacity: from about 75 % of saturation its p99 is several times worse.
-Request-level batching has the better tail and the same saturation throughput. Where a step's cost hardly
-depends on its rows (a GPU), the balance may well flip: measure with ``python -m nmtserve.server.loadtest.bench``.
+Default: ``request`` with an 8-step join window. On CPU (docs/benchmarks.md) it has a lower median and p99 than
+continuous batching at every load measured, and the same saturation throughput: a decode step costs in
+proportion to its rows, so keeping the batch full slows every long sentence, and late joins carry the running
+batch's whole history as padding. Where a step's cost hardly depends on its rows (a GPU), the balance may well
+flip: measure with ``python -m nmtserve.server.loadtest.bench``.
 
 The thread never touches the event loop: results go out through each request's sink (which hops threads). The
 engine releases the GIL inside onnxruntime, so the gRPC event loop keeps serving while a step runs. Between two
