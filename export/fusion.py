@@ -2,9 +2,10 @@
 
 Only the traced encoder is a candidate (the decoder step is written around onnxruntime's fused attention). On it
 the optimizer finds no attention pattern it knows (plain MatMul/Softmax with a boolean mask) and only fuses
-SkipLayerNormalization, which onnxruntime already does itself when a session is created with graph optimizations
-on; measured on the demo model it was not faster. Hence this is opt-in (``export_model(..., fuse=True)``) and
-decided by measurement.
+SkipLayerNormalization, whose CPU kernel is slower than the Add + LayerNormalization it replaces (the engine turns
+that fusion off in its CPU sessions, see ``server/engine/runtime.py``). Hence this is opt-in
+(``export_model(..., fuse=True)``) and decided by measurement, with both graphs opened exactly as the engine opens
+them: a fusion baked into the file is not undone by the engine's session options.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from nmtserve.server.engine.runtime import RuntimeConfig, open_session
 
 log = logging.getLogger(__name__)
 
@@ -34,9 +37,7 @@ def _median_ms(session: ort.InferenceSession, feeds: Feeds, runs: int) -> float:
 
 
 def _session(path: Path) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return open_session(path, RuntimeConfig(device="cpu", threads=1))
 
 
 def maybe_fuse(
