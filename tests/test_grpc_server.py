@@ -9,15 +9,14 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
 import pytest
+from conftest import scrape_metrics as metrics
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
-from prometheus_client.parser import text_string_to_metric_families
 
 from nmtserve.export.testing import tiny_export
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
@@ -62,16 +61,6 @@ def server(model_dir: Path, request: pytest.FixtureRequest):
 def stub(server: BackgroundServer):
     with grpc.insecure_channel(server.address) as channel:
         yield pb_grpc.TranslatorStub(channel)
-
-
-def metrics(url: str) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} from the /metrics endpoint, parsed with prometheus_client's parser."""
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
-    return samples
 
 
 def expected(engine: Engine, texts: list[str], options: DecodingOptions) -> list[list[tuple[str, float | None]]]:
