@@ -25,6 +25,7 @@ from typing import Any
 import onnxruntime as ort
 
 from nmtserve.server.engine import DecodingOptions, Engine
+from nmtserve.server.engine.cache import HostCache
 from nmtserve.server.engine.runtime import _session_options, open_session
 
 
@@ -35,27 +36,36 @@ def _translate(engine: Engine, sources: Sequence[Sequence[int]], options: Decodi
 def graph_times(
     engine: Engine, sources: Sequence[Sequence[int]], options: DecodingOptions, batch_size: int
 ) -> dict[str, Any]:
-    """Wall time per graph and the host remainder, from one run with ``Runtime.run`` timed."""
-    runtime = engine.runtime
-    original = runtime.run
+    """Wall time per graph, and per host-side cache move (``HostCache.reorder``/``trim``: numpy row copies that
+    stand in for the ``reorder_cache``/``trim_cache`` graphs on CPU), and the host remainder, from one run."""
     seconds: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
 
-    def timed(graph: str, inputs: Any, host_outputs: Any = ()) -> Any:
-        start = time.perf_counter()
-        try:
-            return original(graph, inputs, host_outputs)
-        finally:
-            seconds[graph] += time.perf_counter() - start
-            calls[graph] += 1
+    def timer(function: Any, label: Any) -> Any:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                name = label(args)
+                seconds[name] += time.perf_counter() - start
+                calls[name] += 1
 
-    runtime.run = timed  # type: ignore[method-assign]
+        return timed
+
+    runtime = engine.runtime
+    runtime.run = timer(runtime.run, lambda args: args[0])  # type: ignore[method-assign]
+    moves = {"reorder": HostCache.reorder, "trim": HostCache.trim}
+    for name, method in moves.items():
+        setattr(HostCache, name, timer(method, lambda args, name=name: f"host cache {name}"))
     try:
         start = time.perf_counter()
         _translate(engine, sources, options, batch_size)
         total = time.perf_counter() - start
     finally:
         del runtime.run  # back to the class's method
+        for name, method in moves.items():
+            setattr(HostCache, name, method)
     in_graphs = sum(seconds.values())
     return {
         "total_s": total,

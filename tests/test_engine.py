@@ -16,6 +16,7 @@ from nmtserve.model.beam_search import beam_search, greedy_search
 from nmtserve.model.checkpoint import load_checkpoint
 from nmtserve.server.engine import DecodingOptions, Engine, EngineError, Hypothesis, ModelDirError
 from nmtserve.server.engine.batch import cross_slots
+from nmtserve.server.engine.beam import stable_slots
 from nmtserve.server.engine.model_dir import DECODER_STEP, MANIFEST, TOKENIZER
 
 
@@ -123,16 +124,20 @@ def test_batched_equals_one_by_one(engine: Engine) -> None:
     _assert_same(singles, batched)
 
 
-def test_step_api_continuous_batching(engine: Engine) -> None:
-    """Sentences joining a running batch, mixed beam sizes and a cancellation give the stand-alone results."""
+@pytest.mark.parametrize("in_place", [True, False], ids=["host-cache", "graph-cache"])
+def test_step_api_continuous_batching(engine: Engine, in_place: bool) -> None:
+    """Sentences joining a running batch, mixed beam sizes and a cancellation (of the longest history, so the
+    cache is trimmed) give the stand-alone results, with the cache in host buffers (CPU) or in device values moved
+    by graphs (CUDA's path, which runs on CPU too)."""
     sources = _sources(8, seed=5)
     beams = [DecodingOptions(beam_size=4), DecodingOptions(beam_size=1), DecodingOptions(beam_size=2)]
     expected = {i: engine.translate_ids([s], beams[i % 3])[0] for i, s in enumerate(sources)}
-    batch = engine.new_batch()
-    batch.add(sources[:3], [beams[i % 3] for i in range(3)], keys=[0, 1, 2])
-    batch.add([sources[7]], beams[7 % 3], keys=["gone"])
+    batch = engine.new_batch(in_place)
+    batch.add([sources[7]], DecodingOptions(beam_size=4, min_length=5), keys=["gone"])  # the longest history
     results, pending, steps = {}, list(range(3, 7)), 0
     while len(batch) or pending:
+        if steps == 1:
+            batch.add(sources[:3], [beams[i % 3] for i in range(3)], keys=[0, 1, 2])
         if pending and steps % 2 == 1:  # one newcomer every other step
             i = pending.pop(0)
             batch.add([sources[i]], beams[i % 3], keys=[i])
@@ -198,6 +203,13 @@ def test_serving_modules_do_not_import_torch() -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_stable_slots_keep_hypotheses_in_their_parents_rows() -> None:
+    """The best child of each parent stays in the parent's row; other children fill the rows left free, in order."""
+    np.testing.assert_array_equal(stable_slots([0, 0, 1, 2]), [0, 3, 1, 2])
+    np.testing.assert_array_equal(stable_slots([3, 3, 3, 0]), [3, 1, 2, 0])
+    np.testing.assert_array_equal(stable_slots([0, 0, 0, 0]), [0, 1, 2, 3])  # step 0: one row becomes the beam
 
 
 def test_cross_slots_lay_out_each_sentences_rows() -> None:

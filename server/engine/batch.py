@@ -6,9 +6,10 @@ step the host sends token ids, positions and the row ``reorder``, and reads back
 (one more than beam search needs while some sentence is below its ``min_length``: the host drops EOS from
 those rows, which is cheaper than masking the whole vocabulary in the graph). Cross-attention K/V are kept once
 per sentence, not per hypothesis: a beam reads them through query slots (``cross_slots``), so beams expanding
-or reordering move nothing. Row bookkeeping on the device goes through small graphs: ``reorder_cache`` when
-rows moved (beam search reorders every step; greedy decoding only when sentences join or leave), ``gather_rows``
-when sentences leave, ``append_rows`` when sentences join, ``trim_cache`` when the longest history has left.
+or reordering move nothing. Cross rows move through small graphs: ``gather_rows`` when sentences leave,
+``append_rows`` when sentences join. The self-attention cache (``cache.py``) is reordered when rows moved (beam
+search nearly every step; greedy decoding only when sentences join or leave) and trimmed when the longest history
+has left: on CPU in host buffers the engine owns, copying only the rows that moved; on CUDA by graphs.
 """
 
 from __future__ import annotations
@@ -23,15 +24,12 @@ import onnxruntime as ort
 
 from nmtserve.model.decoding import DecodingOptions, Hypothesis
 from nmtserve.server.engine.beam import Sentence, advance
+from nmtserve.server.engine.cache import GraphCache, HostCache, strip_prefix
 from nmtserve.server.engine.model_dir import (
     APPEND_ROWS,
     DECODER_STEP,
     ENCODER,
     GATHER_ROWS,
-    REORDER_CACHE,
-    SELF_KV,
-    TRIM_CACHE,
-    per_layer,
 )
 from nmtserve.server.engine.runtime import Runtime
 
@@ -82,16 +80,18 @@ class DecodingBatch:
     Not thread-safe: one owner (e.g. the server's scheduler thread) calls ``add``, ``cancel`` and ``step``.
     """
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, in_place: bool | None = None) -> None:
+        """``in_place``: keep the self-attention cache in host memory the engine owns (``HostCache``); by default
+        on CPU only, where host memory is the device's."""
         self._runtime = runtime
         self._info = runtime.info
-        self._self_kv = per_layer(SELF_KV, self._info.n_decoder_layers)
         self._serials = count()
         self._sentences: list[Sentence] = []  # in row order
         self._cross: dict[str, ort.OrtValue] | None = None  # cross K/V of every layer and source_mask
         self._cross_rows: list[int] = []  # serial of the sentence owning each cross row (one row per sentence)
-        self._cache: dict[str, ort.OrtValue] = {}
-        self._reset_cache()
+        if in_place is None:
+            in_place = runtime.config.device == "cpu"
+        self._cache = HostCache(runtime) if in_place else GraphCache(runtime)
 
     def __len__(self) -> int:
         return len(self._sentences)
@@ -109,14 +109,6 @@ class DecodingBatch:
     def sentences(self) -> tuple[Sentence, ...]:
         """The live sentences in row order (read-only view: e.g. to stream the stable prefix of a translation)."""
         return tuple(self._sentences)
-
-    def _reset_cache(self) -> None:
-        """An empty cache: one row (so that Gather has something to index) of length 0."""
-        info, upload = self._info, self._runtime.upload
-        empty = np.zeros((1, info.n_heads, 0, info.d_head), self._runtime.cache_dtype)
-        self._cache = {name: upload(empty) for name in self._self_kv}
-        self._cache["self_mask"] = upload(np.zeros((1, 0), bool))
-        self._cache_len, self._cache_rows = 0, 1
 
     def add(
         self,
@@ -157,7 +149,7 @@ class DecodingBatch:
             self._cross = new
         else:
             joined = self._runtime.run(APPEND_ROWS, {**self._cross, **{f"new_{n}": v for n, v in new.items()}})
-            self._cross = _strip(joined, "out_")
+            self._cross = strip_prefix(joined, "out_")
 
         for ids, opts, key in zip(sources, per_sentence, keys, strict=True):
             serial = next(self._serials)
@@ -179,7 +171,7 @@ class DecodingBatch:
 
     def _clear(self) -> None:
         self._cross, self._cross_rows = None, []
-        self._reset_cache()
+        self._cache.reset()
 
     def _align_cross(self) -> None:
         """Keep the cross K/V of the live sentences only (in row order), cut to the longest remaining source."""
@@ -196,23 +188,8 @@ class DecodingBatch:
                 "source_len": np.array([source_len], np.int64),
             },
         )
-        self._cross = _strip(gathered, "out_")
+        self._cross = strip_prefix(gathered, "out_")
         self._cross_rows = serials
-
-    def _reorder_cache(self, reorder: np.ndarray) -> None:
-        """Give each row the cache of the row it extends; nothing to do when no row moved (one copy saved)."""
-        if len(reorder) == self._cache_rows and np.array_equal(reorder, np.arange(self._cache_rows)):
-            return
-        moved = self._runtime.run(REORDER_CACHE, {**self._cache, "reorder": reorder})
-        self._cache, self._cache_rows = _strip(moved, "out_"), len(reorder)
-
-    def _trim_cache(self) -> None:
-        """Rows are left-padded, so slots older than the longest live history are unused by every row."""
-        keep = max(s.step for s in self._sentences)
-        if keep < self._cache_len:
-            trimmed = self._runtime.run(TRIM_CACHE, {**self._cache, "keep": np.array([keep], np.int64)})
-            self._cache = _strip(trimmed, "out_")
-            self._cache_len = keep
 
     def step(self) -> list[Finished]:
         """Decode one token for every live hypothesis; return the sentences that finished (they leave the batch)."""
@@ -225,8 +202,8 @@ class DecodingBatch:
         reorder = [s.parents for s in self._sentences]  # already global cache rows (or -1 for a new sentence)
         self._align_cross()
         query_rows, row_slots = cross_slots(rows)
-        self._reorder_cache(np.concatenate(reorder))
-        self._trim_cache()
+        self._cache.reorder(np.concatenate(reorder))
+        self._cache.trim(max(s.step for s in self._sentences))  # rows are left-padded: older slots are unused
         k = max(s.options.candidates_per_row for s in self._sentences)
         k += any(s.forbid_eos for s in self._sentences)  # one spare candidate to replace a banned EOS
         k = min(info.vocab_size, k)
@@ -237,14 +214,14 @@ class DecodingBatch:
                 "positions": positions,
                 "query_rows": query_rows,
                 "row_slots": row_slots,
-                **self._cache,
+                **self._cache.feeds(),
                 **self._cross,
                 "k": np.array([k], np.int64),
             },
-            host_outputs=("topk_log_probs", "topk_ids"),
+            host_outputs=("topk_log_probs", "topk_ids", *self._cache.host_outputs()),
+            bound_outputs=self._cache.step_outputs(len(row_slots)),
         )
-        self._cache = _strip(out, "new_")
-        self._cache_len, self._cache_rows = self._cache_len + 1, len(row_slots)
+        self._cache.advance(out, len(row_slots))
         log_probs, ids = out["topk_log_probs"].numpy(), out["topk_ids"].numpy()
 
         finished: list[Finished] = []
@@ -265,8 +242,3 @@ class DecodingBatch:
         if not live:
             self._clear()
         return finished
-
-
-def _strip(outputs: dict[str, ort.OrtValue], prefix: str) -> dict[str, ort.OrtValue]:
-    """Graph outputs named ``<prefix><input name>`` keyed by the input name they feed next time."""
-    return {name.removeprefix(prefix): value for name, value in outputs.items() if name.startswith(prefix)}

@@ -14,7 +14,7 @@ never contribute a candidate, so the outcome is the same for a fraction of the w
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -35,6 +35,7 @@ class Sentence:
     tokens: np.ndarray = field(default_factory=lambda: np.zeros((1, 0), np.int64))  # [rows, step], no BOS
     scores: np.ndarray = field(default_factory=lambda: np.zeros(1, np.float32))  # [rows]
     parents: np.ndarray = field(default_factory=lambda: np.full(1, -1, np.int64))  # [rows], sentence-local
+    ranked: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))  # rows, best hypothesis first
     finished: list[tuple[list[int], float, int]] = field(default_factory=list)
 
     @property
@@ -57,10 +58,31 @@ class Sentence:
         return [Hypothesis(tokens, score, log_prob) for tokens, score, log_prob in ranked[: options.num_hypotheses]]
 
 
+def stable_slots(parents: Sequence[int]) -> np.ndarray:
+    """The row each new hypothesis (best first) takes, given its parent's row: its parent's own row if no better
+    sibling took it, else the first row left free. Rows that keep their hypothesis's history need no cache copy
+    (see ``cache.HostCache``); at beam 4 on the dev set 80 % of rows stay, against 47 % with rows in rank order."""
+    slots = [-1] * len(parents)
+    taken = [False] * len(parents)
+    for k, parent in enumerate(parents):
+        if parent < len(parents) and not taken[parent]:
+            slots[k], taken[parent] = parent, True
+    free = iter(row for row, used in enumerate(taken) if not used)
+    return np.array([slot if slot >= 0 else next(free) for slot in slots], np.int64)
+
+
 def _advance(sentence: Sentence, parents: np.ndarray, tokens: np.ndarray, scores: np.ndarray) -> None:
-    sentence.tokens = np.concatenate([sentence.tokens[parents], tokens[:, None]], axis=1)
-    sentence.scores = scores.astype(np.float32)
-    sentence.parents = parents
+    """Extend the hypotheses ``parents`` (rows, best first) by ``tokens``; each new one takes its ``stable_slots``
+    row. Only the row layout changes: the ranking, which the beam rules' tie-breaks read, is kept in ``ranked``."""
+    slots = stable_slots(parents.tolist()) if len(parents) > 1 else parents
+    history = np.empty((len(slots), sentence.step + 1), np.int64)
+    history[slots, :-1], history[slots, -1] = sentence.tokens[parents], tokens
+    sentence.tokens = history
+    sentence.scores = np.empty(len(slots), np.float32)
+    sentence.scores[slots] = scores
+    sentence.parents = np.empty(len(slots), np.int64)
+    sentence.parents[slots] = parents
+    sentence.ranked = slots
     sentence.step += 1
 
 
@@ -80,11 +102,12 @@ def advance_beam(sentence: Sentence, log_probs: np.ndarray, ids: np.ndarray, voc
     options = sentence.options
     beam = options.beam_size
     width = 2 * beam
-    candidates = (sentence.scores[:, None] + log_probs[:, :width]).ravel()  # float32, as the reference
-    flat = (np.arange(sentence.rows, dtype=np.int64)[:, None] * vocab + ids[:, :width]).ravel()
-    order = np.lexsort((flat, -candidates))[:width]  # best first; ties: lower (row, token) first
+    ranked = sentence.ranked  # the rules see hypotheses best first, as the reference keeps them
+    candidates = (sentence.scores[ranked, None] + log_probs[ranked, :width]).ravel()  # float32, as the reference
+    flat = (np.arange(sentence.rows, dtype=np.int64)[:, None] * vocab + ids[ranked, :width]).ravel()
+    order = np.lexsort((flat, -candidates))[:width]  # best first; ties: lower (rank, token) first
     top_scores, top_flat = candidates[order], flat[order]
-    top_tokens, top_rows = top_flat % vocab, top_flat // vocab
+    top_tokens, top_rows = top_flat % vocab, ranked[top_flat // vocab]
 
     last_step = sentence.step + 1 == sentence.max_length
     spare, top_finished = beam, False

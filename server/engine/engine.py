@@ -41,9 +41,9 @@ class Engine:
             raise ValueError(f"{model_dir}: tokenizer does not match the model (vocabulary or EOS id)")
         return cls(info, runtime, tokenizer)
 
-    def new_batch(self) -> DecodingBatch:
-        """An empty running batch for step-level (continuous-batching) use."""
-        return DecodingBatch(self.runtime)
+    def new_batch(self, in_place: bool | None = None) -> DecodingBatch:
+        """An empty running batch for step-level (continuous-batching) use (``in_place``: see ``DecodingBatch``)."""
+        return DecodingBatch(self.runtime, in_place)
 
     def encode_texts(self, texts: Sequence[str]) -> list[list[int]]:
         """Token ids ending with EOS, truncated as the reference's ``translate_texts`` does."""

@@ -111,8 +111,15 @@ class Runtime:
         """A host array as an OrtValue on the device (on CPU it wraps the array without a copy)."""
         return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array), self.config.device, self.config.device_id)
 
-    def run(self, graph: str, inputs: Mapping[str, Value], host_outputs: Iterable[str] = ()) -> dict[str, ort.OrtValue]:
-        """Run ``graph``; outputs stay on the device except ``host_outputs`` (read them with ``.numpy()``)."""
+    def run(
+        self,
+        graph: str,
+        inputs: Mapping[str, Value],
+        host_outputs: Iterable[str] = (),
+        bound_outputs: Mapping[str, ort.OrtValue] | None = None,
+    ) -> dict[str, ort.OrtValue]:
+        """Run ``graph``; outputs stay on the device except ``host_outputs`` (read them with ``.numpy()``), and
+        ``bound_outputs`` are written into the values given (memory the caller owns, of the right shape)."""
         session = self.sessions[graph]
         binding = session.io_binding()
         for name, value in inputs.items():
@@ -120,9 +127,11 @@ class Runtime:
                 binding.bind_ortvalue_input(name, value)
             else:
                 binding.bind_cpu_input(name, np.ascontiguousarray(value))
-        on_host = set(host_outputs)
+        on_host, bound = set(host_outputs), bound_outputs or {}
         for name in self.outputs[graph]:
-            if name in on_host:
+            if name in bound:
+                binding.bind_ortvalue_output(name, bound[name])
+            elif name in on_host:
                 binding.bind_output(name, "cpu")
             else:
                 binding.bind_output(name, self.config.device, self.config.device_id)
