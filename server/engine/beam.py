@@ -71,6 +71,10 @@ def stable_slots(parents: Sequence[int]) -> np.ndarray:
     return np.array([slot if slot >= 0 else next(free) for slot in slots], np.int64)
 
 
+_ROW_ZERO = np.zeros(1, np.int64)  # a greedy sentence's parent row, shared: the batch never writes to it
+_ROW_ZERO.flags.writeable = False
+
+
 def _advance(sentence: Sentence, parents: np.ndarray, tokens: np.ndarray, scores: np.ndarray) -> None:
     """Extend the hypotheses ``parents`` (rows, best first) by ``tokens``; each new one takes its ``stable_slots``
     row. Only the row layout changes: the ranking, which the beam rules' tie-breaks read, is kept in ``ranked``."""
@@ -93,7 +97,10 @@ def advance_greedy(sentence: Sentence, log_probs: np.ndarray, ids: np.ndarray, e
         history = sentence.tokens[0].tolist() + ([] if token == eos_id else [token])
         sentence.finished.append((history, float(score), sentence.step + 1))
         return True
-    _advance(sentence, np.zeros(1, np.int64), np.array([token], np.int64), np.array([score], np.float32))
+    # ``_advance`` with its one row kept in place, spelled out: this runs once per sentence per step.
+    sentence.tokens = np.concatenate((sentence.tokens, np.array([[token]], np.int64)), axis=1)
+    sentence.scores, sentence.parents = np.array([score], np.float32), _ROW_ZERO
+    sentence.step += 1
     return False
 
 
