@@ -89,9 +89,10 @@ class DecodingBatch:
         self._sentences: list[Sentence] = []  # in row order
         self._cross: dict[str, ort.OrtValue] | None = None  # cross K/V of every layer and source_mask
         self._cross_rows: list[int] = []  # serial of the sentence owning each cross row (one row per sentence)
-        if in_place is None:
-            in_place = runtime.config.device == "cpu"
-        self._cache = HostCache(runtime) if in_place else GraphCache(runtime)
+        on_cpu = runtime.config.device == "cpu"
+        if in_place and not on_cpu:
+            raise ValueError("in_place=True keeps the cache in host memory: CPU only (it would cross PCIe every step)")
+        self._cache = HostCache(runtime) if (on_cpu if in_place is None else in_place) else GraphCache(runtime)
 
     def __len__(self) -> int:
         return len(self._sentences)
