@@ -15,7 +15,12 @@ from pathlib import Path
 
 from nmtserve.model.decoding import DecodingOptions
 
-COMPUTE_TYPES = {"fp32": "float32", "int8": "int8_float32"}  # our precision names -> CTranslate2 compute types
+# Our precision names -> CTranslate2 compute types, per device: the same arithmetic as our export of that name
+# (int8 weights with fp32 activations on CPU; fp16 on CUDA, with int8 weights there computed in fp16).
+COMPUTE_TYPES = {
+    "cpu": {"fp32": "float32", "int8": "int8_float32"},
+    "cuda": {"fp32": "float32", "fp16": "float16", "int8": "int8_float16"},
+}
 
 
 def absolute_cap(options: DecodingOptions) -> DecodingOptions:
@@ -32,16 +37,18 @@ class Output:
 class CTranslate2Engine:
     """A ``ctranslate2.Translator`` that speaks token ids."""
 
-    def __init__(self, model_dir: Path | str, threads: int = 1, precision: str = "fp32") -> None:
+    def __init__(self, model_dir: Path | str, threads: int = 1, precision: str = "fp32", device: str = "cpu") -> None:
         import ctranslate2
 
-        if precision not in COMPUTE_TYPES:
-            raise ValueError(f"precision must be one of {sorted(COMPUTE_TYPES)}, not {precision!r}")
+        types = COMPUTE_TYPES.get(device)
+        if types is None or precision not in types:
+            choices = {d: sorted(t) for d, t in COMPUTE_TYPES.items()}
+            raise ValueError(f"no CTranslate2 compute type for {precision!r} on {device!r} (have {choices})")
         self.model_dir, self.precision = Path(model_dir), precision
         self.translator = ctranslate2.Translator(
             str(model_dir),
-            device="cpu",
-            compute_type=COMPUTE_TYPES[precision],
+            device=device,
+            compute_type=types[precision],
             inter_threads=1,
             intra_threads=threads,
         )

@@ -27,10 +27,12 @@ def _version(name: str) -> str | None:
         return None
 
 
-def machine_info(threads: int) -> dict[str, Any]:
-    """Enough to tell two result files apart: CPU, cores, load when the run started, library versions."""
+def machine_info(threads: int, device: str = "cpu") -> dict[str, Any]:
+    """Enough to tell two result files apart: CPU, cores, GPU, load when the run started, library versions."""
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
+        "device": device,
+        "gpu": _gpu_names() if device == "cuda" else None,
         "cpu": _cpu_model(),
         "cores": os.cpu_count(),
         "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
@@ -40,6 +42,23 @@ def machine_info(threads: int) -> dict[str, Any]:
         "versions": {n: _version(n) for n in ("onnxruntime", "ctranslate2", "torch", "numpy", "nmtserve")},
         "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+def _gpu_names() -> list[str] | None:
+    """The GPUs ``nvidia-smi`` lists (None where it is missing: the run still records its device)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi") is None:
+        return None
+    listing = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    return [line.strip() for line in listing.stdout.splitlines() if line.strip()] or None
 
 
 def contention(results: dict[str, Any]) -> dict[str, Any]:

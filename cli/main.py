@@ -123,7 +123,8 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
     parts = tuple(args.parts.split(",")) if args.parts else PARTS
     config = EngineBenchConfig(
         model_dirs=tuple(args.model_dir or ()),
-        precisions=tuple(args.precisions.split(",")),
+        precisions=tuple(args.precisions.split(",")) if args.precisions else None,
+        device=args.device,
         threads=args.threads,
         out=args.out,
         source_file=args.source,
@@ -150,7 +151,12 @@ def _add_bench_parser(commands) -> None:
     )
     engine.add_argument("--model-dir", type=Path, action="append", help="exported model dir (repeatable)")
     engine.add_argument("--checkpoint", type=Path, default=None, help="weights of every engine (default: demo model)")
-    engine.add_argument("--precisions", default="fp32,int8", help="exports to use when no --model-dir is given")
+    engine.add_argument(
+        "--precisions",
+        default="",
+        help="exports to use when no --model-dir is given (default: fp32,int8 on CPU, fp16,fp32 on CUDA)",
+    )
+    engine.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both engines run")
     engine.add_argument("--threads", type=int, default=1, help="threads of every engine (the same for all)")
     engine.add_argument("--out", type=Path, default=Path("runs/bench/engine"), help="JSON and PNG results")
     engine.add_argument("--source", type=Path, default=DEFAULT_CORPUS / "dev.en", help="sentences to translate")

@@ -124,3 +124,30 @@ def test_shipped_export_is_found_by_weights(tiny_dir: Path, tmp_path: Path) -> N
     assert artifacts.find_shipped_export(sha, "fp32", (root,)) == root / "demo-onnx" / "fp32"
     assert artifacts.find_shipped_export(sha, "int8", (root,)) is None
     assert artifacts.find_shipped_export("0" * 64, "fp32", (root,)) is None
+
+
+def test_bench_engine_on_cuda_without_a_gpu_is_a_clear_error(tiny_dir: Path, source_file: Path, tmp_path: Path) -> None:
+    """``--device cuda`` takes the CUDA path of both engines; with the CPU onnxruntime (CI) it stops at once with
+    the engine's own message instead of benchmarking the CPU under a CUDA label."""
+    import onnxruntime as ort
+
+    from nmtserve.server.engine import EngineError
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA: the error path cannot be taken here")
+    argv = ["bench", "engine", "--checkpoint", str(tiny_dir.parent / "checkpoint"), "--model-dir", str(tiny_dir)]
+    argv += ["--source", str(source_file), "--out", str(tmp_path / "bench"), "--quick", "--device", "cuda"]
+    with pytest.raises(EngineError, match="CUDAExecutionProvider"):
+        main(argv)
+    assert not (tmp_path / "bench" / RESULTS_JSON).exists()
+
+
+def test_ctranslate2_compute_types_follow_the_device() -> None:
+    """The baseline runs the arithmetic of our export of the same name, per device; a pairing that has no
+    CTranslate2 equivalent (fp16 on CPU) is refused rather than silently swapped."""
+    from nmtserve.bench.ctranslate2_engine import COMPUTE_TYPES, CTranslate2Engine
+
+    assert COMPUTE_TYPES["cpu"] == {"fp32": "float32", "int8": "int8_float32"}
+    assert COMPUTE_TYPES["cuda"]["fp16"] == "float16"
+    with pytest.raises(ValueError, match="fp16"):
+        CTranslate2Engine("unused", precision="fp16", device="cpu")

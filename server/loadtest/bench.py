@@ -46,6 +46,7 @@ class Bench:
     out: Path
     repeats: int = 2
     progress: bool = True
+    device: str = "cpu"  # the servers' and the engine's: "cpu" or "cuda"
 
     def load(self, server: ServerProcess, mode: str, level: float, once: bool = False) -> LoadTestReport:
         lines = self.lines[: self.sentences] if once else self.lines
@@ -73,13 +74,13 @@ def _engine_rate(engine, lines: list[str], batch_size: int) -> float:
     return len(lines) / best
 
 
-def engine_alone(model: Path, lines: list[str], threads: int, ceiling_sentences: int = 60) -> dict:
+def engine_alone(model: Path, lines: list[str], threads: int, ceiling_sentences: int = 60, device: str = "cpu") -> dict:
     """The engine without a server, at the server's batch size; and how much batching can gain at all (the same
     ``ceiling_sentences`` sentences at batch 1 and at the server's batch size)."""
     from nmtserve.server.engine import Engine
 
     batch = ServerConfig().max_batch_size
-    engine = Engine.load(model, threads=threads, spin=False)
+    engine = Engine.load(model, device=device, threads=threads, spin=False)
     engine.translate(lines[:8])  # warm-up
     rate = _engine_rate(engine, lines, batch)
     few = lines[:ceiling_sentences]
@@ -114,7 +115,10 @@ def run(bench: Bench) -> dict:
     results: dict = {"model": str(bench.model), "threads": bench.threads, "duration_s": bench.duration}
     results["default_batching"] = default
     print(f"engine alone on {bench.sentences} sentences ...", flush=True)
-    results["engine_alone"] = engine_alone(bench.model, bench.lines[: bench.sentences], bench.threads)
+    results["device"] = bench.device
+    results["engine_alone"] = engine_alone(
+        bench.model, bench.lines[: bench.sentences], bench.threads, device=bench.device
+    )
     alone = results["engine_alone"]
     ceiling = alone["batching_ceiling"]
     print(
@@ -122,7 +126,9 @@ def run(bench: Bench) -> dict:
     )
     with contextlib.ExitStack() as stack:
         servers = {
-            name: stack.enter_context(ServerProcess(bench.model, "--threads", str(bench.threads), *flags))
+            name: stack.enter_context(
+                ServerProcess(bench.model, "--threads", str(bench.threads), "--device", bench.device, *flags)
+            )
             for name, flags in SERVERS.items()
         }
         for name in ("continuous", "request"):
@@ -198,11 +204,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sentences", type=int, default=300, help="sentences of the engine-vs-server comparison")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="onnxruntime threads")
     parser.add_argument("--repeats", type=int, default=2, help="saturation runs per server (the median is kept)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the servers' engines run")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
     lines = read_lines(args.input)
     bench = Bench(
-        args.model, lines, args.duration, args.sentences, args.threads, args.out, args.repeats, not args.quiet
+        args.model,
+        lines,
+        args.duration,
+        args.sentences,
+        args.threads,
+        args.out,
+        args.repeats,
+        not args.quiet,
+        args.device,
     )
     run(bench)
     return 0
