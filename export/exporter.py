@@ -152,7 +152,8 @@ def export_model(
         bar.set_postfix_str(next(stage))
         build_decoder_step(model, staging / DECODER_STEP)
         bar.set_postfix_str(next(stage))
-        build_row_ops(staging, cache_element_type(precision), model.config.n_decoder_layers)
+        layers = model.config.n_decoder_layers
+        build_row_ops(staging, cache_element_type("fp32"), layers)  # what the fp32 verification runs
         bar.set_postfix_str(next(stage))
         verification = {"fp32": verify_export(model, staging, "fp32", threads).to_dict()}
         if precision != "fp32":
@@ -163,6 +164,7 @@ def export_model(
             else:
                 convert_fp16(staging / ENCODER, keep_fp32_outputs=[])
                 convert_fp16(staging / DECODER_STEP, keep_fp32_outputs=["topk_log_probs"])
+            build_row_ops(staging, cache_element_type(precision), layers)  # they move the converted cache
             bar.set_postfix_str(next(stage))
             verification[precision] = _verify_reduced(model, staging, precision, threads)
         fusion: dict[str, Any] = {"requested": fuse}

@@ -244,6 +244,20 @@ def test_reduced_precision_is_close(tiny_dir: Path, model, tmp_path: Path, preci
     assert all(len(n) == 1 and n[0].log_prob < 0 for n in nbest)
 
 
+def test_fp16_export_end_to_end(tiny_dir: Path, tmp_path: Path) -> None:
+    """``nmtserve export --precision fp16`` as a whole: the fp32 graphs are verified with fp32 row graphs, then
+    converted, and the row graphs that ship move an fp16 cache; the result is measured, recorded and serves."""
+    out = export_model(tiny_dir.parent / "checkpoint", tmp_path / "fp16", "fp16", progress=False)
+    manifest = json.loads((out / MANIFEST).read_text())
+    assert manifest["precision"] == "fp16" and manifest["cache_dtype"] == "float16"
+    assert manifest["verification"]["fp32"]["log_prob_max_abs_diff"] <= 1e-4
+    assert manifest["verification"]["fp16"]["top1_agreement"] > 0.9, manifest["verification"]["fp16"]
+    inputs = {i.name: i.type.tensor_type.elem_type for i in onnx.load(str(out / REORDER_CACHE)).graph.input}
+    assert inputs["self_keys.0"] == TensorProto.FLOAT16
+    nbest = Engine.load(out, threads=1).translate_ids([[5, 6, 7, 3]], DecodingOptions(beam_size=2))
+    assert len(nbest) == 1 and nbest[0][0].log_prob < 0
+
+
 def test_verification_catches_a_wrong_graph(tiny_dir: Path, model, tmp_path: Path) -> None:
     broken = tmp_path / "broken"
     shutil.copytree(tiny_dir, broken)
