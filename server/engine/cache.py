@@ -15,6 +15,9 @@ Two implementations, chosen by device:
   its parent's row where it can (``beam.stable_slots``), so on the dev set about 80 % of rows stay put at beam
   4 instead of about 50 %; the full-cache ``Gather`` of ``reorder_cache`` was 6-9 % of CPU decoding time.
 Both give the same tensors, so translations are identical (a test runs both).
+
+Memory: a host buffer grows to the largest rows x length the batch has held (with ``GROWTH`` headroom) and is
+kept for later batches, as onnxruntime's arena keeps its blocks; the peak is two copies of the largest cache.
 """
 
 from __future__ import annotations
