@@ -151,6 +151,38 @@ def test_step_api_continuous_batching(engine: Engine, in_place: bool) -> None:
     assert batch.rows == 0 and batch.step() == []
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_host_and_graph_caches_agree_under_random_traffic(engine: Engine, seed: int) -> None:
+    """Two batches driven in lockstep by the same random joins, cancellations, beam sizes and min lengths, one with
+    the host cache (rows moved in place, buffers grown as needed) and one with the graph cache: every step
+    finishes the same sentences with the same hypotheses, bit for bit."""
+    rng = np.random.default_rng(seed)
+    host, graph = engine.new_batch(in_place=True), engine.new_batch(in_place=False)
+    serial, live, finished = 0, set(), 0
+    for step in range(60):
+        if step < 40 and rng.random() < 0.5:
+            count = int(rng.integers(1, 4))
+            sources = _sources(10, seed=int(rng.integers(1 << 30)))[:count]
+            options = [
+                DecodingOptions(beam_size=int(rng.choice([1, 2, 4])), min_length=int(rng.choice([0, 0, 3])))
+                for _ in sources
+            ]
+            keys = list(range(serial, serial + count))
+            serial += count
+            assert host.add(sources, options, keys) == graph.add(sources, options, keys)
+            live.update(keys)
+        if live and rng.random() < 0.1:
+            gone = int(rng.choice(sorted(live)))
+            assert host.cancel(gone) and graph.cancel(gone)
+            live.discard(gone)
+        from_host, from_graph = host.step(), graph.step()
+        assert [(f.key, f.hypotheses) for f in from_host] == [(f.key, f.hypotheses) for f in from_graph]
+        live.difference_update(f.key for f in from_host)
+        finished += len(from_host)
+        assert host.rows == graph.rows
+    assert finished > 20  # the traffic really ran sentences to the end
+
+
 def test_translate_text(engine: Engine) -> None:
     results = engine.translate(["the cat sat on the mat", "", "open the file"], DecodingOptions(num_hypotheses=2))
     assert [len(n) for n in results] == [2, 2, 2]
