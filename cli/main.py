@@ -111,7 +111,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     checkpoint = args.checkpoint
     if checkpoint is None:
         from nmtserve.model.checkpoint import DEMO_CHECKPOINT as checkpoint
-    print(export_model(checkpoint, args.out, args.precision, fuse=args.fuse))
+    corpus = None if args.no_bleu_check else args.bleu_corpus
+    if args.precision != "fp32" and corpus is not None and not (corpus / f"{args.bleu_split}.en").is_file():
+        print(
+            f"warning: no {args.bleu_split} split under {corpus} (nmtserve data build makes one): the {args.precision} "
+            "export is checked against PyTorch only, not by BLEU",
+            file=sys.stderr,
+        )
+        corpus = None
+    out = export_model(
+        checkpoint, args.out, args.precision, fuse=args.fuse, bleu_corpus=corpus, bleu_split=args.bleu_split
+    )
+    print(out)
     return 0
 
 
@@ -371,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", type=Path, required=True)
     export.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
     export.add_argument("--fuse", action="store_true", help="try onnxruntime's transformer fusion; kept if faster")
+    export.add_argument(
+        "--bleu-corpus",
+        type=Path,
+        default=DEFAULT_CORPUS,
+        help="int8/fp16: refuse the export if it scores over 0.5 BLEU below fp32 on this corpus's --bleu-split",
+    )
+    export.add_argument("--bleu-split", default="dev")
+    export.add_argument("--no-bleu-check", action="store_true", help="int8/fp16: skip the BLEU check")
     export.set_defaults(func=cmd_export)
     return parser
 

@@ -24,7 +24,7 @@ from nmtserve.export.precision import PRECISIONS, cache_element_type, convert_fp
 from nmtserve.export.row_ops import build_row_ops
 from nmtserve.export.step_graph import build_decoder_step
 from nmtserve.export.torch_export import OPSET, export_encoder
-from nmtserve.export.verify import verify_export
+from nmtserve.export.verify import ExportVerificationError, verify_export
 from nmtserve.model.checkpoint import TOKENIZER as CHECKPOINT_TOKENIZER
 from nmtserve.model.checkpoint import WEIGHTS, load_checkpoint
 from nmtserve.model.transformer import Transformer
@@ -40,6 +40,7 @@ from nmtserve.server.engine.model_dir import (
 )
 
 log = logging.getLogger(__name__)
+BLEU_TOLERANCE = 0.5  # an int8/fp16 export may score at most this much below fp32 on the BLEU split
 
 
 def _version(name: str) -> str | None:
@@ -125,18 +126,25 @@ def export_model(
     fuse: bool = False,
     threads: int = 1,
     progress: bool = True,
+    bleu_corpus: Path | None = None,
+    bleu_split: str = "dev",
+    bleu_tolerance: float = BLEU_TOLERANCE,
 ) -> Path:
     """Export, verify and write ``out_dir`` (replacing an older export there); returns ``out_dir``.
 
     fp32 graphs must match PyTorch within 1e-4 or nothing is written. int8/fp16 are derived from the verified
-    fp32 graphs; their differences are measured and recorded in the manifest (BLEU decides if they are usable).
+    fp32 graphs; their differences are measured and recorded in the manifest. With ``bleu_corpus``, an int8/fp16
+    export must also score within ``bleu_tolerance`` BLEU of the fp32 graphs on ``bleu_split`` (both decoded by
+    the serving engine) or nothing is written: log-prob differences say little about translations.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
     checkpoint_dir, out_dir = Path(checkpoint_dir).resolve(), Path(out_dir).resolve()
     stages = ["load", "export encoder", "export decoder step", "row graphs", "verify fp32"]
     stages += [] if precision == "fp32" else [f"convert {precision}", f"verify {precision}"]
+    gate = precision != "fp32" and bleu_corpus is not None
     stages += ["fuse"] if fuse else []
+    stages += [f"BLEU vs fp32 on {bleu_split}"] if gate else []
     stages += ["manifest"]
     bar = tqdm(stages, desc=f"export {precision}", unit="stage", disable=not progress)
     stage = iter(bar)
@@ -156,6 +164,15 @@ def export_model(
         build_row_ops(staging, cache_element_type("fp32"), layers)  # what the fp32 verification runs
         bar.set_postfix_str(next(stage))
         verification = {"fp32": verify_export(model, staging, "fp32", threads).to_dict()}
+        fp32_reference = staging.parent / f".{out_dir.name}.fp32-reference"
+        if gate:  # the verified fp32 graphs, kept as a complete model directory to decode the BLEU split with
+            shutil.copyfile(checkpoint_dir / CHECKPOINT_TOKENIZER, staging / TOKENIZER)
+            reference = _manifest(
+                model, checkpoint_dir, checkpoint_metadata, "fp32", name, version, languages, verification, {}
+            )
+            write_manifest(staging, reference)
+            shutil.rmtree(fp32_reference, ignore_errors=True)
+            shutil.copytree(staging, fp32_reference)
         if precision != "fp32":
             bar.set_postfix_str(next(stage))
             if precision == "int8":
@@ -177,6 +194,13 @@ def export_model(
             model, checkpoint_dir, checkpoint_metadata, precision, name, version, languages, verification, fusion
         )
         write_manifest(staging, manifest)
+        if gate:
+            bar.set_postfix_str(next(stage))
+            verification[precision]["bleu"] = _bleu_gate(
+                fp32_reference, staging, precision, Path(bleu_corpus), bleu_split, bleu_tolerance, threads
+            )
+            manifest["verification"] = verification
+            write_manifest(staging, manifest)
         for _ in stage:
             pass
     except BaseException:
@@ -184,10 +208,35 @@ def export_model(
         raise
     finally:
         bar.close()
+        if gate:
+            shutil.rmtree(fp32_reference, ignore_errors=True)
     if out_dir.exists():
         shutil.rmtree(out_dir)
     staging.rename(out_dir)
     return out_dir
+
+
+def _bleu_gate(
+    fp32_dir: Path, reduced_dir: Path, precision: str, corpus: Path, split: str, tolerance: float, threads: int
+) -> dict[str, Any]:
+    """Decode ``split`` with both exports; refuse the reduced one if it loses more than ``tolerance`` BLEU."""
+    from nmtserve.export.compare import check_bleu_against_fp32
+
+    base, reduced, ok = check_bleu_against_fp32(fp32_dir, reduced_dir, corpus, split, tolerance, threads=threads)
+    record = {
+        "split": split,
+        "sentences": reduced.sentences,
+        "fp32": round(base.bleu, 2),
+        precision: round(reduced.bleu, 2),
+        "tolerance": tolerance,
+        "signature": reduced.signature,
+    }
+    if not ok:
+        raise ExportVerificationError(
+            f"{precision} export loses {base.bleu - reduced.bleu:.2f} BLEU against fp32 on {corpus}/{split} "
+            f"(tolerance {tolerance}): {record}"
+        )
+    return record
 
 
 def _verify_reduced(model: Transformer, directory: Path, precision: str, threads: int) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from conftest import write_corpus
 from onnx import TensorProto, numpy_helper
 
 from nmtserve.export.exporter import export_model
@@ -256,6 +257,23 @@ def test_fp16_export_end_to_end(tiny_dir: Path, tmp_path: Path) -> None:
     assert inputs["self_keys.0"] == TensorProto.FLOAT16
     nbest = Engine.load(out, threads=1).translate_ids([[5, 6, 7, 3]], DecodingOptions(beam_size=2))
     assert len(nbest) == 1 and nbest[0][0].log_prob < 0
+
+
+def test_reduced_export_is_gated_by_bleu(tiny_dir: Path, tmp_path: Path) -> None:
+    """With a corpus, an int8 export is decoded on its dev split beside the verified fp32 graphs: the scores are
+    recorded in the manifest, and an export that misses the tolerance is refused with nothing written."""
+    corpus = write_corpus(tmp_path / "corpus", train=4, dev=6)
+    checkpoint = tiny_dir.parent / "checkpoint"
+    out = export_model(checkpoint, tmp_path / "int8", "int8", progress=False, bleu_corpus=corpus)
+    record = json.loads((out / MANIFEST).read_text())["verification"]["int8"]["bleu"]
+    assert record["split"] == "dev" and record["sentences"] == 6 and record["tolerance"] == 0.5
+    assert record["int8"] >= record["fp32"] - 0.5
+    assert not list(tmp_path.glob(".*")), "staging and the fp32 reference are cleaned up"
+
+    impossible = tmp_path / "refused"
+    with pytest.raises(ExportVerificationError, match="BLEU"):  # must beat fp32 by 1 BLEU: cannot
+        export_model(checkpoint, impossible, "int8", progress=False, bleu_corpus=corpus, bleu_tolerance=-1.0)
+    assert not impossible.exists() and not list(tmp_path.glob(".refused*"))
 
 
 def test_verification_catches_a_wrong_graph(tiny_dir: Path, model, tmp_path: Path) -> None:
