@@ -162,11 +162,11 @@ def export_model(
         bar.set_postfix_str(next(stage))
         layers = model.config.n_decoder_layers
         build_row_ops(staging, cache_element_type("fp32"), layers)  # what the fp32 verification runs
+        shutil.copyfile(checkpoint_dir / CHECKPOINT_TOKENIZER, staging / TOKENIZER)
         bar.set_postfix_str(next(stage))
         verification = {"fp32": verify_export(model, staging, "fp32", threads).to_dict()}
         fp32_reference = staging.parent / f".{out_dir.name}.fp32-reference"
         if gate:  # the verified fp32 graphs, kept as a complete model directory to decode the BLEU split with
-            shutil.copyfile(checkpoint_dir / CHECKPOINT_TOKENIZER, staging / TOKENIZER)
             reference = _manifest(
                 model, checkpoint_dir, checkpoint_metadata, "fp32", name, version, languages, verification, {}
             )
@@ -189,7 +189,6 @@ def export_model(
             bar.set_postfix_str(next(stage))
             fusion.update(_fuse(model, staging, precision))
         bar.set_postfix_str(next(stage))
-        shutil.copyfile(checkpoint_dir / CHECKPOINT_TOKENIZER, staging / TOKENIZER)
         manifest = _manifest(
             model, checkpoint_dir, checkpoint_metadata, precision, name, version, languages, verification, fusion
         )

@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 
 from nmtserve.server.engine.model_dir import REORDER_CACHE, SELF_KV, TRIM_CACHE, per_layer
-from nmtserve.server.engine.runtime import Runtime, Value
+from nmtserve.server.engine.runtime import Runtime, Value, strip_prefix
 
 MASK = "self_mask"
 GROWTH = 1.5  # a host buffer that must grow takes this much headroom, so growth is rare
@@ -163,8 +163,3 @@ class HostCache:
 
 def _is_identity(sources: np.ndarray, rows: int) -> bool:
     return len(sources) == rows and bool((sources == np.arange(rows)).all())
-
-
-def strip_prefix(outputs: dict[str, ort.OrtValue], prefix: str) -> dict[str, ort.OrtValue]:
-    """Graph outputs named ``<prefix><input name>`` keyed by the input name they feed next time."""
-    return {name.removeprefix(prefix): value for name, value in outputs.items() if name.startswith(prefix)}

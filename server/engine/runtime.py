@@ -137,3 +137,8 @@ class Runtime:
                 binding.bind_output(name, self.config.device, self.config.device_id)
         session.run_with_iobinding(binding)
         return dict(zip(self.outputs[graph], binding.get_outputs(), strict=True))
+
+
+def strip_prefix(outputs: dict[str, ort.OrtValue], prefix: str) -> dict[str, ort.OrtValue]:
+    """Graph outputs named ``<prefix><input name>`` keyed by the input name they feed next time."""
+    return {name.removeprefix(prefix): value for name, value in outputs.items() if name.startswith(prefix)}
