@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from nmtserve.engine.model_dir import MANIFEST, ModelDirError, demo_export, read_manifest, sha256_file
 from nmtserve.model.checkpoint import WEIGHTS
-from nmtserve.server.engine.model_dir import MANIFEST, ModelDirError, demo_export, read_manifest, sha256_file
 
 # Where shipped exports of the demo model live (export/demo/<precision>); searched two levels deep for manifests.
 SHIPPED_ROOTS = (demo_export().parent,)

@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from nmtserve.bench.engines import TranslateFn
 from nmtserve.bench.timing import measure
-from nmtserve.model.decoding import DecodingOptions
+from nmtserve.engine.decoding import DecodingOptions
 
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64)
 BEAMS = (1, 4)

@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
+from nmtserve.engine.model_dir import sha256_file
 from nmtserve.model.checkpoint import TOKENIZER, WEIGHTS, read_config
 from nmtserve.model.transformer import TransformerConfig
-from nmtserve.server.engine.model_dir import sha256_file
 
 LAYER_NORM_EPSILON = 1e-5  # torch.nn.LayerNorm's default, which model/transformer.py uses
 QUANTIZATIONS = (None, "float32", "int8", "int8_float32")

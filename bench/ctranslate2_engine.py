@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from nmtserve.model.decoding import DecodingOptions
+from nmtserve.engine.decoding import DecodingOptions
 
 # Our precision names -> CTranslate2 compute types, per device: the same arithmetic as our export of that name
 # (int8 weights with fp32 activations on CPU; fp16 on CUDA, with int8 weights there computed in fp16).

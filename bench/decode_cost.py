@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from nmtserve.bench.engines import TranslateFn
 from nmtserve.bench.timing import Timing, measure
-from nmtserve.model.decoding import DecodingOptions
+from nmtserve.engine.decoding import DecodingOptions
 
 LENGTHS = (16, 32, 64, 128, 256)
 

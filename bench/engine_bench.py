@@ -26,8 +26,8 @@ from nmtserve.bench import artifacts, plots, report
 from nmtserve.bench.batch_throughput import BATCH_SIZES, run_batch_throughput
 from nmtserve.bench.decode_cost import LENGTHS, run_decode_cost
 from nmtserve.bench.timing import limit_threads
+from nmtserve.engine.decoding import DecodingOptions
 from nmtserve.model.checkpoint import DEMO_CHECKPOINT
-from nmtserve.model.decoding import DecodingOptions
 
 PARTS = ("decode", "batch", "ctranslate2")
 DEFAULT_PRECISIONS = {"cpu": ("fp32", "int8"), "cuda": ("fp16", "fp32")}  # int8 kernels are CPU-only
@@ -84,8 +84,8 @@ def load_sources(path: Path, tokenizer_path: Path, count: int, max_positions: in
     Empty lines are skipped: CTranslate2 answers an EOS-only source with an empty translation without decoding,
     which would flatter it.
     """
+    from nmtserve.engine.tokenizer import Tokenizer
     from nmtserve.model.batching import read_lines
-    from nmtserve.model.tokenizer import Tokenizer
 
     tokenizer = Tokenizer(tokenizer_path)
     texts = [line for line in read_lines(Path(path)) if line.strip()][:count]
@@ -114,8 +114,8 @@ def run(config: EngineBenchConfig) -> dict[str, Any]:
 def _run(config: EngineBenchConfig, work_dir: Path) -> dict[str, Any]:
     from nmtserve.bench.ctranslate2_engine import COMPUTE_TYPES, CTranslate2Engine, absolute_cap
     from nmtserve.bench.engines import ctranslate2_translate, onnx_translate, torch_translate
+    from nmtserve.engine import Engine
     from nmtserve.model.checkpoint import TOKENIZER, load_checkpoint
-    from nmtserve.server.engine import Engine
 
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -8,15 +8,15 @@ source as token ids (no BOS, no EOS), in the order of ``sources``.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, replace
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
-from nmtserve.model.decoding import DecodingOptions
+from nmtserve.engine.decoding import DecodingOptions
 
 if TYPE_CHECKING:
     from nmtserve.bench.ctranslate2_engine import CTranslate2Engine
+    from nmtserve.engine import Engine
     from nmtserve.model.transformer import Transformer
-    from nmtserve.server.engine import Engine
 
 Sources = Sequence[Sequence[int]]
 TranslateFn = Callable[[Sources, DecodingOptions, int], list[list[int]]]
@@ -41,16 +41,13 @@ def ctranslate2_translate(engine: CTranslate2Engine) -> TranslateFn:
 
 def torch_translate(model: Transformer, use_cache: bool) -> TranslateFn:
     """The PyTorch reference; sources are batched in order (it has no length sorting of its own)."""
-    from nmtserve.model.beam_search import DecodingOptions as ReferenceOptions
     from nmtserve.model.beam_search import beam_search
 
     def translate(sources: Sources, options: DecodingOptions, max_batch_size: int) -> list[list[int]]:
-        fields = {k: v for k, v in asdict(options).items() if k != "return_scores"}
-        reference = ReferenceOptions(**fields)
         outputs: list[list[int]] = []
         for start in range(0, len(sources), max_batch_size):
             chunk = [list(s) for s in sources[start : start + max_batch_size]]
-            outputs += [nbest[0].token_ids for nbest in beam_search(model, chunk, reference, use_cache=use_cache)]
+            outputs += [nbest[0].token_ids for nbest in beam_search(model, chunk, options, use_cache=use_cache)]
         return outputs
 
     return translate

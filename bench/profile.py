@@ -24,9 +24,9 @@ from typing import Any
 
 import onnxruntime as ort
 
-from nmtserve.server.engine import DecodingOptions, Engine
-from nmtserve.server.engine.cache import HostCache
-from nmtserve.server.engine.runtime import _session_options, open_session
+from nmtserve.engine import DecodingOptions, Engine
+from nmtserve.engine.cache import HostCache
+from nmtserve.engine.runtime import _session_options, open_session
 
 
 def _translate(engine: Engine, sources: Sequence[Sequence[int]], options: DecodingOptions, batch_size: int) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 
 from nmtserve.bench.engines import TranslateFn
 from nmtserve.bench.timing import Timing, measure
-from nmtserve.model.decoding import DecodingOptions
+from nmtserve.engine.decoding import DecodingOptions
 
 
 def compare(

@@ -1,4 +1,4 @@
-"""PyTorch checkpoint -> self-contained ONNX model directory for the torch-free engine (``nmtserve.server.engine``).
+"""PyTorch checkpoint -> self-contained ONNX model directory for the torch-free engine (``nmtserve.engine``).
 
 ``export_model`` is imported lazily: importing this package alone must not pull in torch.
 """

@@ -12,12 +12,9 @@ from pathlib import Path
 
 import torch
 
-from nmtserve.model.batching import read_lines
-from nmtserve.model.beam_search import DecodingOptions as ReferenceOptions
+from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.model.beam_search import beam_search
 from nmtserve.model.checkpoint import load_checkpoint
-from nmtserve.model.evaluate import Scores, score
-from nmtserve.server.engine import DecodingOptions, Engine
 
 
 @dataclass(frozen=True)
@@ -63,15 +60,12 @@ def compare_with_reference(
     if threads:
         torch.set_num_threads(threads)
     sources = engine.encode_texts(texts)
-    reference_options = ReferenceOptions(
-        **{k: v for k, v in asdict(options).items() if k in ReferenceOptions.__dataclass_fields__}
-    )
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     start = time.perf_counter()
     reference = [None] * len(sources)
     for first in range(0, len(order), batch_size):
         chunk = order[first : first + batch_size]
-        for i, nbest in zip(chunk, beam_search(model, [sources[i] for i in chunk], reference_options), strict=True):
+        for i, nbest in zip(chunk, beam_search(model, [sources[i] for i in chunk], options), strict=True):
             reference[i] = nbest
     reference_seconds = time.perf_counter() - start
 
@@ -89,27 +83,3 @@ def compare_with_reference(
         engine_seconds=engine_seconds,
         output_tokens=sum(len(g[0].token_ids) + 1 for g in got),
     )
-
-
-def bleu_of(
-    model_dir: Path,
-    corpus: Path,
-    split: str = "dev",
-    limit: int | None = None,
-    options: DecodingOptions | None = None,
-    **load,
-) -> Scores:
-    """sacreBLEU/chrF of an exported model on a corpus split, decoded by the serving engine."""
-    engine = Engine.load(model_dir, **load)
-    sources = read_lines(Path(corpus) / f"{split}.en")[:limit]
-    references = read_lines(Path(corpus) / f"{split}.de")[:limit]
-    hypotheses = [nbest[0].text for nbest in engine.translate(sources, options or DecodingOptions(), progress=True)]
-    return score(hypotheses, references)
-
-
-def check_bleu_against_fp32(
-    fp32_dir: Path, other_dir: Path, corpus: Path, split: str = "dev", tolerance: float = 0.5, **load
-) -> tuple[Scores, Scores, bool]:
-    """BLEU of a reduced-precision export and of the fp32 one; passes when it is at most ``tolerance`` lower."""
-    base, other = bleu_of(fp32_dir, corpus, split, **load), bleu_of(other_dir, corpus, split, **load)
-    return base, other, other.bleu >= base.bleu - tolerance

@@ -19,16 +19,7 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from nmtserve.export.fusion import maybe_fuse
-from nmtserve.export.precision import PRECISIONS, cache_element_type, convert_fp16, quantize_int8
-from nmtserve.export.row_ops import build_row_ops
-from nmtserve.export.step_graph import build_decoder_step
-from nmtserve.export.torch_export import OPSET, export_encoder
-from nmtserve.export.verify import ExportVerificationError, verify_export
-from nmtserve.model.checkpoint import TOKENIZER as CHECKPOINT_TOKENIZER
-from nmtserve.model.checkpoint import WEIGHTS, load_checkpoint
-from nmtserve.model.transformer import Transformer
-from nmtserve.server.engine.model_dir import (
+from nmtserve.engine.model_dir import (
     DECODER_STEP,
     ENCODER,
     FORMAT,
@@ -38,6 +29,15 @@ from nmtserve.server.engine.model_dir import (
     sha256_file,
     write_manifest,
 )
+from nmtserve.export.fusion import maybe_fuse
+from nmtserve.export.precision import PRECISIONS, cache_element_type, convert_fp16, quantize_int8
+from nmtserve.export.row_ops import build_row_ops
+from nmtserve.export.step_graph import build_decoder_step
+from nmtserve.export.torch_export import OPSET, export_encoder
+from nmtserve.export.verify import ExportVerificationError, verify_export
+from nmtserve.model.checkpoint import TOKENIZER as CHECKPOINT_TOKENIZER
+from nmtserve.model.checkpoint import WEIGHTS, load_checkpoint
+from nmtserve.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
 BLEU_TOLERANCE = 0.5  # an int8/fp16 export may score at most this much below fp32 on the BLEU split
@@ -219,7 +219,7 @@ def _bleu_gate(
     fp32_dir: Path, reduced_dir: Path, precision: str, corpus: Path, split: str, tolerance: float, threads: int
 ) -> dict[str, Any]:
     """Decode ``split`` with both exports; refuse the reduced one if it loses more than ``tolerance`` BLEU."""
-    from nmtserve.export.compare import check_bleu_against_fp32
+    from nmtserve.model.scoring import check_bleu_against_fp32
 
     base, reduced, ok = check_bleu_against_fp32(fp32_dir, reduced_dir, corpus, split, tolerance, threads=threads)
     record = {

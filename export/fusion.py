@@ -3,7 +3,7 @@
 Only the traced encoder is a candidate (the decoder step is written around onnxruntime's fused attention). On it
 the optimizer finds no attention pattern it knows (plain MatMul/Softmax with a boolean mask) and only fuses
 SkipLayerNormalization, whose CPU kernel is slower than the Add + LayerNormalization it replaces (the engine turns
-that fusion off in its CPU sessions, see ``server/engine/runtime.py``). Hence this is opt-in
+that fusion off in its CPU sessions, see ``engine/runtime.py``). Hence this is opt-in
 (``export_model(..., fuse=True)``) and decided by measurement, with both graphs opened exactly as the engine opens
 them: a fusion baked into the file is not undone by the engine's session options.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from nmtserve.server.engine.runtime import RuntimeConfig, open_session
+from nmtserve.engine.runtime import RuntimeConfig, open_session
 
 log = logging.getLogger(__name__)
 

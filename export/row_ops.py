@@ -19,8 +19,8 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto, helper
 
+from nmtserve.engine.model_dir import APPEND_ROWS, GATHER_ROWS, REORDER_CACHE, TRIM_CACHE, io_names
 from nmtserve.export.torch_export import OPSET
-from nmtserve.server.engine.model_dir import APPEND_ROWS, GATHER_ROWS, REORDER_CACHE, TRIM_CACHE, io_names
 
 IR_VERSION = 10
 KV_LENGTH_AXIS, MASK_LENGTH_AXIS = 2, 1

@@ -27,9 +27,9 @@ import onnx
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from nmtserve.engine.model_dir import CROSS_KV, DECODER_STEP, SELF_KV, io_names, per_layer
 from nmtserve.export.torch_export import OPSET
 from nmtserve.model.transformer import Transformer
-from nmtserve.server.engine.model_dir import CROSS_KV, DECODER_STEP, SELF_KV, io_names, per_layer
 
 MS_DOMAIN = "com.microsoft"
 IR_VERSION = 10

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from nmtserve.model.checkpoint import save_checkpoint
-from nmtserve.model.tokenizer import train_tokenizer
+from nmtserve.model.tokenizer_training import train_tokenizer
 from nmtserve.model.transformer import PRESETS, Transformer
 
 TEXT = [

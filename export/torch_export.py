@@ -13,9 +13,9 @@ from pathlib import Path
 import torch
 from torch.export import Dim
 
+from nmtserve.engine.model_dir import ENCODER, io_names
 from nmtserve.export.wrappers import EncoderGraph
 from nmtserve.model.transformer import Transformer
-from nmtserve.server.engine.model_dir import ENCODER, io_names
 
 OPSET = 18
 MAX_ROWS = 1 << 16

@@ -16,9 +16,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from nmtserve.engine.batch import cross_slots
+from nmtserve.engine.model_dir import CROSS_KV, DECODER_STEP, ENCODER, REORDER_CACHE, SELF_KV, per_layer
 from nmtserve.model.transformer import Transformer
-from nmtserve.server.engine.batch import cross_slots
-from nmtserve.server.engine.model_dir import CROSS_KV, DECODER_STEP, ENCODER, REORDER_CACHE, SELF_KV, per_layer
 
 FP32_TOLERANCE = 1e-4
 

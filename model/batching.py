@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nmtserve.model.tokenizer import Tokenizer
+from nmtserve.engine.tokenizer import Tokenizer
 
 
 @dataclass

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from nmtserve.model.decoding import DecodingOptions, Hypothesis
+from nmtserve.engine.decoding import DecodingOptions, Hypothesis
 from nmtserve.model.transformer import KVCache, Transformer
 
 

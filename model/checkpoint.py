@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from nmtserve.model.tokenizer import Tokenizer
+from nmtserve.engine.tokenizer import Tokenizer
 from nmtserve.model.transformer import Transformer, TransformerConfig
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "sentencepiece.model"

@@ -3,28 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-import sacrebleu
 from tqdm import tqdm
 
+from nmtserve.engine.tokenizer import Tokenizer
 from nmtserve.model.batching import read_lines
 from nmtserve.model.beam_search import DecodingOptions, beam_search
 from nmtserve.model.checkpoint import load_checkpoint
-from nmtserve.model.tokenizer import Tokenizer
+from nmtserve.model.scoring import Scores, score
 from nmtserve.model.transformer import Transformer
-
-
-@dataclass(frozen=True)
-class Scores:
-    bleu: float
-    chrf: float
-    sentences: int
-    signature: str
-
-    def __str__(self) -> str:
-        return f"BLEU {self.bleu:.2f}  chrF {self.chrf:.2f}  ({self.sentences} sentences; {self.signature})"
 
 
 def translate_texts(
@@ -45,13 +33,6 @@ def translate_texts(
         for i, nbest in zip(chunk, beam_search(model, [sources[i] for i in chunk], options), strict=True):
             outputs[i] = tokenizer.decode(nbest[0].token_ids)
     return outputs
-
-
-def score(hypotheses: Sequence[str], references: Sequence[str]) -> Scores:
-    metric = sacrebleu.BLEU()  # its signature is only known once it has scored something
-    bleu = metric.corpus_score(list(hypotheses), [list(references)])
-    chrf = sacrebleu.corpus_chrf(list(hypotheses), [list(references)])
-    return Scores(bleu.score, chrf.score, len(hypotheses), str(metric.get_signature()))
 
 
 def evaluate_checkpoint(

@@ -11,7 +11,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -20,38 +20,17 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from nmtserve.engine.tokenizer import Tokenizer
 from nmtserve.model.batching import TokenizedPairs, collate, make_batches, read_lines, tokenize_split
 from nmtserve.model.beam_search import DecodingOptions
 from nmtserve.model.checkpoint import TOKENIZER, WEIGHTS, read_config, save_checkpoint
 from nmtserve.model.evaluate import score, translate_texts
 from nmtserve.model.schedule import transformer_lr
-from nmtserve.model.tokenizer import Tokenizer, train_tokenizer
+from nmtserve.model.tokenizer_training import train_tokenizer
+from nmtserve.model.train_config import TrainConfig
 from nmtserve.model.transformer import PRESETS, Transformer
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    corpus: Path
-    out: Path
-    preset: str = "small"
-    vocab_size: int = 8000
-    max_tokens: int = 6000  # per batch, padding included
-    accumulate: int = 1  # batches per optimizer step
-    max_length: int = 128  # pairs longer than this (in pieces) are skipped
-    warmup_steps: int = 2000
-    lr_factor: float = 1.0
-    label_smoothing: float = 0.1
-    max_steps: int = 100_000
-    max_minutes: float = float("inf")  # wall-clock budget of this invocation; resume continues from there
-    eval_every: int = 500
-    eval_sentences: int = 300  # dev BLEU is measured on the first N dev sentences, greedy, for speed
-    average_last: int = 5
-    seed: int = 1
-    threads: int = 0  # 0: torch's default
-    init_from: Path | None = None  # start from these weights + tokenizer (e.g. to keep training the demo model)
-    bf16: bool = True  # autocast matmuls to bfloat16 (weights and Adam stay fp32): ~2x faster on AVX512-BF16 CPUs
 
 
 def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:

@@ -25,9 +25,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
+from nmtserve.engine import Engine
 from nmtserve.server.batching import Budget
 from nmtserve.server.config import ConfigError, ServerConfig, resolve_model_dir
-from nmtserve.server.engine import Engine
 from nmtserve.server.metrics import MetricsEndpoint, ServerMetrics, serve_metrics
 from nmtserve.server.scheduler import Scheduler
 from nmtserve.server.security import BearerTokenInterceptor, load_tokens, server_credentials

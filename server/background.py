@@ -11,9 +11,9 @@ import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
+from nmtserve.engine import Engine
 from nmtserve.server.app import TranslationServer
 from nmtserve.server.config import ServerConfig
-from nmtserve.server.engine import Engine
 
 T = TypeVar("T")
 

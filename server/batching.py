@@ -10,8 +10,7 @@ similar length, to keep padding low. If even the oldest does not fit the running
 letting shorter ones jump ahead could starve a long sentence forever under continuous refill.
 
 Decoding options never split a batch: the engine's ``DecodingBatch`` takes options per sentence (beam sizes,
-length penalties, max lengths and n-best sizes may be mixed), so ``shares_batch`` is the single place to change
-if an engine ever needs requests kept apart.
+length penalties, max lengths and n-best sizes may be mixed), so selection does not look at them.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from nmtserve.server.engine import DecodingOptions
 from nmtserve.server.work import WorkItem
 
 
@@ -28,11 +26,6 @@ class Budget:
     max_sentences: int
     max_tokens: int  # padded source tokens: sentences x longest source
     window: int  # how many of the oldest waiting sentences are considered (bounds selection cost and unfairness)
-
-
-def shares_batch(a: DecodingOptions, b: DecodingOptions) -> bool:
-    """Whether sentences with options ``a`` and ``b`` may decode in one engine batch (always, with this engine)."""
-    return True
 
 
 def padded_tokens(sentences: int, longest: int) -> int:
@@ -44,7 +37,6 @@ def select(
     budget: Budget,
     running: int = 0,
     running_longest: int = 0,
-    running_options: DecodingOptions | None = None,
 ) -> list[WorkItem]:
     """The sentences of ``waiting`` (oldest first) to admit into a batch that already holds ``running`` sentences
     whose longest source has ``running_longest`` tokens."""
@@ -52,8 +44,6 @@ def select(
     if room <= 0 or not waiting:
         return []
     anchor = waiting[0]
-    if running_options is not None and not shares_batch(running_options, anchor.options):
-        return []
     longest = max(running_longest, anchor.length)
     if padded_tokens(running + 1, longest) > budget.max_tokens:
         return []
@@ -65,8 +55,6 @@ def select(
         if len(chosen) == room:
             break
         item = waiting[i]
-        if not shares_batch(anchor.options, item.options):
-            continue
         grown = max(longest, item.length)
         if padded_tokens(running + len(chosen) + 1, grown) <= budget.max_tokens:
             chosen.append(item)

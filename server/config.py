@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nmtserve.server.engine.model_dir import MANIFEST, demo_export
+from nmtserve.engine.model_dir import MANIFEST, demo_export
 
 ENV_PREFIX = "NMTSERVE_"
 CONFIG_ENV = "NMTSERVE_CONFIG"  # path of the TOML file, when --config is not given
@@ -31,15 +31,15 @@ class ConfigError(ValueError):
     """A setting is unknown, of the wrong type, or out of range; the message names the setting and its source."""
 
 
-def _setting(default: Any, help: str, flag: str | None = None) -> Any:
-    return field(default=default, metadata={"help": help, "flag": flag})
+def _setting(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass(frozen=True)
 class ServerConfig:
     # Model and device
     model: Path | None = field(
-        default=None, metadata={"help": "exported model directory (default: the shipped demo model)", "flag": None}
+        default=None, metadata={"help": "exported model directory (default: the shipped demo model)"}
     )
     device: str = _setting("cpu", "onnxruntime device: cpu or cuda")
     threads: int = _setting(0, "CPU intra-op threads per graph call (0: the cores this process may use, at most 8)")
@@ -89,14 +89,13 @@ class ServerConfig:
     return_scores: bool = _setting(True, "return hypothesis scores by default")
     # Security
     tls_cert: Path | None = field(
-        default=None, metadata={"help": "PEM certificate chain of the server: serve TLS (with tls_key)", "flag": None}
+        default=None, metadata={"help": "PEM certificate chain of the server: serve TLS (with tls_key)"}
     )
-    tls_key: Path | None = field(default=None, metadata={"help": "PEM private key of tls_cert", "flag": None})
+    tls_key: Path | None = field(default=None, metadata={"help": "PEM private key of tls_cert"})
     tls_client_ca: Path | None = field(
         default=None,
         metadata={
             "help": "PEM CA bundle: require client certificates signed by it (mutual TLS; needs tls_cert)",
-            "flag": None,
         },
     )
     auth_token_file: Path | None = field(
@@ -104,7 +103,6 @@ class ServerConfig:
         metadata={
             "help": "file of accepted bearer tokens, one per line: require 'authorization: Bearer <token>' on every "
             "RPC but health checks",
-            "flag": None,
         },
     )
     # Operations

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from nmtserve.model.tokenizer import Tokenizer
+from nmtserve.engine import Hypothesis
+from nmtserve.engine.tokenizer import Tokenizer
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
-from nmtserve.server.engine import Hypothesis
 
 
 def translation(hypotheses: Sequence[Hypothesis], tokenizer: Tokenizer) -> pb.Translation:

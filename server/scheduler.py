@@ -29,7 +29,7 @@ Default: ``request`` with an 8-step join window. On CPU (docs/benchmarks.md) it 
 continuous batching at every load measured, and the same saturation throughput: a decode step costs in
 proportion to its rows, so keeping the batch full slows every long sentence, and late joins carry the running
 batch's whole history as padding. Where a step's cost hardly depends on its rows (a GPU), the balance may well
-flip: measure with ``python -m nmtserve.server.loadtest.bench``.
+flip: measure with ``nmtserve bench server``.
 
 The thread never touches the event loop: results go out through each request's sink (which hops threads). The
 engine releases the GIL inside onnxruntime, so the gRPC event loop keeps serving while a step runs. Between two
@@ -48,10 +48,9 @@ import math
 import threading
 import time
 
+from nmtserve.engine import Engine, Hypothesis
 from nmtserve.server.batching import Budget
-from nmtserve.server.engine import Engine, Hypothesis
 from nmtserve.server.metrics import ServerMetrics
-from nmtserve.server.partial import live_sentences, stable_prefix
 from nmtserve.server.work import WorkItem
 from nmtserve.server.workqueue import WorkQueue
 
@@ -154,8 +153,7 @@ class Scheduler:
         """Take sentences from the queue into the batch, within what the budget has left."""
         live = self._live.values()
         longest = max((item.length for item in live), default=0)
-        options = next(iter(live)).options if self._live else None
-        chosen, dead = self.queue.take(self.budget, len(self._live), longest, options, wait_s, self.max_delay_s)
+        chosen, dead = self.queue.take(self.budget, len(self._live), longest, wait_s, self.max_delay_s)
         if dead:
             self.metrics.abandoned.labels("queue").inc(len(dead))
         if not chosen:
@@ -214,10 +212,10 @@ class Scheduler:
             self._send_partials()
 
     def _send_partials(self) -> None:
-        sentences = live_sentences(self._batch)
+        sentences = {sentence.key: sentence for sentence in self._batch.sentences}
         for key, item in self._live.items():
             if item.request.partial and key in sentences:
-                prefix = stable_prefix(sentences[key])
+                prefix = sentences[key].stable_prefix()
                 if len(prefix) > item.last_partial:
                     item.last_partial = len(prefix)
                     item.request.sink.partial(item.index, prefix)

@@ -26,10 +26,10 @@ from importlib import metadata
 import grpc
 from google.protobuf.message import DecodeError, Message
 
+from nmtserve.engine import Engine
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.config import ServerConfig
-from nmtserve.server.engine import Engine
 from nmtserve.server.responses import blank_translation, translation
 from nmtserve.server.scheduler import EngineFailure, ShuttingDown
 from nmtserve.server.sink import LoopSink

@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from nmtserve.server.engine import Hypothesis
+from nmtserve.engine import Hypothesis
 
 PartialCallback = Callable[[int, list[int]], Awaitable[None]]
 

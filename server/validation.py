@@ -25,10 +25,10 @@ from dataclasses import dataclass
 
 import grpc
 
-from nmtserve.model.tokenizer import Tokenizer
+from nmtserve.engine import DecodingOptions
+from nmtserve.engine.tokenizer import Tokenizer
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server.config import ServerConfig
-from nmtserve.server.engine import DecodingOptions
 
 
 class RequestError(Exception):

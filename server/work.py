@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from nmtserve.server.engine import DecodingOptions, Hypothesis
+from nmtserve.engine import DecodingOptions, Hypothesis
 
 _keys = itertools.count()
 

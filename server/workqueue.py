@@ -17,7 +17,6 @@ import time
 from collections.abc import Callable, Sequence
 
 from nmtserve.server.batching import Budget, is_full, select
-from nmtserve.server.engine import DecodingOptions
 from nmtserve.server.work import Request, WorkItem
 
 RETRY_MIN_S = 0.05
@@ -143,7 +142,6 @@ class WorkQueue:
         budget: Budget,
         running: int,
         running_longest: int,
-        running_options: DecodingOptions | None,
         wait_s: float | None,
         max_delay_s: float,
     ) -> tuple[list[WorkItem], list[WorkItem]]:
@@ -166,7 +164,7 @@ class WorkQueue:
                         break
                     self._cond.wait(remaining)
             dead = self._drop_dead(time.monotonic(), budget.window)
-            chosen = select(self._items, budget, running, running_longest, running_options)
+            chosen = select(self._items, budget, running, running_longest)
             if chosen:
                 taken = {id(item) for item in chosen}
                 self._set_items([item for item in self._items if id(item) not in taken])

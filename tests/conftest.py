@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from nmtserve.model.tokenizer import train_tokenizer
+from nmtserve.model.tokenizer_training import train_tokenizer
 from nmtserve.model.train import TrainConfig, Trainer
 from nmtserve.model.transformer import PRESETS, Transformer, TransformerConfig
 
@@ -178,7 +178,7 @@ def copy_tokenizer(run: TrainedRun, out: Path) -> None:
 @pytest.fixture(scope="session")
 def demo_model_dir() -> Path:
     """The shipped fp32 demo export (``export/demo/fp32``): the real model behind the reliability tests."""
-    from nmtserve.server.engine.model_dir import demo_export
+    from nmtserve.engine.model_dir import demo_export
 
     return demo_export("fp32")
 
@@ -186,7 +186,7 @@ def demo_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def demo_engine(demo_model_dir: Path):
     """The demo model in an offline engine: the reference every served translation is compared with."""
-    from nmtserve.server.engine import Engine
+    from nmtserve.engine import Engine
 
     return Engine.load(demo_model_dir, threads=1, spin=False)
 

@@ -19,9 +19,9 @@ from nmtserve.bench.engine_bench import FIGURES, RESULTS_JSON, median_length_sou
 from nmtserve.bench.engines import onnx_translate
 from nmtserve.bench.timing import measure
 from nmtserve.cli.main import main
+from nmtserve.engine import DecodingOptions, Engine
+from nmtserve.engine.model_dir import MANIFEST
 from nmtserve.export.testing import TEXT, tiny_export
-from nmtserve.server.engine import DecodingOptions, Engine
-from nmtserve.server.engine.model_dir import MANIFEST
 
 pytest.importorskip("ctranslate2")
 
@@ -131,7 +131,7 @@ def test_bench_engine_on_cuda_without_a_gpu_is_a_clear_error(tiny_dir: Path, sou
     the engine's own message instead of benchmarking the CPU under a CUDA label."""
     import onnxruntime as ort
 
-    from nmtserve.server.engine import EngineError
+    from nmtserve.engine import EngineError
 
     if "CUDAExecutionProvider" in ort.get_available_providers():
         pytest.skip("this onnxruntime has CUDA: the error path cannot be taken here")

@@ -75,7 +75,7 @@ def test_default_onnx_backend_matches_torch_on_the_demo_model() -> None:
 
 def test_shipped_export_was_made_from_the_shipped_checkpoint() -> None:
     """The demo export's manifest pins the sha256 of the demo checkpoint's weights: the two cannot drift apart."""
-    from nmtserve.server.engine.model_dir import demo_export, read_manifest, sha256_file
+    from nmtserve.engine.model_dir import demo_export, read_manifest, sha256_file
 
     for precision in ("fp32", "int8"):
         manifest = read_manifest(demo_export(precision))

@@ -15,12 +15,11 @@ import torch
 
 from nmtserve.bench.ctranslate2_convert import build_spec, convert_checkpoint, save_spec, sinusoidal_table
 from nmtserve.bench.ctranslate2_engine import CTranslate2Engine, absolute_cap
+from nmtserve.engine import DecodingOptions
 from nmtserve.export.testing import make_tiny_checkpoint
-from nmtserve.model.beam_search import DecodingOptions as ReferenceOptions
 from nmtserve.model.beam_search import beam_search
 from nmtserve.model.checkpoint import load_checkpoint
 from nmtserve.model.transformer import Transformer
-from nmtserve.server.engine import DecodingOptions
 
 pytest.importorskip("ctranslate2")
 
@@ -52,9 +51,7 @@ def _sources(count: int, seed: int, vocab: int = 64) -> list[list[int]]:
 
 
 def _reference(model: Transformer, sources: list[list[int]], beam: int, max_length: int = 40):
-    options = ReferenceOptions(
-        beam_size=beam, max_length=max_length, max_length_ratio=0.0, max_length_offset=max_length
-    )
+    options = DecodingOptions(beam_size=beam, max_length=max_length, max_length_ratio=0.0, max_length_offset=max_length)
     return beam_search(model, sources, options)
 
 
@@ -94,7 +91,7 @@ def test_beam_search_matches_reference(tiny_model: Transformer, tiny_ct2: CTrans
 def test_min_length_and_length_penalty(tiny_model: Transformer, tiny_ct2: CTranslate2Engine) -> None:
     sources = _sources(8, seed=4)
     fields = {"beam_size": 3, "min_length": 5, "length_penalty": 0.6, "max_length": 12}
-    reference = beam_search(tiny_model, sources, ReferenceOptions(**fields, max_length_ratio=0.0, max_length_offset=12))
+    reference = beam_search(tiny_model, sources, DecodingOptions(**fields, max_length_ratio=0.0, max_length_offset=12))
     got = tiny_ct2.translate_ids(sources, absolute_cap(DecodingOptions(**fields)))
     assert [o.token_ids for o in got] == [nbest[0].token_ids for nbest in reference]
 

@@ -16,13 +16,14 @@ import grpc
 from deploy_support import local_stack
 from prometheus_client.parser import text_string_to_metric_families
 
+from nmtserve.loadtest.serverproc import ServerProcess
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 
 REQUESTS = 20
 
 
-def answered(server: local_stack.ServerProcess) -> float:
+def answered(server: ServerProcess) -> float:
     """Translate requests the server has answered OK, from its own /metrics."""
     with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
         text = response.read().decode()
@@ -42,7 +43,7 @@ def test_round_robin_spreads_one_channel_over_replicas_pick_first_pins_it() -> N
     try:
         for server in servers:
             server.wait_for("serving", timeout=180)
-        target = "ipv4:" + ",".join(server.grpc_address for server in servers)
+        target = "ipv4:" + ",".join(server.address for server in servers)
         spread = {}
         for policy in ("pick_first", "round_robin"):
             before = [answered(s) for s in servers]
@@ -55,4 +56,4 @@ def test_round_robin_spreads_one_channel_over_replicas_pick_first_pins_it() -> N
         assert sum(spread["round_robin"]) == REQUESTS and min(spread["round_robin"]) >= REQUESTS // 4, spread
     finally:
         for server in servers:
-            server.terminate(timeout=30)
+            server.stop(timeout=30)

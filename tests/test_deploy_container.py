@@ -27,11 +27,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from deploy_support import DEPLOY, ROOT, ToolUnavailable, image_lock, local_stack, require
+from deploy_support import DEPLOY, ROOT, ToolUnavailable, image_lock, require
 from deploy_support import dockerfile_model as dm
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from nmtserve.loadtest.serverproc import ServerProcess
 from nmtserve.server.app import HEALTH_SERVICES
 from nmtserve.server.config import read_env
 from nmtserve.server.service import SERVICE_NAME
@@ -201,7 +202,7 @@ def python_for_the_image(version: str) -> str:
 
 @pytest.mark.slow
 def test_cpu_lock_installs_in_a_fresh_venv_and_serves_as_the_entrypoint(image, tmp_path: Path) -> None:
-    from nmtserve.server.client import TranslatorClient
+    from nmtserve.loadtest.client import TranslatorClient
 
     python = require(lambda: python_for_the_image(image_lock.PYTHON_VERSION), f"Python {image_lock.PYTHON_VERSION}")
     # 1. The wheel, built from exactly the files the Dockerfile's wheel stage COPYs (the .dockerignore applied).
@@ -246,12 +247,18 @@ def test_cpu_lock_installs_in_a_fresh_venv_and_serves_as_the_entrypoint(image, t
         "NMTSERVE_METRICS_PORT": "0",
         "NMTSERVE_THREADS": "1",
     }
-    server = local_stack.ServerProcess([str(venv / "bin" / entry[0]), *entry[1:]], run_env, cwd=tmp_path)
+    server = ServerProcess(
+        argv=[str(venv / "bin" / entry[0]), *entry[1:]],
+        env=run_env,
+        cwd=tmp_path,
+        wait_serving=False,
+        fail_on_error=True,
+    ).start()
     try:
         loading = server.wait_for("loading model", timeout=60)
         assert Path(loading["model"]).is_relative_to(venv), "the baked-in demo model, from the installed package"
         server.wait_for("serving", timeout=180)
-        address = server.grpc_address
+        address = server.address
         with TranslatorClient(address, timeout=60) as client:
             for service in HEALTH_SERVICES:
                 assert client.health(service) == "SERVING"
@@ -267,7 +274,7 @@ def test_cpu_lock_installs_in_a_fresh_venv_and_serves_as_the_entrypoint(image, t
         probe = subprocess.run([str(venv / "bin" / "python"), "-c", code], env=run_env, timeout=60)
         assert probe.returncode == 0, "the compose health check does not pass against a serving server"
         # SIGTERM: the drain, then exit 0 well within the grace period the deployment gives.
-        assert server.terminate(timeout=40) == 0
+        assert server.stop(timeout=40) == 0
         assert server.wait_for("draining", timeout=1)
     finally:
         server.kill()

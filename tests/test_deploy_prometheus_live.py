@@ -50,7 +50,7 @@ class Live:
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     tools = require(debian_tools.find_prometheus, "Debian's Prometheus")
     with local_stack.running_stack(tmp_path_factory.mktemp("stack"), tools) as stack:
-        traffic = local_stack.send_traffic(stack.server.grpc_address, TRAFFIC_SECONDS)
+        traffic = local_stack.send_traffic(stack.server.address, TRAFFIC_SECONDS)
         time.sleep(3)  # the last scrapes and rule evaluations after the traffic (1 s intervals)
         yield Live(stack, traffic, time.time())
 
@@ -143,7 +143,7 @@ def test_dashboard_renders_to_png(live: Live, tmp_path: Path) -> None:
 
 
 def test_sigterm_drains_and_prometheus_sees_the_instance_go_down(live: Live) -> None:
-    assert live.stack.server.terminate(timeout=40) == 0, "SIGTERM must drain and exit 0"
+    assert live.stack.server.stop(timeout=40) == 0, "SIGTERM must drain and exit 0"
     live.stack.server.wait_for("draining", timeout=1)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:

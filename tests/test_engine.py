@@ -10,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nmtserve.engine import DecodingOptions, Engine, EngineError, Hypothesis, ModelDirError
+from nmtserve.engine.batch import cross_slots
+from nmtserve.engine.beam import stable_slots
+from nmtserve.engine.model_dir import DECODER_STEP, MANIFEST, TOKENIZER
 from nmtserve.export.testing import tiny_export
-from nmtserve.model.beam_search import DecodingOptions as ReferenceOptions
 from nmtserve.model.beam_search import beam_search, greedy_search
 from nmtserve.model.checkpoint import load_checkpoint
-from nmtserve.server.engine import DecodingOptions, Engine, EngineError, Hypothesis, ModelDirError
-from nmtserve.server.engine.batch import cross_slots
-from nmtserve.server.engine.beam import stable_slots
-from nmtserve.server.engine.model_dir import DECODER_STEP, MANIFEST, TOKENIZER
 
 
 @pytest.fixture(scope="session")
@@ -64,7 +63,7 @@ OPTION_SETS = [
 @pytest.mark.parametrize("options", OPTION_SETS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
 def test_matches_reference_beam_search(engine: Engine, model, options: dict) -> None:
     sources = _sources(10)
-    reference = beam_search(model, sources, ReferenceOptions(**options))
+    reference = beam_search(model, sources, DecodingOptions(**options))
     _assert_same(reference, engine.translate_ids(sources, DecodingOptions(**options)))
 
 
@@ -229,7 +228,7 @@ def test_cuda_without_provider_is_a_clear_error(tiny_dir: Path) -> None:
 def test_serving_modules_do_not_import_torch() -> None:
     code = (
         "import pkgutil, sys, importlib\n"
-        "import nmtserve.server, nmtserve.server.engine\n"
+        "import nmtserve.server, nmtserve.engine\n"
         "for m in pkgutil.walk_packages(nmtserve.server.__path__, 'nmtserve.server.'):\n"
         "    importlib.import_module(m.name)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
@@ -258,7 +257,7 @@ def test_cpu_sessions_leave_residual_add_and_layer_norm_unfused(tiny_dir: Path, 
     import onnx
     import onnxruntime as ort
 
-    from nmtserve.server.engine.runtime import RuntimeConfig, _session_options, open_session
+    from nmtserve.engine.runtime import RuntimeConfig, _session_options, open_session
 
     def optimized_ops(open_fn, name: str) -> set[str]:
         options = _session_options(RuntimeConfig(threads=1))

@@ -15,15 +15,9 @@ import torch
 from conftest import write_corpus
 from onnx import TensorProto, numpy_helper
 
-from nmtserve.export.exporter import export_model
-from nmtserve.export.precision import convert_fp16, quantize_int8
-from nmtserve.export.row_ops import build_row_ops
-from nmtserve.export.testing import tiny_export
-from nmtserve.export.verify import ExportVerificationError, verify_export
-from nmtserve.model.checkpoint import load_checkpoint
-from nmtserve.server.engine import DecodingOptions, Engine
-from nmtserve.server.engine.batch import cross_slots
-from nmtserve.server.engine.model_dir import (
+from nmtserve.engine import DecodingOptions, Engine
+from nmtserve.engine.batch import cross_slots
+from nmtserve.engine.model_dir import (
     APPEND_ROWS,
     DECODER_STEP,
     ENCODER,
@@ -37,6 +31,12 @@ from nmtserve.server.engine.model_dir import (
     sha256_file,
     write_manifest,
 )
+from nmtserve.export.exporter import export_model
+from nmtserve.export.precision import convert_fp16, quantize_int8
+from nmtserve.export.row_ops import build_row_ops
+from nmtserve.export.testing import tiny_export
+from nmtserve.export.verify import ExportVerificationError, verify_export
+from nmtserve.model.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="session")

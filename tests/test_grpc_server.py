@@ -18,13 +18,13 @@ from conftest import scrape_metrics as metrics
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
+from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.export.testing import tiny_export
+from nmtserve.loadtest.client import TranslatorClient, decoding_options
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.background import BackgroundServer
-from nmtserve.server.client import TranslatorClient, decoding_options
 from nmtserve.server.config import ServerConfig
-from nmtserve.server.engine import DecodingOptions, Engine
 
 TEXTS = [
     "the cat sat on the mat",

@@ -10,10 +10,10 @@ import pytest
 
 from nmtserve.cli.main import main
 from nmtserve.export.testing import tiny_export
+from nmtserve.loadtest.stats import Sample, summarize
+from nmtserve.loadtest.workload import Workload, read_lines
 from nmtserve.server.background import BackgroundServer
 from nmtserve.server.config import ServerConfig
-from nmtserve.server.loadtest.stats import Sample, summarize
-from nmtserve.server.loadtest.workload import Workload, read_lines
 
 
 @pytest.fixture(scope="session")

@@ -22,13 +22,13 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from nmtserve.engine import DecodingOptions, Engine
+from nmtserve.loadtest.client import TranslatorClient
+from nmtserve.loadtest.serverproc import ServerProcess
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.background import BackgroundServer
-from nmtserve.server.client import TranslatorClient
 from nmtserve.server.config import ServerConfig
-from nmtserve.server.engine import DecodingOptions, Engine
-from nmtserve.server.loadtest.serverproc import ServerProcess
 
 SHORT = ["Hello.", "Open the file.", "Save it.", "Print the page.", "Close the window.", "Thank you."]
 LONG = "Select the cells that you want to print, then open the File menu and choose Print to print them."
@@ -384,7 +384,7 @@ def test_exit_on_load_failure(demo_model_dir: Path, tmp_path: Path) -> None:
 
 GATED_SERVE = """
 import os, sys, time
-from nmtserve.server.engine import DecodingBatch
+from nmtserve.engine import DecodingBatch
 
 GATE = os.environ["NMTSERVE_TEST_GATE"]
 _step = DecodingBatch.step

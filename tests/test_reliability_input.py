@@ -14,12 +14,12 @@ from pathlib import Path
 import grpc
 import pytest
 
+from nmtserve.engine import DecodingOptions, Engine
+from nmtserve.loadtest.client import MAX_MESSAGE_BYTES, TranslatorClient, decoding_options
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.background import BackgroundServer
-from nmtserve.server.client import MAX_MESSAGE_BYTES, TranslatorClient, decoding_options
 from nmtserve.server.config import ServerConfig
-from nmtserve.server.engine import DecodingOptions, Engine
 
 GOOD = [
     "The package contains the documentation.",

@@ -22,12 +22,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from nmtserve.engine import DecodingOptions, Engine
+from nmtserve.loadtest.client import MAX_MESSAGE_BYTES, TranslatorClient
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.background import BackgroundServer
-from nmtserve.server.client import MAX_MESSAGE_BYTES, TranslatorClient
 from nmtserve.server.config import ServerConfig
-from nmtserve.server.engine import DecodingOptions, Engine
 
 EXAMPLES = int(os.environ.get("NMTSERVE_HYPOTHESIS_EXAMPLES", "60"))
 PROPERTY_SETTINGS = settings(

@@ -33,13 +33,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from test_server_process import NO_TORCH_MAIN
 
+from nmtserve.engine import DecodingOptions, Engine
+from nmtserve.loadtest.client import TranslatorClient
+from nmtserve.loadtest.serverproc import ServerProcess
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server import security
 from nmtserve.server.background import BackgroundServer
-from nmtserve.server.client import TranslatorClient
 from nmtserve.server.config import ConfigError, ServerConfig, load_config
-from nmtserve.server.engine import DecodingOptions, Engine
-from nmtserve.server.loadtest.serverproc import ServerProcess
 
 TEXTS = ["The package contains the documentation.", "Open the file menu."]
 
@@ -308,7 +308,7 @@ def test_metrics_are_on_their_own_port_and_address(demo_model_dir: Path, token_f
 
 FAILING_SERVE = """
 import os, sys
-from nmtserve.server.engine import DecodingBatch
+from nmtserve.engine import DecodingBatch
 
 FAIL = os.environ["NMTSERVE_TEST_FAIL"]
 _step = DecodingBatch.step
@@ -362,7 +362,7 @@ def serving_modules() -> list[Path]:
     """The files of every nmtserve module that ``nmtserve serve`` imports (asked of a fresh interpreter)."""
     code = (
         "import sys, nmtserve.server.app, nmtserve.server.service, nmtserve.server.background, "
-        "nmtserve.server.client, nmtserve.cli.main as m\n"
+        "nmtserve.loadtest.client, nmtserve.cli.main as m\n"
         "m.build_parser()\n"
         "print('\\n'.join(sorted(getattr(mod, '__file__', None) or '' for name, mod in sys.modules.items() "
         "if name.startswith('nmtserve'))))"

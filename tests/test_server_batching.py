@@ -9,11 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from nmtserve.engine import DecodingOptions, Engine
+from nmtserve.engine.beam import Sentence
 from nmtserve.export.testing import tiny_export
 from nmtserve.server.batching import Budget, is_full, select
-from nmtserve.server.engine import DecodingOptions, Engine
-from nmtserve.server.engine.beam import Sentence
-from nmtserve.server.partial import live_sentences, stable_prefix
 from nmtserve.server.work import Request, WorkItem
 from nmtserve.server.workqueue import QueueClosed, QueueFull, WorkQueue
 
@@ -85,7 +84,7 @@ def test_discard_and_dead_requests_leave_the_queue() -> None:
     keep, cancel, expire = Request(NullSink()), Request(NullSink()), Request(NullSink(), deadline=time.monotonic())
     queue.put(items(5, request=cancel) + items(6, request=expire) + items(7, request=keep))
     assert queue.discard(cancel) == 1
-    chosen, dead = queue.take(Budget(8, 1000, 32), 0, 0, None, wait_s=None, max_delay_s=0)
+    chosen, dead = queue.take(Budget(8, 1000, 32), 0, 0, wait_s=None, max_delay_s=0)
     assert [i.length for i in chosen] == [7] and [i.length for i in dead] == [6] and len(queue) == 0
 
 
@@ -93,16 +92,16 @@ def test_idle_take_waits_for_the_batch_to_fill_at_most_the_delay() -> None:
     queue = WorkQueue(capacity=10)
     budget = Budget(max_sentences=3, max_tokens=1000, window=32)
     start = time.monotonic()
-    assert queue.take(budget, 0, 0, None, wait_s=0.05, max_delay_s=0) == ([], [])  # nothing came
+    assert queue.take(budget, 0, 0, wait_s=0.05, max_delay_s=0) == ([], [])  # nothing came
     assert time.monotonic() - start >= 0.05
     queue.put(items(5))
     threading.Timer(0.05, lambda: queue.put(items(5, 5))).start()
     start = time.monotonic()
-    chosen, _ = queue.take(budget, 0, 0, None, wait_s=1.0, max_delay_s=1.0)
+    chosen, _ = queue.take(budget, 0, 0, wait_s=1.0, max_delay_s=1.0)
     assert len(chosen) == 3 and time.monotonic() - start < 0.9  # woke as soon as the batch was full
     queue.put(items(5))
     start = time.monotonic()
-    chosen, _ = queue.take(budget, 0, 0, None, wait_s=1.0, max_delay_s=0.05)
+    chosen, _ = queue.take(budget, 0, 0, wait_s=1.0, max_delay_s=0.05)
     assert len(chosen) == 1 and 0.04 <= time.monotonic() - start < 0.9  # waited for the delay, then went
 
 
@@ -117,13 +116,13 @@ def sentence(rows: list[list[int]], finished: list[tuple[list[int], float, int]]
 
 
 def test_stable_prefix_rules() -> None:
-    assert stable_prefix(sentence([[]])) == []
-    assert stable_prefix(sentence([[7, 8, 9]])) == [7, 8, 9]  # greedy: all of it
-    assert stable_prefix(sentence([[7, 8, 9], [7, 8, 4], [7, 5, 9]])) == [7]
+    assert sentence([[]]).stable_prefix() == []
+    assert sentence([[7, 8, 9]]).stable_prefix() == [7, 8, 9]  # greedy: all of it
+    assert sentence([[7, 8, 9], [7, 8, 4], [7, 5, 9]]).stable_prefix() == [7]
     # A finished hypothesis that can still win limits the prefix; one that is already beaten does not.
-    assert stable_prefix(sentence([[7, 8, 9], [7, 8, 4]], [([7, 6], -1.0, 3)])) == [7]
+    assert sentence([[7, 8, 9], [7, 8, 4]], [([7, 6], -1.0, 3)]).stable_prefix() == [7]
     beaten = [([7, 8, 1], -0.5, 4), ([6], -9.0, 2)]
-    assert stable_prefix(sentence([[7, 8, 9], [7, 8, 4]], beaten)) == [7, 8]
+    assert sentence([[7, 8, 9], [7, 8, 4]], beaten).stable_prefix() == [7, 8]
 
 
 @pytest.fixture(scope="module")
@@ -143,8 +142,8 @@ def test_stable_prefix_on_the_engine_only_grows_and_is_final(engine: Engine, opt
     while len(batch):
         for done in batch.step():
             finals[done.key] = done.hypotheses[0].token_ids
-        for key, live in live_sentences(batch).items():
-            prefix = stable_prefix(live)
+        for live in batch.sentences:
+            key, prefix = live.key, live.stable_prefix()
             assert prefix[: len(prefixes[key])] == prefixes[key], "a stable prefix changed"
             grew += len(prefix) > len(prefixes[key])
             prefixes[key] = prefix

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from nmtserve.engine.model_dir import demo_export
 from nmtserve.server.config import ConfigError, ServerConfig, add_flags, load_config, resolve_model_dir
-from nmtserve.server.engine.model_dir import demo_export
 
 
 def parse(*argv: str) -> dict:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from nmtserve.export.testing import tiny_export
-from nmtserve.server.client import TranslatorClient
+from nmtserve.loadtest.client import TranslatorClient
 
 # Runs the real CLI with an import hook that makes any import of torch fail loudly.
 NO_TORCH_MAIN = """
@@ -71,8 +71,9 @@ def test_serve_process_without_torch(model_dir: Path) -> None:
 
 
 def test_server_modules_import_no_torch() -> None:
-    modules = ["app", "service", "scheduler", "client", "background", "loadtest.run", "loadtest.bench"]
-    code = "import sys\n" + "".join(f"import nmtserve.server.{m}\n" for m in modules)
+    modules = ["server.app", "server.service", "server.scheduler", "server.background", "loadtest.client"]
+    modules += ["loadtest.run", "loadtest.bench"]
+    code = "import sys\n" + "".join(f"import nmtserve.{m}\n" for m in modules)
     code += "import nmtserve.cli.main as m; m.build_parser()\nprint('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.strip() == "False"

@@ -2,7 +2,7 @@
 127.0.0.1), near its saturation rate, with cancellations, short deadlines, streams and a burst above capacity.
 
 The full run (10,000 requests; figures in docs/reliability.md) is the same script with its default sizes:
-``python -m nmtserve.server.loadtest.soak``.
+``nmtserve soak``.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from nmtserve.server.loadtest.soak import main
+from nmtserve.cli.main import main
 
 
 def test_short_soak(tmp_path: Path, capsys) -> None:
-    argv = ["--requests", "300", "--probe-s", "4", "--queue-size", "64", "--warmup-requests", "100"]
+    argv = ["soak", "--requests", "300", "--probe-s", "4", "--queue-size", "64", "--warmup-requests", "100"]
     # A short run's warm-up is too short for onnxruntime's arenas to reach every batch shape they will see, so the
     # RSS bound here is looser than the full soak's 64 MiB; it still catches a leak per request or per answer.
     argv += ["--rss-bound-mib", "128", "--out", str(tmp_path), "--quiet"]

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from nmtserve.model.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
+from nmtserve.engine.tokenizer import BOS_ID, EOS_ID, PAD_ID, UNK_ID, Tokenizer
+from nmtserve.model.tokenizer_training import train_tokenizer
 
 # Word lists as plain text (split below): a few dozen words per language give a few hundred pieces.
 ENGLISH_WORDS = (

@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
-import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +35,8 @@ from typing import Any
 import yaml
 from debian_tools import PrometheusTools, find_prometheus
 from promqueries import PrometheusAPI
+
+from nmtserve.loadtest.serverproc import ServerProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS_CONFIG = ROOT / "deploy" / "prometheus" / "prometheus.yml"
@@ -76,86 +76,11 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class ServerProcess:
-    """``nmtserve serve`` as a child process with JSON logs on stderr, read by a thread as they come."""
-
-    def __init__(self, argv: Sequence[str], env: Mapping[str, str], cwd: Path | None = None) -> None:
-        self.argv = list(argv)
-        self.records: list[dict[str, Any]] = []
-        self._changed = threading.Condition()
-        self.process = subprocess.Popen(
-            self.argv, env=dict(env), cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
-        )
-        self._reader = threading.Thread(target=self._read, name="server-log", daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.process.stderr is not None
-        for line in self.process.stderr:
-            try:
-                record = json.loads(line)
-            except ValueError:
-                record = {"message": line.rstrip("\n"), "raw": True}
-            with self._changed:
-                self.records.append(record)
-                self._changed.notify_all()
-        with self._changed:
-            self._changed.notify_all()
-
-    def wait_for(self, message: str, timeout: float = 120.0) -> dict[str, Any]:
-        """The first log record with ``message``; AssertionError if the process exits, logs an error (a model that
-        fails to load, say: no point waiting for "serving" then), or time runs out first."""
-        end = time.monotonic() + timeout
-        with self._changed:
-            while True:
-                for record in self.records:
-                    if record.get("message") == message:
-                        return record
-                    if record.get("level") == "error":
-                        raise AssertionError(f"server logged an error before {message!r}: {record}")
-                if self.process.poll() is not None and not self._reader.is_alive():
-                    raise AssertionError(f"server exited ({self.process.returncode}) before {message!r}: {self.tail()}")
-                left = end - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no {message!r} log within {timeout} s: {self.tail()}")
-                self._changed.wait(min(left, 0.5))
-
-    def tail(self, n: int = 8) -> str:
-        return " | ".join(str(r.get("message")) + (f" {r['error']}" if "error" in r else "") for r in self.records[-n:])
-
-    @property
-    def grpc_address(self) -> str:
-        return self.wait_for("listening")["grpc"]
-
-    @property
-    def metrics_url(self) -> str:
-        return self.wait_for("listening")["metrics"]
-
-    def terminate(self, timeout: float = 60.0) -> int:
-        """SIGTERM (the drain) and the exit status; SIGKILL if it does not exit within ``timeout``."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        self._reader.join(timeout=10)
-        return self.process.returncode
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        self._reader.join(timeout=10)
-
-
 def start_server(extra_env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> ServerProcess:
     """This checkout's ``nmtserve serve`` (the demo model unless ``args`` say otherwise) on free loopback ports."""
     env = {**os.environ, **STACK_SERVER_ENV, **(extra_env or {})}
-    argv = [sys.executable, "-m", "nmtserve.cli.main", "serve", "--host", "127.0.0.1", "--port", "0"]
-    argv += ["--metrics-host", "127.0.0.1", "--metrics-port", "0", "--log-format", "json", *args]
-    return ServerProcess(argv, env)
+    flags = ("--host", "127.0.0.1", "--metrics-host", "127.0.0.1", *args)
+    return ServerProcess(None, *flags, env=env, wait_serving=False, fail_on_error=True).start()
 
 
 def prometheus_config(
@@ -255,8 +180,8 @@ def send_traffic(
     ``ramp`` the loops start one after another over the first half, so the load visibly steps up."""
     import grpc
 
+    from nmtserve.loadtest.client import TranslatorClient, decoding_options
     from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
-    from nmtserve.server.client import TranslatorClient, decoding_options
 
     report = TrafficReport(started=time.time())
     deadline = time.monotonic() + duration
@@ -355,7 +280,7 @@ def running_stack(workdir: Path, tools: PrometheusTools | None = None, server_en
         if prometheus is not None:
             prometheus.stop()
         if server.process.poll() is None:
-            server.terminate()
+            server.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -366,10 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="keep the stack running after the traffic, until Ctrl-C")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="nmtserve-stack-") as tmp, running_stack(Path(tmp)) as stack:
-        print(
-            f"server {stack.server.grpc_address}, metrics {stack.server.metrics_url}, prometheus {stack.prometheus.url}"
-        )
-        report = send_traffic(stack.server.grpc_address, args.duration, workers=args.workers, ramp=True)
+        print(f"server {stack.server.address}, metrics {stack.server.metrics_url}, prometheus {stack.prometheus.url}")
+        report = send_traffic(stack.server.address, args.duration, workers=args.workers, ramp=True)
         print(f"traffic: {dict(report.codes)}")
         time.sleep(3)  # a few more scrapes and rule evaluations
         if args.render is not None:

@@ -1,44 +1,18 @@
-"""Joint EN/DE SentencePiece tokenizer.
+"""Joint EN/DE SentencePiece tokenizer, as the engine reads it (training one lives in ``nmtserve.model``).
 
-Torch-free on purpose: the serving engine imports this module too. The special ids are fixed at training
+Torch-free on purpose: the serving engine imports this module. The special ids are fixed at training
 time (pad 0, unk 1, bos 2, eos 3) and recorded in every checkpoint's config, so the model and the tokenizer
 cannot silently disagree.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import sentencepiece as spm
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
-
-
-def train_tokenizer(texts: Iterable[str], model_path: Path, vocab_size: int) -> Path:
-    """Train one unigram model on both languages so that source, target and output share a vocabulary."""
-    model_path = Path(model_path)
-    model_path.parent.mkdir(parents=True, exist_ok=True)
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(texts),
-        model_prefix=str(model_path.with_suffix("")),
-        vocab_size=vocab_size,
-        model_type="unigram",
-        character_coverage=1.0,
-        pad_id=PAD_ID,
-        unk_id=UNK_ID,
-        bos_id=BOS_ID,
-        eos_id=EOS_ID,
-        input_sentence_size=2_000_000,
-        shuffle_input_sentence=True,
-        num_threads=2,
-        minloglevel=2,
-    )
-    model_path.with_suffix("").with_suffix(".vocab").unlink(missing_ok=True)
-    produced = model_path.with_suffix("").with_suffix(".model")
-    if produced != model_path:
-        produced.rename(model_path)
-    return model_path
 
 
 class Tokenizer:

@@ -14,11 +14,11 @@ from pathlib import Path
 from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
+from nmtserve.loadtest.plots import latency_cdf, load_curves
+from nmtserve.loadtest.runner import Connections, closed_loop, open_loop
+from nmtserve.loadtest.stats import LevelResult, Sample, format_level, summarize
+from nmtserve.loadtest.workload import Workload
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
-from nmtserve.server.loadtest.plots import latency_cdf, load_curves
-from nmtserve.server.loadtest.runner import Connections, closed_loop, open_loop
-from nmtserve.server.loadtest.stats import LevelResult, Sample, format_level, summarize
-from nmtserve.server.loadtest.workload import Workload
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ def write_report(report: LoadTestReport, out: Path, name: str = "loadtest") -> l
     json_path.write_text(json.dumps(report.as_dict(), indent=2) + "\n")
     paths = [json_path]
     if importlib.util.find_spec("matplotlib") is None:
-        log.warning("matplotlib is not installed: no plots (pip install matplotlib)")
+        log.warning("no PNG plots: they need matplotlib, which this install lacks: pip install 'nmtserve[bench]'")
         return paths
     series = [("", result, samples) for result, samples in zip(report.results, report.samples, strict=True)]
     paths.append(latency_cdf(series, out / f"{name}_latency_cdf.png"))

@@ -11,11 +11,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nmtserve.model.decoding import DecodingOptions, Hypothesis
-from nmtserve.model.tokenizer import Tokenizer
-from nmtserve.server.engine.batch import DecodingBatch
-from nmtserve.server.engine.model_dir import TOKENIZER, ModelInfo, load_model_info
-from nmtserve.server.engine.runtime import Runtime, RuntimeConfig
+from nmtserve.engine.batch import DecodingBatch
+from nmtserve.engine.decoding import DecodingOptions, Hypothesis
+from nmtserve.engine.model_dir import TOKENIZER, ModelInfo, load_model_info
+from nmtserve.engine.runtime import Runtime, RuntimeConfig
+from nmtserve.engine.tokenizer import Tokenizer
 
 
 class Engine:

@@ -16,9 +16,9 @@ from collections.abc import Callable, Iterable, Iterator
 
 import grpc
 
+from nmtserve.loadtest.stats import Sample
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
-from nmtserve.server.loadtest.stats import Sample
 
 Progress = Callable[[int], None]  # called with the number of requests just completed
 

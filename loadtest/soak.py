@@ -1,7 +1,7 @@
 """Soak test: many requests of mixed lengths and options near saturation, with cancellations, short deadlines and
 a burst above capacity, checked for lost answers, wrong answers and memory growth.
 
-    python -m nmtserve.server.loadtest.soak --requests 10000 --out runs/soak
+    nmtserve soak --requests 10000 --out runs/soak
 
 By default it starts ``nmtserve serve`` on the demo model in a child process (on 127.0.0.1, free ports) so that it
 can sample the server's resident memory; ``--server HOST:PORT --server-pid PID`` targets a running one instead.
@@ -46,10 +46,10 @@ from pathlib import Path
 import grpc
 from tqdm import tqdm
 
+from nmtserve.loadtest.runner import Connections
+from nmtserve.loadtest.serverproc import ServerProcess, rss_of
+from nmtserve.loadtest.workload import read_lines
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
-from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
-from nmtserve.server.loadtest.serverproc import ServerProcess, rss_of
-from nmtserve.server.loadtest.workload import read_lines
 
 # Sentences of mixed lengths (2 to ~60 tokens) in the style of the demo model's domain (software documentation).
 SENTENCES = [
@@ -182,23 +182,6 @@ def plan(spec: SoakSpec, sentences: list[str], count: int, rng: random.Random, k
 # -- sending ------------------------------------------------------------------------------------------------------
 
 
-class Client:
-    def __init__(self, target: str, connections: int) -> None:
-        self.channels = [
-            grpc.aio.insecure_channel(target, options=[("grpc.use_local_subchannel_pool", 1), ("soak.conn", i)])
-            for i in range(connections)
-        ]
-        self.stubs = [pb_grpc.TranslatorStub(channel) for channel in self.channels]
-        self._next = 0
-
-    def stub(self) -> pb_grpc.TranslatorStub:
-        self._next = (self._next + 1) % len(self.stubs)
-        return self.stubs[self._next]
-
-    async def close(self) -> None:
-        await asyncio.gather(*(channel.close() for channel in self.channels))
-
-
 def _hypotheses(response: pb.TranslateResponse) -> list[list[tuple[str, float | None]]]:
     return [
         [(h.text, h.score if h.HasField("score") else None) for h in translation.hypotheses]
@@ -215,7 +198,7 @@ def _answer(request: Planned, code: str, started: float, response: pb.TranslateR
             request.hypotheses = _hypotheses(response)
 
 
-async def send(client: Client, request: Planned, cancel_scale_s: float) -> None:
+async def send(client: Connections, request: Planned, cancel_scale_s: float) -> None:
     message = pb.TranslateRequest(texts=request.texts, options=variant_options(request.variant))
     started = time.monotonic()
     if request.transport == "stream":
@@ -256,7 +239,7 @@ async def send(client: Client, request: Planned, cancel_scale_s: float) -> None:
             timer.cancel()
 
 
-async def probe(client: Client, requests: list[Planned], concurrency: int, seconds: float) -> dict:
+async def probe(client: Connections, requests: list[Planned], concurrency: int, seconds: float) -> dict:
     """Closed loop over ``requests`` (normal ones, cycling) for ``seconds``: requests/s and latency."""
     done: list[Planned] = []
     source = iter(range(10**9))
@@ -311,7 +294,7 @@ class RssSampler:
 
 
 async def main_phase(
-    client: Client,
+    client: Connections,
     requests: list[Planned],
     burst: list[Planned],
     spec: SoakSpec,
@@ -378,7 +361,7 @@ async def main_phase(
 
 def references(model: Path, requests: list[Planned], defaults: pb.DecodingOptions, threads: int) -> dict:
     """{(text, variant): n-best [(text, score)]} from the offline engine, for every text answered OK."""
-    from nmtserve.server.engine import DecodingOptions, Engine
+    from nmtserve.engine import DecodingOptions, Engine
 
     engine = Engine.load(model, threads=threads, spin=False)
     wanted: dict[str, set[str]] = {}
@@ -500,7 +483,7 @@ def server_state(target: str, metrics_url: str | None, timeout: float = 60.0) ->
 
 
 async def _exercise(target: str, spec: SoakSpec, phases: list, sampler, progress: bool) -> dict:
-    client = Client(target, spec.connections)
+    client = Connections(target, spec.connections)
     try:
         await asyncio.gather(*(channel.channel_ready() for channel in client.channels))
         info = await client.stub().GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
@@ -661,8 +644,8 @@ def format_report(figures: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``nmtserve soak``."""
     parser.add_argument("--model", type=Path, default=None, help="exported model (default: the demo export)")
     parser.add_argument("--server", default=None, help="HOST:PORT of a running server (default: start one)")
     parser.add_argument("--server-pid", type=int, default=None, help="with --server: its pid, for RSS")
@@ -688,7 +671,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("runs/soak"))
     parser.add_argument("--name", default="soak")
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``nmtserve soak``: the exit status is 0 only when every check passed."""
 
     from nmtserve.server.config import resolve_model_dir
 
@@ -740,7 +726,3 @@ def main(argv: list[str] | None = None) -> int:
     print(format_report(figures))
     print(f"wrote {path}")
     return 0 if figures["passed"] else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 SERVE_MODULE = ("-m", "nmtserve.cli.main")
@@ -33,23 +34,34 @@ def rss_of(pid: int) -> int | None:
 class ServerProcess:
     """``with ServerProcess(model, "--threads", "1") as server: ... server.address ...``
 
+    The one server-process helper of the project: load tools, deploy tools and tests all use it.
+
     ``launcher``: the interpreter arguments that run the CLI (default ``-m nmtserve.cli.main``; tests pass
     ``-c CODE`` to inject faults into the real server before it starts).
     """
 
     def __init__(
         self,
-        model: Path | None,
+        model: Path | None = None,
         *flags: str,
         launcher: tuple[str, ...] = SERVE_MODULE,
-        env: dict[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
         wait_serving: bool = True,
+        argv: Sequence[str] | None = None,
+        cwd: Path | None = None,
+        fail_on_error: bool = False,
     ) -> None:
-        argv = [sys.executable, *launcher, "serve", "--port", "0", "--metrics-port", "0", "--log-format", "json"]
-        if model is not None:
-            argv += ["--model", str(model)]
-        self.argv = [*argv, *flags]
-        self.env, self.wait_serving = env, wait_serving
+        """``argv`` replaces the whole command line (an installed entry point, as the container image runs it);
+        ``fail_on_error`` makes ``wait_for`` give up at the first error the server logs (a model that fails to
+        load, say), where waiting for "serving" is pointless."""
+        if argv is None:
+            argv = [sys.executable, *launcher, "serve", "--port", "0", "--metrics-port", "0", "--log-format", "json"]
+            if model is not None:
+                argv += ["--model", str(model)]
+            argv += flags
+        self.argv = list(argv)
+        self.env = None if env is None else dict(env)
+        self.cwd, self.wait_serving, self.fail_on_error = cwd, wait_serving, fail_on_error
         self.address = ""
         self.metrics_url = ""
         self.lines: list[str] = []  # every stderr line, as written
@@ -61,7 +73,9 @@ class ServerProcess:
     # -- life cycle ------------------------------------------------------------------------------------------------
 
     def start(self) -> ServerProcess:
-        self.process = subprocess.Popen(self.argv, stderr=subprocess.PIPE, text=True, env=self.env)
+        self.process = subprocess.Popen(
+            self.argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=self.env, cwd=self.cwd
+        )
         threading.Thread(target=self._read, name="server-log", daemon=True).start()
         listening = self.wait_for("listening", timeout=120)
         self.address, self.metrics_url = listening["grpc"], listening["metrics"]
@@ -90,6 +104,8 @@ class ServerProcess:
                 for record in self.records:
                     if record.get("message") == message:
                         return record
+                    if self.fail_on_error and record.get("level") == "error":
+                        raise RuntimeError(f"server logged an error before {message!r}: {record}")
                 remaining = end - time.monotonic()
                 if self._done or remaining <= 0:
                     why = "exited" if self._done else f"did not log it within {timeout} s"
@@ -99,6 +115,12 @@ class ServerProcess:
     def log_text(self) -> str:
         with self._cond:
             return "".join(self.lines)
+
+    def tail(self, n: int = 8) -> str:
+        """The last ``n`` log records in one line, for error messages."""
+        with self._cond:
+            records = self.records[-n:]
+        return " | ".join(str(r.get("message")) + (f" {r['error']}" if "error" in r else "") for r in records)
 
     @property
     def pid(self) -> int:
@@ -120,6 +142,12 @@ class ServerProcess:
         with self._cond:
             self._cond.wait_for(lambda: self._done, timeout=10)
         return status
+
+    def kill(self) -> None:
+        """SIGKILL if still running (a test's last resort in ``finally``)."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.wait(10)
 
     def stop(self, timeout: float = 60.0) -> int:
         """SIGTERM (the server drains), then SIGKILL after ``timeout``; the exit status."""

@@ -25,8 +25,8 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from nmtserve.server.engine.model_dir import REORDER_CACHE, SELF_KV, TRIM_CACHE, per_layer
-from nmtserve.server.engine.runtime import Runtime, Value, strip_prefix
+from nmtserve.engine.model_dir import REORDER_CACHE, SELF_KV, TRIM_CACHE, per_layer
+from nmtserve.engine.runtime import Runtime, Value, strip_prefix
 
 MASK = "self_mask"
 GROWTH = 1.5  # a host buffer that must grow takes this much headroom, so growth is rare

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nmtserve.server.loadtest.stats import LevelResult, Sample
+from nmtserve.loadtest.stats import LevelResult, Sample
 
 
 def _pyplot():

@@ -1,6 +1,6 @@
 """Server benchmarks for docs/benchmarks.md: every figure comes from one run of this script.
 
-    python -m nmtserve.server.loadtest.bench --model DIR --input data/corpus/dev.en --out runs/bench/server
+    nmtserve bench server --model DIR --input data/corpus/dev.en --out runs/bench/server
 
 Each server runs in its own process (``nmtserve serve``), so the load generator does not share its GIL; the
 three servers (continuous, request-level, ``max_batch_size 1``) run side by side and take turns, so a change in
@@ -23,17 +23,16 @@ import contextlib
 import json
 import os
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from nmtserve.loadtest.plots import latency_cdf, load_curves
+from nmtserve.loadtest.run import LoadTestReport, LoadTestSpec, run_loadtest
+from nmtserve.loadtest.serverproc import ServerProcess
+from nmtserve.loadtest.stats import LevelResult, format_level
+from nmtserve.loadtest.workload import read_lines
 from nmtserve.server.config import ServerConfig
-from nmtserve.server.loadtest.plots import latency_cdf, load_curves
-from nmtserve.server.loadtest.run import LoadTestReport, LoadTestSpec, run_loadtest
-from nmtserve.server.loadtest.serverproc import ServerProcess
-from nmtserve.server.loadtest.stats import LevelResult, format_level
-from nmtserve.server.loadtest.workload import read_lines
 
 
 @dataclass
@@ -77,7 +76,7 @@ def _engine_rate(engine, lines: list[str], batch_size: int) -> float:
 def engine_alone(model: Path, lines: list[str], threads: int, ceiling_sentences: int = 60, device: str = "cpu") -> dict:
     """The engine without a server, at the server's batch size; and how much batching can gain at all (the same
     ``ceiling_sentences`` sentences at batch 1 and at the server's batch size)."""
-    from nmtserve.server.engine import Engine
+    from nmtserve.engine import Engine
 
     batch = ServerConfig().max_batch_size
     engine = Engine.load(model, device=device, threads=threads, spin=False)
@@ -95,8 +94,8 @@ def engine_alone(model: Path, lines: list[str], threads: int, ceiling_sentences:
 
 def equal_length_lines(model: Path, lines: list[str], spread: int = 1) -> list[str]:
     """The lines whose SentencePiece length is within ``spread`` tokens of the median length."""
-    from nmtserve.model.tokenizer import Tokenizer
-    from nmtserve.server.engine.model_dir import TOKENIZER
+    from nmtserve.engine.model_dir import TOKENIZER
+    from nmtserve.engine.tokenizer import Tokenizer
 
     lengths = [len(ids) for ids in Tokenizer(model / TOKENIZER).encode_batch(lines)]
     middle = statistics.median_low(lengths)
@@ -195,8 +194,8 @@ def run(bench: Bench) -> dict:
 FRACTIONS = (0.25, 0.5, 0.75, 0.9)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of ``nmtserve bench server``."""
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--input", type=Path, default=Path("data/corpus/dev.en"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench/server"))
@@ -206,7 +205,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=2, help="saturation runs per server (the median is kept)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the servers' engines run")
     parser.add_argument("--quiet", action="store_true")
-    args = parser.parse_args(argv)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """``nmtserve bench server``: figures as JSON and PNG under ``--out``."""
     lines = read_lines(args.input)
     bench = Bench(
         args.model,
@@ -221,7 +223,3 @@ def main(argv: list[str] | None = None) -> int:
     )
     run(bench)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -22,16 +22,16 @@ from itertools import count
 import numpy as np
 import onnxruntime as ort
 
-from nmtserve.model.decoding import DecodingOptions, Hypothesis
-from nmtserve.server.engine.beam import Sentence, advance
-from nmtserve.server.engine.cache import GraphCache, HostCache
-from nmtserve.server.engine.model_dir import (
+from nmtserve.engine.beam import Sentence, advance
+from nmtserve.engine.cache import GraphCache, HostCache
+from nmtserve.engine.decoding import DecodingOptions, Hypothesis
+from nmtserve.engine.model_dir import (
     APPEND_ROWS,
     DECODER_STEP,
     ENCODER,
     GATHER_ROWS,
 )
-from nmtserve.server.engine.runtime import Runtime, strip_prefix
+from nmtserve.engine.runtime import Runtime, strip_prefix
 
 
 def cross_slots(rows_per_sentence: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

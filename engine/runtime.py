@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from nmtserve.server.engine.model_dir import (
+from nmtserve.engine.model_dir import (
     APPEND_ROWS,
     DECODER_STEP,
     ENCODER,

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from nmtserve.model.decoding import DecodingOptions, Hypothesis
+from nmtserve.engine.decoding import DecodingOptions, Hypothesis
+
+
+def length_normalized(log_prob: float, length: int, length_penalty: float) -> float:
+    """The one score rule of the engine: a finished hypothesis's log-probability over ``length ** penalty``
+    (length counts EOS). Ranking, n-best lists and the stable prefix all use it, so they cannot disagree."""
+    return log_prob / (length**length_penalty)
 
 
 @dataclass
@@ -49,13 +55,48 @@ class Sentence:
     def finalize(self) -> list[Hypothesis]:
         options = self.options
         ranked = [
-            (tokens, log_prob / (length**options.length_penalty), log_prob)
+            (tokens, length_normalized(log_prob, length, options.length_penalty), log_prob)
             for tokens, log_prob, length in self.finished
         ]
         ranked.sort(key=lambda h: h[1], reverse=True)  # stable, as the reference's list.sort
         if not options.return_scores:
             return [Hypothesis(tokens, None, None) for tokens, _, _ in ranked[: options.num_hypotheses]]
         return [Hypothesis(tokens, score, log_prob) for tokens, score, log_prob in ranked[: options.num_hypotheses]]
+
+    def best_finished(self) -> list[int] | None:
+        """Tokens of the finished hypothesis that ranks first so far (the first of equals), or None."""
+        best, best_score = None, -np.inf
+        for tokens, log_prob, length in self.finished:
+            score = length_normalized(log_prob, length, self.options.length_penalty)
+            if score > best_score:
+                best, best_score = tokens, score
+        return best
+
+    def stable_prefix(self) -> list[int]:
+        """Token ids (no BOS/EOS) that every possible final best hypothesis starts with: partial output.
+
+        The final answer is the best-scoring finished hypothesis. Every hypothesis that can still finish extends
+        one of the live rows, and of those already finished only the current best can still win (the others are
+        beaten by it whatever happens next; ties go to the earlier one, as in ``finalize``'s stable sort). So the
+        longest common prefix of the live rows and the best finished hypothesis is final. It only ever grows:
+        each step's rows extend the previous step's rows, and a new best finished hypothesis extends a previous
+        row. Greedy search is the case of one row, whose whole history is stable.
+        """
+        rows = self.tokens
+        if rows.shape[1] == 0:
+            return []
+        agree = (rows == rows[:1]).all(axis=0)
+        length = int(agree.argmin()) if not agree.all() else rows.shape[1]
+        prefix = rows[0, :length].tolist()
+        finished = self.best_finished()
+        if finished is not None:
+            common = 0
+            for a, b in zip(prefix, finished, strict=False):
+                if a != b:
+                    break
+                common += 1
+            prefix = prefix[:common]
+        return prefix
 
 
 def stable_slots(parents: Sequence[int]) -> np.ndarray:
