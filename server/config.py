@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import tomllib
 from collections.abc import Mapping
@@ -25,6 +26,29 @@ BATCHING_MODES = ("continuous", "request")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 CHOICES = {"device": ("cpu", "cuda"), "batching": BATCHING_MODES, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS}
+
+
+# Upper bounds. The limits travel in ModelInfo.limits as uint32; gRPC takes message sizes as a C int; a queue
+# delay or a thread count beyond these is a typo, never a tuning (an infinite delay overflowed the engine thread's
+# wait, a delay of 1e9 ms starved every request).
+UINT32_MAX = 2**32 - 1
+INT32_MAX = 2**31 - 1
+MAX_QUEUE_DELAY_MS = 1000.0
+MAX_THREADS = 256
+MAX_DRAIN_TIMEOUT_S = 3600.0
+LIMIT_FIELDS = (  # the settings reported in ModelInfo.limits (uint32)
+    "max_texts_per_request",
+    "max_input_tokens",
+    "max_beam_size",
+    "max_output_length",
+    "max_batch_size",
+    "max_batch_tokens",
+    "max_queue_size",
+    "max_input_bytes",
+    "max_message_bytes",
+    "max_queue_tokens",
+    "max_inflight_per_connection",
+)
 
 
 class ConfigError(ValueError):
@@ -212,7 +236,12 @@ def validate(config: ServerConfig) -> ServerConfig:
             problems.append(message)
 
     need(c.device in ("cpu", "cuda"), f"device must be cpu or cuda, not {c.device!r}")
-    need(c.threads >= 0, "threads must be >= 0")
+    for f in dataclasses.fields(c):  # inf and nan pass most comparisons below; no setting means either
+        value = getattr(c, f.name)
+        need(not isinstance(value, float) or math.isfinite(value), f"{f.name} must be a finite number, not {value}")
+    for name in LIMIT_FIELDS:  # ModelInfo.limits carries them as uint32
+        need(getattr(c, name) <= UINT32_MAX, f"{name} must be <= {UINT32_MAX} (uint32)")
+    need(0 <= c.threads <= MAX_THREADS, f"threads must be in 0..{MAX_THREADS}")
     for name in ("port", "metrics_port"):
         need(0 <= getattr(c, name) <= 65535, f"{name} must be in 0..65535")
     need(c.port == 0 or c.port != c.metrics_port or c.host != c.metrics_host, "port and metrics_port must differ")
@@ -220,6 +249,7 @@ def validate(config: ServerConfig) -> ServerConfig:
     for name in ("max_batch_size", "max_batch_tokens", "max_queue_size", "max_texts_per_request", "max_input_tokens"):
         need(getattr(c, name) >= 1, f"{name} must be >= 1")
     need(c.max_queue_delay_ms >= 0, "max_queue_delay_ms must be >= 0")
+    need(c.max_queue_delay_ms <= MAX_QUEUE_DELAY_MS, f"max_queue_delay_ms must be <= {MAX_QUEUE_DELAY_MS:g}")
     need(0 <= c.join_fraction <= 1, "join_fraction must be in 0..1")
     need(c.max_join_steps >= 1, "max_join_steps must be >= 1")
     need(c.join_window_steps >= 0, "join_window_steps must be >= 0")
@@ -236,7 +266,10 @@ def validate(config: ServerConfig) -> ServerConfig:
     )
     need(c.max_inflight_per_connection >= 0, "max_inflight_per_connection must be >= 0 (0: no limit)")
     need(c.max_input_bytes >= 1, "max_input_bytes must be >= 1")
-    need(c.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
+    need(
+        1024 <= c.max_message_bytes <= INT32_MAX,
+        f"max_message_bytes must be in 1024..{INT32_MAX} (gRPC takes it as a 32-bit int)",
+    )
     need((c.tls_cert is None) == (c.tls_key is None), "tls_cert and tls_key must be given together")
     need(c.tls_client_ca is None or c.tls_cert is not None, "tls_client_ca (mutual TLS) needs tls_cert and tls_key")
     need(c.max_beam_size >= 1 and c.max_output_length >= 1, "max_beam_size and max_output_length must be >= 1")
@@ -249,7 +282,7 @@ def validate(config: ServerConfig) -> ServerConfig:
     need(
         1 <= c.max_length <= c.max_output_length, f"max_length must be in 1..max_output_length ({c.max_output_length})"
     )
-    need(c.drain_timeout_s >= 0, "drain_timeout_s must be >= 0")
+    need(0 <= c.drain_timeout_s <= MAX_DRAIN_TIMEOUT_S, f"drain_timeout_s must be in 0..{MAX_DRAIN_TIMEOUT_S:g}")
     need(c.log_format in LOG_FORMATS, f"log_format must be one of {', '.join(LOG_FORMATS)}")
     need(c.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}")
     if problems:

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from nmtserve.engine.model_dir import demo_export
+from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server.config import ConfigError, ServerConfig, add_flags, load_config, resolve_model_dir
 
 
@@ -63,6 +64,36 @@ def test_invalid_settings_are_refused(tmp_path: Path, flags: dict, environ: dict
     with pytest.raises(ConfigError) as caught:
         load_config(flags, environ, path)
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("argv", "environ", "message"),
+    [
+        (["--max-queue-delay-ms", "inf"], {}, "max_queue_delay_ms must be a finite number"),
+        (["--max-queue-delay-ms", "nan"], {}, "max_queue_delay_ms must be a finite number"),
+        (["--max-queue-delay-ms", "1e9"], {}, "max_queue_delay_ms must be <= 1000"),
+        ([], {"NMTSERVE_MAX_QUEUE_DELAY_MS": "inf"}, "max_queue_delay_ms must be a finite number"),
+        ([], {"NMTSERVE_DRAIN_TIMEOUT_S": "nan"}, "drain_timeout_s must be a finite number"),
+        (["--join-fraction", "nan"], {}, "join_fraction must be a finite number"),
+        (["--max-message-bytes", "2147483648"], {}, "max_message_bytes must be in 1024..2147483647"),
+        (["--max-queue-size", "4294967296"], {}, "max_queue_size must be <= 4294967295 (uint32)"),
+        (["--max-queue-tokens", "4294967296"], {}, "max_queue_tokens must be <= 4294967295 (uint32)"),
+        (["--max-inflight-per-connection", "4294967296"], {}, "max_inflight_per_connection must be <= 4294967295"),
+        (["--threads", "100000"], {}, "threads must be in 0..256"),
+    ],
+)
+def test_settings_that_would_break_the_server_are_refused(argv: list[str], environ: dict, message: str) -> None:
+    """Each of these passed validation once and then broke the server (a spinning engine thread, starved
+    requests, a traceback at start, GetModelInfo failing on uint32 overflow)."""
+    with pytest.raises(ConfigError) as caught:
+        load_config(parse(*argv), environ)
+    assert message in str(caught.value)
+
+
+def test_the_largest_valid_limits_fit_model_info() -> None:
+    config = load_config(parse("--max-queue-size", "4294967295", "--max-queue-tokens", "4294967295"), {}).config
+    limits = pb.Limits(max_queue_size=config.max_queue_size, max_queue_tokens=config.max_queue_tokens)
+    assert pb.Limits.FromString(limits.SerializeToString()).max_queue_size == 4294967295
 
 
 def test_bad_choice_flag_is_an_argparse_error() -> None:
