@@ -92,12 +92,16 @@ class TranslationServer:
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
+            # gRPC sets SO_REUSEPORT by default: a second server on a used port would start and silently take
+            # half of the new connections. Off, the bind fails and ``serve`` exits 2.
+            ("grpc.so_reuseport", 1 if config.reuse_port else 0),
         ]
         server = grpc.aio.server(interceptors=interceptors, options=options)
         add_translator_service(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, server)
+        if config.reflection:
+            names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+            reflection.enable_server_reflection(names, server)
         address = f"{config.host}:{config.port}"
         try:
             if credentials is None:
@@ -105,7 +109,9 @@ class TranslationServer:
             else:
                 self.port = server.add_secure_port(address, credentials)
         except RuntimeError as error:
-            raise OSError(f"cannot listen on {address}: {error}") from None
+            raise OSError(f"cannot listen on {address}: {error} (is another server using the port?)") from None
+        if config.port != 0 and self.port != config.port:  # some gRPC versions report a failed bind as port 0
+            raise OSError(f"cannot listen on {address}: the port is in use (is another server running?)")
         await self._set_health(False)
         await server.start()
         self._server = server

@@ -71,6 +71,10 @@ class ServerConfig:
     # Network
     host: str = _setting("127.0.0.1", "address the gRPC server binds")
     port: int = _setting(50051, "gRPC port (0: any free port)")
+    reuse_port: bool = _setting(
+        False, "share the gRPC port with other processes (SO_REUSEPORT); off, a port in use is an error (exit 2)"
+    )
+    reflection: bool = _setting(True, "serve gRPC server reflection (grpcurl, grpc_cli); off hides the API's schema")
     metrics_host: str = _setting("127.0.0.1", "address the Prometheus endpoint binds")
     metrics_port: int = _setting(9090, "Prometheus /metrics port (0: any free port)")
     # Batching
