@@ -28,6 +28,8 @@ from grpc_reflection.v1alpha import reflection
 from nmtserve.engine import Engine
 from nmtserve.server.batching import Budget
 from nmtserve.server.config import ConfigError, ServerConfig, resolve_model_dir
+from nmtserve.server.http.app import HttpFrontDoor
+from nmtserve.server.http.common import HttpContext
 from nmtserve.server.metrics import MetricsEndpoint, ServerMetrics, serve_metrics
 from nmtserve.server.scheduler import Scheduler
 from nmtserve.server.security import BearerTokenInterceptor, load_tokens, server_credentials
@@ -69,6 +71,8 @@ class TranslationServer:
         self._server: grpc.aio.Server | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
         self._scheduler: Scheduler | None = None
+        self._http: HttpFrontDoor | None = None
+        self.http_port = 0
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -86,6 +90,7 @@ class TranslationServer:
         config = self.config
         credentials = server_credentials(config)
         interceptors = []
+        tokens = None
         if config.auth_token_file is not None:
             tokens = load_tokens(config.auth_token_file)
             interceptors.append(BearerTokenInterceptor(tokens, on_reject=self._reject_unauthenticated))
@@ -117,6 +122,12 @@ class TranslationServer:
         self._server = server
         self._metrics_endpoint = serve_metrics(self.metrics, self.config.metrics_host, self.config.metrics_port)
         self.metrics_port = self._metrics_endpoint.port
+        endpoints = {"grpc": f"{config.host}:{self.port}", "metrics": self.metrics_url}
+        if config.http_port:
+            self._http = HttpFrontDoor(HttpContext(self.service, config, tokens, self._reject_unauthenticated))
+            await self._http.start()
+            self.http_port = self._http.port
+            endpoints["http"] = f"{config.host}:{self.http_port}"
         security = {
             "tls": credentials is not None,
             "mutual_tls": config.tls_client_ca is not None,
@@ -124,7 +135,7 @@ class TranslationServer:
         }
         log.info(
             "listening",
-            extra={"fields": {"grpc": f"{config.host}:{self.port}", "metrics": self.metrics_url, **security}},
+            extra={"fields": {**endpoints, **security}},
         )
 
     @property
@@ -207,7 +218,11 @@ class TranslationServer:
         return drained
 
     async def stop(self, grace: float = 1.0) -> None:
-        """Stop the gRPC server (open streams are cancelled after ``grace``), the engine thread and /metrics."""
+        """Stop the HTTP and gRPC servers (open streams are cancelled after ``grace``), the engine thread and
+        /metrics."""
+        if self._http is not None:
+            await self._http.stop()
+            self._http = None
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None

@@ -77,6 +77,15 @@ class ServerConfig:
     reflection: bool = _setting(True, "serve gRPC server reflection (grpcurl, grpc_cli); off hides the API's schema")
     metrics_host: str = _setting("127.0.0.1", "address the Prometheus endpoint binds")
     metrics_port: int = _setting(9090, "Prometheus /metrics port (0: any free port)")
+    http_port: int = _setting(
+        0, "HTTP port (LibreTranslate-compatible API, /v1 JSON API, the page), bound on host like port (0: off)"
+    )
+    http_cors_origins: str = _setting(
+        "", "HTTP: comma-separated origins allowed by CORS, or * for any (default: none, same-origin pages only)"
+    )
+    http_slow_reader_timeout_s: float = _setting(
+        10.0, "HTTP streaming: a client that reads nothing for this long is dropped and its work cancelled"
+    )
     # Batching
     batching: str = _setting("request", "request (request-level dynamic batching) or continuous (iteration-level)")
     max_batch_size: int = _setting(32, "sentences decoded together")
@@ -249,6 +258,13 @@ def validate(config: ServerConfig) -> ServerConfig:
     for name in ("port", "metrics_port"):
         need(0 <= getattr(c, name) <= 65535, f"{name} must be in 0..65535")
     need(c.port == 0 or c.port != c.metrics_port or c.host != c.metrics_host, "port and metrics_port must differ")
+    need(0 <= c.http_port <= 65535, "http_port must be in 0..65535 (0: off)")
+    need(c.http_port == 0 or c.http_port != c.port, "http_port and port must differ")
+    need(
+        c.http_port == 0 or c.http_port != c.metrics_port or c.host != c.metrics_host,
+        "http_port and metrics_port must differ",
+    )
+    need(c.http_slow_reader_timeout_s > 0, "http_slow_reader_timeout_s must be > 0")
     need(c.batching in BATCHING_MODES, f"batching must be one of {', '.join(BATCHING_MODES)}, not {c.batching!r}")
     for name in ("max_batch_size", "max_batch_tokens", "max_queue_size", "max_texts_per_request", "max_input_tokens"):
         need(getattr(c, name) >= 1, f"{name} must be >= 1")

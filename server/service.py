@@ -117,6 +117,17 @@ class TranslatorService(pb_grpc.TranslatorServicer):
     def _retry_after_s(self) -> float:
         return self.backend.queue.retry_after_s() if self.backend is not None else 1.0
 
+    async def translate(
+        self,
+        request: pb.TranslateRequest,
+        deadline: float | None,
+        send_partial: PartialSender | None = None,
+        peer: str = "",
+    ) -> pb.TranslateResponse:
+        """The request path every front door shares (gRPC here, HTTP in ``server/http``): availability, the
+        per-connection limit, validation, queueing, waiting, cancellation; raises RequestError."""
+        return await self._translate(request, deadline, send_partial, peer)
+
     async def _translate(
         self,
         request: pb.TranslateRequest,

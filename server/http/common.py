@@ -1,0 +1,143 @@
+"""What every HTTP route shares: JSON errors, the gRPC-status-to-HTTP mapping, keys, deadlines, peers, bodies.
+
+The HTTP front door runs the gRPC service's own request path (``TranslatorService.translate``), so a request is
+validated, limited, queued, timed out and cancelled exactly as over gRPC; this module only translates between
+HTTP and that path. Errors are always JSON objects ``{"error": "..."}`` (LibreTranslate's shape), never HTML.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from nmtserve.server.config import ServerConfig
+from nmtserve.server.security import token_matches
+from nmtserve.server.service import Overloaded, TranslatorService
+from nmtserve.server.validation import RequestError
+
+TIMEOUT_HEADER = "X-Timeout-Ms"  # HTTP has no deadline of its own; this one plays grpc-timeout's part
+MAX_TIMEOUT_MS = 24 * 3600 * 1000
+
+HTTP_STATUS = {
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.INTERNAL: 500,
+}
+
+
+@dataclass
+class HttpContext:
+    """What the routes need from the server: its service (the shared request path), settings and accepted keys."""
+
+    service: TranslatorService
+    config: ServerConfig
+    tokens: list[bytes] | None  # SHA-256 digests of the accepted keys; None: no key required
+    on_reject: Any  # (method, reason) -> None: counts refused keys in nmtserve_unauthenticated_requests_total
+
+
+CONTEXT = web.AppKey("nmtserve", HttpContext)
+
+
+def context_of(request: web.Request) -> HttpContext:
+    return request.app[CONTEXT]
+
+
+def json_error(status: int, message: str, headers: dict[str, str] | None = None) -> web.Response:
+    return web.json_response({"error": message}, status=status, headers=headers)
+
+
+class HttpError(Exception):
+    """An answer other than 200, raised anywhere in a route and turned into ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.headers = status, message, headers or {}
+
+    def response(self) -> web.Response:
+        return json_error(self.status, self.message, self.headers)
+
+
+def retry_after_header(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+def from_request_error(error: RequestError) -> HttpError:
+    """The HTTP answer to a request-scoped failure of the shared path (429 and 503 carry ``Retry-After``)."""
+    status = HTTP_STATUS.get(error.code, 500)
+    headers: dict[str, str] = {}
+    if isinstance(error, Overloaded):
+        headers = retry_after_header(error.retry_after_s)
+    elif status == 503:
+        headers = retry_after_header(1)
+    return HttpError(status, error.message, headers)
+
+
+def deadline_of(request: web.Request) -> float | None:
+    """The request's deadline (monotonic clock) from ``X-Timeout-Ms``, or None."""
+    raw = request.headers.get(TIMEOUT_HEADER)
+    if raw is None:
+        return None
+    try:
+        millis = float(raw)
+    except ValueError:
+        millis = math.nan
+    if not math.isfinite(millis) or not 0 < millis <= MAX_TIMEOUT_MS:
+        raise HttpError(400, f"{TIMEOUT_HEADER} must be a number of milliseconds in (0, {MAX_TIMEOUT_MS}]")
+    return time.monotonic() + millis / 1000
+
+
+def peer_of(request: web.Request) -> str:
+    """The client connection, for ``max_inflight_per_connection`` (one keep-alive connection, many requests)."""
+    peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"http:{peer[0]}:{peer[1]}"
+    return f"http:{request.remote or ''}"
+
+
+def bearer_of(request: web.Request) -> str | None:
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def check_key(request: web.Request, key: str | None, method: str, status: int) -> None:
+    """Refuse the request (``status``: 403 for LibreTranslate routes, 401 for /v1) unless ``key`` is accepted."""
+    ctx = context_of(request)
+    if ctx.tokens is None:
+        return
+    if key is not None and token_matches(key, ctx.tokens):
+        return
+    ctx.on_reject(method, "missing" if key is None else "invalid")
+    if status == 401:
+        message = (
+            "this server requires 'Authorization: Bearer <key>'" if key is None else "the bearer token is not valid"
+        )
+        raise HttpError(401, message, {"WWW-Authenticate": 'Bearer realm="nmtserve"'})
+    missing = "Please contact the server operator to get an API key"
+    raise HttpError(403, "Invalid API key" if key is not None else missing)
+
+
+async def json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object, or 400 (malformed JSON, not an object, not UTF-8); 413 past the size limit."""
+    raw = await request.read()  # aiohttp refuses bodies over client_max_size (max_message_bytes) with 413
+    try:
+        body = json.loads(raw.decode("utf-8")) if raw else None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise HttpError(400, f"Invalid JSON format: {error}") from None
+    if not isinstance(body, dict):
+        raise HttpError(400, "Invalid JSON format: the body must be a JSON object")
+    return body
+
+
+def is_json(request: web.Request) -> bool:
+    return request.content_type == "application/json" or request.content_type.endswith("+json")

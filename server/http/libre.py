@@ -1,0 +1,193 @@
+"""LibreTranslate-compatible routes: ``POST /translate``, ``GET /languages``, ``GET /health``,
+``GET /frontend/settings``.
+
+Existing LibreTranslate clients (libretranslatepy, browser extensions, CAT-tool plugins) work unchanged and get
+nmtserve's batched beam search behind the same contract: the same fields, status codes and 400 messages. The
+deliberate differences are listed in docs/http.md (no language detector: ``source=auto`` is a 400 that says so;
+``format=html`` is a 400 until document support lands; ``charLimit`` reports the UTF-8 byte limit).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
+from nmtserve.server.http.common import (
+    HttpError,
+    bearer_of,
+    check_key,
+    context_of,
+    deadline_of,
+    from_request_error,
+    is_json,
+    json_body,
+    peer_of,
+)
+from nmtserve.server.validation import RequestError
+
+LANGUAGE_NAMES = {
+    "ar": "Arabic", "cs": "Czech", "da": "Danish", "de": "German", "el": "Greek", "en": "English", "es": "Spanish",
+    "fi": "Finnish", "fr": "French", "hu": "Hungarian", "it": "Italian", "ja": "Japanese", "ko": "Korean",
+    "nl": "Dutch", "no": "Norwegian", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian", "ru": "Russian",
+    "sv": "Swedish", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese",
+}  # fmt: skip
+FRONTEND_TIMEOUT_MS = 500  # how long LibreTranslate's page waits after typing before it translates
+
+
+def language_name(code: str) -> str:
+    return LANGUAGE_NAMES.get(code, code)
+
+
+def model_languages(request: web.Request) -> tuple[str, str]:
+    """(source, target) codes of the loaded model, from its manifest; 503 while no model is loaded."""
+    ctx = context_of(request)
+    backend = ctx.service.backend
+    if backend is None:
+        reason = ctx.service.state.unavailable_reason() or "the model is not loaded"
+        raise HttpError(503, reason, {"Retry-After": "1"})
+    languages = backend.engine.info.manifest.get("languages", {})
+    return languages.get("source", ""), languages.get("target", "")
+
+
+async def languages(request: web.Request) -> web.Response:
+    source, target = model_languages(request)
+    listing = [{"code": source, "name": language_name(source), "targets": [target]}]
+    if target != source:
+        listing.append({"code": target, "name": language_name(target), "targets": []})
+    return web.json_response(listing)
+
+
+async def health(request: web.Request) -> web.Response:
+    reason = context_of(request).service.state.unavailable_reason()
+    if reason is not None:
+        return web.json_response({"status": "not serving", "error": reason}, status=503)
+    return web.json_response({"status": "ok"})
+
+
+async def frontend_settings(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    source, target = model_languages(request)
+    keys = ctx.tokens is not None
+    return web.json_response(
+        {
+            "charLimit": ctx.config.max_input_bytes,
+            "frontendTimeout": FRONTEND_TIMEOUT_MS,
+            "apiKeys": keys,
+            "keyRequired": keys,
+            "suggestions": False,
+            "filesTranslation": False,
+            "supportedFilesFormat": [],
+            "language": {
+                "source": {"code": source, "name": language_name(source)},
+                "target": {"code": target, "name": language_name(target)},
+            },
+        }
+    )
+
+
+async def _parameters(request: web.Request) -> dict[str, Any]:
+    """The request's parameters from a JSON body, or from a form body and the query string."""
+    if is_json(request):
+        return await json_body(request)
+    form = await request.post() if request.can_read_body else {}
+    params: dict[str, Any] = {}
+    for source in (request.query, form):
+        for key in source:
+            values = source.getall(key)
+            params[key] = values if key == "q" and len(values) > 1 else values[-1]
+    for key, value in params.items():
+        if not isinstance(value, str | list):  # a multipart file where a text was expected
+            raise HttpError(400, f"Invalid request: {key} parameter must be text, not a file")
+    return params
+
+
+def _texts(q: Any) -> tuple[list[str], bool]:
+    """(texts, whether q was an array)."""
+    if q is None or q == "" or q == []:
+        raise HttpError(400, "Invalid request: missing q parameter")
+    if isinstance(q, str):
+        return [q], False
+    if isinstance(q, list) and all(isinstance(text, str) for text in q):
+        return q, True
+    raise HttpError(400, "Invalid request: q parameter must be a string or an array of strings")
+
+
+def _alternatives(value: Any, max_beam_size: int) -> int:
+    if value is None or value == "":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise HttpError(400, "Invalid request: alternatives parameter is not a number")
+    try:
+        number = int(value)
+    except ValueError:
+        raise HttpError(400, "Invalid request: alternatives parameter is not a number") from None
+    limit = max_beam_size - 1
+    if number > limit:
+        raise HttpError(400, f"Invalid request: alternatives parameter must be <= {limit}")
+    return max(0, number)
+
+
+def _code(params: dict[str, Any], name: str) -> str:
+    value = params.get(name)
+    if value is None or value == "":
+        raise HttpError(400, f"Invalid request: missing {name} parameter")
+    if not isinstance(value, str):
+        raise HttpError(400, f"Invalid request: {name} parameter must be a string")
+    return value.strip().lower()
+
+
+async def translate(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    params = await _parameters(request)
+    key = params.get("api_key")
+    key = key if isinstance(key, str) and key else bearer_of(request)
+    check_key(request, key, "POST /translate", 403)
+    texts, batch = _texts(params.get("q"))
+    source, target = _code(params, "source"), _code(params, "target")
+    text_format = params.get("format") or "text"
+    alternatives = _alternatives(params.get("alternatives"), ctx.config.max_beam_size)
+    model_source, model_target = model_languages(request)
+    if source == "auto":
+        raise HttpError(
+            400, f"source=auto needs a language detector and this server has none; pass the source ({model_source})"
+        )
+    if source != model_source:
+        raise HttpError(400, f"{source} is not supported")
+    if target != model_target:
+        raise HttpError(400, f"{target} is not supported")
+    if text_format == "html":
+        raise HttpError(400, "format html is not supported yet")
+    if text_format != "text":
+        raise HttpError(400, f"{text_format} format is not supported")
+    options = pb.DecodingOptions(num_hypotheses=alternatives + 1, return_scores=False)
+    if alternatives:
+        options.beam_size = max(ctx.config.beam_size, alternatives + 1)
+    message = pb.TranslateRequest(texts=texts, options=options)
+    deadline = deadline_of(request)
+    with ctx.service.state.track("HTTP /translate") as call:
+        try:
+            response = await ctx.service.translate(message, deadline, peer=peer_of(request))
+        except RequestError as error:
+            call.code = error.code
+            raise from_request_error(error) from None
+    results = []
+    for translation in response.translations:
+        best = translation.hypotheses[0].text if translation.hypotheses else ""
+        others = []
+        for hypothesis in translation.hypotheses[1:]:  # as LibreTranslate: distinct, and not the best one again
+            if hypothesis.text != best and hypothesis.text not in others:
+                others.append(hypothesis.text)
+        results.append((best, others))
+    body: dict[str, Any] = {"translatedText": [best for best, _ in results] if batch else results[0][0]}
+    if alternatives:
+        body["alternatives"] = [others for _, others in results] if batch else results[0][1]
+    return web.json_response(body)
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/translate", translate)
+    app.router.add_get("/languages", languages)
+    app.router.add_get("/health", health)
+    app.router.add_get("/frontend/settings", frontend_settings)

@@ -1,0 +1,170 @@
+"""The OpenAPI 3 description of the HTTP API (``GET /openapi.json``) and a plain HTML page of it (``GET /docs``).
+
+The request and answer schemas of /v1 are derived from the proto descriptors, so they name exactly the fields
+``json_format`` accepts; the LibreTranslate routes are described by hand. The docs page is rendered here from the
+same document (no Swagger UI bundle: nothing is fetched from a CDN, and the page works offline).
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Any
+
+from aiohttp import web
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
+from nmtserve.server.service import server_version
+
+_SCALARS = {
+    FieldDescriptor.TYPE_STRING: {"type": "string"},
+    FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
+    FieldDescriptor.TYPE_FLOAT: {"type": "number"},
+    FieldDescriptor.TYPE_DOUBLE: {"type": "number"},
+    FieldDescriptor.TYPE_UINT32: {"type": "integer", "minimum": 0},
+    FieldDescriptor.TYPE_INT32: {"type": "integer"},
+}
+
+
+def message_schema(descriptor: Descriptor) -> dict[str, Any]:
+    """A JSON schema reference for a message, its fields as protobuf's JSON mapping writes them."""
+    return {"$ref": f"#/components/schemas/{descriptor.name}"}
+
+
+def _field_schema(field: FieldDescriptor) -> dict[str, Any]:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        schema = message_schema(field.message_type)
+    else:
+        schema = dict(_SCALARS.get(field.type, {"type": "string"}))
+    return {"type": "array", "items": schema} if field.is_repeated else schema
+
+
+def _components() -> dict[str, Any]:
+    schemas: dict[str, Any] = {}
+    pending = [pb.TranslateRequest.DESCRIPTOR, pb.TranslateResponse.DESCRIPTOR, pb.ModelInfo.DESCRIPTOR]
+    while pending:
+        descriptor = pending.pop()
+        if descriptor.name in schemas:
+            continue
+        schemas[descriptor.name] = {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {field.name: _field_schema(field) for field in descriptor.fields},
+        }
+        pending += [f.message_type for f in descriptor.fields if f.type == FieldDescriptor.TYPE_MESSAGE]
+    schemas["Error"] = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+    schemas["LibreTranslateRequest"] = {
+        "type": "object",
+        "required": ["q", "source", "target"],
+        "properties": {
+            "q": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+            "source": {"type": "string", "description": "the model's source language code (no detector: no auto)"},
+            "target": {"type": "string"},
+            "format": {"type": "string", "enum": ["text"], "default": "text"},
+            "alternatives": {"type": "integer", "minimum": 0, "default": 0},
+            "api_key": {"type": "string"},
+        },
+    }
+    return {"schemas": schemas}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    names = {
+        400: "bad request", 401: "no valid bearer token", 403: "no valid api_key", 404: "not found",
+        413: "body too large", 429: "queue full (see Retry-After)", 503: "not serving", 504: "deadline passed",
+    }  # fmt: skip
+    return {str(code): {"description": names[code], "content": content} for code in codes}
+
+
+def _json(schema: dict[str, Any], description: str = "OK") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def document() -> dict[str, Any]:
+    ref = message_schema
+    request_schema = {"schema": ref(pb.TranslateRequest.DESCRIPTOR)}
+    translate_body = {"required": True, "content": {"application/json": request_schema}}
+    libre_body = {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/LibreTranslateRequest"}},
+            "application/x-www-form-urlencoded": {"schema": {"$ref": "#/components/schemas/LibreTranslateRequest"}},
+        },
+    }
+    timeout = {"name": "X-Timeout-Ms", "in": "header", "required": False, "schema": {"type": "number"},
+               "description": "deadline in milliseconds; the work is cancelled when it passes"}  # fmt: skip
+    paths = {
+        "/translate": {"post": {
+            "summary": "Translate (LibreTranslate-compatible)", "tags": ["LibreTranslate"], "parameters": [timeout],
+            "requestBody": libre_body,
+            "responses": {"200": _json({"type": "object", "properties": {
+                "translatedText": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+                "alternatives": {"type": "array"}}}), **_errors(400, 403, 413, 429, 503, 504)},
+        }},
+        "/languages": {"get": {"summary": "Languages and their targets", "tags": ["LibreTranslate"],
+                               "responses": {"200": _json({"type": "array", "items": {"type": "object"}})}}},
+        "/health": {"get": {"summary": "ok while serving, 503 otherwise", "tags": ["LibreTranslate"],
+                            "responses": {"200": _json({"type": "object"}), **_errors(503)}}},
+        "/frontend/settings": {"get": {"summary": "Settings for front ends", "tags": ["LibreTranslate"],
+                                       "responses": {"200": _json({"type": "object"})}}},
+        "/v1/translate": {"post": {
+            "summary": "Translate (the proto's TranslateRequest as JSON)", "tags": ["v1"], "parameters": [timeout],
+            "requestBody": translate_body,
+            "responses": {"200": _json(ref(pb.TranslateResponse.DESCRIPTOR)), **_errors(400, 401, 413, 429, 503, 504)},
+        }},
+        "/v1/translate/stream": {"post": {
+            "summary": "Translate with Server-Sent Events: partial (stable prefix) events, then result",
+            "tags": ["v1"], "parameters": [timeout], "requestBody": translate_body,
+            "responses": {"200": {"description": "text/event-stream of partial, result or error events",
+                                  "content": {"text/event-stream": {"schema": {"type": "string"}}}},
+                          **_errors(400, 401, 413, 429, 503)},
+        }},
+        "/v1/models": {"get": {"summary": "The served models", "tags": ["v1"], "responses": {
+            "200": _json({"type": "object", "properties": {"models": {"type": "array",
+                                                                      "items": ref(pb.ModelInfo.DESCRIPTOR)}}}),
+            **_errors(401, 503)}}},
+        "/v1/models/{name}": {"get": {
+            "summary": "One model", "tags": ["v1"],
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "responses": {"200": _json(ref(pb.ModelInfo.DESCRIPTOR)), **_errors(401, 404, 503)}}},
+    }  # fmt: skip
+    return {
+        "openapi": "3.0.3",
+        "info": {"title": "nmtserve HTTP API", "version": server_version()},
+        "paths": paths,
+        "components": _components(),
+    }
+
+
+async def openapi_json(request: web.Request) -> web.Response:
+    return web.json_response(request.app[DOCUMENT])
+
+
+async def docs_page(request: web.Request) -> web.Response:
+    spec = request.app[DOCUMENT]
+    rows = []
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            codes = ", ".join(operation["responses"])
+            rows.append(
+                f"<tr><td><code>{method.upper()} {html.escape(path)}</code></td>"
+                f"<td>{html.escape(operation['summary'])}</td><td>{codes}</td></tr>"
+            )
+    body = (
+        "<!doctype html><html lang=en><head><meta charset=utf-8><title>nmtserve HTTP API</title>"
+        "<style>body{font-family:sans-serif;margin:2em}td{padding:.3em 1em;border-bottom:1px solid #ddd}</style>"
+        "</head><body><h1>nmtserve HTTP API</h1><p>The machine-readable description: "
+        '<a href=/openapi.json>/openapi.json</a> (OpenAPI 3). Errors are JSON <code>{"error": "..."}</code>.</p>'
+        "<table><tr><th>endpoint</th><th>what</th><th>statuses</th></tr>" + "".join(rows) + "</table></body></html>"
+    )
+    return web.Response(text=body, content_type="text/html")
+
+
+DOCUMENT = web.AppKey("openapi", dict)
+
+
+def add_routes(app: web.Application) -> None:
+    app[DOCUMENT] = document()
+    app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/docs", docs_page)

@@ -1,0 +1,395 @@
+"""The HTTP front door end to end: a real server on 127.0.0.1 (gRPC and HTTP on free ports), real HTTP clients
+(urllib, libretranslatepy), the tiny exported model; the offline engine is the referee of every translation.
+
+The LibreTranslate conformance cases come from LibreTranslate's own API tests (its sdist's
+``libretranslate/tests/test_api``): each endpoint's status and fields and the exact 400 messages.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import socket
+import threading
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from conftest import scrape_metrics as metrics
+from libretranslatepy import LibreTranslateAPI
+from test_grpc_server import SlowEngine, wait_for
+
+from nmtserve.engine import DecodingOptions, Engine
+from nmtserve.export.testing import tiny_export
+from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
+from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
+from nmtserve.server.background import BackgroundServer
+from nmtserve.server.config import ServerConfig
+
+TEXTS = ["the cat sat on the mat", "open the file and save it", "select a printer from the list"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_export(tmp_path_factory.getbasetemp() / "tiny-model", "fp32")
+
+
+@pytest.fixture(scope="session")
+def engine(model_dir: Path) -> Engine:
+    return Engine.load(model_dir, threads=1)
+
+
+def config(model_dir: Path, **overrides: Any) -> ServerConfig:
+    settings = dict(
+        model=model_dir, port=0, metrics_port=0, http_port=free_port(), threads=1, warmup=False, max_queue_delay_ms=5.0
+    )
+    return ServerConfig(**(settings | overrides))
+
+
+class Http:
+    """A tiny urllib client of one server: ``http.call("POST", "/translate", json=...)`` -> (status, headers, body)."""
+
+    def __init__(self, server: BackgroundServer) -> None:
+        self.base = f"http://127.0.0.1:{server.server.http_port}"
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        json_body: Any = None,
+        data: bytes | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> tuple[int, dict[str, str], Any]:
+        headers = dict(headers or {})
+        if json_body is not None:
+            data = json.dumps(json_body).encode()
+            headers.setdefault("Content-Type", "application/json")
+        request = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=30) as answer:
+                status, answer_headers, raw = answer.status, dict(answer.headers), answer.read()
+        except urllib.error.HTTPError as error:
+            status, answer_headers, raw = error.code, dict(error.headers), error.read()
+        kind = answer_headers.get("Content-Type", "")
+        return status, answer_headers, json.loads(raw) if kind.startswith("application/json") else raw.decode()
+
+    def form(self, path: str, fields: dict[str, str]) -> tuple[int, dict[str, str], Any]:
+        data = urllib.parse.urlencode(fields).encode()
+        return self.call("POST", path, data=data, headers={"Content-Type": "application/x-www-form-urlencoded"})
+
+
+@pytest.fixture(scope="module")
+def server(model_dir: Path):
+    with BackgroundServer(config(model_dir)) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def http(server: BackgroundServer) -> Http:
+    return Http(server)
+
+
+def best(engine: Engine, texts: list[str], **options: Any) -> list[list[str]]:
+    """The engine's own n-best texts (the server's defaults: beam 4, length penalty 1)."""
+    decoding = DecodingOptions(beam_size=options.get("beam_size", 4), num_hypotheses=options.get("n", 1))
+    return [[h.text for h in hyps] for hyps in engine.translate(texts, decoding)]
+
+
+def assert_serving(http: Http) -> None:
+    status, _, body = http.call("GET", "/health")
+    assert (status, body) == (200, {"status": "ok"})
+
+
+# -- LibreTranslate's contract ---------------------------------------------------------------------------------
+
+
+def test_translate_form_and_json_bodies(http: Http, engine: Engine) -> None:
+    want = best(engine, TEXTS)
+    status, _, body = http.form("/translate", {"q": TEXTS[0], "source": "en", "target": "de", "format": "text"})
+    assert status == 200 and body == {"translatedText": want[0][0]}
+    status, _, body = http.call("POST", "/translate", {"q": TEXTS, "source": "en", "target": "de", "format": "text"})
+    assert status == 200 and body == {"translatedText": [w[0] for w in want]}
+
+
+def test_alternatives_are_the_n_best(http: Http, engine: Engine) -> None:
+    nbest = best(engine, [TEXTS[1]], n=3)[0]
+    status, _, body = http.call(
+        "POST", "/translate", {"q": TEXTS[1], "source": "en", "target": "de", "alternatives": 2}
+    )
+    assert status == 200
+    assert body["translatedText"] == nbest[0]
+    assert body["alternatives"] == [text for text in dict.fromkeys(nbest[1:]) if text != nbest[0]]
+    status, _, body = http.call(
+        "POST", "/translate", {"q": [TEXTS[1]], "source": "en", "target": "de", "alternatives": 2}
+    )
+    assert status == 200 and body["translatedText"] == [nbest[0]] and len(body["alternatives"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"q": "Hello", "source": "en", "target": "zz"}, "zz is not supported"),
+        ({"q": "Hello", "source": "xx", "target": "de"}, "xx is not supported"),
+        ({"source": "en", "target": "de"}, "Invalid request: missing q parameter"),
+        ({"q": "Hello", "target": "de"}, "Invalid request: missing source parameter"),
+        ({"q": "Hello", "source": "en"}, "Invalid request: missing target parameter"),
+        ({"q": "Hello", "source": "en", "target": "de", "alternatives": "abc"},
+         "Invalid request: alternatives parameter is not a number"),
+        ({"q": "Hello", "source": "en", "target": "de", "alternatives": "99"},
+         "Invalid request: alternatives parameter must be <= 15"),
+        ({"q": "Hello", "source": "en", "target": "de", "format": "html"}, "format html is not supported yet"),
+        ({"q": "Hello", "source": "en", "target": "de", "format": "pdf"}, "pdf format is not supported"),
+    ],
+)  # fmt: skip
+def test_libretranslate_400_messages(http: Http, fields: dict[str, str], message: str) -> None:
+    for answer in (http.form("/translate", fields), http.call("POST", "/translate", fields)):
+        status, _, body = answer
+        assert (status, body) == (400, {"error": message})
+
+
+def test_source_auto_says_there_is_no_detector(http: Http) -> None:
+    status, _, body = http.form("/translate", {"q": "Hello", "source": "auto", "target": "de"})
+    assert status == 400 and "language detector" in body["error"]
+    status, _, body = http.form("/detect", {"q": "Hello"})
+    assert status == 404 and "error" in body
+
+
+def test_languages_health_settings(http: Http) -> None:
+    status, _, body = http.call("GET", "/languages")
+    assert status == 200
+    assert body[0] == {"code": "en", "name": "English", "targets": ["de"]}
+    assert {entry["code"] for entry in body} == {"en", "de"}
+    assert_serving(http)
+    status, _, body = http.call("GET", "/frontend/settings")
+    assert status == 200 and body["keyRequired"] is False and body["language"]["target"]["code"] == "de"
+    assert body["charLimit"] == 8192
+
+
+@pytest.mark.parametrize("path", ["/languages", "/health", "/frontend/settings", "/openapi.json", "/v1/models"])
+def test_wrong_method_is_json_405(http: Http, path: str) -> None:
+    status, headers, body = http.call("POST", path, data=b"")
+    assert status == 405 and "GET" in headers["Allow"] and "error" in body
+    status, headers, body = http.call("GET", "/translate")
+    assert status == 405 and headers["Allow"] == "POST" and "error" in body
+
+
+def test_unknown_path_is_json_404(http: Http) -> None:
+    status, headers, body = http.call("GET", "/no/such/thing")
+    assert status == 404 and headers["Content-Type"].startswith("application/json")
+    assert body == {"error": "no such endpoint: /no/such/thing"}
+
+
+# -- bad input on every endpoint -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "data", "fragment"),
+    [
+        ("/translate", b"{not json", "Invalid JSON format"),
+        ("/translate", b"[1, 2]", "must be a JSON object"),
+        ("/translate", b'{"q": 123, "source": "en", "target": "de"}', "q parameter must be a string"),
+        ("/translate", b'{"q": ["a", 1], "source": "en", "target": "de"}', "q parameter must be a string"),
+        ("/translate", b'{"q": "a", "source": 5, "target": "de"}', "source parameter must be a string"),
+        ("/translate", b'{"q": "a", "source": "en", "target": "de", "alternatives": [1]}', "not a number"),
+        ("/translate", b'{"q": "a\\u0000b", "source": "en", "target": "de"}', "control character U+0000"),
+        ("/translate", b"\xff\xfe", "Invalid JSON format"),
+        ("/v1/translate", b"{not json", "Invalid JSON format"),
+        ("/v1/translate", b'{"texts": "a"}', "TranslateRequest"),
+        ("/v1/translate", b'{"texts": ["a"], "bogus": 1}', "bogus"),
+        ("/v1/translate", b'{"texts": ["a"], "options": {"beam_size": "x"}}', "beam_size"),
+        ("/v1/translate", b'{"texts": ["a"], "options": {"beam_size": 99}}', "max_beam_size"),
+        ("/v1/translate", b'{"texts": []}', "texts is empty"),
+        ("/v1/translate/stream", b'{"texts": ["a"], "options": {"num_hypotheses": 9}}', "num_hypotheses"),
+    ],
+)
+def test_bad_input_is_400_json(http: Http, path: str, data: bytes, fragment: str) -> None:
+    status, _, body = http.call("POST", path, data=data, headers={"Content-Type": "application/json"})
+    assert status == 400, body
+    assert fragment in body["error"]
+    assert_serving(http)
+
+
+def test_limits_and_huge_bodies(http: Http) -> None:
+    long_text = "word " * 2000  # 10000 bytes > max_input_bytes 8192
+    status, _, body = http.call("POST", "/translate", {"q": long_text, "source": "en", "target": "de"})
+    assert status == 400 and "max_input_bytes" in body["error"]
+    huge = b'{"q": "' + b"a" * (5 * 1024 * 1024) + b'"}'  # over max_message_bytes (4 MiB)
+    for path in ("/translate", "/v1/translate", "/v1/translate/stream"):
+        status, _, body = http.call("POST", path, data=huge, headers={"Content-Type": "application/json"})
+        assert status == 413 and "max_message_bytes" in body["error"]
+    status, _, body = http.call("POST", "/v1/translate", {"texts": ["a"]}, headers={"X-Timeout-Ms": "soon"})
+    assert status == 400 and "X-Timeout-Ms" in body["error"]
+    assert_serving(http)
+
+
+def test_connection_flood_leaves_the_server_serving(http: Http, server: BackgroundServer, engine: Engine) -> None:
+    port = server.server.http_port
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(200)]  # open, send nothing
+    try:
+        half = socket.create_connection(("127.0.0.1", port))
+        half.sendall(b"POST /translate HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{")  # a body that never comes
+        status, _, body = http.call("POST", "/v1/translate", {"texts": [TEXTS[0]]})
+        assert status == 200 and body["translations"][0]["hypotheses"][0]["text"] == best(engine, [TEXTS[0]])[0][0]
+    finally:
+        for sock in [*idle, half]:
+            sock.close()
+    assert_serving(http)
+
+
+# -- the native API, OpenAPI, streaming ------------------------------------------------------------------------
+
+
+def test_v1_translate_mirrors_the_proto(http: Http, engine: Engine) -> None:
+    nbest = best(engine, TEXTS[:2], n=2)
+    request = {"texts": TEXTS[:2], "options": {"num_hypotheses": 2}, "request_id": "r1"}
+    status, _, body = http.call("POST", "/v1/translate", request)
+    assert status == 200 and body["request_id"] == "r1"
+    got = [[h["text"] for h in t["hypotheses"]] for t in body["translations"]]
+    assert got == nbest
+    assert all(isinstance(h["score"], float) for t in body["translations"] for h in t["hypotheses"])
+
+
+def test_v1_models_and_openapi(http: Http, server: BackgroundServer) -> None:
+    with grpc.insecure_channel(server.address) as channel:
+        info = pb_grpc.TranslatorStub(channel).GetModelInfo(pb.GetModelInfoRequest())
+    status, _, body = http.call("GET", "/v1/models")
+    assert status == 200 and [m["name"] for m in body["models"]] == [info.name]
+    assert body["models"][0]["limits"]["max_beam_size"] == info.limits.max_beam_size
+    status, _, one = http.call("GET", f"/v1/models/{info.name}")
+    assert status == 200 and one == body["models"][0]
+    status, _, missing = http.call("GET", "/v1/models/nope")
+    assert status == 404 and "nope" in missing["error"]
+    status, _, spec = http.call("GET", "/openapi.json")
+    assert status == 200 and spec["openapi"].startswith("3.")
+    assert {"/translate", "/v1/translate", "/v1/translate/stream", "/v1/models/{name}"} <= set(spec["paths"])
+    request_fields = set(spec["components"]["schemas"]["TranslateRequest"]["properties"])
+    assert request_fields == {f.name for f in pb.TranslateRequest.DESCRIPTOR.fields}
+    status, headers, page = http.call("GET", "/docs")
+    assert status == 200 and "/v1/translate/stream" in page and headers["Content-Type"].startswith("text/html")
+
+
+def read_events(response) -> list[tuple[str, dict]]:
+    events, name = [], None
+    for raw in response:
+        line = raw.decode().rstrip("\n")
+        if line.startswith("event: "):
+            name = line[len("event: ") :]
+        elif line.startswith("data: "):
+            events.append((name, json.loads(line[len("data: ") :])))
+    return events
+
+
+def test_sse_streams_stable_prefixes_then_the_result(http: Http, engine: Engine) -> None:
+    want = best(engine, TEXTS)
+    data = json.dumps({"texts": TEXTS}).encode()
+    request = urllib.request.Request(http.base + "/v1/translate/stream", data=data, method="POST")
+    request.add_header("Content-Type", "application/json")
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.headers["Content-Type"] == "text/event-stream"
+        events = read_events(response)
+    assert events[-1][0] == "result"
+    assert [t["hypotheses"][0]["text"] for t in events[-1][1]["translations"]] == [w[0] for w in want]
+    partials = [data for name, data in events[:-1]]
+    assert partials and all(name == "partial" for name, _ in events[:-1])
+    for index in range(len(TEXTS)):
+        texts = [p["text"] for p in partials if p["index"] == index]
+        assert all(later.startswith(earlier) for earlier, later in itertools.pairwise(texts))
+        assert all(want[index][0].startswith(text) for text in texts)
+
+
+# -- CORS -------------------------------------------------------------------------------------------------------
+
+
+def test_cors_default_is_same_origin_only(http: Http) -> None:
+    status, headers, _ = http.call("GET", "/languages", headers={"Origin": "https://elsewhere.example"})
+    assert status == 200 and "Access-Control-Allow-Origin" not in headers
+    preflight = {"Origin": "https://elsewhere.example", "Access-Control-Request-Method": "POST"}
+    status, _, _ = http.call("OPTIONS", "/translate", headers=preflight)
+    assert status == 403
+
+
+def test_cors_allows_listed_origins(model_dir: Path) -> None:
+    with BackgroundServer(config(model_dir, http_cors_origins="https://app.example")) as server:
+        http = Http(server)
+        status, headers, _ = http.call("GET", "/languages", headers={"Origin": "https://app.example"})
+        assert status == 200 and headers["Access-Control-Allow-Origin"] == "https://app.example"
+        preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+        status, headers, _ = http.call("OPTIONS", "/v1/translate/stream", headers=preflight)
+        assert status == 204 and "POST" in headers["Access-Control-Allow-Methods"]
+        status, headers, _ = http.call("GET", "/languages", headers={"Origin": "https://other.example"})
+        assert "Access-Control-Allow-Origin" not in headers
+
+
+# -- keys, a real third-party client ----------------------------------------------------------------------------
+
+
+def test_libretranslatepy_without_a_key(http: Http, engine: Engine) -> None:
+    client = LibreTranslateAPI(http.base)
+    assert client.translate(TEXTS[2], "en", "de") == best(engine, [TEXTS[2]])[0][0]
+    assert client.languages()[0]["code"] == "en"
+
+
+def test_keys_libretranslatepy_and_bearer(model_dir: Path, engine: Engine, tmp_path: Path) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# keys\nsecret-key-1\n")
+    with BackgroundServer(config(model_dir, auth_token_file=tokens)) as server:
+        http = Http(server)
+        good = LibreTranslateAPI(http.base, api_key="secret-key-1")
+        assert good.translate(TEXTS[0], "en", "de") == best(engine, [TEXTS[0]])[0][0]
+        for key, message in ((None, "Please contact the server operator"), ("wrong", "Invalid API key")):
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                LibreTranslateAPI(http.base, api_key=key).translate(TEXTS[0], "en", "de")
+            assert caught.value.code == 403 and message in json.loads(caught.value.read())["error"]
+        fields = {"q": TEXTS, "source": "en", "target": "de", "api_key": "secret-key-1"}
+        status, _, body = http.call("POST", "/translate", fields)
+        assert status == 200 and body["translatedText"] == [w[0] for w in best(engine, TEXTS)]
+        status, headers, body = http.call("POST", "/v1/translate", {"texts": ["a"]})
+        assert status == 401 and "Bearer" in headers["WWW-Authenticate"]
+        auth = {"Authorization": "Bearer secret-key-1"}
+        status, _, body = http.call("POST", "/v1/translate", {"texts": [TEXTS[0]]}, headers=auth)
+        assert status == 200
+        assert_serving(http)  # health stays open, as over gRPC
+        samples = metrics(server.metrics_url)
+        refused = {k: v for k, v in samples.items() if k[0] == "nmtserve_unauthenticated_requests_total"}
+        assert sum(refused.values()) == 3
+
+
+# -- overload, disconnects, slow readers -------------------------------------------------------------------------
+
+
+def test_queue_full_is_429_with_retry_after_and_disconnect_cancels(model_dir: Path, engine: Engine) -> None:
+    slow = SlowEngine(engine, delay=0.02)
+    cfg = config(model_dir, max_batch_size=1, max_queue_size=2, max_texts_per_request=2, batching="request")
+    with BackgroundServer(cfg, engine=slow) as server:
+        http = Http(server)
+        results: list = []
+        busy = threading.Thread(target=lambda: results.append(http.call("POST", "/v1/translate", {"texts": TEXTS[:2]})))
+        busy.start()
+        wait_for(lambda: server.server.state.inflight == 1 and server.server._scheduler.running == 1)
+        status, headers, body = http.call("POST", "/translate", {"q": TEXTS[:2], "source": "en", "target": "de"})
+        assert status == 429 and int(headers["Retry-After"]) >= 1 and "queue is full" in body["error"]
+        busy.join(30)
+        assert results[0][0] == 200
+        # A client that disconnects mid-request: its handler is cancelled and its sentences leave the engine.
+        sock = socket.create_connection(("127.0.0.1", server.server.http_port))
+        payload = json.dumps({"texts": [TEXTS[0]]}).encode()
+        head = (
+            "POST /v1/translate HTTP/1.1\r\nHost: x\r\n"
+            + f"Content-Type: application/json\r\nContent-Length: {len(payload)}"
+        )
+        sock.sendall(head.encode() + b"\r\n\r\n" + payload)
+        wait_for(lambda: server.server.state.inflight == 1)
+        sock.close()
+        key = ("nmtserve_requests_total", (("code", "CANCELLED"), ("method", "HTTP /v1/translate")))
+        wait_for(lambda: metrics(server.metrics_url).get(key) == 1.0)
+        wait_for(lambda: server.server.state.inflight == 0)
+        assert_serving(http)
