@@ -1,6 +1,7 @@
 """The ``nmtserve.v1.Translator`` gRPC service (grpc.aio): validation, queueing, waiting, answering.
 
-Handlers never run the engine: they tokenise, queue work items and await results that the engine thread posts.
+Handlers never run the engine: they check and tokenise (``admission.py``: cheap checks first, large requests in
+worker threads), queue work items and await results that the engine thread posts.
 Status codes: INVALID_ARGUMENT (a message that does not parse, e.g. invalid UTF-8; empty request, text too long,
 control characters, bad options), RESOURCE_EXHAUSTED (queue full, too many requests in flight on the connection,
 or a message over ``max_message_bytes``, refused by gRPC itself), DEADLINE_EXCEEDED, CANCELLED, UNAVAILABLE
@@ -29,6 +30,7 @@ from google.protobuf.message import DecodeError, Message
 from nmtserve.engine import Engine
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
+from nmtserve.server.admission import RequestChecker
 from nmtserve.server.config import ServerConfig
 from nmtserve.server.responses import blank_translation, translation
 from nmtserve.server.scheduler import EngineFailure, ShuttingDown
@@ -38,8 +40,6 @@ from nmtserve.server.validation import (
     RequestError,
     check_request_id,
     default_options,
-    encode_texts,
-    resolve_options,
 )
 from nmtserve.server.work import Request, WorkItem
 from nmtserve.server.workqueue import QueueClosed, QueueFull, WorkQueue
@@ -63,6 +63,7 @@ class Backend:
 
     engine: Engine
     queue: WorkQueue
+    checker: RequestChecker
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -97,6 +98,20 @@ def parse(message_type: type[Message], data: bytes | Message) -> Message:
             f"the request is not a valid {message_type.DESCRIPTOR.full_name} message ({detail}; strings must be "
             "valid UTF-8)",
         ) from None
+
+
+@dataclass(frozen=True)
+class Failure:
+    """What a RequestError answers with, detached from the exception (and so from its traceback's frames)."""
+
+    code: grpc.StatusCode
+    message: str
+    metadata: tuple[tuple[str, str], ...] = ()
+
+
+def _failure(error: RequestError) -> Failure:
+    metadata = error.trailing_metadata() if isinstance(error, Overloaded) else ()
+    return Failure(error.code, error.message, metadata)
 
 
 def _peer(context: grpc.aio.ServicerContext) -> str:
@@ -145,11 +160,13 @@ class TranslatorService(pb_grpc.TranslatorServicer):
     ) -> pb.TranslateResponse:
         backend = self.backend
         tokenizer = backend.engine.tokenizer
-        options = resolve_options(request.options, self.config, backend.engine.info.vocab_size)
-        encoded = encode_texts(list(request.texts), tokenizer, self.config)
+        prepared = await backend.checker.prepare(request.texts, request.options)
+        options, count = prepared.options, prepared.count
+        del request  # from here on only the token ids are needed: the texts (up to max_message_bytes) can go
         sink = LoopSink(asyncio.get_running_loop())
         work = Request(sink, deadline, partial=send_partial is not None)
-        items = [WorkItem(work, text.index, text.source_ids, options) for text in encoded]
+        items = [WorkItem(work, text.index, text.source_ids, options) for text in prepared.encoded]
+        del prepared
         try:
             if items:
                 backend.queue.put(items)
@@ -178,7 +195,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
                 if removed:
                     self.state.metrics.abandoned.labels("queue").inc(removed)
         response = pb.TranslateResponse()
-        for i in range(len(request.texts)):
+        for i in range(count):
             if i in results:
                 response.translations.append(translation(results[i], tokenizer))
             else:
@@ -198,12 +215,16 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             try:
                 return await self._translate(parse(pb.TranslateRequest, request), deadline, peer=_peer(context))
             except RequestError as error:
-                call.code = error.code
-                metadata = error.trailing_metadata() if isinstance(error, Overloaded) else ()
-                await context.abort(error.code, error.message, trailing_metadata=metadata)
+                failure = _failure(error)
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.DEADLINE_EXCEEDED if self._expired(deadline) else grpc.StatusCode.CANCELLED
                 raise
+            # Aborted outside the except block and without the request: raised inside it, the abort exception
+            # chained the RequestError, whose traceback held the handler frames and the request's texts in a
+            # reference cycle that only the cyclic garbage collector freed (1.5 GB after 900 refused requests).
+            del request
+            call.code = failure.code
+            await context.abort(failure.code, failure.message, trailing_metadata=failure.metadata)
         raise AssertionError("unreachable")  # context.abort raises
 
     async def TranslateStream(
@@ -283,11 +304,14 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         self, request: bytes | pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInfo:
         with self.state.track("GetModelInfo") as call:
+            failure = None
             try:
                 parse(pb.GetModelInfoRequest, request)
             except RequestError as error:
-                call.code = error.code
-                await context.abort(error.code, error.message)
+                failure = _failure(error)
+            if failure is not None:  # aborted outside the except block: see Translate
+                call.code = failure.code
+                await context.abort(failure.code, failure.message)
             if self.backend is None:
                 call.code = grpc.StatusCode.UNAVAILABLE
                 reason = self.state.unavailable_reason() or "the model is still loading"
