@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from nmtserve.server.config import ServerConfig
 from nmtserve.server.responses import blank_translation, translation
 from nmtserve.server.scheduler import EngineFailure, ShuttingDown
 from nmtserve.server.sink import LoopSink
+from nmtserve.server.streams import StreamBuffer, word_prefix
 from nmtserve.server.tracking import ConnectionLimiter, ServingState
 from nmtserve.server.validation import (
     RequestError,
@@ -72,6 +74,9 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
 
 
 RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+STREAM_BUFFER = 32  # answers of one stream waiting to be written; then its requests wait (see StreamBuffer)
+STREAM_MAX_INFLIGHT = 64  # requests of one stream being answered; then the stream is not read (gRPC flow control)
+PARTIAL_INTERVAL_S = 0.1  # at most one partial per text per this interval
 
 
 class Overloaded(RequestError):
@@ -232,8 +237,9 @@ class TranslatorService(pb_grpc.TranslatorServicer):
     ) -> AsyncIterator[pb.TranslateResponse]:
         deadline = _deadline(context)
         peer = _peer(context)
-        out: asyncio.Queue[pb.TranslateResponse | None] = asyncio.Queue()
+        out = StreamBuffer(STREAM_BUFFER, self.config.stream_stall_timeout_s)
         tasks: set[asyncio.Task] = set()
+        inflight = asyncio.Semaphore(STREAM_MAX_INFLIGHT)  # a stream's requests being answered; then reading pauses
 
         async def read() -> None:
             try:
@@ -245,20 +251,34 @@ class TranslatorService(pb_grpc.TranslatorServicer):
                         request_id = request.request_id or str(ordinal)
                         check_request_id(request_id)
                     except RequestError as error:  # answered in-band under the message's ordinal
-                        request, request_id = error, str(ordinal)
+                        request, request_id = RequestError(error.code, error.message), str(ordinal)
+                    del data
                     ordinal += 1
+                    await inflight.acquire()
                     task = asyncio.create_task(self._stream_one(request, request_id, deadline, out, peer))
+                    del request
                     tasks.add(task)
                     task.add_done_callback(tasks.discard)
+                    task.add_done_callback(lambda _: inflight.release())
                 while tasks:
                     await asyncio.gather(*list(tasks), return_exceptions=True)
             finally:
-                out.put_nowait(None)
+                out.close()
 
         reader = asyncio.create_task(read())
         try:
             while (response := await out.get()) is not None:
                 yield response
+            if out.stalled:
+                log.info(
+                    "stream cancelled: the client did not read its answers",
+                    extra={"fields": {"peer": peer, "stall_timeout_s": self.config.stream_stall_timeout_s}},
+                )
+                await context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"the stream's answers were not read for {self.config.stream_stall_timeout_s:g} s with "
+                    f"{STREAM_BUFFER} waiting (stream_stall_timeout_s); read the answers as they come",
+                )
             await reader  # re-raises a failure of the request stream
         finally:
             reader.cancel()
@@ -270,35 +290,43 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         request: pb.TranslateRequest | RequestError,
         request_id: str,
         deadline: float | None,
-        out: asyncio.Queue,
+        out: StreamBuffer,
         peer: str = "",
     ) -> None:
         tokenizer = self.backend.engine.tokenizer if self.backend else None
-        sent: dict[int, str] = {}
+        sent: dict[int, tuple[str, float]] = {}  # index -> (text sent, when)
 
         async def send_partial(index: int, token_ids: list[int]) -> None:
-            text = tokenizer.decode(token_ids)
-            previous = sent.get(index, "")
-            if len(text) > len(previous) and text.startswith(previous):  # partials only ever extend
-                sent[index] = text
+            text = word_prefix(tokenizer.decode(token_ids))
+            previous, at = sent.get(index, ("", -math.inf))
+            now = time.monotonic()
+            # Coalesced: only when the stable prefix gains a whole word, at most one per text per
+            # PARTIAL_INTERVAL_S, and dropped (superseded by a later one or the final) while the buffer is full.
+            if len(text) > len(previous) and text.startswith(previous) and now - at >= PARTIAL_INTERVAL_S:
                 partial = pb.PartialTranslation(index=index, text=text)
-                out.put_nowait(pb.TranslateResponse(request_id=request_id, partials=[partial]))
+                if out.offer(pb.TranslateResponse(request_id=request_id, partials=[partial])):
+                    sent[index] = (text, now)
 
         with self.state.track("TranslateStream") as call:
+            failure = None
             try:
                 if isinstance(request, RequestError):
                     raise request
                 partial = send_partial if request.stream_partial else None
                 response = await self._translate(request, deadline, partial, peer)
                 response.request_id = request_id
-                out.put_nowait(response)
             except RequestError as error:
-                call.code = error.code
-                message = pb.Error(code=error.code.value[0], message=error.message)
-                out.put_nowait(pb.TranslateResponse(request_id=request_id, error=message))
+                failure = _failure(error)
             except asyncio.CancelledError:
                 call.code = grpc.StatusCode.DEADLINE_EXCEEDED if self._expired(deadline) else grpc.StatusCode.CANCELLED
                 raise
+            del request
+            if failure is not None:
+                call.code = failure.code
+                message = pb.Error(code=failure.code.value[0], message=failure.message)
+                response = pb.TranslateResponse(request_id=request_id, error=message)
+            if not await out.put(response):
+                call.code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
     async def GetModelInfo(
         self, request: bytes | pb.GetModelInfoRequest, context: grpc.aio.ServicerContext
