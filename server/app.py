@@ -29,6 +29,7 @@ from nmtserve.engine import Engine
 from nmtserve.server.admission import RequestChecker
 from nmtserve.server.batching import Budget
 from nmtserve.server.config import ConfigError, ServerConfig, resolve_model_dir
+from nmtserve.server.logs import quiet_expected_races
 from nmtserve.server.metrics import MetricsEndpoint, ServerMetrics, serve_metrics
 from nmtserve.server.scheduler import Scheduler
 from nmtserve.server.security import BearerTokenInterceptor, load_tokens, server_credentials
@@ -60,6 +61,7 @@ def warm_up(engine: Engine, config: ServerConfig) -> float:
 class TranslationServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        quiet_expected_races()
         self.metrics = ServerMetrics()
         self.state = ServingState(self.metrics)
         self.service = TranslatorService(config, self.state)

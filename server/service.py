@@ -24,9 +24,11 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib import metadata
+from typing import NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError, Message
+from grpc._cython.cygrpc import ExecuteBatchError  # what a batch on a finished call raises; grpc.aio has no alias
 
 from nmtserve.engine import Engine
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
@@ -117,6 +119,20 @@ class Failure:
 def _failure(error: RequestError) -> Failure:
     metadata = error.trailing_metadata() if isinstance(error, Overloaded) else ()
     return Failure(error.code, error.message, metadata)
+
+
+async def abort(context: grpc.aio.ServicerContext, failure: Failure, method: str) -> NoReturn:
+    """``context.abort`` with ``failure``; a call that ended meanwhile (its deadline passed, the client cancelled)
+    is an expected race: logged at INFO, where gRPC would log an ERROR traceback of ExecuteBatchError."""
+    try:
+        await context.abort(failure.code, failure.message, trailing_metadata=failure.metadata)
+    except ExecuteBatchError:
+        log.info(
+            "the call ended before its error could be sent",
+            extra={"fields": {"method": method, "code": failure.code.name}},
+        )
+        raise asyncio.CancelledError from None
+    raise AssertionError("unreachable")  # context.abort raises
 
 
 def _peer(context: grpc.aio.ServicerContext) -> str:
@@ -229,8 +245,8 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             # reference cycle that only the cyclic garbage collector freed (1.5 GB after 900 refused requests).
             del request
             call.code = failure.code
-            await context.abort(failure.code, failure.message, trailing_metadata=failure.metadata)
-        raise AssertionError("unreachable")  # context.abort raises
+            await abort(context, failure, "Translate")
+        raise AssertionError("unreachable")  # abort raises
 
     async def TranslateStream(
         self, request_iterator: AsyncIterator[bytes | pb.TranslateRequest], context: grpc.aio.ServicerContext
@@ -274,11 +290,11 @@ class TranslatorService(pb_grpc.TranslatorServicer):
                     "stream cancelled: the client did not read its answers",
                     extra={"fields": {"peer": peer, "stall_timeout_s": self.config.stream_stall_timeout_s}},
                 )
-                await context.abort(
-                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                message = (
                     f"the stream's answers were not read for {self.config.stream_stall_timeout_s:g} s with "
-                    f"{STREAM_BUFFER} waiting (stream_stall_timeout_s); read the answers as they come",
+                    f"{STREAM_BUFFER} waiting (stream_stall_timeout_s); read the answers as they come"
                 )
+                await abort(context, Failure(grpc.StatusCode.RESOURCE_EXHAUSTED, message), "TranslateStream")
             await reader  # re-raises a failure of the request stream
         finally:
             reader.cancel()
@@ -339,7 +355,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
                 failure = _failure(error)
             if failure is not None:  # aborted outside the except block: see Translate
                 call.code = failure.code
-                await context.abort(failure.code, failure.message)
+                await abort(context, failure, "GetModelInfo")
             if self.backend is None:
                 call.code = grpc.StatusCode.UNAVAILABLE
                 reason = self.state.unavailable_reason() or "the model is still loading"

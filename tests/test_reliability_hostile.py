@@ -4,6 +4,7 @@ pin memory, the event loop kept free while requests are checked, bounded streams
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import logging
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc._cython.cygrpc import ExecuteBatchError
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
@@ -21,6 +23,7 @@ from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.app import TranslationServer, serve
 from nmtserve.server.background import BackgroundServer
 from nmtserve.server.config import ServerConfig
+from nmtserve.server.logs import GRPC_LOGGER, quiet_expected_races
 from nmtserve.server.validation import control_character
 
 
@@ -166,3 +169,36 @@ def test_partials_are_coalesced_to_whole_words(server: BackgroundServer, demo_en
             assert later.startswith(earlier) and len(later.split()) > len(earlier.split())
         for partial in texts:  # whole words only: the final continues each partial with a space
             assert best.startswith(partial) and best[len(partial)] == " ", (partial, best)
+
+
+def test_expected_races_log_no_error(server: BackgroundServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Deadlines expiring while a refusal is sent, and streams cancelled mid-write, are normal: no ERROR."""
+    texts = ["Select the cells that you want to print, then open the File menu and choose Print to print them."] * 4
+    with caplog.at_level(logging.INFO), grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.TranslatorStub(channel)
+        for i in range(10):
+            requests = [pb.TranslateRequest(texts=texts, stream_partial=True) for _ in range(10)]
+            call = stub.TranslateStream(iter(requests), timeout=60)
+            for count, _ in enumerate(call):
+                if count == i % 4:
+                    call.cancel()
+                    break
+        for i in range(300):  # refused at once, with deadlines around the time the refusal takes
+            with contextlib.suppress(grpc.RpcError):
+                stub.Translate(pb.TranslateRequest(), timeout=0.001 + (i % 10) * 0.0003)
+        assert stub.Translate(pb.TranslateRequest(texts=["Hello."]), timeout=30).translations
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == [], [record.getMessage() for record in errors]
+
+
+def test_grpc_execute_batch_errors_are_logged_as_info(caplog: pytest.LogCaptureFixture) -> None:
+    quiet_expected_races()
+    with caplog.at_level(logging.INFO, logger=GRPC_LOGGER):
+        try:
+            raise ExecuteBatchError("Failed execute_batch")
+        except ExecuteBatchError:
+            logging.getLogger(GRPC_LOGGER).exception("ExecuteBatchError raised in core by servicer method [%s]", "/m")
+        logging.getLogger(GRPC_LOGGER).error("something else")
+    race, other = caplog.records
+    assert race.levelname == "INFO" and race.exc_info is None and "[/m]" in race.getMessage()
+    assert other.levelname == "ERROR"
