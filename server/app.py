@@ -26,10 +26,12 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from nmtserve.engine import Engine
+from nmtserve.server.admission import RequestChecker
 from nmtserve.server.batching import Budget
 from nmtserve.server.config import ConfigError, ServerConfig, resolve_model_dir
 from nmtserve.server.http.app import HttpFrontDoor
 from nmtserve.server.http.common import HttpContext
+from nmtserve.server.logs import quiet_expected_races
 from nmtserve.server.metrics import MetricsEndpoint, ServerMetrics, serve_metrics
 from nmtserve.server.scheduler import Scheduler
 from nmtserve.server.security import BearerTokenInterceptor, load_tokens, server_credentials
@@ -61,6 +63,7 @@ def warm_up(engine: Engine, config: ServerConfig) -> float:
 class TranslationServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        quiet_expected_races()
         self.metrics = ServerMetrics()
         self.state = ServingState(self.metrics)
         self.service = TranslatorService(config, self.state)
@@ -181,7 +184,8 @@ class TranslationServer:
         )
         self._scheduler.start()
         self.engine = engine
-        self.service.backend = Backend(engine, queue)
+        checker = RequestChecker(config, engine.tokenizer, engine.info.vocab_size)
+        self.service.backend = Backend(engine, queue, checker)
         info = engine.info
         self.metrics.set_model(info.name, info.version, info.precision, config.device)
         self.state.load_failed = False
@@ -229,6 +233,8 @@ class TranslationServer:
         if self._scheduler is not None:
             await asyncio.to_thread(self._scheduler.stop, SCHEDULER_STOP_S)
             self._scheduler = None
+        if self.service.backend is not None:
+            self.service.backend.checker.close()
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()
             self._metrics_endpoint = None

@@ -124,6 +124,11 @@ class ServerConfig:
     max_length: int = _setting(256, "default cap on output tokens")
     num_hypotheses: int = _setting(1, "default n-best size")
     return_scores: bool = _setting(True, "return hypothesis scores by default")
+    stream_stall_timeout_s: float = _setting(
+        30.0,
+        "TranslateStream: how long a client may leave its answers unread (its buffer full, its requests paused) "
+        "before the stream is cancelled with RESOURCE_EXHAUSTED",
+    )
     # Security
     tls_cert: Path | None = field(
         default=None, metadata={"help": "PEM certificate chain of the server: serve TLS (with tls_key)"}
@@ -301,6 +306,10 @@ def validate(config: ServerConfig) -> ServerConfig:
     )
     need(
         1 <= c.max_length <= c.max_output_length, f"max_length must be in 1..max_output_length ({c.max_output_length})"
+    )
+    need(
+        0 < c.stream_stall_timeout_s <= MAX_DRAIN_TIMEOUT_S,
+        f"stream_stall_timeout_s must be in (0, {MAX_DRAIN_TIMEOUT_S:g}]",
     )
     need(0 <= c.drain_timeout_s <= MAX_DRAIN_TIMEOUT_S, f"drain_timeout_s must be in 0..{MAX_DRAIN_TIMEOUT_S:g}")
     need(c.log_format in LOG_FORMATS, f"log_format must be one of {', '.join(LOG_FORMATS)}")

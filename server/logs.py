@@ -42,6 +42,32 @@ class TextFormatter(logging.Formatter):
         return text
 
 
+GRPC_LOGGER = "grpc._cython.cygrpc"
+
+
+class ExpectedRaceFilter(logging.Filter):
+    """Turns gRPC's ERROR traceback for ExecuteBatchError (a write or status on a call that already ended: the
+    client cancelled mid-write, a deadline passed) into one INFO line: a normal race, not a server fault."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if record.levelno >= logging.ERROR and type(error).__name__ == "ExecuteBatchError":
+            record.msg, record.args = (
+                "%s (the call ended first: client gone or deadline passed)",
+                (record.getMessage(),),
+            )
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
+def quiet_expected_races() -> None:
+    """Install ``ExpectedRaceFilter`` on gRPC's logger (once)."""
+    logger = logging.getLogger(GRPC_LOGGER)
+    if not any(isinstance(f, ExpectedRaceFilter) for f in logger.filters):
+        logger.addFilter(ExpectedRaceFilter())
+
+
 def setup_logging(log_format: str = "text", level: str = "info") -> None:
     """Replace the root handlers with one stderr handler in ``log_format`` ("text" or "json")."""
     handler = logging.StreamHandler()

@@ -19,7 +19,7 @@ that looks complete is worse than an error the client can act on.
 from __future__ import annotations
 
 import math
-import unicodedata
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -104,14 +104,16 @@ class EncodedText:
 
 ALLOWED_CONTROLS = frozenset("\t\n\r")
 MAX_REQUEST_ID_CHARS = 256  # echoed in every answer on the stream: a large one would be an amplifier
+# Unicode category Cc is exactly U+0000..U+001F and U+007F..U+009F; one compiled scan runs in C, where a loop over
+# unicodedata.category took ~0.5 s of event loop per 2 MB request.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+ENCODE_CHUNK = 16  # texts tokenised at a time: a text over the token limit stops the work within one chunk
 
 
 def control_character(text: str) -> tuple[int, str] | None:
     """(offset, character) of the first control character that a text may not contain, or None."""
-    for offset, char in enumerate(text):
-        if char not in ALLOWED_CONTROLS and unicodedata.category(char) == "Cc":
-            return offset, char
-    return None
+    found = _CONTROL.search(text)
+    return None if found is None else (found.start(), found.group())
 
 
 def check_request_id(request_id: str) -> None:
@@ -119,21 +121,35 @@ def check_request_id(request_id: str) -> None:
         raise invalid(f"request_id has {len(request_id)} characters; the limit is {MAX_REQUEST_ID_CHARS}")
 
 
-def check_texts(texts: Sequence[str], config: ServerConfig) -> list[int]:
-    """Indices of the texts to translate (non-blank), after the checks that need no tokenizer."""
+def utf8_size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def check_sizes(texts: Sequence[str], config: ServerConfig) -> int:
+    """The checks that cost nothing (count, then each text's UTF-8 size); the request's text bytes."""
     if not texts:
         raise invalid("texts is empty: send at least one text")
     if len(texts) > config.max_texts_per_request:
         raise invalid(
             f"texts has {len(texts)} entries; the limit is {config.max_texts_per_request} (max_texts_per_request)"
         )
-    indices = []
+    total = 0
     for i, text in enumerate(texts):
-        size = len(text.encode("utf-8", "surrogatepass"))
+        size = utf8_size(text)  # in C: ~1 ms for the largest message
         if size > config.max_input_bytes:
             raise invalid(
                 f"texts[{i}] is {size} bytes (UTF-8); the limit is {config.max_input_bytes} (max_input_bytes)"
             )
+        total += size
+    return total
+
+
+def check_texts(texts: Sequence[str], config: ServerConfig) -> list[int]:
+    """Indices of the texts to translate (non-blank), after the checks that need no tokenizer: sizes of all the
+    texts first, then their characters."""
+    check_sizes(texts, config)
+    indices = []
+    for i, text in enumerate(texts):
         found = control_character(text)
         if found is not None:
             offset, char = found
@@ -149,15 +165,17 @@ def check_texts(texts: Sequence[str], config: ServerConfig) -> list[int]:
 
 
 def encode_texts(texts: Sequence[str], tokenizer: Tokenizer, config: ServerConfig) -> list[EncodedText]:
-    """Token ids of the non-blank texts (blank ones are answered without the engine)."""
+    """Token ids of the non-blank texts (blank ones are answered without the engine), tokenised a chunk at a time
+    so that a text over ``max_input_tokens`` spares the tokenising of the texts after it."""
     indices = check_texts(texts, config)
-    encoded = tokenizer.encode_batch([texts[i] for i in indices]) if indices else []
     out = []
-    for i, ids in zip(indices, encoded, strict=True):
-        if len(ids) > config.max_input_tokens:
-            raise invalid(
-                f"texts[{i}] has {len(ids)} tokens; the limit is {config.max_input_tokens} (max_input_tokens; split "
-                "long texts into sentences)"
-            )
-        out.append(EncodedText(i, [*ids, tokenizer.eos_id]))
+    for start in range(0, len(indices), ENCODE_CHUNK):
+        chunk = indices[start : start + ENCODE_CHUNK]
+        for i, ids in zip(chunk, tokenizer.encode_batch([texts[i] for i in chunk]), strict=True):
+            if len(ids) > config.max_input_tokens:
+                raise invalid(
+                    f"texts[{i}] has {len(ids)} tokens; the limit is {config.max_input_tokens} (max_input_tokens; "
+                    "split long texts into sentences)"
+                )
+            out.append(EncodedText(i, [*ids, tokenizer.eos_id]))
     return out

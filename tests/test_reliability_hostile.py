@@ -4,15 +4,27 @@ pin memory, the event loop kept free while requests are checked, bounded streams
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
+import itertools
 import logging
+import sys
+import threading
+import unicodedata
+from pathlib import Path
 
 import grpc
 import pytest
+from grpc._cython.cygrpc import ExecuteBatchError
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
+from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.app import TranslationServer, serve
 from nmtserve.server.background import BackgroundServer
 from nmtserve.server.config import ServerConfig
+from nmtserve.server.logs import GRPC_LOGGER, quiet_expected_races
+from nmtserve.server.validation import control_character
 
 
 def test_a_second_server_on_a_used_port_exits_2(caplog: pytest.LogCaptureFixture) -> None:
@@ -60,3 +72,133 @@ def test_reflection_can_be_turned_off(enabled: bool) -> None:
             with pytest.raises(grpc.RpcError) as caught:
                 next(iter(stub.ServerReflectionInfo(iter([request]), timeout=10)))
             assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+
+
+def test_control_character_scan_matches_unicode_category_cc() -> None:
+    """The compiled scan that replaced the per-character loop finds exactly category Cc less tab, LF and CR."""
+    for code in range(sys.maxunicode + 1):
+        char = chr(code)
+        expected = char not in "\t\n\r" and unicodedata.category(char) == "Cc"
+        assert (control_character("ab" + char) == (2, char)) is expected, f"U+{code:04X}"
+
+
+# 256 texts of 8 000 bytes, each over the 256-token limit: refused at the token check, the most expensive refusal.
+OVER_TOKENS = pb.TranslateRequest(texts=[("word " * 1700)[:8000]] * 256)
+
+
+@pytest.fixture(scope="module")
+def server(demo_model_dir: Path):
+    config = ServerConfig(model=demo_model_dir, port=0, metrics_port=0, warmup=False)
+    with BackgroundServer(config) as running:
+        yield running
+
+
+def test_refused_requests_leave_no_request_data_in_reference_cycles(server: BackgroundServer) -> None:
+    """A refused request's texts and token ids must be freed by reference counting when it is answered, not left
+    in cycles (error, abort exception, handler frames) for the cyclic collector: that grew a server to 1.5 GB."""
+    with grpc.insecure_channel(server.address, options=[("grpc.max_send_message_length", 8 << 20)]) as channel:
+        stub = pb_grpc.TranslatorStub(channel)
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(10):
+                with pytest.raises(grpc.RpcError) as caught:
+                    stub.Translate(OVER_TOKENS, timeout=30)
+                assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+                assert "texts[0] has" in caught.value.details() and "max_input_tokens" in caught.value.details()
+                answers = list(stub.TranslateStream(iter([OVER_TOKENS]), timeout=30))
+                assert answers[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+            gc.set_debug(gc.DEBUG_SAVEALL)
+            gc.collect()
+            held = [
+                o
+                for o in gc.garbage
+                if (isinstance(o, str | bytes) and len(o) >= 4000)
+                or (isinstance(o, list) and len(o) >= 16)
+                or isinstance(o, pb.TranslateRequest)
+            ]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+            gc.enable()
+    assert held == [], f"{len(held)} request objects were only freed by the cyclic collector"
+
+
+# A client that does not read: no BDP probing and a 16 KiB window, so gRPC's flow control pushes back at once.
+SLOW_READER = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)]
+
+
+def test_a_stream_that_is_not_read_is_paused_then_cancelled(demo_model_dir: Path) -> None:
+    """Its answers wait in a bounded buffer, its requests pause, and after stream_stall_timeout_s the stream ends
+    with RESOURCE_EXHAUSTED instead of the server buffering everything it would have sent."""
+    config = ServerConfig(model=demo_model_dir, port=0, metrics_port=0, warmup=False, stream_stall_timeout_s=0.5)
+    sent = 5000  # each answered at once with an in-band error echoing a 256-character id: ~1.6 MB in all
+    requests = (pb.TranslateRequest(texts=[], request_id=f"{i:0256d}") for i in range(sent))
+    with BackgroundServer(config) as server, grpc.insecure_channel(server.address, options=SLOW_READER) as channel:
+        call = pb_grpc.TranslatorStub(channel).TranslateStream(requests, timeout=60)
+        threading.Event().wait(2.0)  # not reading
+        received = 0
+        with pytest.raises(grpc.RpcError) as caught:
+            for answer in call:
+                assert answer.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+                received += 1
+        assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "stream_stall_timeout_s" in caught.value.details()
+        assert received < sent // 2
+        # the server is fine for everyone else
+        answer = pb_grpc.TranslatorStub(channel).Translate(pb.TranslateRequest(texts=["Hello."]), timeout=30)
+        assert answer.translations[0].hypotheses[0].text
+
+
+def test_partials_are_coalesced_to_whole_words(server: BackgroundServer, demo_engine) -> None:
+    """At most one partial per text per new word (the issue measured 8,177 partial messages for a 16 KB request)."""
+    text = "Select the cells that you want to print, then open the File menu and choose Print to print them."
+    request = pb.TranslateRequest(texts=[text, text], stream_partial=True)
+    with grpc.insecure_channel(server.address) as channel:
+        answers = list(pb_grpc.TranslatorStub(channel).TranslateStream(iter([request]), timeout=60))
+    final = answers[-1].translations
+    partials: dict[int, list[str]] = {}
+    for answer in answers[:-1]:
+        for partial in answer.partials:
+            partials.setdefault(partial.index, []).append(partial.text)
+    assert partials, "no partial output at all"
+    for index, texts in partials.items():
+        best = final[index].hypotheses[0].text
+        assert len(texts) <= len(best.split()), (len(texts), best)
+        for earlier, later in itertools.pairwise(texts):
+            assert later.startswith(earlier) and len(later.split()) > len(earlier.split())
+        for partial in texts:  # whole words only: the final continues each partial with a space
+            assert best.startswith(partial) and best[len(partial)] == " ", (partial, best)
+
+
+def test_expected_races_log_no_error(server: BackgroundServer, caplog: pytest.LogCaptureFixture) -> None:
+    """Deadlines expiring while a refusal is sent, and streams cancelled mid-write, are normal: no ERROR."""
+    texts = ["Select the cells that you want to print, then open the File menu and choose Print to print them."] * 4
+    with caplog.at_level(logging.INFO), grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.TranslatorStub(channel)
+        for i in range(10):
+            requests = [pb.TranslateRequest(texts=texts, stream_partial=True) for _ in range(10)]
+            call = stub.TranslateStream(iter(requests), timeout=60)
+            for count, _ in enumerate(call):
+                if count == i % 4:
+                    call.cancel()
+                    break
+        for i in range(300):  # refused at once, with deadlines around the time the refusal takes
+            with contextlib.suppress(grpc.RpcError):
+                stub.Translate(pb.TranslateRequest(), timeout=0.001 + (i % 10) * 0.0003)
+        assert stub.Translate(pb.TranslateRequest(texts=["Hello."]), timeout=30).translations
+    errors = [record for record in caplog.records if record.levelno >= logging.ERROR]
+    assert errors == [], [record.getMessage() for record in errors]
+
+
+def test_grpc_execute_batch_errors_are_logged_as_info(caplog: pytest.LogCaptureFixture) -> None:
+    quiet_expected_races()
+    with caplog.at_level(logging.INFO, logger=GRPC_LOGGER):
+        try:
+            raise ExecuteBatchError("Failed execute_batch")
+        except ExecuteBatchError:
+            logging.getLogger(GRPC_LOGGER).exception("ExecuteBatchError raised in core by servicer method [%s]", "/m")
+        logging.getLogger(GRPC_LOGGER).error("something else")
+    race, other = caplog.records
+    assert race.levelname == "INFO" and race.exc_info is None and "[/m]" in race.getMessage()
+    assert other.levelname == "ERROR"

@@ -150,3 +150,35 @@ def test_stable_prefix_on_the_engine_only_grows_and_is_final(engine: Engine, opt
     assert grew > 0
     for key, prefix in prefixes.items():
         assert finals[key][: len(prefix)] == prefix
+
+
+# -- the retry hint ---------------------------------------------------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_retry_hint_is_the_busy_drain_rate_and_survives_an_idle_spell() -> None:
+    """The engine took 32 sentences per second of backlog; after 10 idle minutes a burst of 64 waiting sentences
+    is told 2 s, not a rate decayed to nothing (the time-decayed average said 13.5-14.7 s after idle)."""
+    clock = FakeClock()
+    queue = WorkQueue(1024, clock=clock)
+    budget = Budget(32, 100_000, 128)
+    assert queue.retry_after_s() == 1.0  # nothing measured yet
+    queue.put(items(*[4] * 160))
+    for _ in range(4):  # a backlog throughout: each interval is one cycle of the busy engine
+        assert len(queue.take(budget, 0, 0, None, 0.0)[0]) == 32
+        clock.now += 1.0
+    queue.take(budget, 0, 0, None, 0.0)  # the queue is now empty: the engine goes idle
+    assert queue.drain_rate() == pytest.approx(32.0)
+    clock.now += 600.0
+    queue.put(items(*[4] * 64))
+    assert queue.retry_after_s() == pytest.approx(2.0)
+    clock.now += 0.002
+    queue.take(budget, 0, 0, None, 0.0)  # the first take after idle measured the batching delay: not counted
+    assert queue.drain_rate() == pytest.approx(32.0)
