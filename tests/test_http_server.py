@@ -393,3 +393,51 @@ def test_queue_full_is_429_with_retry_after_and_disconnect_cancels(model_dir: Pa
         wait_for(lambda: metrics(server.metrics_url).get(key) == 1.0)
         wait_for(lambda: server.server.state.inflight == 0)
         assert_serving(http)
+
+
+# -- the page in a real browser ----------------------------------------------------------------------------------
+
+
+def chromium_driver():
+    """Headless Debian chromium through chromedriver (installed by .ci/run). A missing browser fails the test:
+    CI must not pass without having run the page."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert binary and driver, "chromium and chromium-driver are needed (apt-get install -y chromium chromium-driver)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--window-size=1000,800"):  # fmt: skip
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_the_page_in_a_browser(http: Http, engine: Engine) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    nbest = best(engine, [TEXTS[0]], n=3)[0]
+    browser = chromium_driver()
+    try:
+        browser.get(http.base + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: b.find_element(By.ID, "target").get_attribute("value") == "de")
+        browser.find_element(By.ID, "text").send_keys(TEXTS[0])
+        browser.find_element(By.ID, "go").click()
+        wait.until(lambda b: b.find_element(By.ID, "status").text == "done")
+        assert browser.find_element(By.ID, "error").text == ""
+        output = browser.find_element(By.ID, "output")
+        assert output.get_attribute("textContent") == nbest[0]
+        assert int(output.get_attribute("data-partials")) >= 1  # the stable prefix was shown while decoding
+        rows = [
+            row.find_elements(By.TAG_NAME, "td") for row in browser.find_elements(By.CSS_SELECTOR, "#nbestTable tr")
+        ]
+        cells = [row for row in rows if row]  # the header row has th, not td
+        assert [row[1].get_attribute("textContent") for row in cells] == nbest
+        assert all(float(row[2].text) <= 0 for row in cells)
+    finally:
+        browser.quit()
