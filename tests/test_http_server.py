@@ -441,3 +441,30 @@ def test_the_page_in_a_browser(http: Http, engine: Engine) -> None:
         assert all(float(row[2].text) <= 0 for row in cells)
     finally:
         browser.quit()
+
+
+def test_a_stream_nobody_reads_is_dropped(model_dir: Path) -> None:
+    """Pipelined streams on one connection that is never read: once the socket buffers are full the server stops
+    producing, drops the connection after ``http_slow_reader_timeout_s`` and cancels the work; it keeps serving."""
+    cfg = config(model_dir, http_slow_reader_timeout_s=0.5, max_texts_per_request=256)
+    words = " ".join(TEXTS).split()
+    texts = [" ".join(words[(i + k) % len(words)] for k in range(60)) for i in range(256)]  # ~1 MB of events each
+    payload = json.dumps({"texts": texts, "options": {"beam_size": 1}}).encode()
+    head = "POST /v1/translate/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(payload)}"
+    with BackgroundServer(cfg) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server's buffer fills
+        sock.connect(("127.0.0.1", server.server.http_port))
+        try:
+            sock.sendall((head.encode() + b"\r\n\r\n" + payload) * 12)  # ~12 MB if every event were buffered
+            key = ("nmtserve_requests_total", (("code", "CANCELLED"), ("method", "HTTP /v1/translate/stream")))
+            wait_for(lambda: metrics(server.metrics_url).get(key) == 1.0, timeout=120)
+            wait_for(lambda: server.server.state.inflight == 0)
+            samples = metrics(server.metrics_url)
+            done = samples.get(("nmtserve_requests_total", (("code", "OK"), ("method", "HTTP /v1/translate/stream"))))
+            assert (done or 0) < 11  # the rest of the pipeline was never run
+            assert samples[("nmtserve_queue_depth", ())] == 0 and samples[("nmtserve_running_sentences", ())] == 0
+        finally:
+            sock.close()
+        assert_serving(Http(server))
