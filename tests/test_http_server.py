@@ -468,3 +468,26 @@ def test_a_stream_nobody_reads_is_dropped(model_dir: Path) -> None:
         finally:
             sock.close()
         assert_serving(Http(server))
+
+
+# -- nmtserve loadtest --http --------------------------------------------------------------------------------------
+
+
+def test_loadtest_over_http_open_and_closed_loop(server: BackgroundServer, tmp_path: Path) -> None:
+    from nmtserve.cli.main import main
+
+    lines = tmp_path / "input.en"
+    lines.write_text("\n".join(TEXTS) + "\n")
+    key = ("nmtserve_requests_total", (("code", "OK"), ("method", "HTTP /v1/translate")))
+    before = metrics(server.metrics_url).get(key, 0)
+    target = f"127.0.0.1:{server.server.http_port}"
+    common = ["loadtest", "--http", "--server", target, "--input", str(lines), "--out", str(tmp_path), "--quiet"]
+    assert main([*common, "--rate", "20", "--duration", "1", "--name", "open"]) == 0
+    assert main([*common, "--concurrency", "2", "--once", "--name", "closed"]) == 0
+    opened = json.loads((tmp_path / "open.json").read_text())
+    closed = json.loads((tmp_path / "closed.json").read_text())
+    assert opened["protocol"] == "http" and opened["model"]["precision"] == "fp32"
+    sent = opened["levels"][0]["requests"] + closed["levels"][0]["requests"]
+    assert opened["levels"][0]["ok"] == opened["levels"][0]["requests"] > 0
+    assert closed["levels"][0]["ok"] == closed["levels"][0]["requests"] == len(TEXTS)
+    assert metrics(server.metrics_url).get(key, 0) - before == sent  # every one reached the server over HTTP
