@@ -2,8 +2,8 @@
 
 ``python -m nmtserve.bench.http_vs_grpc --out docs/benchmarks/http``: one ``nmtserve serve`` child with both ports,
 the demo model by default; closed-loop saturation (``--concurrency`` in flight) for each protocol in turn, twice,
-and the latency of one request at a time (concurrency 1), which is what the HTTP layer adds per request. The
-protocols take turns so that a change in the machine's load spreads over both.
+and the latency of one request at a time (concurrency 1), which is what the HTTP layer adds per request; medians
+of ``--runs`` runs. The protocols take turns so that a change in the machine's load spreads over both.
 """
 
 from __future__ import annotations
@@ -71,18 +71,19 @@ def main(argv: list[str] | None = None) -> int:
         host = server.address.rsplit(":", 1)[0]
         targets = {"grpc": (server.address, False), "http": (f"{host}:{http_port}", True)}
         runs: dict[str, list[dict]] = {"grpc": [], "http": []}
-        single: dict[str, dict] = {}
+        single: dict[str, list[dict]] = {"grpc": [], "http": []}
         for _ in range(args.runs):
             for name, (target, http) in targets.items():
                 runs[name].append(measure(target, http, args.concurrency, args.duration))
-        for name, (target, http) in targets.items():
-            single[name] = measure(target, http, 1, args.duration)
+            for name, (target, http) in targets.items():
+                single[name].append(measure(target, http, 1, args.duration))
     saturation = {name: statistics.median(r["sentences_per_s"] for r in results) for name, results in runs.items()}
+    p50 = {name: statistics.median(r["latency_ms"]["p50"] for r in results) for name, results in single.items()}
     summary = {
         "saturation_sentences_s": saturation,
         "http_over_grpc": saturation["http"] / saturation["grpc"],
-        "p50_ms_one_in_flight": {name: result["latency_ms"]["p50"] for name, result in single.items()},
-        "added_p50_ms": single["http"]["latency_ms"]["p50"] - single["grpc"]["latency_ms"]["p50"],
+        "p50_ms_one_in_flight": p50,
+        "added_p50_ms": p50["http"] - p50["grpc"],
         "concurrency": args.concurrency,
         "duration_s": args.duration,
         "threads": args.threads,

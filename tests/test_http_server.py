@@ -21,6 +21,7 @@ import pytest
 from conftest import scrape_metrics as metrics
 from libretranslatepy import LibreTranslateAPI
 from test_grpc_server import SlowEngine, wait_for
+from test_security import Pki, issue, make_ca
 
 from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.export.testing import tiny_export
@@ -491,3 +492,48 @@ def test_loadtest_over_http_open_and_closed_loop(server: BackgroundServer, tmp_p
     assert opened["levels"][0]["ok"] == opened["levels"][0]["requests"] > 0
     assert closed["levels"][0]["ok"] == closed["levels"][0]["requests"] == len(TEXTS)
     assert metrics(server.metrics_url).get(key, 0) - before == sent  # every one reached the server over HTTP
+
+
+# -- the gRPC port's TLS on the HTTP port -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA, a server and a client certificate it signed, and a rogue CA's client (test_security's helpers)."""
+    directory = tmp_path_factory.mktemp("http-pki")
+    ca, ca_key, ca_cert = make_ca(directory, "ca")
+    rogue, rogue_key, rogue_cert = make_ca(directory, "rogue-ca")
+    return Pki(
+        ca=ca,
+        server=issue(directory, "server", ca_key, ca_cert, server=True),
+        client=issue(directory, "client", ca_key, ca_cert, server=False),
+        rogue_ca=rogue,
+        rogue_client=issue(directory, "rogue-client", rogue_key, rogue_cert, server=False),
+    )
+
+
+def test_https_and_mutual_tls(model_dir: Path, engine: Engine, pki: Pki) -> None:
+    import ssl
+
+    cfg = config(model_dir, tls_cert=pki.server.cert, tls_key=pki.server.key, tls_client_ca=pki.ca.cert)
+    want = best(engine, [TEXTS[0]])[0][0]
+    body = json.dumps({"q": TEXTS[0], "source": "en", "target": "de"}).encode()
+    with BackgroundServer(cfg) as server:
+        url = f"https://127.0.0.1:{server.server.http_port}/translate"
+
+        def post(context: ssl.SSLContext) -> dict:
+            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30, context=context) as answer:
+                return json.loads(answer.read())
+
+        trusted = ssl.create_default_context(cafile=str(pki.ca.cert))
+        trusted.load_cert_chain(str(pki.client.cert), str(pki.client.key))
+        assert post(trusted) == {"translatedText": want}
+        anonymous = ssl.create_default_context(cafile=str(pki.ca.cert))  # no client certificate
+        rogue = ssl.create_default_context(cafile=str(pki.ca.cert))
+        rogue.load_cert_chain(str(pki.rogue_client.cert), str(pki.rogue_client.key))
+        for context in (anonymous, rogue):
+            with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+                post(context)
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext on the TLS port
+            urllib.request.urlopen(url.replace("https", "http"), data=body, timeout=10)
