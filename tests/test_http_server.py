@@ -537,3 +537,23 @@ def test_https_and_mutual_tls(model_dir: Path, engine: Engine, pki: Pki) -> None
                 post(context)
         with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext on the TLS port
             urllib.request.urlopen(url.replace("https", "http"), data=body, timeout=10)
+
+
+def test_not_serving_until_loaded_then_draining(model_dir: Path, engine: Engine) -> None:
+    server = BackgroundServer(config(model_dir), load=False)
+    with server:
+        http = Http(server)
+        status, _, body = http.call("GET", "/health")
+        assert status == 503 and "still loading" in body["error"]
+        fields = {"q": TEXTS[0], "source": "en", "target": "de"}
+        for path, payload in (("/translate", fields), ("/v1/translate", {"texts": [TEXTS[0]]})):
+            status, headers, body = http.call("POST", path, payload)
+            assert status == 503 and headers["Retry-After"] == "1" and "error" in body
+        server.load()
+        assert_serving(http)
+        assert http.call("POST", "/translate", fields)[2] == {"translatedText": best(engine, [TEXTS[0]])[0][0]}
+        assert server.drain(timeout=5)
+        status, _, body = http.call("GET", "/health")
+        assert status == 503 and "draining" in body["error"]
+        status, _, body = http.call("POST", "/v1/translate", {"texts": [TEXTS[0]]})
+        assert status == 503 and "draining" in body["error"]
