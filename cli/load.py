@@ -35,6 +35,7 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
         max_inflight=args.max_inflight,
         once=args.once,
         seed=args.seed,
+        http=args.http,
     )
     report = run_loadtest(spec, progress=not args.quiet)
     for result in report.results:
@@ -47,6 +48,9 @@ def cmd_loadtest(args: argparse.Namespace) -> int:
 def register(commands: argparse._SubParsersAction) -> None:
     loadtest = commands.add_parser("loadtest", help="load-test a running server (latency percentiles, plots)")
     loadtest.add_argument("--server", metavar="HOST:PORT", default="127.0.0.1:50051")
+    loadtest.add_argument(
+        "--http", action="store_true", help="load the HTTP API (POST /v1/translate); --server is the HTTP HOST:PORT"
+    )
     loadtest.add_argument("--input", type=Path, required=True, help="text file, one sentence per line")
     load = loadtest.add_mutually_exclusive_group(required=True)
     load.add_argument("--rate", type=_load_levels, help="open loop: Poisson arrivals, requests/s (R or R1,R2,...)")

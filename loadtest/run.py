@@ -14,6 +14,7 @@ from pathlib import Path
 from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
+from nmtserve.loadtest.http import HttpConnections
 from nmtserve.loadtest.plots import latency_cdf, load_curves
 from nmtserve.loadtest.runner import Connections, closed_loop, open_loop
 from nmtserve.loadtest.stats import LevelResult, Sample, format_level, summarize
@@ -37,6 +38,7 @@ class LoadTestSpec:
     once: bool = False  # send every line exactly once (in file order) instead of cycling for ``duration``
     seed: int = 0
     connections: int = 4
+    http: bool = False  # load the HTTP port's /v1/translate instead of gRPC (target is its HOST:PORT)
 
 
 @dataclass
@@ -50,6 +52,7 @@ class LoadTestReport:
         spec = self.spec
         return {
             "target": spec.target,
+            "protocol": "http" if spec.http else "grpc",
             "mode": spec.mode,
             "duration_s_per_level": spec.duration,
             "texts_per_request": spec.texts_per_request,
@@ -64,13 +67,10 @@ class LoadTestReport:
 
 
 async def _run(spec: LoadTestSpec, progress: bool) -> LoadTestReport:
-    connections = Connections(spec.target, spec.connections)
+    connections = HttpConnections(spec.target) if spec.http else Connections(spec.target, spec.connections)
     try:
         await connections.wait_ready()
-        model = MessageToDict(
-            await connections.stub().GetModelInfo(pb.GetModelInfoRequest(), timeout=10),
-            preserving_proto_field_name=True,
-        )
+        model = await connections.model_info()
         results, all_samples = [], []
         for level in spec.levels:
             workload = Workload(spec.lines, spec.texts_per_request, spec.seed)

@@ -15,12 +15,14 @@ import random
 from collections.abc import Callable, Iterable, Iterator
 
 import grpc
+from google.protobuf.json_format import MessageToDict
 
 from nmtserve.loadtest.stats import Sample
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 
 Progress = Callable[[int], None]  # called with the number of requests just completed
+# Connections (gRPC) or loadtest.http.HttpConnections: anything with ``call(texts, options, timeout) -> status``.
 
 
 class Connections:
@@ -36,6 +38,14 @@ class Connections:
 
     def stub(self) -> pb_grpc.TranslatorStub:
         return next(self._next)
+
+    async def call(self, texts: list[str], options: pb.DecodingOptions, timeout: float) -> str:
+        """One Translate on the next connection; its status name."""
+        return await _call(self.stub(), texts, options, timeout)
+
+    async def model_info(self) -> dict:
+        info = await self.stub().GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+        return MessageToDict(info, preserving_proto_field_name=True)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         await asyncio.wait_for(asyncio.gather(*(c.channel_ready() for c in self.channels)), timeout)
@@ -73,7 +83,7 @@ async def open_loop(
     source: Iterator[list[str]] = iter(requests)
 
     async def one(texts: list[str], due: float) -> None:
-        code = await _call(connections.stub(), texts, options, timeout)
+        code = await connections.call(texts, options, timeout)
         samples.append(Sample(due, loop.time() - start - due, code, len(texts)))
         if progress:
             progress(1)
@@ -122,7 +132,7 @@ async def closed_loop(
             if texts is None:
                 return
             due = loop.time() - start
-            code = await _call(connections.stub(), texts, options, timeout)
+            code = await connections.call(texts, options, timeout)
             samples.append(Sample(due, loop.time() - start - due, code, len(texts)))
             if progress:
                 progress(1)

@@ -21,6 +21,7 @@ import pytest
 from conftest import scrape_metrics as metrics
 from libretranslatepy import LibreTranslateAPI
 from test_grpc_server import SlowEngine, wait_for
+from test_security import Pki, issue, make_ca
 
 from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.export.testing import tiny_export
@@ -393,3 +394,166 @@ def test_queue_full_is_429_with_retry_after_and_disconnect_cancels(model_dir: Pa
         wait_for(lambda: metrics(server.metrics_url).get(key) == 1.0)
         wait_for(lambda: server.server.state.inflight == 0)
         assert_serving(http)
+
+
+# -- the page in a real browser ----------------------------------------------------------------------------------
+
+
+def chromium_driver():
+    """Headless Debian chromium through chromedriver (installed by .ci/run). A missing browser fails the test:
+    CI must not pass without having run the page."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    binary, driver = shutil.which("chromium"), shutil.which("chromedriver")
+    assert binary and driver, "chromium and chromium-driver are needed (apt-get install -y chromium chromium-driver)"
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-dev-shm-usage", "--window-size=1000,800"):  # fmt: skip
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(driver), options=options)
+
+
+def test_the_page_in_a_browser(http: Http, engine: Engine) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    nbest = best(engine, [TEXTS[0]], n=3)[0]
+    browser = chromium_driver()
+    try:
+        browser.get(http.base + "/")
+        wait = WebDriverWait(browser, 30)
+        wait.until(lambda b: b.find_element(By.ID, "target").get_attribute("value") == "de")
+        browser.find_element(By.ID, "text").send_keys(TEXTS[0])
+        browser.find_element(By.ID, "go").click()
+        wait.until(lambda b: b.find_element(By.ID, "status").text == "done")
+        assert browser.find_element(By.ID, "error").text == ""
+        output = browser.find_element(By.ID, "output")
+        assert output.get_attribute("textContent") == nbest[0]
+        assert int(output.get_attribute("data-partials")) >= 1  # the stable prefix was shown while decoding
+        rows = [
+            row.find_elements(By.TAG_NAME, "td") for row in browser.find_elements(By.CSS_SELECTOR, "#nbestTable tr")
+        ]
+        cells = [row for row in rows if row]  # the header row has th, not td
+        assert [row[1].get_attribute("textContent") for row in cells] == nbest
+        assert all(float(row[2].text) <= 0 for row in cells)
+    finally:
+        browser.quit()
+
+
+def test_a_stream_nobody_reads_is_dropped(model_dir: Path) -> None:
+    """Pipelined streams on one connection that is never read: once the socket buffers are full the server stops
+    producing, drops the connection after ``http_slow_reader_timeout_s`` and cancels the work; it keeps serving."""
+    cfg = config(model_dir, http_slow_reader_timeout_s=0.5, max_texts_per_request=256)
+    words = " ".join(TEXTS).split()
+    texts = [" ".join(words[(i + k) % len(words)] for k in range(60)) for i in range(256)]  # ~1 MB of events each
+    payload = json.dumps({"texts": texts, "options": {"beam_size": 1}}).encode()
+    head = "POST /v1/translate/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(payload)}"
+    with BackgroundServer(cfg) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # a small window: the server's buffer fills
+        sock.connect(("127.0.0.1", server.server.http_port))
+        try:
+            sock.sendall((head.encode() + b"\r\n\r\n" + payload) * 12)  # ~12 MB if every event were buffered
+            key = ("nmtserve_requests_total", (("code", "CANCELLED"), ("method", "HTTP /v1/translate/stream")))
+            wait_for(lambda: metrics(server.metrics_url).get(key) == 1.0, timeout=120)
+            wait_for(lambda: server.server.state.inflight == 0)
+            samples = metrics(server.metrics_url)
+            done = samples.get(("nmtserve_requests_total", (("code", "OK"), ("method", "HTTP /v1/translate/stream"))))
+            assert (done or 0) < 11  # the rest of the pipeline was never run
+            assert samples[("nmtserve_queue_depth", ())] == 0 and samples[("nmtserve_running_sentences", ())] == 0
+        finally:
+            sock.close()
+        assert_serving(Http(server))
+
+
+# -- nmtserve loadtest --http --------------------------------------------------------------------------------------
+
+
+def test_loadtest_over_http_open_and_closed_loop(server: BackgroundServer, tmp_path: Path) -> None:
+    from nmtserve.cli.main import main
+
+    lines = tmp_path / "input.en"
+    lines.write_text("\n".join(TEXTS) + "\n")
+    key = ("nmtserve_requests_total", (("code", "OK"), ("method", "HTTP /v1/translate")))
+    before = metrics(server.metrics_url).get(key, 0)
+    target = f"127.0.0.1:{server.server.http_port}"
+    common = ["loadtest", "--http", "--server", target, "--input", str(lines), "--out", str(tmp_path), "--quiet"]
+    assert main([*common, "--rate", "20", "--duration", "1", "--name", "open"]) == 0
+    assert main([*common, "--concurrency", "2", "--once", "--name", "closed"]) == 0
+    opened = json.loads((tmp_path / "open.json").read_text())
+    closed = json.loads((tmp_path / "closed.json").read_text())
+    assert opened["protocol"] == "http" and opened["model"]["precision"] == "fp32"
+    sent = opened["levels"][0]["requests"] + closed["levels"][0]["requests"]
+    assert opened["levels"][0]["ok"] == opened["levels"][0]["requests"] > 0
+    assert closed["levels"][0]["ok"] == closed["levels"][0]["requests"] == len(TEXTS)
+    assert metrics(server.metrics_url).get(key, 0) - before == sent  # every one reached the server over HTTP
+
+
+# -- the gRPC port's TLS on the HTTP port -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A CA, a server and a client certificate it signed, and a rogue CA's client (test_security's helpers)."""
+    directory = tmp_path_factory.mktemp("http-pki")
+    ca, ca_key, ca_cert = make_ca(directory, "ca")
+    rogue, rogue_key, rogue_cert = make_ca(directory, "rogue-ca")
+    return Pki(
+        ca=ca,
+        server=issue(directory, "server", ca_key, ca_cert, server=True),
+        client=issue(directory, "client", ca_key, ca_cert, server=False),
+        rogue_ca=rogue,
+        rogue_client=issue(directory, "rogue-client", rogue_key, rogue_cert, server=False),
+    )
+
+
+def test_https_and_mutual_tls(model_dir: Path, engine: Engine, pki: Pki) -> None:
+    import ssl
+
+    cfg = config(model_dir, tls_cert=pki.server.cert, tls_key=pki.server.key, tls_client_ca=pki.ca.cert)
+    want = best(engine, [TEXTS[0]])[0][0]
+    body = json.dumps({"q": TEXTS[0], "source": "en", "target": "de"}).encode()
+    with BackgroundServer(cfg) as server:
+        url = f"https://127.0.0.1:{server.server.http_port}/translate"
+
+        def post(context: ssl.SSLContext) -> dict:
+            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30, context=context) as answer:
+                return json.loads(answer.read())
+
+        trusted = ssl.create_default_context(cafile=str(pki.ca.cert))
+        trusted.load_cert_chain(str(pki.client.cert), str(pki.client.key))
+        assert post(trusted) == {"translatedText": want}
+        anonymous = ssl.create_default_context(cafile=str(pki.ca.cert))  # no client certificate
+        rogue = ssl.create_default_context(cafile=str(pki.ca.cert))
+        rogue.load_cert_chain(str(pki.rogue_client.cert), str(pki.rogue_client.key))
+        for context in (anonymous, rogue):
+            with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
+                post(context)
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext on the TLS port
+            urllib.request.urlopen(url.replace("https", "http"), data=body, timeout=10)
+
+
+def test_not_serving_until_loaded_then_draining(model_dir: Path, engine: Engine) -> None:
+    server = BackgroundServer(config(model_dir), load=False)
+    with server:
+        http = Http(server)
+        status, _, body = http.call("GET", "/health")
+        assert status == 503 and "still loading" in body["error"]
+        fields = {"q": TEXTS[0], "source": "en", "target": "de"}
+        for path, payload in (("/translate", fields), ("/v1/translate", {"texts": [TEXTS[0]]})):
+            status, headers, body = http.call("POST", path, payload)
+            assert status == 503 and headers["Retry-After"] == "1" and "error" in body
+        server.load()
+        assert_serving(http)
+        assert http.call("POST", "/translate", fields)[2] == {"translatedText": best(engine, [TEXTS[0]])[0][0]}
+        assert server.drain(timeout=5)
+        status, _, body = http.call("GET", "/health")
+        assert status == 503 and "draining" in body["error"]
+        status, _, body = http.call("POST", "/v1/translate", {"texts": [TEXTS[0]]})
+        assert status == 503 and "draining" in body["error"]
