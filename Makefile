@@ -12,7 +12,7 @@ TORCH ?= torch==2.13.0
 $(SERVE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/pip install --quiet --upgrade pip
-	$(SERVE_VENV)/bin/pip install --quiet -e ".[cpu]"
+	$(SERVE_VENV)/bin/pip install --quiet -e ".[cpu,eval]"
 	touch $@
 
 $(DEV_VENV)/.installed: pyproject.toml

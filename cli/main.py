@@ -9,6 +9,7 @@ import logging
 import sys
 from importlib import metadata
 
+import nmtserve.engine  # noqa: F401 (its import sets onnxruntime's telemetry default before any tool loads it)
 from nmtserve.cli import benchmarks, exporting, load, serving, training, translating
 from nmtserve.cli.common import SERVING_EXTRAS, missing_extra
 

@@ -9,8 +9,16 @@ the decoding vocabulary does not import onnxruntime: ``nmtserve --help`` works i
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
+
+# onnxruntime (1.2x, Linux) sends usage telemetry, and when it cannot persist a device id under $HOME (a read-only
+# HOME, as in the container image) it prints a plain-text warning at import, before logging is set up: the one
+# line of a JSON log that is not JSON. A translation server has no business phoning home, so telemetry is off by
+# default; ORT_DISABLE_TELEMETRY=0 in the environment turns it back on. Set here, the package's first code, because
+# every engine module that imports onnxruntime runs after it.
+os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 if TYPE_CHECKING:
     from nmtserve.engine.batch import DecodingBatch, Finished

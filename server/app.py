@@ -23,7 +23,6 @@ import time
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
 
 from nmtserve.engine import Engine
 from nmtserve.server.admission import RequestChecker
@@ -33,6 +32,7 @@ from nmtserve.server.http.app import HttpFrontDoor
 from nmtserve.server.http.common import HttpContext
 from nmtserve.server.logs import quiet_expected_races
 from nmtserve.server.metrics import MetricsEndpoint, ServerMetrics, serve_metrics
+from nmtserve.server.reflection import enable_reflection
 from nmtserve.server.scheduler import Scheduler
 from nmtserve.server.security import BearerTokenInterceptor, load_tokens, server_credentials
 from nmtserve.server.service import SERVICE_NAME, Backend, TranslatorService, add_translator_service
@@ -108,8 +108,7 @@ class TranslationServer:
         add_translator_service(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if config.reflection:
-            names = (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
-            reflection.enable_server_reflection(names, server)
+            enable_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
         address = f"{config.host}:{config.port}"
         try:
             if credentials is None:

@@ -6,7 +6,10 @@ import os
 import re
 import subprocess
 import sys
+from importlib import metadata
 from pathlib import Path
+
+from conftest import write_corpus
 
 from nmtserve.model.beam_search import DecodingOptions
 from nmtserve.model.checkpoint import DEMO_CHECKPOINT, load_checkpoint
@@ -81,3 +84,67 @@ def test_shipped_export_was_made_from_the_shipped_checkpoint() -> None:
         manifest = read_manifest(demo_export(precision))
         assert manifest["precision"] == precision
         assert manifest["model"]["checkpoint"]["weights_sha256"] == sha256_file(DEMO_CHECKPOINT / "model.safetensors")
+
+
+# -- one way in: --version, and an install without an extra ---------------------------------------------------------
+
+# Runs the real CLI with some top-level modules made unimportable, as in an install without their extra: a finder
+# first on sys.meta_path refuses them as Python does for a missing package (ModuleNotFoundError with its name).
+WITHOUT = """
+import sys
+BLOCKED = set(sys.argv[1].split(","))
+
+class Absent:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in BLOCKED:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, Absent())
+from nmtserve.cli.main import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+def run_without(modules: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI with ``modules`` (comma-separated top-level names) missing."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    argv = [sys.executable, "-c", WITHOUT, modules, *args]
+    return subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, env=env, timeout=120, check=False
+    )
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.strip() == f"nmtserve {metadata.version('nmtserve')}"
+
+
+def test_help_without_onnxruntime_or_torch() -> None:
+    """A bare install (neither extra) still explains itself, and says what serving needs."""
+    result = run_without("torch,onnxruntime", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "nmtserve[cpu]" in result.stdout and "serve" in result.stdout and result.stderr == ""
+
+
+def test_a_command_needing_torch_names_the_extra_in_one_line() -> None:
+    result = run_without("torch", "translate", "--backend", "torch")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nmtserve[train]" in lines[0] and "torch" in lines[0]
+
+
+def test_serve_without_onnxruntime_names_the_serving_extra() -> None:
+    result = run_without("onnxruntime", "serve", "--port", "0", "--metrics-port", "0")
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "nmtserve[cpu]" in lines[0] and "onnxruntime" in lines[0]
+
+
+def test_evaluate_with_the_onnx_backend_needs_no_torch(tmp_path: Path) -> None:
+    """The serving install's evaluate: the demo export on a few synthetic sentences, torch unimportable."""
+    corpus = write_corpus(tmp_path / "corpus", train=1, dev=3)
+    args = ("evaluate", "--corpus", str(corpus), "--split", "dev", "--limit", "3", "--beam-size", "1", "--threads", "1")
+    result = run_without("torch", *args)
+    assert result.returncode == 0, result.stderr
+    assert "BLEU" in result.stdout

@@ -15,7 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import scrape_metrics as metrics
+from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 from nmtserve.engine import DecodingOptions, Engine
@@ -327,6 +329,48 @@ def test_request_batching_join_window(model_dir: Path, engine: Engine, window: i
         assert not first_finished_before_second and shared_steps > 0
     else:  # no decode step ever held both sentences: the second waited for the first batch to end
         assert shared_steps == 0
+
+
+def test_reflection_v1_and_v1alpha(server: BackgroundServer) -> None:
+    """Both reflection protocols list the services, and v1 describes itself and the Translator as v1 files."""
+    requests = [
+        reflection_pb2.ServerReflectionRequest(list_services=""),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="grpc.reflection.v1.ServerReflection"),
+        reflection_pb2.ServerReflectionRequest(file_containing_symbol="nmtserve.v1.Translator"),
+    ]
+    with grpc.insecure_channel(server.address) as channel:
+        answers = {}
+        for package in ("grpc.reflection.v1", "grpc.reflection.v1alpha"):
+            call = channel.stream_stream(
+                f"/{package}.ServerReflection/ServerReflectionInfo",
+                request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+                response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+            )
+            answers[package] = list(call(iter(requests), timeout=10))
+    for listing, *_ in answers.values():
+        services = {s.name for s in listing.list_services_response.service}
+        assert {"nmtserve.v1.Translator", "grpc.health.v1.Health"} <= services
+        assert {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= services
+    _, itself, translator = answers["grpc.reflection.v1"]
+    v1 = descriptor_pb2.FileDescriptorProto.FromString(itself.file_descriptor_response.file_descriptor_proto[0])
+    alpha = descriptor_pb2.FileDescriptorProto()
+    reflection_pb2.DESCRIPTOR.CopyToProto(alpha)
+    assert v1.package == "grpc.reflection.v1" and [s.name for s in v1.service] == ["ServerReflection"]
+
+    def shapes(file: descriptor_pb2.FileDescriptorProto) -> list[tuple[str, str, int, int, str]]:
+        """Every field's wire identity: same numbers and types means the two protocols encode alike."""
+        return [
+            (m.name, f.name, f.number, f.type, f.type_name.rsplit(".", 1)[-1])
+            for m in file.message_type
+            for f in m.field
+        ]
+
+    assert shapes(v1) == shapes(alpha) and len(shapes(v1)) > 10
+    described = [
+        descriptor_pb2.FileDescriptorProto.FromString(raw)
+        for raw in translator.file_descriptor_response.file_descriptor_proto
+    ]
+    assert any(f.package == "nmtserve.v1" and "Translator" in [s.name for s in f.service] for f in described)
 
 
 def test_health_and_reflection(model_dir: Path) -> None:
