@@ -44,3 +44,14 @@ deploy-assets: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python deploy/docker/lock.py
 	$(DEV_VENV)/bin/python deploy/tools/prometheusrule.py
 	$(DEV_VENV)/bin/python deploy/tools/local_stack.py --duration 90 --render docs/img
+
+# The serving image built for real with podman from the unchanged Dockerfile, on a base made locally with mmdebstrap
+# (no registry is reachable here), and run as the Kubernetes manifests run it (deploy/tools/image_test.py, about two
+# minutes; report in runs/image-test/cpu). image-gpu builds the GPU target (about 3 GB) and checks its CUDA provider;
+# CI builds it only when asked (NMTSERVE_IMAGE_GPU=1).
+.PHONY: image-test image-gpu
+image-test: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python deploy/tools/image_test.py cpu
+
+image-gpu: $(DEV_VENV)/.installed
+	$(DEV_VENV)/bin/python deploy/tools/image_test.py gpu
