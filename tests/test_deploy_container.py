@@ -209,6 +209,7 @@ def test_cpu_lock_installs_in_a_fresh_venv_and_serves_as_the_entrypoint(image, t
     source = tmp_path / "src"
     copied = dm.copy_context(ROOT, image.stages["wheel"], dm.ignore_patterns(DOCKERIGNORE), source)
     assert copied and (source / "pyproject.toml").is_file()
+    (source / "model" / "demo").mkdir(exist_ok=True)  # as the wheel stage's RUN does (the checkpoint stays out)
     dist = tmp_path / "dist"
     build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--wheel-dir", str(dist)]
     subprocess.run([*build, str(source)], check=True, capture_output=True, env=clean_pip_env(), timeout=300)

@@ -249,6 +249,9 @@ def test_deadline_cancel_and_queue_full(model_dir: Path, engine: Engine) -> None
         samples = metrics(url)
         codes = {dict(labels)["code"]: v for (name, labels), v in samples.items() if name == "nmtserve_requests_total"}
         assert codes == {"DEADLINE_EXCEEDED": 1.0, "CANCELLED": 1.0, "RESOURCE_EXHAUSTED": 1.0, "OK": 1.0}
+        # The engine thread sets the gauges just after it delivers the last answer: give it that moment.
+        wait_for(lambda: metrics(url)[("nmtserve_running_sentences", ())] == 0)
+        samples = metrics(url)
         assert samples[("nmtserve_running_sentences", ())] == 0 and samples[("nmtserve_queue_depth", ())] == 0
 
 
