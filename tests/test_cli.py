@@ -174,3 +174,11 @@ def test_every_command_has_working_help(capsys) -> None:
         except SystemExit as exit_:
             assert exit_.code == 0, command
         assert "usage: nmtserve " + " ".join(command) in capsys.readouterr().out
+
+
+def test_a_missing_corpus_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "no-corpus"
+    result = run_cli("evaluate", "--corpus", str(missing), "--split", "dev")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(missing / "dev.en") in lines[0] and "Traceback" not in result.stderr
