@@ -30,8 +30,10 @@ demo: $(SERVE_VENV)/.installed
 test: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/python -m pytest -q
 
+# Ruff, then mypy over every package (.ci/typecheck.py resolves nmtserve.* to the folders).
 lint: $(DEV_VENV)/.installed
 	$(DEV_VENV)/bin/ruff check . && $(DEV_VENV)/bin/ruff format --check .
+	$(DEV_VENV)/bin/python .ci/typecheck.py
 
 # Known vulnerabilities in the serving dependencies (what `make demo` installs); CI runs it after `make test`.
 audit: $(DEV_VENV)/.installed

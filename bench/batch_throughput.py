@@ -7,6 +7,7 @@ shows where that stops paying on this machine. Every point translates the same s
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from functools import partial
 from typing import Any
 
 from tqdm import tqdm
@@ -35,7 +36,7 @@ def run_batch_throughput(
     for name, beam, size in tqdm(work, desc="batch throughput", unit="run"):
         beam_options = replace(options, beam_size=beam)
         timing, outputs = measure(
-            lambda name=name, beam_options=beam_options, size=size: engines[name](sources, beam_options, size),
+            partial(engines[name], sources, beam_options, size),
             repeats=repeats,
             warmup=0,
         )

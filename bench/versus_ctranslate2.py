@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from nmtserve.bench.engines import TranslateFn
@@ -37,7 +38,7 @@ def compare(
     outputs: dict[str, list[list[int]]] = {}
     for _ in range(max(1, repeats)):
         for name, translate in engines.items():
-            timing, outputs[name] = measure(lambda t=translate: t(sources, options, batch_size), repeats=1, warmup=0)
+            timing, outputs[name] = measure(partial(translate, sources, options, batch_size), repeats=1, warmup=0)
             timings[name] = timings[name].merged(timing) if name in timings else timing
     result: dict[str, Any] = {"sentences": len(sources), "beam": options.beam_size, "batch_size": batch_size}
     for name, timing in timings.items():

@@ -65,7 +65,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     engine.set_defaults(func=cmd_bench_engine)
 
     server = bench_commands.add_parser(
-        "server", help="servers under load: batching speedup, latency at 25-90 % load, server vs engine"
+        "server", help="servers under load: batching speedup, latency at 25-90 %% load, server vs engine"
     )
     from nmtserve.loadtest import bench as server_bench
 

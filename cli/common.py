@@ -38,6 +38,15 @@ def missing_extra(error: ModuleNotFoundError, command: str) -> MissingExtra | No
     return MissingExtra(f"nmtserve {command}: needs {module}, which this install lacks: {install}")
 
 
+def missing_file(error: FileNotFoundError, command: str) -> str:
+    """The one-line explanation of a file the command needs and cannot find; the corpus default gets a hint."""
+    path = str(error.filename or error)
+    hint = ""
+    if Path(path).is_relative_to(DEFAULT_CORPUS) and not Path(path).is_absolute():
+        hint = " (the default corpus, relative to the current directory: build it with `nmtserve data build`)"
+    return f"nmtserve {command}: {path}: no such file or directory{hint}"
+
+
 def add_decoding_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--beam-size", type=int, default=4)
     parser.add_argument("--length-penalty", type=float, default=1.0)

@@ -11,7 +11,7 @@ from importlib import metadata
 
 import nmtserve.engine  # noqa: F401 (its import sets onnxruntime's telemetry default before any tool loads it)
 from nmtserve.cli import benchmarks, exporting, load, serving, training, translating
-from nmtserve.cli.common import SERVING_EXTRAS, missing_extra
+from nmtserve.cli.common import SERVING_EXTRAS, missing_extra, missing_file
 
 EPILOG = f"Serving needs onnxruntime: {SERVING_EXTRAS}; training and export need 'nmtserve[train]'."
 
@@ -36,6 +36,9 @@ def main(argv: list[str] | None = None) -> int:
         if explained is None:
             raise
         print(explained, file=sys.stderr)
+        return 2
+    except FileNotFoundError as error:  # a path given (or defaulted) on the command line: one line, not a traceback
+        print(missing_file(error, args.command), file=sys.stderr)
         return 2
 
 

@@ -45,7 +45,7 @@ def cmd_translate(args: argparse.Namespace) -> int:
         from nmtserve.engine import Engine
 
         engine = Engine.load(model_dir_of(args), threads=args.threads)
-        translated = [nbest[0].text for nbest in engine.translate(texts, decoding_options(args))]
+        translated = [nbest[0].text or "" for nbest in engine.translate(texts, decoding_options(args))]
     translations = iter(translated)
     for line in lines:  # blank lines stay blank, so output lines match input lines one to one
         print(next(translations) if line.strip() else "")

@@ -181,6 +181,7 @@ class DecodingBatch:
             return
         position = {serial: i for i, serial in enumerate(self._cross_rows)}
         source_len = max(s.source_len for s in self._sentences)
+        assert self._cross is not None  # sentences are in the batch, so their cross K/V is too
         gathered = self._runtime.run(
             GATHER_ROWS,
             {
@@ -202,6 +203,7 @@ class DecodingBatch:
         positions = np.repeat(np.array([s.step for s in self._sentences], np.int64), rows)
         reorder = [s.parents for s in self._sentences]  # already global cache rows (or -1 for a new sentence)
         self._align_cross()
+        assert self._cross is not None
         query_rows, row_slots = cross_slots(rows)
         self._cache.reorder(np.concatenate(reorder))
         self._cache.trim(max(s.step for s in self._sentences))  # rows are left-padded: older slots are unused
@@ -229,15 +231,15 @@ class DecodingBatch:
         live: list[Sentence] = []
         offset = 0
         for sentence in self._sentences:
-            rows = slice(offset, offset + sentence.rows)
+            span = slice(offset, offset + sentence.rows)
             offset += sentence.rows
-            sentence_log_probs, sentence_ids = log_probs[rows], ids[rows]
+            sentence_log_probs, sentence_ids = log_probs[span], ids[span]
             if sentence.forbid_eos:
                 sentence_log_probs, sentence_ids = without_eos(sentence_log_probs, sentence_ids, info.eos_id)
             if advance(sentence, sentence_log_probs, sentence_ids, info.vocab_size, info.eos_id):
                 finished.append(Finished(sentence.key, sentence.finalize()))
             else:
-                sentence.parents = sentence.parents + rows.start  # sentence-local -> rows of the new cache
+                sentence.parents = sentence.parents + span.start  # sentence-local -> rows of the new cache
                 live.append(sentence)
         self._sentences = live
         if not live:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import cast
 
 from tqdm import tqdm
 
@@ -78,7 +79,7 @@ class Engine:
                     batch.add([sources[i] for i in take], options, keys=take)
                     queued += len(take)
                 for done in batch.step():
-                    results[done.key] = done.hypotheses
+                    results[cast(int, done.key)] = done.hypotheses  # the keys given to add()
                     bar.update()
         return results  # type: ignore[return-value]
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeAlias
 
 import numpy as np
 import onnxruntime as ort
@@ -33,7 +34,7 @@ GRAPHS = (ENCODER, DECODER_STEP, GATHER_ROWS, APPEND_ROWS, TRIM_CACHE, REORDER_C
 # 6x slower than the two ops it replaces (77 vs 13 us for [64, 1, 256], onnxruntime 1.31): on CPU the fusion is
 # turned off. On CUDA the fused kernel is the fast one and stays.
 CPU_DISABLED_FUSIONS = ("SkipLayerNormFusion",)
-Value = ort.OrtValue | np.ndarray
+Value: TypeAlias = ort.OrtValue | np.ndarray
 
 
 class EngineError(RuntimeError):

@@ -9,10 +9,11 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import torch
 
-from nmtserve.engine import DecodingOptions, Engine
+from nmtserve.engine import DecodingOptions, Engine, Hypothesis
 from nmtserve.model.beam_search import beam_search
 from nmtserve.model.checkpoint import load_checkpoint
 
@@ -62,7 +63,7 @@ def compare_with_reference(
     sources = engine.encode_texts(texts)
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     start = time.perf_counter()
-    reference = [None] * len(sources)
+    reference: list[list[Hypothesis]] = [[] for _ in sources]  # each filled below
     for first in range(0, len(order), batch_size):
         chunk = order[first : first + batch_size]
         for i, nbest in zip(chunk, beam_search(model, [sources[i] for i in chunk], options), strict=True):
@@ -74,7 +75,11 @@ def compare_with_reference(
     engine_seconds = time.perf_counter() - start
 
     same = [r[0].token_ids == g[0].token_ids for r, g in zip(reference, got, strict=True)]
-    diffs = [abs(r[0].score - g[0].score) for r, g, s in zip(reference, got, same, strict=True) if s]
+    diffs = [
+        abs(cast(float, r[0].score) - cast(float, g[0].score))
+        for r, g, s in zip(reference, got, same, strict=True)
+        if s
+    ]
     return ParityReport(
         sentences=len(sources),
         identical_best=sum(same) / max(1, len(same)),

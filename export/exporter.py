@@ -11,7 +11,7 @@ import logging
 import shutil
 from importlib import metadata as package_metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import onnx
@@ -196,7 +196,7 @@ def export_model(
         if gate:
             bar.set_postfix_str(next(stage))
             verification[precision]["bleu"] = _bleu_gate(
-                fp32_reference, staging, precision, Path(bleu_corpus), bleu_split, bleu_tolerance, threads
+                fp32_reference, staging, precision, Path(cast(Path, bleu_corpus)), bleu_split, bleu_tolerance, threads
             )
             manifest["verification"] = verification
             write_manifest(staging, manifest)

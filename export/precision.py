@@ -26,7 +26,8 @@ def _weight_matmuls(model: onnx.ModelProto) -> tuple[list[str], list[str]]:
     """Names of MatMul nodes with / without a constant (initializer) operand."""
     constants = {init.name for init in model.graph.initializer}
     constants |= {n.output[0] for n in model.graph.node if n.op_type == "Constant"}
-    with_weight, without = [], []
+    with_weight: list[str] = []
+    without: list[str] = []
     for node in model.graph.node:
         if node.op_type == "MatMul":
             (with_weight if any(i in constants for i in node.input) else without).append(node.name)

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import onnx
@@ -37,7 +38,7 @@ LAYER_NORM_EPSILON = 1e-5  # torch.nn.LayerNorm's default, which the model uses
 
 
 class _Graph:
-    """Accumulates nodes and initializers; ``op`` returns the output name(s) of the node it adds."""
+    """Accumulates nodes and initializers; ``op`` (one output) and ``ops`` return the output names of a node."""
 
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
@@ -49,7 +50,8 @@ class _Graph:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attributes) -> str | list[str]:
+    def ops(self, op_type: str, inputs: list[str], outputs: int | list[str], **attributes) -> list[str]:
+        """Add a node; the names of all its outputs (``outputs``: their names, or how many to name here)."""
         self._count += 1
         names = (
             outputs if isinstance(outputs, list) else [f"{op_type.lower()}_{self._count}_{i}" for i in range(outputs)]
@@ -58,7 +60,12 @@ class _Graph:
         self.nodes.append(
             helper.make_node(op_type, inputs, names, name=f"{op_type}_{self._count}", domain=domain, **attributes)
         )
-        return names[0] if len(names) == 1 else names
+        return names
+
+    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, **attributes) -> str:
+        """Add a node of one output; its name."""
+        (name,) = self.ops(op_type, inputs, outputs, **attributes)
+        return name
 
 
 def _linear(graph: _Graph, x: str, linear: torch.nn.Linear, name: str) -> str:
@@ -97,8 +104,8 @@ def _self_attention(shared: _Shared, attention, scope: str, kv: list[str], h: st
     g, (keys, values) = shared.graph, kv
     weight = torch.cat([attention.query.weight, attention.key.weight, attention.value.weight]).t()
     bias = torch.cat([attention.query.bias, attention.key.bias, attention.value.bias])
-    q, k, v = g.op("Split", [g.op("MatMul", [h, g.weight(f"{scope}.qkv.weight", weight)])], 3, axis=2, num_outputs=3)
-    attended = g.op(
+    q, k, v = g.ops("Split", [g.op("MatMul", [h, g.weight(f"{scope}.qkv.weight", weight)])], 3, axis=2, num_outputs=3)
+    attended = g.ops(
         "MultiHeadAttention",
         [q, k, v, g.weight(f"{scope}.qkv.bias", bias), shared.self_mask, "", keys, values],
         [f"{scope}.out", f"new_{keys}", f"new_{values}"],
@@ -163,15 +170,15 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
         x = _sublayer(g, x, layer.feed_forward_residual, f"{scope}.ffn", feed_forward)
 
     if config.pre_norm:
-        x = _layer_norm(g, x, model.decoder_norm, "decoder.norm")
+        x = _layer_norm(g, x, cast(torch.nn.LayerNorm, model.decoder_norm), "decoder.norm")  # pre-norm: a LayerNorm
     # The output projection shares the embedding (Section 3.4); stored transposed so that quantization sees a
     # plain weight MatMul.
     logits = g.op("MatMul", [g.op("Squeeze", [x, axis_1]), g.weight("output_projection", model.embedding.weight.t())])
     log_probs = g.op("LogSoftmax", [logits], axis=-1)
-    g.op("TopK", [log_probs, "k"], names["outputs"][:2], axis=-1, largest=1, sorted=1)
+    g.ops("TopK", [log_probs, "k"], names["outputs"][:2], axis=-1, largest=1, sorted=1)
 
-    cache_dims = ["rows", "heads", "cache_len", "d_head"]
-    shapes = {
+    cache_dims: list[str | int] = ["rows", "heads", "cache_len", "d_head"]
+    shapes: dict[str, tuple[int, list[str | int]]] = {
         "token_ids": (TensorProto.INT64, ["rows"]),
         "positions": (TensorProto.INT64, ["rows"]),
         "self_mask": (TensorProto.BOOL, ["rows", "cache_len"]),

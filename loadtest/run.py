@@ -8,6 +8,7 @@ import json
 import logging
 import platform
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -74,8 +75,13 @@ async def _run(spec: LoadTestSpec, progress: bool) -> LoadTestReport:
         results, all_samples = [], []
         for level in spec.levels:
             workload = Workload(spec.lines, spec.texts_per_request, spec.seed)
-            requests = workload.once() if spec.once else iter(workload)
-            total = len(requests) if spec.once else (round(level * spec.duration) if spec.mode == "rate" else None)
+            requests: list[list[str]] | Iterator[list[str]]
+            if spec.once:
+                requests = workload.once()
+                total: int | None = len(requests)
+            else:
+                requests = iter(workload)
+                total = round(level * spec.duration) if spec.mode == "rate" else None
             desc = f"{level:g} req/s" if spec.mode == "rate" else f"{level:g} in flight"
             with tqdm(total=total, desc=desc, unit="req", disable=not progress, leave=False) as bar:
                 if spec.mode == "rate":

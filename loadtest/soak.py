@@ -42,6 +42,7 @@ import urllib.request
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from tqdm import tqdm
@@ -91,7 +92,7 @@ SENTENCES = [
 ]
 
 # Decoding-option sets of the mix: (name, weight, options; unset fields take the server's defaults).
-VARIANTS = [
+VARIANTS: list[tuple[str, int, dict[str, Any]]] = [
     ("default", 4, {}),
     ("greedy", 2, {"beam_size": 1}),
     ("nbest", 1, {"beam_size": 3, "num_hypotheses": 2}),
@@ -510,7 +511,7 @@ async def _exercise(target: str, spec: SoakSpec, phases: list, sampler, progress
 def run_soak(
     spec: SoakSpec,
     model: Path,
-    target: str | None = None,
+    target: str,
     rss=None,
     metrics_url: str | None = None,
     queue_capacity: int | None = None,

@@ -12,6 +12,8 @@ Readability beats speed here; the fast path is the exported engine.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 
 from nmtserve.engine.decoding import DecodingOptions, Hypothesis
@@ -22,7 +24,7 @@ def _finalize(found: list[tuple[list[int], float, int]], options: DecodingOption
     ranked = [
         Hypothesis(tokens, log_prob / (length**options.length_penalty), log_prob) for tokens, log_prob, length in found
     ]
-    ranked.sort(key=lambda h: h.score, reverse=True)
+    ranked.sort(key=lambda h: cast(float, h.score), reverse=True)  # every score is set just above
     return ranked[: options.num_hypotheses]
 
 

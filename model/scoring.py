@@ -46,7 +46,9 @@ def bleu_of(
     engine = Engine.load(model_dir, **load)
     sources = read_lines(Path(corpus) / f"{split}.en")[:limit]
     references = read_lines(Path(corpus) / f"{split}.de")[:limit]
-    hypotheses = [nbest[0].text for nbest in engine.translate(sources, options or DecodingOptions(), progress=True)]
+    hypotheses = [
+        nbest[0].text or "" for nbest in engine.translate(sources, options or DecodingOptions(), progress=True)
+    ]
     return score(hypotheses, references)
 
 

@@ -13,6 +13,7 @@ import shutil
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -215,10 +216,10 @@ class Trainer:
     def finalize(self) -> Path:
         """Average the last snapshots into ``<out>/final``, a plain checkpoint directory."""
         snapshots = sorted(self.snapshot_dir.glob("step_*.safetensors"))[-self.config.average_last :]
-        averaged = None
+        averaged: dict[str, torch.Tensor] | None = None
         if snapshots:
             weights = [load_file(s) for s in snapshots]
-            averaged = {k: sum(w[k] for w in weights) / len(weights) for k in weights[0]}
+            averaged = {k: cast(torch.Tensor, sum(w[k] for w in weights)) / len(weights) for k in weights[0]}
         metadata = {
             "steps": self.step,
             "epochs": self.epoch,

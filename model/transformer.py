@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -192,6 +193,8 @@ class DecoderLayer(nn.Module):
 class Transformer(nn.Module):
     """Encoder-decoder with one embedding matrix shared by source, target and the output projection (3.4)."""
 
+    positions: Tensor  # a buffer (register_buffer below): declared so that type checkers know it is a tensor
+
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
         self.config = config
@@ -228,7 +231,8 @@ class Transformer(nn.Module):
 
     def cross_kv(self, memory: Tensor) -> KVCache:
         """Keys and values of encoder-decoder attention, computed once per source for all decoding steps."""
-        return [layer.cross_attention.project_kv(memory) for layer in self.decoder_layers]
+        layers = cast(list[DecoderLayer], list(self.decoder_layers))  # a ModuleList iterates as plain Modules
+        return [layer.cross_attention.project_kv(memory) for layer in layers]
 
     def decode(
         self,

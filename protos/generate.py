@@ -22,7 +22,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent  # the include root: proto files live under nmtserve/v1/
 PROTO_PACKAGE_DIR = ROOT / "nmtserve" / "v1"
-GENERATED_SUFFIXES = ("_pb2.py", "_pb2_grpc.py")
+GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")  # the .pyi: message types for the type checker
 _ABSOLUTE_IMPORT = re.compile(r"^from nmtserve\.v1 import (\w+_pb2)", re.MULTILINE)
 
 
@@ -37,7 +37,15 @@ def generate_into(out: Path) -> dict[str, str]:
 
     well_known = Path(grpc_tools.__file__).parent / "_proto"
     relative = [str(p.relative_to(ROOT)) for p in proto_files()]
-    args = ["protoc", f"-I{ROOT}", f"-I{well_known}", f"--python_out={out}", f"--grpc_python_out={out}", *relative]
+    args = [
+        "protoc",
+        f"-I{ROOT}",
+        f"-I{well_known}",
+        f"--python_out={out}",
+        f"--pyi_out={out}",
+        f"--grpc_python_out={out}",
+        *relative,
+    ]
     if protoc.main(args) != 0:
         raise RuntimeError(f"protoc failed on {relative}")
     stubs = {}

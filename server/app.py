@@ -255,7 +255,7 @@ async def serve(config: ServerConfig) -> int:
         log.error("%s", error)
         await server.stop()
         return 2
-    signals = asyncio.Queue()
+    signals: asyncio.Queue[int] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, signals.put_nowait, signum)

@@ -187,15 +187,15 @@ def _coerce(name: str, value: Any, source: str, text: bool = False) -> Any:
     kind = _kind(name)
     where = f"{name} ({source})"
     if text and isinstance(value, str) and kind is not str and kind is not Path:
-        text = value.strip().lower()
+        word = value.strip().lower()
         try:
             if kind is bool:
-                if text in ("1", "true", "yes", "on"):
+                if word in ("1", "true", "yes", "on"):
                     return True
-                if text in ("0", "false", "no", "off"):
+                if word in ("0", "false", "no", "off"):
                     return False
                 raise ValueError(value)
-            return kind(text)
+            return kind(word)
         except ValueError:
             raise ConfigError(f"{where}: {value!r} is not a valid {kind.__name__}") from None
     if kind is bool and not isinstance(value, bool):

@@ -8,8 +8,8 @@ tens of milliseconds to seconds.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from http.server import ThreadingHTTPServer
 from threading import Thread
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -126,7 +126,7 @@ class ServerMetrics:
 class MetricsEndpoint:
     """The running /metrics HTTP server."""
 
-    server: ThreadingHTTPServer
+    server: WSGIServer  # what prometheus_client's start_http_server runs
     thread: Thread
 
     @property

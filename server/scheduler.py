@@ -47,6 +47,7 @@ import logging
 import math
 import threading
 import time
+from typing import cast
 
 from nmtserve.engine import Engine, Hypothesis
 from nmtserve.server.batching import Budget
@@ -207,7 +208,7 @@ class Scheduler:
         self.metrics.batch_size.observe(len(items))
         self.metrics.batch_tokens.observe(len(items) * max(item.length for item in items))
         for done in finished:
-            self._deliver(self._live.pop(done.key), done.hypotheses)
+            self._deliver(self._live.pop(cast(int, done.key)), done.hypotheses)  # keys are the items' ids
         if any(item.request.partial for item in self._live.values()):
             self._send_partials()
 

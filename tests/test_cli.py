@@ -148,3 +148,37 @@ def test_evaluate_with_the_onnx_backend_needs_no_torch(tmp_path: Path) -> None:
     result = run_without("torch", *args)
     assert result.returncode == 0, result.stderr
     assert "BLEU" in result.stdout
+
+
+def test_every_command_has_working_help(capsys) -> None:
+    """``--help`` of every command and subcommand renders (argparse %-formats help strings: a stray % breaks it)."""
+    import argparse
+
+    from nmtserve.cli.main import build_parser, main
+
+    def commands(parser: argparse.ArgumentParser, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+        found = []
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    found += [(*prefix, name), *commands(sub, (*prefix, name))]
+        return found
+
+    every = commands(build_parser())
+    assert {("soak",), ("bench", "engine"), ("bench", "server"), ("export", "compare"), ("export", "bleu")} <= set(
+        every
+    )
+    for command in every:
+        try:
+            main([*command, "--help"])
+        except SystemExit as exit_:
+            assert exit_.code == 0, command
+        assert "usage: nmtserve " + " ".join(command) in capsys.readouterr().out
+
+
+def test_a_missing_corpus_is_one_line_naming_the_file(tmp_path: Path) -> None:
+    missing = tmp_path / "no-corpus"
+    result = run_cli("evaluate", "--corpus", str(missing), "--split", "dev")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(missing / "dev.en") in lines[0] and "Traceback" not in result.stderr

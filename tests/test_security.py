@@ -221,6 +221,14 @@ def test_bearer_token_is_required_except_for_health(token_server, demo_engine: E
         metadata = (("authorization", f"bearer {TOKENS[1]}"),)  # the scheme is case-insensitive
         [answer] = list(reflect(iter(listing), timeout=10, metadata=metadata))
         assert "nmtserve.v1.Translator" in [s.name for s in answer.list_services_response.service]
+        reflect_v1 = channel.stream_stream(  # the v1 protocol: same messages, same gate
+            "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+        )
+        assert fails(lambda: list(reflect_v1(iter(listing), timeout=10))) == grpc.StatusCode.UNAUTHENTICATED
+        [answer] = list(reflect_v1(iter(listing), timeout=10, metadata=metadata))
+        assert "nmtserve.v1.Translator" in [s.name for s in answer.list_services_response.service]
         unknown = channel.unary_unary("/nmtserve.v1.Translator/NoSuchMethod")
         assert fails(lambda: unknown(b"", timeout=10)) == grpc.StatusCode.UNAUTHENTICATED  # existence not revealed
         watch = health_pb2_grpc.HealthStub(channel).Watch(health_pb2.HealthCheckRequest(service=""), timeout=10)

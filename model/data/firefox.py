@@ -127,8 +127,8 @@ def iter_pairs(omni: list[tuple[Path, str]], langpack: Path) -> Iterator[tuple[s
     with zipfile.ZipFile(langpack) as zf:
         de_cats = _catalogs(zf, "de", "")
     en_terms, de_terms = _terms(en_cats), _terms(de_cats)
-    for path in sorted(en_cats.keys() & de_cats.keys()):
-        en, de = en_cats[path], de_cats[path]
+    for catalog in sorted(en_cats.keys() & de_cats.keys()):
+        en, de = en_cats[catalog], de_cats[catalog]
         for key in sorted(en.keys() & de.keys()):
             if key.startswith("-") or key.endswith(".accesskey") or key.endswith(".commandkey"):
                 continue
