@@ -13,6 +13,7 @@ import itertools
 import math
 import random
 from collections.abc import Callable, Iterable, Iterator
+from typing import Protocol
 
 import grpc
 from google.protobuf.json_format import MessageToDict
@@ -22,7 +23,12 @@ from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 
 Progress = Callable[[int], None]  # called with the number of requests just completed
-# Connections (gRPC) or loadtest.http.HttpConnections: anything with ``call(texts, options, timeout) -> status``.
+
+
+class Transport(Protocol):
+    """What the load loops need of a client: Connections (gRPC) or loadtest.http.HttpConnections (HTTP)."""
+
+    async def call(self, texts: list[str], options: pb.DecodingOptions, timeout: float) -> str: ...
 
 
 class Connections:
@@ -63,7 +69,7 @@ async def _call(stub: pb_grpc.TranslatorStub, texts: list[str], options: pb.Deco
 
 
 async def open_loop(
-    connections: Connections,
+    connections: Transport,
     requests: Iterable[list[str]],
     rate: float,
     duration: float,
@@ -110,7 +116,7 @@ async def open_loop(
 
 
 async def closed_loop(
-    connections: Connections,
+    connections: Transport,
     requests: Iterable[list[str]],
     concurrency: int,
     duration: float,

@@ -264,7 +264,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
     ) -> AsyncIterator[pb.TranslateResponse]:
         deadline = _deadline(context)
         peer = _peer(context)
-        out = StreamBuffer(STREAM_BUFFER, self.config.stream_stall_timeout_s)
+        out: StreamBuffer[pb.TranslateResponse] = StreamBuffer(STREAM_BUFFER, self.config.stream_stall_timeout_s)
         tasks: set[asyncio.Task] = set()
         inflight = asyncio.Semaphore(STREAM_MAX_INFLIGHT)  # a stream's requests being answered; then reading pauses
 

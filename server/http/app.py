@@ -13,6 +13,7 @@ is none, so a page on another site cannot spend this server's capacity with its 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -144,7 +145,8 @@ class HttpFrontDoor:
             await runner.cleanup()
             raise OSError(f"cannot listen on {config.host}:{config.http_port} (http_port): {error}") from None
         self._runner = runner
-        self.port = site._server.sockets[0].getsockname()[1] if site._server is not None else config.http_port
+        server = site._server
+        self.port = server.sockets[0].getsockname()[1] if isinstance(server, asyncio.Server) else config.http_port
 
     async def stop(self) -> None:
         if self._runner is not None:

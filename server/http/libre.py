@@ -95,7 +95,7 @@ async def _parameters(request: web.Request) -> dict[str, Any]:
     params: dict[str, Any] = {}
     for source in (request.query, form):
         for key in source:
-            values = source.getall(key)
+            values = source.getall(key)  # type: ignore[attr-defined] # both are MultiDicts
             params[key] = values if key == "q" and len(values) > 1 else values[-1]
     for key, value in params.items():
         if not isinstance(value, str | list):  # a multipart file where a text was expected

@@ -16,7 +16,7 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server.service import server_version
 
-_SCALARS = {
+_SCALARS: dict[int, dict[str, Any]] = {
     FieldDescriptor.TYPE_STRING: {"type": "string"},
     FieldDescriptor.TYPE_BOOL: {"type": "boolean"},
     FieldDescriptor.TYPE_FLOAT: {"type": "number"},
