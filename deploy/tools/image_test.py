@@ -17,7 +17,7 @@
    the server's health stays NOT_SERVING with the engine's log line.
 
 It writes ``report.json`` (image size, build, start and stop times) and the container's log under ``--out``.
-Podman 4.3 on Debian 12 needs a ``containers.conf`` (see ``CONTAINERS_CONF_TEXT``); this script writes its own and
+Podman 4.3 on Debian 12 needs a ``containers.conf`` (see ``containers_conf``); this script writes its own and
 points ``CONTAINERS_CONF`` at it, leaving the machine's configuration alone.
 """
 
@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -47,23 +48,28 @@ HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 # What the base image needs: the Dockerfile's stages call `python -m venv`, groupadd/useradd (passwd is in minbase)
 # and pip over HTTPS (CA certificates, /etc/services and /etc/protocols from netbase); tzdata for log timestamps.
 BASE_PACKAGES = ("python3", "python3-venv", "python-is-python3", "ca-certificates", "netbase", "tzdata")
-# Podman 4.3 on Debian 12, on these machines: its default ulimits exceed the host's hard limits and are refused,
-# crun refuses the host's mixed cgroup layout, and there is no systemd to log events to or manage cgroups.
-CONTAINERS_CONF_TEXT = """\
-[containers]
-default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
-
-[engine]
-runtime = "runc"
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-"""
+# Podman 4.3 on Debian 12, on these machines: its default ulimits (nofile 1048576) exceed the host's hard limits and
+# are refused, crun refuses the host's mixed cgroup layout, and there is no systemd to log events to or manage cgroups.
+ULIMITS = {"nofile": (resource.RLIMIT_NOFILE, 20000), "nproc": (resource.RLIMIT_NPROC, 32768)}
 SENTENCES = (
     "The package contains the documentation.",
     "The server is running.",
     "Please read the manual before you install the software.",
 )
 CONTAINER = "nmtserve-image-test"
+
+
+def containers_conf() -> str:
+    """containers.conf for podman here: default ulimits within this host's hard limits, runc, cgroupfs, file events."""
+    ulimits = []
+    for name, (which, wanted) in ULIMITS.items():
+        hard = resource.getrlimit(which)[1]
+        value = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        ulimits.append(f'"{name}={value}:{value}"')
+    return (
+        f"[containers]\ndefault_ulimits = [{', '.join(ulimits)}]\n\n"
+        '[engine]\nruntime = "runc"\ncgroup_manager = "cgroupfs"\nevents_logger = "file"\n'
+    )
 
 
 class ImageTestError(RuntimeError):
@@ -97,7 +103,7 @@ class Podman:
 
     def __post_init__(self) -> None:
         self.conf.parent.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(CONTAINERS_CONF_TEXT)
+        self.conf.write_text(containers_conf())
         self.env = {**os.environ, "CONTAINERS_CONF": str(self.conf)}
 
     def __call__(self, *args: str, timeout: float = 120, check: bool = True, **kw) -> subprocess.CompletedProcess:
