@@ -223,7 +223,11 @@ def run_hardened(podman: Podman, tag: str, pod: PodSettings, extra: tuple[str, .
 
 def published(podman: Podman, port: int) -> str:
     """host:port that the container's ``port`` is published on (127.0.0.1 and a free port podman picked)."""
-    line = podman("port", CONTAINER, f"{port}/tcp").stdout.strip().splitlines()[0]
+    lines = podman("port", CONTAINER, f"{port}/tcp", check=False).stdout.strip().splitlines()
+    if not lines:
+        last = (container_log(podman).strip().splitlines() or ["no log"])[-1]
+        raise ImageTestError(f"port {port} is not published (has the container exited?): {last[:300]}")
+    line = lines[0]
     host, _, number = line.rpartition(":")
     if host not in ("127.0.0.1",):
         raise ImageTestError(f"port {port} is published on {line}, not on 127.0.0.1 only")
