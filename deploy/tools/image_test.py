@@ -283,7 +283,7 @@ class LoadResult:
     in_flight_ok: int = 0
     in_flight_failed: list[str] = field(default_factory=list)
     before_ok: int = 0
-    refused_draining: int = 0
+    refused_after_stop: int = 0
     refusals: set[str] = field(default_factory=set)
     after_other: list[str] = field(default_factory=list)
 
@@ -341,7 +341,7 @@ def stop_under_load(
         elif answered <= stopped:
             result.before_ok += outcome == "OK"
         elif outcome.startswith("UNAVAILABLE"):
-            result.refused_draining += 1
+            result.refused_after_stop += 1
             result.refusals.add(outcome)
         else:
             result.after_other.append(outcome)
@@ -394,7 +394,7 @@ def test_cpu(podman: Podman, tag: str, out: Path, report: dict, workers: int, pe
             "in_flight_ok": load.in_flight_ok,
             "in_flight_failed": load.in_flight_failed,
             "answered_before_stop": load.before_ok,
-            "refused_while_draining": load.refused_draining,
+            "refused_after_stop": load.refused_after_stop,
             "refusals": sorted(load.refusals),
             "other_after_stop": load.after_other,
         }
