@@ -71,3 +71,24 @@ def test_the_base_image_is_the_dockerfiles_and_the_containers_conf_keeps_to_the_
     for limit in conf["containers"]["default_ulimits"]:
         name, _, values = limit.partition("=")
         assert all(hard[name] == resource.RLIM_INFINITY or int(v) <= hard[name] for v in values.split(":")), limit
+
+
+def test_the_stop_counts_a_request_as_lost_unless_it_was_answered_or_never_started() -> None:
+    drain = 1000.0
+    refusal = "UNAVAILABLE: the server is draining (shutting down); retry on another replica"
+    gone = "UNAVAILABLE: failed to connect to all addresses; last error: Connection refused"
+    records = [
+        (998.0, 999.0, "OK"),  # answered before the drain
+        (999.0, 1001.5, "OK"),  # in flight at SIGTERM, answered
+        (999.9, 1000.1, refusal),  # sent just before, arrived after: refused on arrival
+        (1000.2, 1000.3, gone),  # after the drain: no server to connect to
+        (1000.4, 1000.41, "CANCELLED: CANCELLED"),  # after the drain: gRPC's shutdown
+        (999.5, 1000.5, "CANCELLED: CANCELLED"),  # in flight and cancelled: lost
+        (999.6, 1000.6, gone),  # in flight and cut off: lost
+    ]
+    load = image_test.classify(records, drain)
+    assert (load.ok_otherwise, load.in_flight_ok, load.refused_by_drain) == (1, 1, 1)
+    assert (load.gone_after_drain, load.cancelled_after_drain) == (1, 1)
+    assert len(load.lost) == 2
+    assert load.lost[0].startswith("CANCELLED") and "sent -0.500 s" in load.lost[0]
+    assert load.lost[1].startswith("UNAVAILABLE: failed to connect")
