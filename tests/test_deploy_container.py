@@ -1,6 +1,7 @@
 """The serving image (deploy/docker/): its Dockerfile's contract, its pinned locks, and a smoke test of the CPU lock.
 
-No Docker engine exists on our machines, so the image is never built here. What can be tested is:
+The image is built and run for real by ``make image-test`` (deploy/tools/image_test.py, with podman; a step of
+.ci/run), not by pytest, which would spend a minute and a half on it. What is tested here, without a container engine:
 
 * the Dockerfile, parsed by BuildKit's own parser: targets, base image, user, ports, stop signal, entrypoint and the
   environment the entrypoint runs with;

@@ -27,6 +27,7 @@ if str(TOOLS) not in sys.path:
 
 # deploy/tools is importable only from here on.
 import debian_tools  # noqa: E402
+import image_test  # noqa: E402
 import local_stack  # noqa: E402
 import prometheusrule  # noqa: E402
 import promqueries  # noqa: E402
@@ -52,6 +53,7 @@ __all__ = [
     "ToolUnavailable",
     "debian_tools",
     "image_lock",
+    "image_test",
     "in_ci",
     "kubectl",
     "local_stack",
