@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import openapi_spec_validator
 import pytest
 from conftest import scrape_metrics as metrics
 from libretranslatepy import LibreTranslateAPI
@@ -271,6 +272,7 @@ def test_v1_models_and_openapi(http: Http, server: BackgroundServer) -> None:
     assert status == 404 and "nope" in missing["error"]
     status, _, spec = http.call("GET", "/openapi.json")
     assert status == 200 and spec["openapi"].startswith("3.")
+    openapi_spec_validator.validate(spec)  # a valid OpenAPI 3 document, by the reference validator
     assert {"/translate", "/v1/translate", "/v1/translate/stream", "/v1/models/{name}"} <= set(spec["paths"])
     request_fields = set(spec["components"]["schemas"]["TranslateRequest"]["properties"])
     assert request_fields == {f.name for f in pb.TranslateRequest.DESCRIPTOR.fields}
@@ -380,6 +382,9 @@ def test_queue_full_is_429_with_retry_after_and_disconnect_cancels(model_dir: Pa
         assert status == 429 and int(headers["Retry-After"]) >= 1 and "queue is full" in body["error"]
         busy.join(30)
         assert results[0][0] == 200
+        # A deadline: X-Timeout-Ms plays grpc-timeout's part.
+        status, _, body = http.call("POST", "/v1/translate", {"texts": [TEXTS[0]]}, headers={"X-Timeout-Ms": "50"})
+        assert status == 504 and "deadline" in body["error"]
         # A client that disconnects mid-request: its handler is cancelled and its sentences leave the engine.
         sock = socket.create_connection(("127.0.0.1", server.server.http_port))
         payload = json.dumps({"texts": [TEXTS[0]]}).encode()
@@ -392,6 +397,8 @@ def test_queue_full_is_429_with_retry_after_and_disconnect_cancels(model_dir: Pa
         sock.close()
         key = ("nmtserve_requests_total", (("code", "CANCELLED"), ("method", "HTTP /v1/translate")))
         wait_for(lambda: metrics(server.metrics_url).get(key) == 1.0)
+        expired = ("nmtserve_requests_total", (("code", "DEADLINE_EXCEEDED"), ("method", "HTTP /v1/translate")))
+        assert metrics(server.metrics_url)[expired] == 1.0
         wait_for(lambda: server.server.state.inflight == 0)
         assert_serving(http)
 
