@@ -564,3 +564,24 @@ def test_not_serving_until_loaded_then_draining(model_dir: Path, engine: Engine)
         assert status == 503 and "draining" in body["error"]
         status, _, body = http.call("POST", "/v1/translate", {"texts": [TEXTS[0]]})
         assert status == 503 and "draining" in body["error"]
+
+
+def test_a_stream_whose_client_leaves_is_cancelled(server: BackgroundServer) -> None:
+    words = " ".join(TEXTS).split()
+    texts = [" ".join(words[(i + k) % len(words)] for k in range(60)) for i in range(64)]
+    payload = json.dumps({"texts": texts, "options": {"beam_size": 1}}).encode()
+    head = "POST /v1/translate/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(payload)}\r\n\r\n"
+    key = ("nmtserve_requests_total", (("code", "CANCELLED"), ("method", "HTTP /v1/translate/stream")))
+    before = metrics(server.metrics_url).get(key, 0)
+    with socket.create_connection(("127.0.0.1", server.server.http_port)) as sock:
+        sock.sendall(head.encode() + payload)
+        received = b""
+        while b"event: partial" not in received:  # it started streaming; then the client leaves
+            chunk = sock.recv(65536)
+            assert chunk, "the stream ended before its first partial"
+            received += chunk
+    wait_for(lambda: metrics(server.metrics_url).get(key, 0) == before + 1)
+    wait_for(lambda: server.server.state.inflight == 0)
+    wait_for(lambda: metrics(server.metrics_url)[("nmtserve_running_sentences", ())] == 0)  # they left the batch
+    assert_serving(Http(server))
