@@ -585,3 +585,18 @@ def test_a_stream_whose_client_leaves_is_cancelled(server: BackgroundServer) -> 
     wait_for(lambda: server.server.state.inflight == 0)
     wait_for(lambda: metrics(server.metrics_url)[("nmtserve_running_sentences", ())] == 0)  # they left the batch
     assert_serving(Http(server))
+
+
+def test_connections_beyond_the_cap_get_503(model_dir: Path) -> None:
+    with BackgroundServer(config(model_dir, http_max_connections=5)) as server:
+        http, port = Http(server), server.server.http_port
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+        try:
+            wait_for(lambda: len(server.server._http._runner.server.connections) == 5)
+            status, headers, body = http.call("GET", "/health")
+            assert status == 503 and headers["Retry-After"] == "1" and "http_max_connections" in body["error"]
+        finally:
+            for sock in idle:
+                sock.close()
+        wait_for(lambda: len(server.server._http._runner.server.connections) == 0)
+        assert_serving(http)
