@@ -14,7 +14,6 @@ from pathlib import Path
 from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
-from nmtserve.loadtest.http import HttpConnections
 from nmtserve.loadtest.plots import latency_cdf, load_curves
 from nmtserve.loadtest.runner import Connections, closed_loop, open_loop
 from nmtserve.loadtest.stats import LevelResult, Sample, format_level, summarize
@@ -67,7 +66,12 @@ class LoadTestReport:
 
 
 async def _run(spec: LoadTestSpec, progress: bool) -> LoadTestReport:
-    connections = HttpConnections(spec.target) if spec.http else Connections(spec.target, spec.connections)
+    if spec.http:  # aiohttp is the http extra: imported only for HTTP load
+        from nmtserve.loadtest.http import HttpConnections
+
+        connections = HttpConnections(spec.target)
+    else:
+        connections = Connections(spec.target, spec.connections)
     try:
         await connections.wait_ready()
         model = await connections.model_info()
