@@ -600,3 +600,21 @@ def test_connections_beyond_the_cap_get_503(model_dir: Path) -> None:
                 sock.close()
         wait_for(lambda: len(server.server._http._runner.server.connections) == 0)
         assert_serving(http)
+
+
+def test_http_port_without_the_http_extra_is_a_clear_configuration_error(model_dir: Path) -> None:
+    """Where aiohttp is not installed (the image's lock), --http-port fails at start-up with exit 2 and says why,
+    and the CLI itself still works."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['aiohttp'] = None; from nmtserve.cli.main import main; sys.exit(main())"
+    flags = ["serve", "--model", str(model_dir), "--port", "0", "--metrics-port", "0", "--http-port", str(free_port())]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *flags, "--no-warmup", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "http_port needs the http extra: pip install 'nmtserve[http]'" in done.stderr + done.stdout
