@@ -12,14 +12,14 @@ TORCH ?= torch==2.13.0
 $(SERVE_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(SERVE_VENV)
 	$(SERVE_VENV)/bin/pip install --quiet --upgrade pip
-	$(SERVE_VENV)/bin/pip install --quiet -e ".[cpu,eval]"
+	$(SERVE_VENV)/bin/pip install --quiet -e ".[cpu,eval,http]"
 	touch $@
 
 $(DEV_VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(DEV_VENV)
 	$(DEV_VENV)/bin/pip install --quiet --upgrade pip
 	$(DEV_VENV)/bin/pip install --quiet "$(TORCH)"
-	$(DEV_VENV)/bin/pip install --quiet -e ".[train,bench,cpu,dev]"
+	$(DEV_VENV)/bin/pip install --quiet -e ".[train,bench,cpu,http,dev]"
 	touch $@
 
 demo: $(SERVE_VENV)/.installed

@@ -11,13 +11,16 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from google.protobuf.json_format import MessageToDict
 from tqdm import tqdm
 
-from nmtserve.loadtest.http import HttpConnections
 from nmtserve.loadtest.plots import latency_cdf, load_curves
 from nmtserve.loadtest.runner import Connections, closed_loop, open_loop
+
+if TYPE_CHECKING:
+    from nmtserve.loadtest.http import HttpConnections
 from nmtserve.loadtest.stats import LevelResult, Sample, format_level, summarize
 from nmtserve.loadtest.workload import Workload
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
@@ -68,7 +71,13 @@ class LoadTestReport:
 
 
 async def _run(spec: LoadTestSpec, progress: bool) -> LoadTestReport:
-    connections = HttpConnections(spec.target) if spec.http else Connections(spec.target, spec.connections)
+    connections: Connections | HttpConnections
+    if spec.http:  # aiohttp is the http extra: imported only for HTTP load
+        from nmtserve.loadtest.http import HttpConnections
+
+        connections = HttpConnections(spec.target)
+    else:
+        connections = Connections(spec.target, spec.connections)
     try:
         await connections.wait_ready()
         model = await connections.model_info()

@@ -19,6 +19,7 @@ import dataclasses
 import logging
 import signal
 import time
+from typing import TYPE_CHECKING
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -28,8 +29,6 @@ from nmtserve.engine import Engine
 from nmtserve.server.admission import RequestChecker
 from nmtserve.server.batching import Budget
 from nmtserve.server.config import ConfigError, ServerConfig, resolve_model_dir
-from nmtserve.server.http.app import HttpFrontDoor
-from nmtserve.server.http.common import HttpContext
 from nmtserve.server.logs import quiet_expected_races
 from nmtserve.server.metrics import MetricsEndpoint, ServerMetrics, serve_metrics
 from nmtserve.server.reflection import enable_reflection
@@ -39,6 +38,9 @@ from nmtserve.server.service import SERVICE_NAME, Backend, TranslatorService, ad
 from nmtserve.server.tracking import ServingState
 from nmtserve.server.validation import default_options
 from nmtserve.server.workqueue import WorkQueue
+
+if TYPE_CHECKING:
+    from nmtserve.server.http.app import HttpFrontDoor
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +128,11 @@ class TranslationServer:
         self.metrics_port = self._metrics_endpoint.port
         endpoints = {"grpc": f"{config.host}:{self.port}", "metrics": self.metrics_url}
         if config.http_port:
+            try:  # aiohttp is the ``http`` extra: needed only where the HTTP port is on
+                from nmtserve.server.http.app import HttpFrontDoor
+                from nmtserve.server.http.common import HttpContext
+            except ImportError as error:  # serve() stops what was started and exits 2
+                raise ConfigError(f"http_port needs the http extra: pip install 'nmtserve[http]' ({error})") from None
             self._http = HttpFrontDoor(HttpContext(self.service, config, tokens, self._reject_unauthenticated))
             await self._http.start()
             self.http_port = self._http.port

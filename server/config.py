@@ -83,6 +83,9 @@ class ServerConfig:
     http_cors_origins: str = _setting(
         "", "HTTP: comma-separated origins allowed by CORS, or * for any (default: none, same-origin pages only)"
     )
+    http_max_connections: int = _setting(
+        1024, "HTTP: open client connections; more are answered 503 and closed at once (0: no limit)"
+    )
     http_slow_reader_timeout_s: float = _setting(
         10.0, "HTTP streaming: a client that reads nothing for this long is dropped and its work cancelled"
     )
@@ -270,6 +273,7 @@ def validate(config: ServerConfig) -> ServerConfig:
         "http_port and metrics_port must differ",
     )
     need(c.http_slow_reader_timeout_s > 0, "http_slow_reader_timeout_s must be > 0")
+    need(c.http_max_connections >= 0, "http_max_connections must be >= 0 (0: no limit)")
     need(c.batching in BATCHING_MODES, f"batching must be one of {', '.join(BATCHING_MODES)}, not {c.batching!r}")
     for name in ("max_batch_size", "max_batch_tokens", "max_queue_size", "max_texts_per_request", "max_input_tokens"):
         need(getattr(c, name) >= 1, f"{name} must be >= 1")

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import openapi_spec_validator
 import pytest
 from conftest import scrape_metrics as metrics
 from libretranslatepy import LibreTranslateAPI
@@ -271,6 +272,7 @@ def test_v1_models_and_openapi(http: Http, server: BackgroundServer) -> None:
     assert status == 404 and "nope" in missing["error"]
     status, _, spec = http.call("GET", "/openapi.json")
     assert status == 200 and spec["openapi"].startswith("3.")
+    openapi_spec_validator.validate(spec)  # a valid OpenAPI 3 document, by the reference validator
     assert {"/translate", "/v1/translate", "/v1/translate/stream", "/v1/models/{name}"} <= set(spec["paths"])
     request_fields = set(spec["components"]["schemas"]["TranslateRequest"]["properties"])
     assert request_fields == {f.name for f in pb.TranslateRequest.DESCRIPTOR.fields}
@@ -380,6 +382,9 @@ def test_queue_full_is_429_with_retry_after_and_disconnect_cancels(model_dir: Pa
         assert status == 429 and int(headers["Retry-After"]) >= 1 and "queue is full" in body["error"]
         busy.join(30)
         assert results[0][0] == 200
+        # A deadline: X-Timeout-Ms plays grpc-timeout's part.
+        status, _, body = http.call("POST", "/v1/translate", {"texts": [TEXTS[0]]}, headers={"X-Timeout-Ms": "50"})
+        assert status == 504 and "deadline" in body["error"]
         # A client that disconnects mid-request: its handler is cancelled and its sentences leave the engine.
         sock = socket.create_connection(("127.0.0.1", server.server.http_port))
         payload = json.dumps({"texts": [TEXTS[0]]}).encode()
@@ -392,6 +397,8 @@ def test_queue_full_is_429_with_retry_after_and_disconnect_cancels(model_dir: Pa
         sock.close()
         key = ("nmtserve_requests_total", (("code", "CANCELLED"), ("method", "HTTP /v1/translate")))
         wait_for(lambda: metrics(server.metrics_url).get(key) == 1.0)
+        expired = ("nmtserve_requests_total", (("code", "DEADLINE_EXCEEDED"), ("method", "HTTP /v1/translate")))
+        assert metrics(server.metrics_url)[expired] == 1.0
         wait_for(lambda: server.server.state.inflight == 0)
         assert_serving(http)
 
@@ -557,3 +564,57 @@ def test_not_serving_until_loaded_then_draining(model_dir: Path, engine: Engine)
         assert status == 503 and "draining" in body["error"]
         status, _, body = http.call("POST", "/v1/translate", {"texts": [TEXTS[0]]})
         assert status == 503 and "draining" in body["error"]
+
+
+def test_a_stream_whose_client_leaves_is_cancelled(server: BackgroundServer) -> None:
+    words = " ".join(TEXTS).split()
+    texts = [" ".join(words[(i + k) % len(words)] for k in range(60)) for i in range(64)]
+    payload = json.dumps({"texts": texts, "options": {"beam_size": 1}}).encode()
+    head = "POST /v1/translate/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    head += f"Content-Length: {len(payload)}\r\n\r\n"
+    key = ("nmtserve_requests_total", (("code", "CANCELLED"), ("method", "HTTP /v1/translate/stream")))
+    before = metrics(server.metrics_url).get(key, 0)
+    with socket.create_connection(("127.0.0.1", server.server.http_port)) as sock:
+        sock.sendall(head.encode() + payload)
+        received = b""
+        while b"event: partial" not in received:  # it started streaming; then the client leaves
+            chunk = sock.recv(65536)
+            assert chunk, "the stream ended before its first partial"
+            received += chunk
+    wait_for(lambda: metrics(server.metrics_url).get(key, 0) == before + 1)
+    wait_for(lambda: server.server.state.inflight == 0)
+    wait_for(lambda: metrics(server.metrics_url)[("nmtserve_running_sentences", ())] == 0)  # they left the batch
+    assert_serving(Http(server))
+
+
+def test_connections_beyond_the_cap_get_503(model_dir: Path) -> None:
+    with BackgroundServer(config(model_dir, http_max_connections=5)) as server:
+        http, port = Http(server), server.server.http_port
+        idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(5)]
+        try:
+            wait_for(lambda: len(server.server._http._runner.server.connections) == 5)
+            status, headers, body = http.call("GET", "/health")
+            assert status == 503 and headers["Retry-After"] == "1" and "http_max_connections" in body["error"]
+        finally:
+            for sock in idle:
+                sock.close()
+        wait_for(lambda: len(server.server._http._runner.server.connections) == 0)
+        assert_serving(http)
+
+
+def test_http_port_without_the_http_extra_is_a_clear_configuration_error(model_dir: Path) -> None:
+    """Where aiohttp is not installed (the image's lock), --http-port fails at start-up with exit 2 and says why,
+    and the CLI itself still works."""
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['aiohttp'] = None; from nmtserve.cli.main import main; sys.exit(main())"
+    flags = ["serve", "--model", str(model_dir), "--port", "0", "--metrics-port", "0", "--http-port", str(free_port())]
+    done = subprocess.run(
+        [sys.executable, "-c", code, *flags, "--no-warmup", "--threads", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "http_port needs the http extra: pip install 'nmtserve[http]'" in done.stderr + done.stdout

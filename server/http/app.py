@@ -14,6 +14,7 @@ is none, so a page on another site cannot spend this server's capacity with its 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
@@ -124,6 +125,44 @@ def ssl_context(config: ServerConfig) -> ssl.SSLContext | None:
     return context
 
 
+class Refusal(asyncio.Protocol):
+    """Answers a connection beyond ``http_max_connections`` with a 503 and closes it, before reading anything."""
+
+    BODY = json.dumps({"error": "too many open connections (http_max_connections); retry shortly"}).encode()
+    HEAD = (
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json; charset=utf-8\r\nRetry-After: 1\r\n"
+        f"Connection: close\r\nContent-Length: {len(BODY)}\r\n\r\n"
+    ).encode()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.WriteTransport)  # a TCP server's transports are
+        transport.write(self.HEAD + self.BODY)
+        transport.close()
+
+
+class CappedSite(web.TCPSite):
+    """A TCP site that serves at most ``limit`` connections at once (0: no limit); idle keep-alive connections
+    count, so a flood of connections that send nothing cannot grow the server's memory without bound."""
+
+    def __init__(self, runner: web.AppRunner, host: str, port: int, ssl_context: ssl.SSLContext | None, limit: int):
+        super().__init__(runner, host, port, ssl_context=ssl_context)
+        self._limit = limit
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)  # registers the site with its runner; the listening socket is ours
+        server = self._runner.server
+        assert server is not None
+
+        def protocol() -> asyncio.Protocol:
+            if self._limit and len(server.connections) >= self._limit:
+                return Refusal()
+            return server()
+
+        self._server = await asyncio.get_running_loop().create_server(
+            protocol, self._host, self._port, ssl=self._ssl_context, backlog=self._backlog
+        )
+
+
 class HttpFrontDoor:
     """Binds and serves the application on ``host:http_port`` until ``stop``."""
 
@@ -138,7 +177,7 @@ class HttpFrontDoor:
             build_app(self.context), handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_S
         )
         await runner.setup()
-        site = web.TCPSite(runner, config.host, config.http_port, ssl_context=ssl_context(config))
+        site = CappedSite(runner, config.host, config.http_port, ssl_context(config), config.http_max_connections)
         try:
             await site.start()
         except OSError as error:

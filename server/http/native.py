@@ -115,6 +115,9 @@ async def translate_stream(request: web.Request) -> web.StreamResponse:
             if request.transport is not None:
                 request.transport.close()
             return stream
+        except ConnectionResetError:  # the client went away mid-stream; its work was cancelled on the way out
+            call.code = grpc.StatusCode.CANCELLED
+            return stream
     await stream.write_eof()
     return stream
 
