@@ -9,7 +9,7 @@ import logging
 import sys
 from importlib import metadata
 
-from nmtserve.cli import benchmarks, exporting, load, serving, training, translating
+from nmtserve.cli import benchmarks, converting, exporting, load, serving, training, translating
 from nmtserve.cli.common import SERVING_EXTRAS, missing_extra
 
 EPILOG = f"Serving needs onnxruntime: {SERVING_EXTRAS}; training and export need 'nmtserve[train]'."
@@ -20,7 +20,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('nmtserve')}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (training, translating, exporting, serving, load, benchmarks):
+    for group in (training, converting, translating, exporting, serving, load, benchmarks):
         group.register(commands)
     return parser
 

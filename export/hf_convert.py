@@ -75,9 +75,9 @@ def read_hf_weights(source: Path) -> dict[str, torch.Tensor]:
     raise ConversionError(f"{source}: no weights (model.safetensors, its index, or pytorch_model.bin)")
 
 
-def _require(config: dict[str, Any], condition: bool, message: str) -> None:
+def _require(source: Path, condition: bool, message: str) -> None:
     if not condition:
-        raise ConversionError(f"{config.get('_name_or_path') or 'model'}: {message}")
+        raise ConversionError(f"{source / 'config.json'}: {message}")
 
 
 class MarianLoader:
@@ -91,16 +91,18 @@ class MarianLoader:
     def model_config(self, vocab_size: int) -> TransformerConfig:
         hf = self.hf
         heads, ffn = hf["encoder_attention_heads"], hf["encoder_ffn_dim"]
-        _require(hf, heads == hf["decoder_attention_heads"], "encoder and decoder head counts differ")
-        _require(hf, ffn == hf["decoder_ffn_dim"], "encoder and decoder FFN sizes differ")
+        _require(self.source, heads == hf["decoder_attention_heads"], "encoder and decoder head counts differ")
+        _require(self.source, ffn == hf["decoder_ffn_dim"], "encoder and decoder FFN sizes differ")
         _require(
-            hf,
+            self.source,
             hf.get("share_encoder_decoder_embeddings", True),
             "separate source and target vocabularies are not supported",
         )
-        _require(hf, hf.get("decoder_vocab_size") in (None, hf["vocab_size"]), "decoder_vocab_size != vocab_size")
+        _require(
+            self.source, hf.get("decoder_vocab_size") in (None, hf["vocab_size"]), "decoder_vocab_size != vocab_size"
+        )
         activation = ACTIVATION_NAMES.get(hf.get("activation_function", "swish"))
-        _require(hf, activation is not None, f"activation {hf.get('activation_function')!r} is not supported")
+        _require(self.source, activation is not None, f"activation {hf.get('activation_function')!r} is not supported")
         if hf["vocab_size"] != vocab_size:
             raise ConversionError(
                 f"{self.source}: config.json vocab_size {hf['vocab_size']} disagrees with the tokenizer's "
