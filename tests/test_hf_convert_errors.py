@@ -17,9 +17,9 @@ from safetensors.torch import load_file
 
 pytest.importorskip("transformers")
 
-from nmtserve.cli.main import main  # noqa: E402
-from nmtserve.export.hf_testing import tiny_marian  # noqa: E402
-from nmtserve.model.checkpoint import load_checkpoint  # noqa: E402
+from nmtserve.cli.main import main
+from nmtserve.export.hf_testing import tiny_marian
+from nmtserve.model.checkpoint import load_checkpoint
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_pytorch_bin_is_read_tensors_only(copy: Path, tmp_path: Path, capsys) ->
     torch.save(state, copy / "pytorch_model.bin")
     code, _ = convert(copy, tmp_path / "ckpt", capsys)
     assert code == 0
-    model, tokenizer, metadata = load_checkpoint(tmp_path / "ckpt")
+    model, _, metadata = load_checkpoint(tmp_path / "ckpt")
     assert metadata["architecture"] == "MarianMTModel"
     assert torch.equal(model.embedding.weight, state["model.shared.weight"])
 
