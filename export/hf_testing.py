@@ -113,6 +113,7 @@ def tiny_marian(directory: Path, vocab_size: int = 160, eos_bias: float = 4.0, s
     model = MarianMTModel(config).eval()
     with torch.no_grad():  # transformers' init (std 0.02) lets the positions drown the tokens: outputs ignore sources
         model.model.shared.weight.normal_(0.0, 0.3)
+        model.model.shared.weight[config.pad_token_id] = 0.0  # as in trained Marian models: the start is a zero vector
         for module in model.modules():
             if isinstance(module, torch.nn.Linear) and module is not model.lm_head:
                 module.weight.normal_(0.0, module.in_features**-0.5)

@@ -191,3 +191,25 @@ def test_manifest_records_the_family(model_dir: Path) -> None:
     assert manifest["tokenizer"] == {"kind": "marian"}
     assert manifest["family"]["positions"] == "sinusoidal-halves"
     assert manifest["family"]["activation"] == "swish"
+
+
+def test_engine_equals_ctranslate2_converter(hf_dir: Path, engine: Engine, tmp_path: Path) -> None:
+    """A second, independent referee: CTranslate2's own transformers converter on the same directory."""
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    from ctranslate2.converters import TransformersConverter
+
+    TransformersConverter(str(hf_dir)).convert(str(tmp_path / "ct2"), force=True)
+    translator = ctranslate2.Translator(str(tmp_path / "ct2"), intra_threads=1)
+    ours = MarianTokenizer(hf_dir)
+    ids = json.loads((hf_dir / "vocab.json").read_text())
+    texts = corpus_lines()[:SENTENCES]
+    results = translator.translate_batch(
+        [[*ours.pieces(text), "</s>"] for text in texts],
+        beam_size=4,
+        length_penalty=1.0,
+        max_decoding_length=MAX_NEW_TOKENS,
+        min_decoding_length=1,
+    )
+    want = [[ids[piece] for piece in result.hypotheses[0]] for result in results]
+    got = [nbest[0].token_ids for nbest in engine.translate(texts, OPTIONS, max_batch_size=32)]
+    assert got == want
