@@ -58,6 +58,10 @@ class MarianTokenizer:
         self.bos_id = self.pad_id  # Marian decodes from its pad token
         self.languages = sorted(p[2:-2] for p in self._ids if p.startswith(">>") and p.endswith("<<"))
 
+    def language_id(self, code: str) -> int:
+        """The id of the ``>>code<<`` token that asks a multilingual model for target language ``code``."""
+        return self._ids[f">>{code}<<"]
+
     @property
     def vocab_size(self) -> int:
         return max(self._ids.values()) + 1

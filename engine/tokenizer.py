@@ -23,6 +23,7 @@ class Tokenizer:
         self._sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
         self.pad_id, self.unk_id = self._sp.pad_id(), self._sp.unk_id()
         self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
+        self.languages: list[str] = []  # a single-pair model: its pair is in the manifest
 
     @property
     def vocab_size(self) -> int:

@@ -64,8 +64,18 @@ def _train_spm(lines: list[str], prefix: Path, vocab_size: int) -> Path:
     return prefix.with_suffix(".model")
 
 
-def tiny_marian(directory: Path, vocab_size: int = 160, eos_bias: float = 4.0, seed: int = 0, **dims) -> Path:
-    """A random ``MarianMTModel`` with its tokenizer, saved as ``save_pretrained`` writes it; returns ``directory``."""
+def tiny_marian(
+    directory: Path,
+    vocab_size: int = 160,
+    eos_bias: float = 4.0,
+    seed: int = 0,
+    languages: tuple[str, ...] = (),
+    **dims,
+) -> Path:
+    """A random ``MarianMTModel`` with its tokenizer, saved as ``save_pretrained`` writes it; returns ``directory``.
+
+    ``languages``: target codes of a multilingual model, as ``>>xx<<`` tokens in the vocabulary.
+    """
     import torch
     from transformers import MarianConfig, MarianMTModel, MarianTokenizer
 
@@ -80,7 +90,7 @@ def tiny_marian(directory: Path, vocab_size: int = 160, eos_bias: float = 4.0, s
     for model in (source, target):
         processor = spm.SentencePieceProcessor(model_file=str(model))
         pieces += [processor.id_to_piece(i) for i in range(processor.get_piece_size()) if not processor.is_control(i)]
-    vocab = {"</s>": 0, "<unk>": 1}
+    vocab = {"</s>": 0, "<unk>": 1} | {f">>{code}<<": 2 + i for i, code in enumerate(languages)}
     for piece in pieces:
         vocab.setdefault(piece, len(vocab))
     vocab["<pad>"] = len(vocab)

@@ -39,6 +39,7 @@ from nmtserve.server.validation import (
     check_request_id,
     default_options,
     encode_texts,
+    language_prefix,
     resolve_options,
 )
 from nmtserve.server.work import Request, WorkItem
@@ -146,7 +147,9 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         backend = self.backend
         tokenizer = backend.engine.tokenizer
         options = resolve_options(request.options, self.config, backend.engine.info.vocab_size)
-        encoded = encode_texts(list(request.texts), tokenizer, self.config)
+        pair = backend.engine.info.manifest.get("languages", {})
+        prefix = language_prefix(request.source_language, request.target_language, tokenizer, pair)
+        encoded = encode_texts(list(request.texts), tokenizer, self.config, prefix)
         sink = LoopSink(asyncio.get_running_loop())
         work = Request(sink, deadline, partial=send_partial is not None)
         items = [WorkItem(work, text.index, text.source_ids, options) for text in encoded]
@@ -325,6 +328,7 @@ def model_info_message(engine: Engine, config: ServerConfig) -> pb.ModelInfo:
         precision=info.precision,
         device=config.device,
         vocab_size=info.vocab_size,
+        languages=list(getattr(engine.tokenizer, "languages", [])),
         limits=pb.Limits(
             max_texts_per_request=config.max_texts_per_request,
             max_input_tokens=config.max_input_tokens,
