@@ -213,3 +213,18 @@ def test_engine_equals_ctranslate2_converter(hf_dir: Path, engine: Engine, tmp_p
     want = [[ids[piece] for piece in result.hypotheses[0]] for result in results]
     got = [nbest[0].token_ids for nbest in engine.translate(texts, OPTIONS, max_batch_size=32)]
     assert got == want
+
+
+def test_cli_convert_then_export(hf_dir: Path, tmp_path: Path, capsys) -> None:
+    """The user's commands: ``nmtserve convert hf`` then ``nmtserve export``; the result loads and translates."""
+    from nmtserve.cli.main import main
+
+    assert main(["convert", "hf", str(hf_dir), "--out", str(tmp_path / "ckpt")]) == 0
+    out = tmp_path / "model"
+    flags = ["--source-language", "fr", "--target-language", "en"]
+    assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(out), *flags]) == 0
+    capsys.readouterr()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["languages"] == {"source": "fr", "target": "en"}
+    engine = Engine.load(out, threads=1)
+    assert engine.translate(corpus_lines()[:2], OPTIONS)[0][0].token_ids
