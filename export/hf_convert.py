@@ -30,6 +30,9 @@ from nmtserve.model.transformer import TransformerConfig
 
 log = logging.getLogger(__name__)
 ACTIVATION_NAMES = {"relu": "relu", "gelu": "gelu", "swish": "swish", "silu": "swish"}
+# Added to the logits bias of a token that generation_config.json bans (OPUS-MT bans <pad>): exp(-1e4) is 0 in
+# fp32 and fp16 alike, while a finite value keeps the export's log-prob comparison free of inf - inf.
+SUPPRESSED_LOGIT = -1.0e4
 
 
 class ConversionError(ValueError):
@@ -73,6 +76,21 @@ def read_hf_weights(source: Path) -> dict[str, torch.Tensor]:
             raise ConversionError(f"{legacy}: holds no state dict")
         return state
     raise ConversionError(f"{source}: no weights (model.safetensors, its index, or pytorch_model.bin)")
+
+
+def suppressed_tokens(source: Path) -> list[int]:
+    """Single tokens that ``generation_config.json`` never lets the model generate (``bad_words_ids``)."""
+    path = source / "generation_config.json"
+    if not path.is_file():
+        return []
+    try:
+        bad = json.loads(path.read_text(encoding="utf-8")).get("bad_words_ids") or []
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConversionError(f"{path}: not valid JSON: {error}") from error
+    longer = [ids for ids in bad if len(ids) != 1]
+    if longer:
+        log.warning("%s: bad_words_ids of more than one token are not applied: %s", path, longer)
+    return sorted({ids[0] for ids in bad if len(ids) == 1})
 
 
 def _require(source: Path, condition: bool, message: str) -> None:
@@ -145,7 +163,9 @@ class MarianLoader:
         embedding = get("model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight")
         if "lm_head.weight" in hf and not torch.equal(hf["lm_head.weight"], embedding):
             raise ConversionError(f"{self.source}: an output projection separate from the embedding is not supported")
-        out = {"embedding.weight": embedding, "final_logits_bias": get("final_logits_bias").reshape(-1)}
+        bias = get("final_logits_bias").reshape(-1).clone()
+        bias[suppressed_tokens(self.source)] += SUPPRESSED_LOGIT  # never generated, as generate() would ban them
+        out = {"embedding.weight": embedding, "final_logits_bias": bias}
         for i in range(config.n_encoder_layers):
             hf_layer, layer = f"model.encoder.layers.{i}", f"encoder_layers.{i}"
             out |= _attention(get, f"{hf_layer}.self_attn", f"{layer}.self_attention")
@@ -225,7 +245,12 @@ def convert_hf(source: Path | str, out: Path | str) -> Path:
         save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staging / WEIGHTS)
         for name, path in tokenizer_files.items():
             shutil.copyfile(path, staging / name)
-        metadata = {"converted_from": str(source), "architecture": loader.architecture, "version": "hf"}
+        metadata = {
+            "converted_from": str(source),
+            "architecture": loader.architecture,
+            "version": "hf",
+            "suppressed_tokens": suppressed_tokens(source),
+        }
         document = {"model": config.to_dict(), "metadata": metadata, "tokenizer": spec}
         (staging / CONFIG).write_text(json.dumps(document, indent=2) + "\n")
     except BaseException:

@@ -103,3 +103,27 @@ def test_pickle_with_code_is_refused(copy: Path, tmp_path: Path, capsys, monkeyp
     assert code == 2 and "cannot be read as a tensors-only checkpoint" in err
     assert not (tmp_path / "pwned").exists()
     assert not (tmp_path / "ckpt").exists()
+
+
+def test_banned_tokens_are_never_generated(copy: Path, tmp_path: Path, capsys) -> None:
+    """OPUS-MT's generation_config bans <pad>: the converted model's logits bias makes it unreachable."""
+    from nmtserve.engine import DecodingOptions
+    from nmtserve.model.beam_search import beam_search
+
+    pad = json.loads((copy / "config.json").read_text())["pad_token_id"]
+    path = copy / "generation_config.json"
+    path.write_text(json.dumps(json.loads(path.read_text()) | {"bad_words_ids": [[pad]]}))
+    code, _ = convert(copy, tmp_path / "ckpt", capsys)
+    assert code == 0
+    model, tokenizer, metadata = load_checkpoint(tmp_path / "ckpt")
+    assert metadata["suppressed_tokens"] == [pad]
+    with torch.inference_mode():
+        logits, _ = model.decode(
+            torch.tensor([[pad]]),
+            model.cross_kv(model.encode(torch.tensor([[5, 6, 0]]))),
+            torch.ones(1, 1, 1, 3, dtype=torch.bool),
+        )
+    assert logits.log_softmax(-1)[0, -1, pad] < -1000
+    sources = [[*tokenizer.encode(t), tokenizer.eos_id] for t in ("a program", "the licence you may copy")]
+    for nbest in beam_search(model, sources, DecodingOptions(beam_size=4, num_hypotheses=4, max_length=20)):
+        assert all(pad not in h.token_ids for h in nbest)
