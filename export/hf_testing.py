@@ -70,11 +70,13 @@ def tiny_marian(
     eos_bias: float = 4.0,
     seed: int = 0,
     languages: tuple[str, ...] = (),
+    total_vocab: int | None = None,
     **dims,
 ) -> Path:
     """A random ``MarianMTModel`` with its tokenizer, saved as ``save_pretrained`` writes it; returns ``directory``.
 
     ``languages``: target codes of a multilingual model, as ``>>xx<<`` tokens in the vocabulary.
+    ``total_vocab``: pad the vocabulary with made-up pieces to this size (real-size speed measurements).
     """
     import torch
     from transformers import MarianConfig, MarianMTModel, MarianTokenizer
@@ -93,6 +95,8 @@ def tiny_marian(
     vocab = {"</s>": 0, "<unk>": 1} | {f">>{code}<<": 2 + i for i, code in enumerate(languages)}
     for piece in pieces:
         vocab.setdefault(piece, len(vocab))
+    while total_vocab is not None and len(vocab) < total_vocab - 1:
+        vocab[f"\u2581filler{len(vocab)}"] = len(vocab)
     vocab["<pad>"] = len(vocab)
     (work / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     tokenizer = MarianTokenizer(str(source), str(target), str(work / "vocab.json"))
