@@ -28,7 +28,13 @@ def cmd_export(args: argparse.Namespace) -> int:
         )
         corpus = None
     out = export_model(
-        checkpoint, args.out, args.precision, fuse=args.fuse, bleu_corpus=corpus, bleu_split=args.bleu_split
+        checkpoint,
+        args.out,
+        args.precision,
+        fuse=args.fuse,
+        bleu_corpus=corpus,
+        bleu_split=args.bleu_split,
+        languages=(args.source_language, args.target_language),
     )
     print(out)
     return 0
@@ -62,6 +68,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped demo model")
     export.add_argument("--out", type=Path, default=None, help="the model directory to write (required)")
     export.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
+    export.add_argument("--source-language", default="en", help="recorded in the manifest; GetModelInfo reports it")
+    export.add_argument("--target-language", default="de", help="requests may name only this target (or none)")
     export.add_argument("--fuse", action="store_true", help="try onnxruntime's transformer fusion; kept if faster")
     export.add_argument(
         "--bleu-corpus",

@@ -10,7 +10,7 @@ import sys
 from importlib import metadata
 
 import nmtserve.engine  # noqa: F401 (its import sets onnxruntime's telemetry default before any tool loads it)
-from nmtserve.cli import benchmarks, exporting, load, serving, training, translating
+from nmtserve.cli import benchmarks, converting, exporting, load, serving, training, translating
 from nmtserve.cli.common import SERVING_EXTRAS, missing_extra, missing_file
 
 EPILOG = f"Serving needs onnxruntime: {SERVING_EXTRAS}; training and export need 'nmtserve[train]'."
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
     parser.add_argument("--version", action="version", version=f"%(prog)s {metadata.version('nmtserve')}")
     commands = parser.add_subparsers(dest="command", required=True)
-    for group in (training, translating, exporting, serving, load, benchmarks):
+    for group in (training, converting, translating, exporting, serving, load, benchmarks):
         group.register(commands)
     return parser
 

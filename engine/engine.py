@@ -14,9 +14,9 @@ from tqdm import tqdm
 
 from nmtserve.engine.batch import DecodingBatch
 from nmtserve.engine.decoding import DecodingOptions, Hypothesis
-from nmtserve.engine.model_dir import TOKENIZER, ModelInfo, load_model_info
+from nmtserve.engine.model_dir import ModelInfo, load_model_info
 from nmtserve.engine.runtime import Runtime, RuntimeConfig
-from nmtserve.engine.tokenizer import Tokenizer
+from nmtserve.engine.tokenizer import Tokenizer, load_tokenizer
 
 
 class Engine:
@@ -37,7 +37,7 @@ class Engine:
         EngineError)."""
         info = load_model_info(Path(model_dir))
         runtime = Runtime(info, RuntimeConfig(device=device, device_id=device_id, threads=threads, spin=spin))
-        tokenizer = Tokenizer(info.path(TOKENIZER))
+        tokenizer = load_tokenizer(info.directory, info.manifest.get("tokenizer"))
         if tokenizer.vocab_size != info.vocab_size or tokenizer.eos_id != info.eos_id:
             raise ValueError(f"{model_dir}: tokenizer does not match the model (vocabulary or EOS id)")
         return cls(info, runtime, tokenizer)

@@ -14,6 +14,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
+from nmtserve.engine.tokenizer import tokenizer_files
+
 FORMAT = "nmtserve-onnx"
 FORMAT_VERSION = 3
 MANIFEST = "manifest.json"
@@ -25,7 +27,8 @@ APPEND_ROWS = "append_rows.onnx"
 TRIM_CACHE = "trim_cache.onnx"
 REORDER_CACHE = "reorder_cache.onnx"
 TOKENIZER = "sentencepiece.model"
-REQUIRED_FILES = (ENCODER, DECODER_STEP, GATHER_ROWS, APPEND_ROWS, TRIM_CACHE, REORDER_CACHE, TOKENIZER)
+GRAPH_FILES = (ENCODER, DECODER_STEP, GATHER_ROWS, APPEND_ROWS, TRIM_CACHE, REORDER_CACHE)
+REQUIRED_FILES = (*GRAPH_FILES, TOKENIZER)  # with the default (SentencePiece) tokenizer
 
 
 def demo_export(precision: str = "fp32") -> Path:
@@ -160,7 +163,11 @@ def read_manifest(directory: Path) -> dict[str, Any]:
 def verify_files(directory: Path, manifest: dict[str, Any]) -> None:
     """Refuse a directory whose files are absent or differ from the manifest: a half-copied model must not serve."""
     files: dict[str, str] = manifest.get("files", {})
-    for name in REQUIRED_FILES:
+    try:
+        required = (*GRAPH_FILES, *tokenizer_files(manifest.get("tokenizer")))
+    except ValueError as error:
+        raise ModelDirError(f"{Path(directory) / MANIFEST}: {error}") from error
+    for name in required:
         if name not in files:
             raise ModelDirError(f"{Path(directory) / MANIFEST}: manifest lists no {name}")
     for name, expected in files.items():

@@ -23,6 +23,7 @@ class Tokenizer:
         self._sp = spm.SentencePieceProcessor(model_file=str(self.model_path))
         self.pad_id, self.unk_id = self._sp.pad_id(), self._sp.unk_id()
         self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
+        self.languages: list[str] = []  # a single-pair model: its pair is in the manifest
 
     @property
     def vocab_size(self) -> int:
@@ -40,3 +41,29 @@ class Tokenizer:
 
     def pieces(self, text: str) -> list[str]:
         return self._sp.encode(text, out_type=str)
+
+
+TOKENIZER_KINDS = ("sentencepiece", "marian")
+
+
+def tokenizer_files(spec: dict | None) -> tuple[str, ...]:
+    """File names a tokenizer of ``spec`` (a checkpoint's or manifest's ``tokenizer`` entry) reads."""
+    kind = (spec or {}).get("kind", "sentencepiece")
+    if kind == "sentencepiece":
+        return ("sentencepiece.model",)
+    if kind == "marian":
+        from nmtserve.engine.marian_tokenizer import FILES
+
+        return FILES
+    raise ValueError(f"tokenizer kind must be one of {TOKENIZER_KINDS}, not {kind!r}")
+
+
+def load_tokenizer(directory: Path | str, spec: dict | None = None):
+    """The tokenizer a checkpoint or model directory names in its ``tokenizer`` entry (SentencePiece by default)."""
+    kind = (spec or {}).get("kind", "sentencepiece")
+    tokenizer_files(spec)  # refuses an unknown kind
+    if kind == "marian":
+        from nmtserve.engine.marian_tokenizer import MarianTokenizer
+
+        return MarianTokenizer(directory)
+    return Tokenizer(Path(directory) / "sentencepiece.model")

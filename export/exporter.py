@@ -24,19 +24,18 @@ from nmtserve.engine.model_dir import (
     ENCODER,
     FORMAT,
     FORMAT_VERSION,
-    TOKENIZER,
     io_names,
     sha256_file,
     write_manifest,
 )
+from nmtserve.engine.tokenizer import tokenizer_files
 from nmtserve.export.fusion import maybe_fuse
 from nmtserve.export.precision import PRECISIONS, cache_element_type, convert_fp16, quantize_int8
 from nmtserve.export.row_ops import build_row_ops
 from nmtserve.export.step_graph import build_decoder_step
 from nmtserve.export.torch_export import OPSET, export_encoder
 from nmtserve.export.verify import ExportVerificationError, verify_export
-from nmtserve.model.checkpoint import TOKENIZER as CHECKPOINT_TOKENIZER
-from nmtserve.model.checkpoint import WEIGHTS, load_checkpoint
+from nmtserve.model.checkpoint import WEIGHTS, load_checkpoint, read_tokenizer_spec
 from nmtserve.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
@@ -56,6 +55,12 @@ def _encoder_feeds(model: Transformer) -> dict[str, np.ndarray]:
     return {"source_ids": rng.integers(4, model.config.vocab_size, (8, 30))}
 
 
+def _family_options(config) -> dict[str, Any]:
+    """The options a converted model sets, recorded so that a reader of the manifest sees what it serves."""
+    keys = ("activation", "positions", "scale_embedding", "final_logits_bias", "pre_norm")
+    return {key: getattr(config, key) for key in keys}
+
+
 def _manifest(
     model: Transformer,
     checkpoint_dir: Path,
@@ -66,7 +71,9 @@ def _manifest(
     languages: tuple[str, str],
     verification: dict[str, Any],
     fusion: dict[str, Any],
+    tokenizer_spec: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    tokenizer_spec = tokenizer_spec or {"kind": "sentencepiece"}
     config = model.config
     weights_sha = sha256_file(checkpoint_dir / WEIGHTS)
     steps = checkpoint_metadata.get("steps")
@@ -77,7 +84,9 @@ def _manifest(
         "model": {
             "name": name or f"nmtserve-{languages[0]}-{languages[1]}-{checkpoint_dir.name}",
             "version": version or str(checkpoint_metadata.get("version", default_version)),
-            "architecture": "transformer-2017" + ("-prenorm" if config.pre_norm else ""),
+            "architecture": checkpoint_metadata.get(
+                "architecture", "transformer-2017" + ("-prenorm" if config.pre_norm else "")
+            ),
             "checkpoint": {
                 "path": str(checkpoint_dir),
                 "weights_sha256": weights_sha,
@@ -97,6 +106,8 @@ def _manifest(
             "max_positions": config.max_positions,
         },
         "special_ids": {"pad": config.pad_id, "unk": config.unk_id, "bos": config.bos_id, "eos": config.eos_id},
+        **({"family": _family_options(config)} if checkpoint_metadata.get("converted_from") else {}),
+        **({"tokenizer": tokenizer_spec} if tokenizer_spec.get("kind", "sentencepiece") != "sentencepiece" else {}),
         "opset": OPSET,
         "precision": precision,
         "cache_dtype": "float16" if precision == "fp16" else "float32",
@@ -151,6 +162,7 @@ def export_model(
 
     next(stage)
     model, _, checkpoint_metadata = load_checkpoint(checkpoint_dir)
+    tokenizer_spec = read_tokenizer_spec(checkpoint_dir)
     staging = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -162,13 +174,23 @@ def export_model(
         bar.set_postfix_str(next(stage))
         layers = model.config.n_decoder_layers
         build_row_ops(staging, cache_element_type("fp32"), layers)  # what the fp32 verification runs
-        shutil.copyfile(checkpoint_dir / CHECKPOINT_TOKENIZER, staging / TOKENIZER)
+        for file_name in tokenizer_files(tokenizer_spec):
+            shutil.copyfile(checkpoint_dir / file_name, staging / file_name)
         bar.set_postfix_str(next(stage))
         verification = {"fp32": verify_export(model, staging, "fp32", threads).to_dict()}
         fp32_reference = staging.parent / f".{out_dir.name}.fp32-reference"
         if gate:  # the verified fp32 graphs, kept as a complete model directory to decode the BLEU split with
             reference = _manifest(
-                model, checkpoint_dir, checkpoint_metadata, "fp32", name, version, languages, verification, {}
+                model,
+                checkpoint_dir,
+                checkpoint_metadata,
+                "fp32",
+                name,
+                version,
+                languages,
+                verification,
+                {},
+                tokenizer_spec,
             )
             write_manifest(staging, reference)
             shutil.rmtree(fp32_reference, ignore_errors=True)
@@ -190,7 +212,16 @@ def export_model(
             fusion.update(_fuse(model, staging, precision))
         bar.set_postfix_str(next(stage))
         manifest = _manifest(
-            model, checkpoint_dir, checkpoint_metadata, precision, name, version, languages, verification, fusion
+            model,
+            checkpoint_dir,
+            checkpoint_metadata,
+            precision,
+            name,
+            version,
+            languages,
+            verification,
+            fusion,
+            tokenizer_spec,
         )
         write_manifest(staging, manifest)
         if gate:

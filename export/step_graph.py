@@ -127,8 +127,21 @@ def _cross_attention(shared: _Shared, attention, scope: str, kv: list[str], h: s
     return g.op("Unsqueeze", [_linear(g, attended, attention.output, f"{scope}.output"), shared.axis_1])
 
 
-def _feed_forward(shared: _Shared, ffn, scope: str, h: str) -> str:
-    inner = shared.graph.op("Relu", [_linear(shared.graph, h, ffn.inner, f"{scope}.inner")])
+def _activation(g: _Graph, x: str, name: str) -> str:
+    """The FFN non-linearity in opset-18 ops: Relu, SiLU as x * Sigmoid(x), exact GELU through Erf."""
+    if name == "relu":
+        return g.op("Relu", [x])
+    if name == "swish":
+        return g.op("Mul", [x, g.op("Sigmoid", [x])])
+    if name == "gelu":
+        erf = g.op("Erf", [g.op("Mul", [x, g.weight(f"{x}.rsqrt2", np.array(1 / math.sqrt(2), np.float32))])])
+        one, half = g.weight(f"{x}.one", np.array(1, np.float32)), g.weight(f"{x}.half", np.array(0.5, np.float32))
+        return g.op("Mul", [g.op("Mul", [x, half]), g.op("Add", [erf, one])])
+    raise ValueError(f"no ONNX form for activation {name!r}")
+
+
+def _feed_forward(shared: _Shared, ffn, scope: str, h: str, activation: str = "relu") -> str:
+    inner = _activation(shared.graph, _linear(shared.graph, h, ffn.inner, f"{scope}.inner"), activation)
     return _linear(shared.graph, inner, ffn.outer, f"{scope}.outer")
 
 
@@ -155,7 +168,7 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
     embedding = g.weight("embedding", model.embedding.weight)
     scaled = g.op(
         "Mul",
-        [g.op("Gather", [embedding, "token_ids"]), g.weight("sqrt_d", np.array(math.sqrt(config.d_model), np.float32))],
+        [g.op("Gather", [embedding, "token_ids"]), g.weight("sqrt_d", np.array(model.embedding_scale, np.float32))],
     )
     position = g.op("Gather", [g.weight("positions_table", model.positions), "positions"])
     x = g.op("Unsqueeze", [g.op("Add", [scaled, position]), axis_1])
@@ -166,7 +179,7 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
         x = _sublayer(g, x, layer.self_residual, f"{scope}.self", attend_self)
         attend_source = partial(_cross_attention, shared, layer.cross_attention, f"{scope}.cross", cross_kv[layer_kv])
         x = _sublayer(g, x, layer.cross_residual, f"{scope}.cross", attend_source)
-        feed_forward = partial(_feed_forward, shared, layer.feed_forward, f"{scope}.ffn")
+        feed_forward = partial(_feed_forward, shared, layer.feed_forward, f"{scope}.ffn", activation=config.activation)
         x = _sublayer(g, x, layer.feed_forward_residual, f"{scope}.ffn", feed_forward)
 
     if config.pre_norm:
@@ -174,6 +187,8 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
     # The output projection shares the embedding (Section 3.4); stored transposed so that quantization sees a
     # plain weight MatMul.
     logits = g.op("MatMul", [g.op("Squeeze", [x, axis_1]), g.weight("output_projection", model.embedding.weight.t())])
+    if config.final_logits_bias:
+        logits = g.op("Add", [logits, g.weight("final_logits_bias", model.final_logits_bias)])
     log_probs = g.op("LogSoftmax", [logits], axis=-1)
     g.ops("TopK", [log_probs, "k"], names["outputs"][:2], axis=-1, largest=1, sorted=1)
 

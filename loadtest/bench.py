@@ -93,11 +93,12 @@ def engine_alone(model: Path, lines: list[str], threads: int, ceiling_sentences:
 
 
 def equal_length_lines(model: Path, lines: list[str], spread: int = 1) -> list[str]:
-    """The lines whose SentencePiece length is within ``spread`` tokens of the median length."""
-    from nmtserve.engine.model_dir import TOKENIZER
-    from nmtserve.engine.tokenizer import Tokenizer
+    """The lines whose token length (the model's own tokenizer) is within ``spread`` tokens of the median length."""
+    from nmtserve.engine.model_dir import read_manifest
+    from nmtserve.engine.tokenizer import load_tokenizer
 
-    lengths = [len(ids) for ids in Tokenizer(model / TOKENIZER).encode_batch(lines)]
+    tokenizer = load_tokenizer(model, read_manifest(model).get("tokenizer"))
+    lengths = [len(ids) for ids in tokenizer.encode_batch(lines)]
     middle = statistics.median_low(lengths)
     return [line for line, n in zip(lines, lengths, strict=True) if abs(n - middle) <= spread]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from nmtserve.engine.tokenizer import Tokenizer
+from nmtserve.engine.tokenizer import Tokenizer, load_tokenizer
 from nmtserve.model.transformer import Transformer, TransformerConfig
 
 WEIGHTS, CONFIG, TOKENIZER = "model.safetensors", "config.json", "sentencepiece.model"
@@ -44,6 +44,12 @@ def read_config(directory: Path) -> tuple[TransformerConfig, dict]:
     return TransformerConfig.from_dict(raw["model"]), raw.get("metadata", {})
 
 
+def read_tokenizer_spec(directory: Path) -> dict:
+    """The checkpoint's ``tokenizer`` entry: ``{"kind": "sentencepiece"}`` unless a converter wrote another kind."""
+    raw = json.loads((Path(directory) / CONFIG).read_text())
+    return raw.get("tokenizer", {"kind": "sentencepiece"})
+
+
 def load_checkpoint(directory: Path | None = None) -> tuple[Transformer, Tokenizer, dict]:
     """Load a checkpoint directory (the shipped demo model by default) in eval mode."""
     directory = Path(directory) if directory is not None else DEMO_CHECKPOINT
@@ -52,7 +58,7 @@ def load_checkpoint(directory: Path | None = None) -> tuple[Transformer, Tokeniz
     config, metadata = read_config(directory)
     model = Transformer(config)
     model.load_state_dict(load_file(directory / WEIGHTS))
-    tokenizer = Tokenizer(directory / TOKENIZER)
+    tokenizer = load_tokenizer(directory, read_tokenizer_spec(directory))
     if tokenizer.vocab_size != config.vocab_size:
         raise ValueError(f"{directory}: tokenizer has {tokenizer.vocab_size} pieces, model {config.vocab_size}")
     return model.eval(), tokenizer, metadata

@@ -35,7 +35,12 @@ class TransformerConfig:
     pad_id: int = 0
     unk_id: int = 1
     bos_id: int = 2
-    eos_id: int = 3
+    eos_id: int = 3  # bos_id is the decoder's start token (Marian starts from its pad id)
+    # What the Hugging Face families differ in; every default is the 2017 model above.
+    activation: str = "relu"  # relu | gelu (exact, erf) | swish (SiLU)
+    positions: str = "sinusoidal"  # sinusoidal: the paper's interleaved sin/cos; sinusoidal-halves: sin | cos
+    scale_embedding: bool = True  # multiply embeddings by sqrt(d_model) (Section 3.4)
+    final_logits_bias: bool = False  # a per-token bias added to the output logits (Marian, BART)
 
     @property
     def d_head(self) -> int:
@@ -43,6 +48,15 @@ class TransformerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def validate(self) -> None:
+        """Refuse option values the model cannot build, naming the field."""
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, not {self.activation!r}")
+        if self.positions not in POSITION_LAYOUTS:
+            raise ValueError(f"positions must be one of {POSITION_LAYOUTS}, not {self.positions!r}")
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
 
     @classmethod
     def from_dict(cls, values: dict) -> TransformerConfig:
@@ -66,14 +80,27 @@ PRESETS: dict[str, TransformerConfig] = {
 }
 
 
-def sinusoidal_positions(max_positions: int, d_model: int) -> Tensor:
-    """Section 3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d))."""
+ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu}
+POSITION_LAYOUTS = ("sinusoidal", "sinusoidal-halves")
+
+
+def sinusoidal_positions(max_positions: int, d_model: int, layout: str = "sinusoidal") -> Tensor:
+    """Section 3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
+
+    ``sinusoidal-halves`` holds the same values with all sines first and all cosines after them, the layout
+    Marian (and so OPUS-MT) was trained with.
+    """
     position = torch.arange(max_positions, dtype=torch.float64)[:, None]
     two_i = torch.arange(0, d_model, 2, dtype=torch.float64)[None, :]
     angle = position / torch.pow(10000.0, two_i / d_model)
     table = torch.zeros(max_positions, d_model, dtype=torch.float64)
-    table[:, 0::2] = torch.sin(angle)
-    table[:, 1::2] = torch.cos(angle)
+    if layout == "sinusoidal-halves":
+        half = (d_model + 1) // 2
+        table[:, :half] = torch.sin(angle)
+        table[:, half:] = torch.cos(angle[:, : d_model // 2])
+    else:
+        table[:, 0::2] = torch.sin(angle)
+        table[:, 1::2] = torch.cos(angle)
     return table.float()
 
 
@@ -117,9 +144,10 @@ class FeedForward(nn.Module):
         self.inner = nn.Linear(config.d_model, config.d_ff)
         self.outer = nn.Linear(config.d_ff, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
+        self.activation = ACTIVATIONS[config.activation]
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.outer(self.dropout(F.relu(self.inner(x))))
+        return self.outer(self.dropout(self.activation(self.inner(x))))
 
 
 class Residual(nn.Module):
@@ -197,10 +225,13 @@ class Transformer(nn.Module):
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
+        config.validate()
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
         nn.init.normal_(self.embedding.weight, mean=0.0, std=config.d_model**-0.5)
-        self.register_buffer("positions", sinusoidal_positions(config.max_positions, config.d_model), persistent=False)
+        self.register_buffer(
+            "positions", sinusoidal_positions(config.max_positions, config.d_model, config.positions), persistent=False
+        )
         self.dropout = nn.Dropout(config.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_decoder_layers))
@@ -211,12 +242,23 @@ class Transformer(nn.Module):
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
+        if config.final_logits_bias:  # a trained weight of the converted model, saved with it
+            self.register_buffer("final_logits_bias", torch.zeros(config.vocab_size))
 
     def embed(self, ids: Tensor, first_position: Tensor | int = 0) -> Tensor:
         """Section 3.4: embeddings multiplied by sqrt(d_model), plus the sinusoidal encoding of each position."""
         positions = torch.arange(ids.size(1), device=ids.device) + first_position
-        x = self.embedding(ids) * math.sqrt(self.config.d_model) + self.positions[positions]
+        x = self.embedding(ids) * self.embedding_scale + self.positions[positions]
         return self.dropout(x)
+
+    @property
+    def embedding_scale(self) -> float:
+        return math.sqrt(self.config.d_model) if self.config.scale_embedding else 1.0
+
+    def output_logits(self, hidden: Tensor) -> Tensor:
+        """The output projection through the shared embedding (Section 3.4), plus the converted logits bias."""
+        logits = hidden @ self.embedding.weight.t()
+        return logits + self.final_logits_bias if self.config.final_logits_bias else logits
 
     def source_mask(self, source_ids: Tensor) -> Tensor:
         """[batch, 1, 1, source_len], True on real tokens: queries never attend to source padding."""
@@ -255,7 +297,7 @@ class Transformer(nn.Module):
         for i, layer in enumerate(self.decoder_layers):
             x, kv = layer(x, None if self_cache is None else self_cache[i], cross_kv[i], causal, source_mask)
             new_cache.append(kv)
-        return self.decoder_norm(x) @ self.embedding.weight.t(), new_cache
+        return self.output_logits(self.decoder_norm(x)), new_cache
 
     def forward(self, source_ids: Tensor, target_in: Tensor) -> Tensor:
         """Teacher-forced logits [batch, target_len, vocab] for training."""

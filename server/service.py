@@ -44,6 +44,7 @@ from nmtserve.server.validation import (
     RequestError,
     check_request_id,
     default_options,
+    language_prefix,
 )
 from nmtserve.server.work import Request, WorkItem
 from nmtserve.server.workqueue import QueueClosed, QueueFull, WorkQueue
@@ -192,7 +193,9 @@ class TranslatorService(pb_grpc.TranslatorServicer):
     ) -> pb.TranslateResponse:
         backend = self.backend
         tokenizer = backend.engine.tokenizer
-        prepared = await backend.checker.prepare(request.texts, request.options)
+        pair = backend.engine.info.manifest.get("languages", {})
+        prefix = language_prefix(request.source_language, request.target_language, tokenizer, pair)
+        prepared = await backend.checker.prepare(request.texts, request.options, prefix)
         options, count = prepared.options, prepared.count
         del request  # from here on only the token ids are needed: the texts (up to max_message_bytes) can go
         sink = LoopSink(asyncio.get_running_loop())
@@ -404,6 +407,7 @@ def model_info_message(engine: Engine, config: ServerConfig) -> pb.ModelInfo:
         precision=info.precision,
         device=config.device,
         vocab_size=info.vocab_size,
+        languages=list(getattr(engine.tokenizer, "languages", [])),
         limits=pb.Limits(
             max_texts_per_request=config.max_texts_per_request,
             max_input_tokens=config.max_input_tokens,

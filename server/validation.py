@@ -164,9 +164,38 @@ def check_texts(texts: Sequence[str], config: ServerConfig) -> list[int]:
     return indices
 
 
-def encode_texts(texts: Sequence[str], tokenizer: Tokenizer, config: ServerConfig) -> list[EncodedText]:
-    """Token ids of the non-blank texts (blank ones are answered without the engine), tokenised a chunk at a time
-    so that a text over ``max_input_tokens`` spares the tokenising of the texts after it."""
+def language_prefix(
+    source_language: str, target_language: str, tokenizer: Tokenizer, pair: dict[str, str]
+) -> list[int]:
+    """Ids put before every source: the target-language token of a multilingual model, or none.
+
+    A model whose tokenizer lists languages (a multilingual OPUS-MT model's ``>>xx<<`` codes) takes any of
+    them as ``target_language``; it needs no source code, so ``source_language`` is accepted unchecked. A
+    single-pair model accepts only its own pair (``pair``, from the manifest), so that a request for another
+    language fails instead of silently getting the model's one.
+    """
+    languages: list[str] = getattr(tokenizer, "languages", [])
+    if languages:
+        if not target_language:
+            return []
+        if target_language not in languages:
+            raise invalid(f"target_language {target_language!r} is not one of the model's: {', '.join(languages)}")
+        return [tokenizer.language_id(target_language)]  # type: ignore[attr-defined]
+    for field, value in (("source_language", source_language), ("target_language", target_language)):
+        own = pair.get(field.split("_")[0], "")
+        if value and value != own:
+            raise invalid(
+                f"{field} {value!r}: this model translates {pair.get('source', '?')}->{pair.get('target', '?')} only "
+                f"(valid: {own!r} or empty)"
+            )
+    return []
+
+
+def encode_texts(
+    texts: Sequence[str], tokenizer: Tokenizer, config: ServerConfig, prefix: Sequence[int] = ()
+) -> list[EncodedText]:
+    """Token ids of the non-blank texts (blank ones are answered without the engine) after ``prefix``, tokenised a
+    chunk at a time so that a text over ``max_input_tokens`` spares the tokenising of the texts after it."""
     indices = check_texts(texts, config)
     out = []
     for start in range(0, len(indices), ENCODE_CHUNK):
@@ -177,5 +206,5 @@ def encode_texts(texts: Sequence[str], tokenizer: Tokenizer, config: ServerConfi
                     f"texts[{i}] has {len(ids)} tokens; the limit is {config.max_input_tokens} (max_input_tokens; "
                     "split long texts into sentences)"
                 )
-            out.append(EncodedText(i, [*ids, tokenizer.eos_id]))
+            out.append(EncodedText(i, [*prefix, *ids, tokenizer.eos_id]))
     return out

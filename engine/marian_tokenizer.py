@@ -1,0 +1,85 @@
+"""The tokenizer of Marian (OPUS-MT) models, torch-free: two SentencePiece models and one ``vocab.json`` id map.
+
+A Marian model's ids are not SentencePiece ids: the source model cuts text into pieces, ``vocab.json`` maps each
+piece to the model's id (unknown pieces to ``<unk>``), and the target model turns output pieces back into text.
+A leading ``>>xx<<`` target-language code (multilingual OPUS-MT models) is one token of its own. This mirrors
+transformers' ``MarianTokenizer`` without its optional Moses punctuation normalisation (it needs ``sacremoses``
+and is off when that is not installed); tests check the ids against transformers on thousands of strings.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import sentencepiece as spm
+
+SOURCE_SPM, TARGET_SPM, VOCAB = "source.spm", "target.spm", "vocab.json"
+FILES = (SOURCE_SPM, TARGET_SPM, VOCAB)
+UNK, EOS, PAD = "<unk>", "</s>", "<pad>"
+
+
+class TokenizerFileError(ValueError):
+    """A tokenizer file is missing or does not hold what a Marian tokenizer needs."""
+
+
+def read_vocab(path: Path) -> dict[str, int]:
+    """``vocab.json``: piece -> id, with the three special pieces present."""
+    try:
+        vocab = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError as error:
+        raise TokenizerFileError(f"{path}: Marian vocabulary is missing") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise TokenizerFileError(f"{path}: not a JSON vocabulary: {error}") from error
+    if not isinstance(vocab, dict) or not all(isinstance(i, int) for i in vocab.values()):
+        raise TokenizerFileError(f"{path}: vocabulary must map pieces to integer ids")
+    missing = [piece for piece in (UNK, EOS, PAD) if piece not in vocab]
+    if missing:
+        raise TokenizerFileError(f"{path}: vocabulary lacks the special pieces {missing}")
+    return vocab
+
+
+class MarianTokenizer:
+    """Text <-> Marian ids; same interface as ``Tokenizer`` (``bos_id`` is the decoder start, Marian's pad)."""
+
+    kind = "marian"
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        for name in (SOURCE_SPM, TARGET_SPM):
+            if not (self.directory / name).is_file():
+                raise TokenizerFileError(f"{self.directory / name}: Marian SentencePiece model is missing")
+        self._source = spm.SentencePieceProcessor(model_file=str(self.directory / SOURCE_SPM))
+        self._target = spm.SentencePieceProcessor(model_file=str(self.directory / TARGET_SPM))
+        self._ids = read_vocab(self.directory / VOCAB)
+        self._pieces = {i: piece for piece, i in self._ids.items()}
+        self.unk_id, self.eos_id, self.pad_id = self._ids[UNK], self._ids[EOS], self._ids[PAD]
+        self.bos_id = self.pad_id  # Marian decodes from its pad token
+        self.languages = sorted(p[2:-2] for p in self._ids if p.startswith(">>") and p.endswith("<<"))
+
+    def language_id(self, code: str) -> int:
+        """The id of the ``>>code<<`` token that asks a multilingual model for target language ``code``."""
+        return self._ids[f">>{code}<<"]
+
+    @property
+    def vocab_size(self) -> int:
+        return max(self._ids.values()) + 1
+
+    def pieces(self, text: str) -> list[str]:
+        code: list[str] = []
+        if text.startswith(">>") and (end := text.find("<<")) != -1:
+            code, text = [text[: end + 2]], text[end + 2 :]
+        return code + self._source.encode(text, out_type=str)
+
+    def encode(self, text: str) -> list[int]:
+        """Ids without the final EOS (the engine appends it, as for every model)."""
+        return [self._ids.get(piece, self.unk_id) for piece in self.pieces(text)]
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.encode(text) for text in texts]
+
+    def decode(self, ids: Sequence[int]) -> str:
+        specials = (self.pad_id, self.eos_id)
+        pieces = [self._pieces.get(i, UNK) for i in ids if i not in specials]
+        return self._target.decode_pieces(pieces).replace("\u2581", " ").strip()

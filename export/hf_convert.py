@@ -1,0 +1,262 @@
+"""``convert_hf``: a Hugging Face model directory (as ``save_pretrained`` writes it) -> a project checkpoint.
+
+One loader per supported architecture reads the Hugging Face ``config.json``, checks that the model fits the
+project's Transformer (``TransformerConfig``'s family options), renames the weights and copies the tokenizer
+files; ``nmtserve export`` then turns the checkpoint into a verified ONNX model directory as for any other.
+
+Weights are read from safetensors (one file or an index of shards). A ``pytorch_model.bin`` is read only with
+``torch.load(weights_only=True)``, which refuses anything but tensors: a checkpoint never unpickles code, and the
+serving path reads no pickle at all. The checkpoint is written to a staging folder beside ``out`` and renamed
+into place only when complete, so a failed conversion leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from nmtserve.engine import marian_tokenizer
+from nmtserve.engine.marian_tokenizer import TokenizerFileError, read_vocab
+from nmtserve.model.checkpoint import CONFIG, WEIGHTS
+from nmtserve.model.transformer import TransformerConfig
+
+log = logging.getLogger(__name__)
+ACTIVATION_NAMES = {"relu": "relu", "gelu": "gelu", "swish": "swish", "silu": "swish"}
+# Added to the logits bias of a token that generation_config.json bans (OPUS-MT bans <pad>): exp(-1e4) is 0 in
+# fp32 and fp16 alike, while a finite value keeps the export's log-prob comparison free of inf - inf.
+SUPPRESSED_LOGIT = -1.0e4
+
+
+class ConversionError(ValueError):
+    """The source directory is not a model this converter can turn into a checkpoint; the message names why."""
+
+
+def read_hf_config(source: Path) -> dict[str, Any]:
+    path = source / "config.json"
+    if not source.is_dir():
+        raise ConversionError(f"{source}: not a directory")
+    if not path.is_file():
+        raise ConversionError(f"{path}: missing (not a Hugging Face model directory)")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConversionError(f"{path}: not valid JSON: {error}") from error
+
+
+def read_hf_weights(source: Path) -> dict[str, torch.Tensor]:
+    """All tensors of the model: safetensors (single or sharded) first, else ``pytorch_model.bin`` (tensors only)."""
+    single, index = source / "model.safetensors", source / "model.safetensors.index.json"
+    try:
+        if single.is_file():
+            return load_file(single)
+        if index.is_file():
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            weights: dict[str, torch.Tensor] = {}
+            for shard in shards:
+                weights.update(load_file(source / shard))
+            return weights
+    except (SafetensorError, OSError, KeyError, json.JSONDecodeError) as error:
+        raise ConversionError(f"{source}: the safetensors weights cannot be read (truncated?): {error}") from error
+    legacy = source / "pytorch_model.bin"
+    if legacy.is_file():
+        log.warning("%s: reading pytorch_model.bin with weights_only=True; safetensors is preferred", source)
+        try:
+            state = torch.load(legacy, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises several types for truncated or non-tensor pickles
+            raise ConversionError(f"{legacy}: cannot be read as a tensors-only checkpoint: {error}") from error
+        if not isinstance(state, dict):
+            raise ConversionError(f"{legacy}: holds no state dict")
+        return state
+    raise ConversionError(f"{source}: no weights (model.safetensors, its index, or pytorch_model.bin)")
+
+
+def suppressed_tokens(source: Path) -> list[int]:
+    """Single tokens that ``generation_config.json`` never lets the model generate (``bad_words_ids``)."""
+    path = source / "generation_config.json"
+    if not path.is_file():
+        return []
+    try:
+        bad = json.loads(path.read_text(encoding="utf-8")).get("bad_words_ids") or []
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ConversionError(f"{path}: not valid JSON: {error}") from error
+    longer = [ids for ids in bad if len(ids) != 1]
+    if longer:
+        log.warning("%s: bad_words_ids of more than one token are not applied: %s", path, longer)
+    return sorted({ids[0] for ids in bad if len(ids) == 1})
+
+
+def _require(source: Path, condition: bool, message: str) -> None:
+    if not condition:
+        raise ConversionError(f"{source / 'config.json'}: {message}")
+
+
+class MarianLoader:
+    """``MarianMTModel`` (OPUS-MT): post-norm, sinusoidal positions in halves, one shared embedding, logits bias."""
+
+    architecture = "MarianMTModel"
+
+    def __init__(self, source: Path, config: dict[str, Any]) -> None:
+        self.source, self.hf = source, config
+
+    def model_config(self, vocab_size: int) -> TransformerConfig:
+        hf = self.hf
+        heads, ffn = hf["encoder_attention_heads"], hf["encoder_ffn_dim"]
+        _require(self.source, heads == hf["decoder_attention_heads"], "encoder and decoder head counts differ")
+        _require(self.source, ffn == hf["decoder_ffn_dim"], "encoder and decoder FFN sizes differ")
+        _require(
+            self.source,
+            hf.get("share_encoder_decoder_embeddings", True),
+            "separate source and target vocabularies are not supported",
+        )
+        _require(
+            self.source, hf.get("decoder_vocab_size") in (None, hf["vocab_size"]), "decoder_vocab_size != vocab_size"
+        )
+        activation = ACTIVATION_NAMES.get(hf.get("activation_function", "swish"))
+        _require(self.source, activation is not None, f"activation {hf.get('activation_function')!r} is not supported")
+        if hf["vocab_size"] != vocab_size:
+            raise ConversionError(
+                f"{self.source}: config.json vocab_size {hf['vocab_size']} disagrees with the tokenizer's "
+                f"vocab.json ({vocab_size} ids)"
+            )
+        return TransformerConfig(
+            vocab_size=hf["vocab_size"],
+            d_model=hf["d_model"],
+            n_heads=heads,
+            n_encoder_layers=hf["encoder_layers"],
+            n_decoder_layers=hf["decoder_layers"],
+            d_ff=ffn,
+            dropout=0.0,
+            max_positions=hf["max_position_embeddings"],
+            pre_norm=False,
+            pad_id=hf["pad_token_id"],
+            unk_id=0,  # replaced below from vocab.json
+            bos_id=hf.get("decoder_start_token_id", hf["pad_token_id"]),
+            eos_id=hf["eos_token_id"],
+            activation=activation,
+            positions="sinusoidal-halves",
+            scale_embedding=hf.get("scale_embedding", True),
+            final_logits_bias=True,
+        )
+
+    def tokenizer(self) -> tuple[dict[str, Any], dict[str, Path], int, int]:
+        """The checkpoint's tokenizer entry, the files to copy, the vocabulary size and the unk id."""
+        files = {name: self.source / name for name in marian_tokenizer.FILES}
+        for name, path in files.items():
+            if not path.is_file():
+                raise ConversionError(f"{path}: Marian tokenizer file {name} is missing")
+        try:
+            vocab = read_vocab(files[marian_tokenizer.VOCAB])
+        except TokenizerFileError as error:
+            raise ConversionError(str(error)) from error
+        return {"kind": "marian"}, files, max(vocab.values()) + 1, vocab[marian_tokenizer.UNK]
+
+    def weights(self, hf: dict[str, torch.Tensor], config: TransformerConfig) -> dict[str, torch.Tensor]:
+        get = _getter(self.source, hf)
+        embedding = get("model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight")
+        if "lm_head.weight" in hf and not torch.equal(hf["lm_head.weight"], embedding):
+            raise ConversionError(f"{self.source}: an output projection separate from the embedding is not supported")
+        bias = get("final_logits_bias").reshape(-1).clone()
+        bias[suppressed_tokens(self.source)] += SUPPRESSED_LOGIT  # never generated, as generate() would ban them
+        out = {"embedding.weight": embedding, "final_logits_bias": bias}
+        for i in range(config.n_encoder_layers):
+            hf_layer, layer = f"model.encoder.layers.{i}", f"encoder_layers.{i}"
+            out |= _attention(get, f"{hf_layer}.self_attn", f"{layer}.self_attention")
+            out |= _norm(get, f"{hf_layer}.self_attn_layer_norm", f"{layer}.attention_residual.norm")
+            out |= _ffn(get, hf_layer, f"{layer}.feed_forward")
+            out |= _norm(get, f"{hf_layer}.final_layer_norm", f"{layer}.feed_forward_residual.norm")
+        for i in range(config.n_decoder_layers):
+            hf_layer, layer = f"model.decoder.layers.{i}", f"decoder_layers.{i}"
+            out |= _attention(get, f"{hf_layer}.self_attn", f"{layer}.self_attention")
+            out |= _norm(get, f"{hf_layer}.self_attn_layer_norm", f"{layer}.self_residual.norm")
+            out |= _attention(get, f"{hf_layer}.encoder_attn", f"{layer}.cross_attention")
+            out |= _norm(get, f"{hf_layer}.encoder_attn_layer_norm", f"{layer}.cross_residual.norm")
+            out |= _ffn(get, hf_layer, f"{layer}.feed_forward")
+            out |= _norm(get, f"{hf_layer}.final_layer_norm", f"{layer}.feed_forward_residual.norm")
+        return out
+
+
+def _getter(source: Path, hf: dict[str, torch.Tensor]) -> Callable[..., torch.Tensor]:
+    def get(*names: str) -> torch.Tensor:
+        for name in names:
+            if name in hf:
+                return hf[name].float()
+        raise ConversionError(f"{source}: weight {names[0]} is missing from the weights file")
+
+    return get
+
+
+def _attention(get, hf: str, ours: str) -> dict[str, torch.Tensor]:
+    pairs = {"q_proj": "query", "k_proj": "key", "v_proj": "value", "out_proj": "output"}
+    return {f"{ours}.{o}.{p}": get(f"{hf}.{h}.{p}") for h, o in pairs.items() for p in ("weight", "bias")}
+
+
+def _norm(get, hf: str, ours: str) -> dict[str, torch.Tensor]:
+    return {f"{ours}.{p}": get(f"{hf}.{p}") for p in ("weight", "bias")}
+
+
+def _ffn(get, hf: str, ours: str) -> dict[str, torch.Tensor]:
+    names = {"fc1": "inner", "fc2": "outer"}
+    return {f"{ours}.{o}.{p}": get(f"{hf}.{h}.{p}") for h, o in names.items() for p in ("weight", "bias")}
+
+
+LOADERS: dict[str, type] = {"MarianMTModel": MarianLoader}
+MODEL_TYPES = {"marian": "MarianMTModel"}
+
+
+def _loader(source: Path, config: dict[str, Any]):
+    architectures = config.get("architectures") or [MODEL_TYPES.get(config.get("model_type", ""), "")]
+    name = architectures[0] if architectures else ""
+    if name not in LOADERS:
+        raise ConversionError(
+            f"{source}: architecture {name or config.get('model_type')!r} is not supported "
+            f"(supported: {', '.join(sorted(LOADERS))})"
+        )
+    return LOADERS[name](source, config)
+
+
+def convert_hf(source: Path | str, out: Path | str) -> Path:
+    """Write the checkpoint of the Hugging Face model in ``source`` to ``out``; raises ConversionError."""
+    source, out = Path(source).resolve(), Path(out).resolve()
+    loader = _loader(source, read_hf_config(source))
+    spec, tokenizer_files, vocab_size, unk_id = loader.tokenizer()
+    config = loader.model_config(vocab_size)
+    config = TransformerConfig.from_dict({**config.to_dict(), "unk_id": unk_id})
+    weights = loader.weights(read_hf_weights(source), config)
+
+    from nmtserve.model.transformer import Transformer
+
+    model = Transformer(config)
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:  # shapes that disagree with config.json
+        raise ConversionError(f"{source}: weights do not match config.json: {str(error).splitlines()[-1]}") from None
+    staging = out.parent / f".{out.name}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, staging / WEIGHTS)
+        for name, path in tokenizer_files.items():
+            shutil.copyfile(path, staging / name)
+        metadata = {
+            "converted_from": str(source),
+            "architecture": loader.architecture,
+            "version": "hf",
+            "suppressed_tokens": suppressed_tokens(source),
+        }
+        document = {"model": config.to_dict(), "metadata": metadata, "tokenizer": spec}
+        (staging / CONFIG).write_text(json.dumps(document, indent=2) + "\n")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    staging.rename(out)
+    return out
