@@ -8,9 +8,11 @@ import contextlib
 import gc
 import itertools
 import logging
+import socket
 import sys
 import threading
 import unicodedata
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -24,6 +26,7 @@ from nmtserve.server.app import TranslationServer, serve
 from nmtserve.server.background import BackgroundServer
 from nmtserve.server.config import ServerConfig
 from nmtserve.server.logs import GRPC_LOGGER, quiet_expected_races
+from nmtserve.server.metrics import ServerMetrics, serve_metrics
 from nmtserve.server.validation import control_character
 
 
@@ -202,3 +205,26 @@ def test_grpc_execute_batch_errors_are_logged_as_info(caplog: pytest.LogCaptureF
     race, other = caplog.records
     assert race.levelname == "INFO" and race.exc_info is None and "[/m]" in race.getMessage()
     assert other.levelname == "ERROR"
+
+
+def test_metrics_endpoint_bounds_threads_and_times_out_half_open_requests() -> None:
+    """prometheus_client's server held a thread per connection for as long as a half-open request lasted."""
+    endpoint = serve_metrics(ServerMetrics(), "127.0.0.1", 0, workers=2, backlog=2, timeout_s=0.5)
+    before = threading.active_count()
+    sockets = []
+    try:
+        for _ in range(30):
+            sock = socket.create_connection(("127.0.0.1", endpoint.port), timeout=10)
+            sock.sendall(b"GET /metr")  # and never the rest
+            sockets.append(sock)
+        workers = [t for t in threading.enumerate() if t.name.startswith("nmtserve-metrics_")]
+        assert len(workers) <= 2 and threading.active_count() <= before + 2
+        for sock in sockets:  # every one is closed by the server: refused at once, or after the timeout
+            while sock.recv(1024):  # (a timed-out request may get an error line first)
+                pass
+        with urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/metrics", timeout=10) as answer:
+            assert b"nmtserve_queue_depth" in answer.read()
+    finally:
+        for sock in sockets:
+            sock.close()
+        endpoint.close()
