@@ -261,6 +261,8 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             try:
                 ordinal = 0
                 async for data in request_iterator:
+                    if out.closed:  # the stream stalled: read no more
+                        break
                     request: pb.TranslateRequest | RequestError
                     try:
                         request = parse(pb.TranslateRequest, data)
@@ -285,7 +287,10 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         try:
             while (response := await out.get()) is not None:
                 yield response
-            if out.stalled:
+            if out.stalled:  # stop reading and answering at once: the abort may wait for the unread answers
+                reader.cancel()
+                for task in list(tasks):
+                    task.cancel()
                 log.info(
                     "stream cancelled: the client did not read its answers",
                     extra={"fields": {"peer": peer, "stall_timeout_s": self.config.stream_stall_timeout_s}},

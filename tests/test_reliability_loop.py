@@ -25,7 +25,7 @@ FACTOR = 4.0  # flooded p50 <= FACTOR x quiet p50 + SLACK_S
 SLACK_S = 0.010
 PROBES = 40
 OVER_TOKENS = pb.TranslateRequest(texts=[("word " * 1700)[:8000]] * 256)
-LAST_OVER = pb.TranslateRequest(texts=["the cat sat on the mat. " * 300] * 255 + [("word " * 1700)[:8000]])
+LAST_OVER = pb.TranslateRequest(texts=["the cat sat on the mat. " * 20] * 255 + [("word " * 1700)[:8000]])
 
 
 def medians(address: str) -> tuple[float, float]:

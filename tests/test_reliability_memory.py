@@ -22,7 +22,7 @@ MIB = 1024 * 1024
 # 256 texts of 8 000 bytes, each over the 256-token limit (2 MB): refused at the token check, the costliest refusal
 OVER_TOKENS = pb.TranslateRequest(texts=[("word " * 1700)[:8000]] * 256)
 # ... and one refused only at its last text, so that 255 texts are tokenised first
-LAST_OVER = pb.TranslateRequest(texts=["the cat sat on the mat. " * 300] * 255 + [("word " * 1700)[:8000]])
+LAST_OVER = pb.TranslateRequest(texts=["the cat sat on the mat. " * 20] * 255 + [("word " * 1700)[:8000]])
 SLOW_READER = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)]
 BIG = [("grpc.max_send_message_length", 8 * MIB)]
 
