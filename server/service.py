@@ -4,12 +4,14 @@ Handlers never run the engine: they check and tokenise (``admission.py``: cheap 
 worker threads), queue work items and await results that the engine thread posts.
 Status codes: INVALID_ARGUMENT (a message that does not parse, e.g. invalid UTF-8; empty request, text too long,
 control characters, bad options), RESOURCE_EXHAUSTED (queue full, too many requests in flight on the connection,
-or a message over ``max_message_bytes``, refused by gRPC itself), DEADLINE_EXCEEDED, CANCELLED, UNAVAILABLE
+too many large requests being checked, a stream whose answers are not read for ``stream_stall_timeout_s``, or a
+message over ``max_message_bytes``, refused by gRPC itself), DEADLINE_EXCEEDED, CANCELLED, UNAVAILABLE
 (loading, draining, or the model failed to load), INTERNAL (the engine failed on this request's own text),
 UNAUTHENTICATED (``security.py``). RESOURCE_EXHAUSTED from the queue carries a retry hint: the trailing metadata
 ``grpc-retry-pushback-ms`` (which gRPC clients with a retry policy honour) and the same figure in the message.
 On TranslateStream, request-scoped failures come back in-band (``TranslateResponse.error``) so that one bad
-request does not end a stream carrying others.
+request does not end a stream carrying others. A stream's answers are bounded (``streams.py``): a client that
+stops reading pauses its requests, then loses the stream; its partial outputs are coalesced to whole words.
 
 Requests arrive as raw bytes and are parsed here rather than by gRPC's deserializer: a message that does not
 parse would otherwise fail as UNKNOWN with an exception logged, instead of a clean INVALID_ARGUMENT.
