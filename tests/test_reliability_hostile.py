@@ -20,6 +20,7 @@ import pytest
 from grpc._cython.cygrpc import ExecuteBatchError
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from nmtserve.cli.main import main as cli_main
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.app import TranslationServer, serve
@@ -228,3 +229,18 @@ def test_metrics_endpoint_bounds_threads_and_times_out_half_open_requests() -> N
         for sock in sockets:
             sock.close()
         endpoint.close()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--max-message-bytes", "2147483648"],
+        ["--max-queue-delay-ms", "inf"],
+        ["--max-queue-size", "4294967296"],
+        ["--threads", "100000"],
+    ],
+)
+def test_settings_that_broke_the_server_exit_2(flags: list[str], capsys: pytest.CaptureFixture) -> None:
+    """Configuration errors are exit 2 with a one-line message, never a traceback at start (exit 1)."""
+    assert cli_main(["serve", "--port", "0", "--metrics-port", "0", *flags]) == 2
+    assert "invalid configuration" in capsys.readouterr().err
