@@ -21,8 +21,8 @@ from nmtserve.loadtest.serverproc import ServerProcess
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 
-FACTOR = 4.0  # flooded p50 <= FACTOR x quiet p50 + SLACK_S
-SLACK_S = 0.010
+FACTOR = 5.0  # flooded p50 <= FACTOR x quiet p50 + SLACK_S (the old code: 22x)
+SLACK_S = 0.025  # the flood shares the two cores with the server: CPU contention, not a blocked loop
 PROBES = 40
 OVER_TOKENS = pb.TranslateRequest(texts=[("word " * 1700)[:8000]] * 256)
 LAST_OVER = pb.TranslateRequest(texts=["the cat sat on the mat. " * 20] * 255 + [("word " * 1700)[:8000]])
