@@ -23,6 +23,9 @@ Phases:
    phase the server's RSS stayed within ``--rss-bound-mib`` of its level when the phase began; and at the end
    the server reports SERVING with nothing in flight, queued or running.
 
+``--hostile N`` mixes in N bounded hostile clients for the whole run (``hostile.py``: oversized requests refused at
+the token check, streams that never read), and adds the check that every oversized request was refused.
+
 It prints the figures and writes them as JSON (``OUT/NAME.json``); the exit status is 0 when every check passed.
 """
 
