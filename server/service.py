@@ -43,6 +43,7 @@ from nmtserve.server.sink import LoopSink
 from nmtserve.server.streams import StreamBuffer, word_prefix
 from nmtserve.server.tracking import ConnectionLimiter, ServingState
 from nmtserve.server.validation import (
+    Overloaded,
     RequestError,
     check_request_id,
     default_options,
@@ -77,21 +78,9 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 STREAM_BUFFER = 32  # answers of one stream waiting to be written; then its requests wait (see StreamBuffer)
 STREAM_MAX_INFLIGHT = 64  # requests of one stream being answered; then the stream is not read (gRPC flow control)
 PARTIAL_INTERVAL_S = 0.1  # at most one partial per text per this interval
-
-
-class Overloaded(RequestError):
-    """RESOURCE_EXHAUSTED with a retry hint."""
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
-        self.retry_after_s = retry_after_s
-
-    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((RETRY_PUSHBACK_KEY, str(max(1, round(self.retry_after_s * 1000)))),)
 
 
 def parse(message_type: type[Message], data: bytes | Message) -> Message:

@@ -23,12 +23,13 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from nmtserve.cli.main import main as cli_main
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
+from nmtserve.server.admission import RequestChecker
 from nmtserve.server.app import TranslationServer, serve
 from nmtserve.server.background import BackgroundServer
 from nmtserve.server.config import ServerConfig
 from nmtserve.server.logs import GRPC_LOGGER, quiet_expected_races
 from nmtserve.server.metrics import ServerMetrics, serve_metrics
-from nmtserve.server.validation import control_character
+from nmtserve.server.validation import Overloaded, RequestError, control_character
 
 
 def test_a_second_server_on_a_used_port_exits_2(caplog: pytest.LogCaptureFixture) -> None:
@@ -244,3 +245,19 @@ def test_settings_that_broke_the_server_exit_2(flags: list[str], capsys: pytest.
     """Configuration errors are exit 2 with a one-line message, never a traceback at start (exit 1)."""
     assert cli_main(["serve", "--port", "0", "--metrics-port", "0", *flags]) == 2
     assert "invalid configuration" in capsys.readouterr().err
+
+
+def test_checker_bounds_large_requests_waiting_and_keeps_small_ones_inline(demo_engine) -> None:
+    """Beyond max_waiting large requests, one more is refused with a retry hint; small ones never wait."""
+    config = ServerConfig()
+    checker = RequestChecker(config, demo_engine.tokenizer, demo_engine.info.vocab_size, max_waiting=0)
+    try:
+        small = asyncio.run(checker.prepare(["Hello.", ""], pb.DecodingOptions()))
+        assert small.count == 2 and [text.index for text in small.encoded] == [0]
+        with pytest.raises(Overloaded) as caught:
+            asyncio.run(checker.prepare(["Hello world. " * 500] * 4, pb.DecodingOptions()))
+        assert dict(caught.value.trailing_metadata())["grpc-retry-pushback-ms"] == "100"
+        with pytest.raises(RequestError, match="max_texts_per_request"):  # counts are checked before anything
+            asyncio.run(checker.prepare(["x"] * 257, pb.DecodingOptions()))
+    finally:
+        checker.close()
