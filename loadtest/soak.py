@@ -23,6 +23,9 @@ Phases:
    phase the server's RSS stayed within ``--rss-bound-mib`` of its level when the phase began; and at the end
    the server reports SERVING with nothing in flight, queued or running.
 
+``--hostile N`` mixes in N bounded hostile clients for the whole run (``hostile.py``: oversized requests refused at
+the token check, streams that never read), and adds the check that every oversized request was refused.
+
 It prints the figures and writes them as JSON (``OUT/NAME.json``); the exit status is 0 when every check passed.
 """
 
@@ -30,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import math
 import platform
@@ -47,6 +51,7 @@ from typing import Any
 import grpc
 from tqdm import tqdm
 
+from nmtserve.loadtest.hostile import HostileClients
 from nmtserve.loadtest.runner import Connections
 from nmtserve.loadtest.serverproc import ServerProcess, rss_of
 from nmtserve.loadtest.workload import read_lines
@@ -122,6 +127,7 @@ class SoakSpec:
     max_inflight: int = 2000  # the client waits (rather than drops) beyond this many requests in flight
     connections: int = 4
     seed: int = 0
+    hostile: int = 0  # hostile clients mixed in for the whole run (loadtest/hostile.py)
 
 
 @dataclass
@@ -538,11 +544,13 @@ def run_soak(
     warmup = [r for name, requests, extra in phases[:-1] for r in requests + extra]
     started = time.time()
     sampler = RssSampler(rss) if rss is not None else None
-    if sampler is not None:
-        with sampler:
-            figures = asyncio.run(_exercise(target, spec, phases, sampler, progress))
-    else:
+    with contextlib.ExitStack() as stack:
+        if sampler is not None:
+            stack.enter_context(sampler)
+        hostile = stack.enter_context(HostileClients(target, spec.hostile)) if spec.hostile else None
         figures = asyncio.run(_exercise(target, spec, phases, sampler, progress))
+    if hostile is not None:
+        figures["hostile"] = hostile.figures()
     defaults = figures.pop("defaults")
     everything = warmup + main + burst
     state = server_state(target, metrics_url)
@@ -601,6 +609,8 @@ def run_soak(
         "serving_at_end": state["health"] == "SERVING",
         "idle_at_end": all(state.get(k, 0) == 0 for k in ("inflight_requests", "queue_depth", "running_sentences")),
     }
+    if "hostile" in figures:
+        checks["hostile_oversized_requests_refused"] = figures["hostile"]["all_oversized_refused"]
     figures["checks"] = checks
     figures["passed"] = all(checks.values())
     return figures
@@ -639,6 +649,8 @@ def format_report(figures: dict) -> str:
             f"{rss['end_mib']:.0f} MiB (growth {rss['growth_mib']:.1f} MiB, bound {rss['bound_mib']:g}; slope "
             f"{rss['slope_mib_per_1000_requests']:+.2f} MiB per 1000 requests)"
         )
+    if "hostile" in figures:
+        lines.append(f"  hostile clients: {figures['hostile']}")
     lines.append(f"  server at the end: {figures['server_end']}")
     lines.append(f"  checks: {figures['checks']}")
     lines.append("  PASSED" if figures["passed"] else "  FAILED")
@@ -669,6 +681,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--queue-size", type=int, default=256, help="the started server's max_queue_size")
     parser.add_argument("--serve-arg", action="append", default=[], help="extra flag for the started server")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--hostile",
+        type=int,
+        default=0,
+        metavar="N",
+        help="mix in N hostile clients for the whole run: half send oversized requests, half open streams that "
+        "never read (default 0)",
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/soak"))
     parser.add_argument("--name", default="soak")
     parser.add_argument("--quiet", action="store_true")
@@ -695,6 +715,7 @@ def run_command(args: argparse.Namespace) -> int:
         rss_bound_mib=args.rss_bound_mib,
         watchdog_s=args.watchdog_s,
         seed=args.seed,
+        hostile=args.hostile,
     )
     sentences = read_lines(args.input) if args.input else None
     progress = not args.quiet
@@ -705,7 +726,10 @@ def run_command(args: argparse.Namespace) -> int:
     else:
         flags = ["--threads", str(args.threads), "--no-spin", "--max-queue-size", str(args.queue_size)]
         flags += ["--max-texts-per-request", str(min(256, args.queue_size))]
-        flags += ["--drain-timeout-s", "60", *args.serve_arg]
+        flags += ["--drain-timeout-s", "60"]
+        if args.hostile:  # never-reading streams are cancelled within the run
+            flags += ["--stream-stall-timeout-s", "2"]
+        flags += args.serve_arg
         with ServerProcess(model, *flags) as server:
             figures = run_soak(
                 spec,

@@ -19,17 +19,23 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import grpc
-
 from nmtserve.engine import DecodingOptions
 from nmtserve.engine.tokenizer import Tokenizer
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server.config import ServerConfig
-from nmtserve.server.validation import EncodedText, RequestError, check_sizes, encode_texts, resolve_options
+from nmtserve.server.validation import (
+    EncodedText,
+    Overloaded,
+    RequestError,
+    check_sizes,
+    encode_texts,
+    resolve_options,
+)
 
 INLINE_BYTES = 16 * 1024  # a request with at most this much text is checked on the loop: cheaper than a hop
 CHECK_WORKERS = 2  # threads that check and tokenise large requests
 MAX_WAITING = 16  # large requests checked or waiting to be; more are refused
+CHECK_RETRY_S = 0.1  # the retry hint then: a large request takes the pool milliseconds to tens of milliseconds
 
 
 @dataclass(frozen=True)
@@ -79,9 +85,10 @@ class RequestChecker:
         if size <= self.inline_bytes:
             return Prepared(resolved, encode_texts(texts, self.tokenizer, self.config, prefix), len(texts))
         if self._waiting >= self.max_waiting:
-            raise RequestError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"{self._waiting} large requests are already being checked; retry shortly or send smaller requests",
+            raise Overloaded(
+                f"{self._waiting} large requests are already being checked (the limit is {self.max_waiting}); retry "
+                f"in {CHECK_RETRY_S:g} s or send smaller requests",
+                CHECK_RETRY_S,
             )
         self._waiting += 1
         try:

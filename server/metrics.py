@@ -7,11 +7,14 @@ tens of milliseconds to seconds.
 
 from __future__ import annotations
 
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from threading import Thread
-from wsgiref.simple_server import WSGIServer
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 # 0.5 ms .. 30 s, roughly 1-2-5 per decade: fine enough for millisecond steps and second-long requests.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -122,11 +125,64 @@ class ServerMetrics:
         self.model_info.labels(name, version, precision, device).set(1)
 
 
+METRICS_WORKERS = 4  # threads answering /metrics; a scrape takes milliseconds
+METRICS_BACKLOG = 16  # connections waiting for one of them; more are closed at once
+METRICS_TIMEOUT_S = 5.0  # a connection that sends nothing (or too slowly) for this long is closed
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr; the socket timeout bounds how long a half-open request may hold a worker."""
+
+    timeout = METRICS_TIMEOUT_S
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class BoundedWSGIServer(WSGIServer):
+    """A WSGI server that answers from a fixed pool of threads, with a bounded number of waiting connections.
+
+    prometheus_client's own server starts a thread per connection with no timeout: 300 half-open ``GET /metrics``
+    held 300 threads as long as the client wished. Here at most ``workers`` connections are served at once, each
+    for at most ``timeout`` seconds of silence, ``backlog`` more wait, and the rest are closed on arrival."""
+
+    daemon_threads = True
+    request_queue_size = 128  # the kernel's accept queue: connections are refused by us, not left in SYN retries
+
+    def __init__(self, address: tuple[str, int], workers: int, backlog: int) -> None:
+        self.address_family = socket.getaddrinfo(*address, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
+        super().__init__(address, _QuietHandler)
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="nmtserve-metrics")
+        self._slots = threading.BoundedSemaphore(workers + backlog)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)  # too many connections already: refuse this one, keep serving the rest
+            return
+        self._pool.submit(self._serve, request, client_address)
+
+    def _serve(self, request: socket.socket, client_address: object) -> None:
+        try:
+            self.finish_request(request, client_address)
+        except Exception:
+            self.handle_error(request, client_address)
+        finally:
+            self.shutdown_request(request)
+            self._slots.release()
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # a client that timed out or went away; nothing to report
+
+    def server_close(self) -> None:
+        super().server_close()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
 @dataclass
 class MetricsEndpoint:
     """The running /metrics HTTP server."""
 
-    server: WSGIServer  # what prometheus_client's start_http_server runs
+    server: BoundedWSGIServer
     thread: Thread
 
     @property
@@ -139,7 +195,19 @@ class MetricsEndpoint:
         self.thread.join(timeout=5)
 
 
-def serve_metrics(metrics: ServerMetrics, host: str, port: int) -> MetricsEndpoint:
-    """Expose ``metrics`` at http://host:port/metrics (port 0: any free port) from a daemon thread."""
-    server, thread = start_http_server(port, addr=host, registry=metrics.registry)
+def serve_metrics(
+    metrics: ServerMetrics,
+    host: str,
+    port: int,
+    workers: int = METRICS_WORKERS,
+    backlog: int = METRICS_BACKLOG,
+    timeout_s: float = METRICS_TIMEOUT_S,
+) -> MetricsEndpoint:
+    """Expose ``metrics`` at http://host:port/metrics (port 0: any free port) from a daemon thread and a bounded
+    pool of workers (see ``BoundedWSGIServer``)."""
+    server = BoundedWSGIServer((host, port), workers, backlog)
+    server.RequestHandlerClass = type("MetricsHandler", (_QuietHandler,), {"timeout": timeout_s})
+    server.set_app(make_wsgi_app(metrics.registry))
+    thread = Thread(target=server.serve_forever, name="nmtserve-metrics-accept", daemon=True)
+    thread.start()
     return MetricsEndpoint(server, thread)

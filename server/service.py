@@ -4,12 +4,14 @@ Handlers never run the engine: they check and tokenise (``admission.py``: cheap 
 worker threads), queue work items and await results that the engine thread posts.
 Status codes: INVALID_ARGUMENT (a message that does not parse, e.g. invalid UTF-8; empty request, text too long,
 control characters, bad options), RESOURCE_EXHAUSTED (queue full, too many requests in flight on the connection,
-or a message over ``max_message_bytes``, refused by gRPC itself), DEADLINE_EXCEEDED, CANCELLED, UNAVAILABLE
+too many large requests being checked, a stream whose answers are not read for ``stream_stall_timeout_s``, or a
+message over ``max_message_bytes``, refused by gRPC itself), DEADLINE_EXCEEDED, CANCELLED, UNAVAILABLE
 (loading, draining, or the model failed to load), INTERNAL (the engine failed on this request's own text),
 UNAUTHENTICATED (``security.py``). RESOURCE_EXHAUSTED from the queue carries a retry hint: the trailing metadata
 ``grpc-retry-pushback-ms`` (which gRPC clients with a retry policy honour) and the same figure in the message.
 On TranslateStream, request-scoped failures come back in-band (``TranslateResponse.error``) so that one bad
-request does not end a stream carrying others.
+request does not end a stream carrying others. A stream's answers are bounded (``streams.py``): a client that
+stops reading pauses its requests, then loses the stream; its partial outputs are coalesced to whole words.
 
 Requests arrive as raw bytes and are parsed here rather than by gRPC's deserializer: a message that does not
 parse would otherwise fail as UNKNOWN with an exception logged, instead of a clean INVALID_ARGUMENT.
@@ -41,6 +43,7 @@ from nmtserve.server.sink import LoopSink
 from nmtserve.server.streams import StreamBuffer, word_prefix
 from nmtserve.server.tracking import ConnectionLimiter, ServingState
 from nmtserve.server.validation import (
+    Overloaded,
     RequestError,
     check_request_id,
     default_options,
@@ -76,21 +79,9 @@ def _deadline(context: grpc.aio.ServicerContext) -> float | None:
     return None if remaining is None else time.monotonic() + remaining
 
 
-RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 STREAM_BUFFER = 32  # answers of one stream waiting to be written; then its requests wait (see StreamBuffer)
 STREAM_MAX_INFLIGHT = 64  # requests of one stream being answered; then the stream is not read (gRPC flow control)
 PARTIAL_INTERVAL_S = 0.1  # at most one partial per text per this interval
-
-
-class Overloaded(RequestError):
-    """RESOURCE_EXHAUSTED with a retry hint."""
-
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
-        self.retry_after_s = retry_after_s
-
-    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
-        return ((RETRY_PUSHBACK_KEY, str(max(1, round(self.retry_after_s * 1000)))),)
 
 
 def parse(message_type: type[Message], data: bytes | Message) -> Message:
@@ -275,6 +266,8 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             try:
                 ordinal = 0
                 async for data in request_iterator:
+                    if out.closed:  # the stream stalled: read no more
+                        break
                     request: pb.TranslateRequest | RequestError
                     try:
                         request = parse(pb.TranslateRequest, data)
@@ -299,7 +292,10 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         try:
             while (response := await out.get()) is not None:
                 yield response
-            if out.stalled:
+            if out.stalled:  # stop reading and answering at once: the abort may wait for the unread answers
+                reader.cancel()
+                for task in list(tasks):
+                    task.cancel()
                 log.info(
                     "stream cancelled: the client did not read its answers",
                     extra={"fields": {"peer": peer, "stall_timeout_s": self.config.stream_stall_timeout_s}},

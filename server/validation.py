@@ -39,6 +39,20 @@ class RequestError(Exception):
         self.code, self.message = code, message
 
 
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+class Overloaded(RequestError):
+    """RESOURCE_EXHAUSTED with a retry hint (trailing metadata ``grpc-retry-pushback-ms``)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+        self.retry_after_s = retry_after_s
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ((RETRY_PUSHBACK_KEY, str(max(1, round(self.retry_after_s * 1000)))),)
+
+
 def invalid(message: str) -> RequestError:
     return RequestError(grpc.StatusCode.INVALID_ARGUMENT, message)
 

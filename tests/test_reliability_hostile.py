@@ -8,9 +8,11 @@ import contextlib
 import gc
 import itertools
 import logging
+import socket
 import sys
 import threading
 import unicodedata
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -18,13 +20,16 @@ import pytest
 from grpc._cython.cygrpc import ExecuteBatchError
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from nmtserve.cli.main import main as cli_main
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
+from nmtserve.server.admission import RequestChecker
 from nmtserve.server.app import TranslationServer, serve
 from nmtserve.server.background import BackgroundServer
 from nmtserve.server.config import ServerConfig
 from nmtserve.server.logs import GRPC_LOGGER, quiet_expected_races
-from nmtserve.server.validation import control_character
+from nmtserve.server.metrics import ServerMetrics, serve_metrics
+from nmtserve.server.validation import Overloaded, RequestError, control_character
 
 
 def test_a_second_server_on_a_used_port_exits_2(caplog: pytest.LogCaptureFixture) -> None:
@@ -202,3 +207,57 @@ def test_grpc_execute_batch_errors_are_logged_as_info(caplog: pytest.LogCaptureF
     race, other = caplog.records
     assert race.levelname == "INFO" and race.exc_info is None and "[/m]" in race.getMessage()
     assert other.levelname == "ERROR"
+
+
+def test_metrics_endpoint_bounds_threads_and_times_out_half_open_requests() -> None:
+    """prometheus_client's server held a thread per connection for as long as a half-open request lasted."""
+    endpoint = serve_metrics(ServerMetrics(), "127.0.0.1", 0, workers=2, backlog=2, timeout_s=0.5)
+    before = threading.active_count()
+    sockets = []
+    try:
+        for _ in range(30):
+            sock = socket.create_connection(("127.0.0.1", endpoint.port), timeout=10)
+            sock.sendall(b"GET /metr")  # and never the rest
+            sockets.append(sock)
+        workers = [t for t in threading.enumerate() if t.name.startswith("nmtserve-metrics_")]
+        assert len(workers) <= 2 and threading.active_count() <= before + 2
+        for sock in sockets:  # every one is closed by the server: refused at once, or after the timeout
+            while sock.recv(1024):  # (a timed-out request may get an error line first)
+                pass
+        with urllib.request.urlopen(f"http://127.0.0.1:{endpoint.port}/metrics", timeout=10) as answer:
+            assert b"nmtserve_queue_depth" in answer.read()
+    finally:
+        for sock in sockets:
+            sock.close()
+        endpoint.close()
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--max-message-bytes", "2147483648"],
+        ["--max-queue-delay-ms", "inf"],
+        ["--max-queue-size", "4294967296"],
+        ["--threads", "100000"],
+    ],
+)
+def test_settings_that_broke_the_server_exit_2(flags: list[str], capsys: pytest.CaptureFixture) -> None:
+    """Configuration errors are exit 2 with a one-line message, never a traceback at start (exit 1)."""
+    assert cli_main(["serve", "--port", "0", "--metrics-port", "0", *flags]) == 2
+    assert "invalid configuration" in capsys.readouterr().err
+
+
+def test_checker_bounds_large_requests_waiting_and_keeps_small_ones_inline(demo_engine) -> None:
+    """Beyond max_waiting large requests, one more is refused with a retry hint; small ones never wait."""
+    config = ServerConfig()
+    checker = RequestChecker(config, demo_engine.tokenizer, demo_engine.info.vocab_size, max_waiting=0)
+    try:
+        small = asyncio.run(checker.prepare(["Hello.", ""], pb.DecodingOptions()))
+        assert small.count == 2 and [text.index for text in small.encoded] == [0]
+        with pytest.raises(Overloaded) as caught:
+            asyncio.run(checker.prepare(["Hello world. " * 500] * 4, pb.DecodingOptions()))
+        assert dict(caught.value.trailing_metadata())["grpc-retry-pushback-ms"] == "100"
+        with pytest.raises(RequestError, match="max_texts_per_request"):  # counts are checked before anything
+            asyncio.run(checker.prepare(["x"] * 257, pb.DecodingOptions()))
+    finally:
+        checker.close()

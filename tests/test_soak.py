@@ -33,3 +33,19 @@ def test_short_soak(tmp_path: Path, capsys) -> None:
     assert figures["rss"]["measured"] and figures["server_end"]["health"] == "SERVING"
     assert figures["server_exit_status"] == 0
     assert "PASSED" in report
+
+
+def test_short_soak_with_hostile_clients(tmp_path: Path, capsys) -> None:
+    """The same checks with two hostile clients mixed in for the whole run (oversized requests refused at the
+    token check, streams that never read): nothing lost or wrong for the others, RSS flat, all oversized refused."""
+    argv = ["soak", "--requests", "150", "--probe-s", "3", "--queue-size", "64", "--warmup-requests", "50"]
+    argv += ["--rss-bound-mib", "128", "--hostile", "2", "--out", str(tmp_path), "--quiet"]
+    status = main(argv)
+    report = capsys.readouterr().out
+    figures = json.loads((tmp_path / "soak.json").read_text())
+    assert status == 0 and figures["passed"], report
+    assert figures["lost"] == 0 and figures["wrong"] == 0
+    hostile = figures["hostile"]
+    assert hostile["oversized_requests"].get("INVALID_ARGUMENT", 0) > 0 and hostile["all_oversized_refused"]
+    assert sum(hostile["unread_streams"].values()) > 0
+    assert figures["checks"]["hostile_oversized_requests_refused"]
