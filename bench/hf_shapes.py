@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out
     hf = out / "hf"
     if not (hf / "config.json").is_file():
-        tiny_marian(hf, total_vocab=args.vocab, **OPUS_MT)
+        tiny_marian(hf, total_vocab=args.vocab, **OPUS_MT)  # type: ignore[arg-type]
     checkpoint = convert_hf(hf, out / "checkpoint")
     pieces = {i: p for p, i in json.loads((hf / "vocab.json").read_text()).items()}
     rng = random.Random(0)

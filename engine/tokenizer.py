@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 
@@ -58,7 +59,7 @@ def tokenizer_files(spec: dict | None) -> tuple[str, ...]:
     raise ValueError(f"tokenizer kind must be one of {TOKENIZER_KINDS}, not {kind!r}")
 
 
-def load_tokenizer(directory: Path | str, spec: dict | None = None):
+def load_tokenizer(directory: Path | str, spec: dict | None = None) -> Any:
     """The tokenizer a checkpoint or model directory names in its ``tokenizer`` entry (SentencePiece by default)."""
     kind = (spec or {}).get("kind", "sentencepiece")
     tokenizer_files(spec)  # refuses an unknown kind

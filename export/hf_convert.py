@@ -17,7 +17,7 @@ import logging
 import shutil
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from safetensors import SafetensorError
@@ -140,7 +140,7 @@ class MarianLoader:
             unk_id=0,  # replaced below from vocab.json
             bos_id=hf.get("decoder_start_token_id", hf["pad_token_id"]),
             eos_id=hf["eos_token_id"],
-            activation=activation,
+            activation=cast(str, activation),  # checked by _require above
             positions="sinusoidal-halves",
             scale_embedding=hf.get("scale_embedding", True),
             final_logits_bias=True,

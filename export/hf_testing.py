@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 
@@ -100,7 +101,7 @@ def tiny_marian(
     vocab["<pad>"] = len(vocab)
     (work / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
     tokenizer = MarianTokenizer(str(source), str(target), str(work / "vocab.json"))
-    settings = {
+    settings: dict[str, Any] = {
         "d_model": 32,
         "encoder_layers": 2,
         "decoder_layers": 2,

@@ -188,7 +188,7 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
     # plain weight MatMul.
     logits = g.op("MatMul", [g.op("Squeeze", [x, axis_1]), g.weight("output_projection", model.embedding.weight.t())])
     if config.final_logits_bias:
-        logits = g.op("Add", [logits, g.weight("final_logits_bias", model.final_logits_bias)])
+        logits = g.op("Add", [logits, g.weight("final_logits_bias", cast(torch.Tensor, model.final_logits_bias))])
     log_probs = g.op("LogSoftmax", [logits], axis=-1)
     g.ops("TopK", [log_probs, "k"], names["outputs"][:2], axis=-1, largest=1, sorted=1)
 

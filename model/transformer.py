@@ -9,6 +9,7 @@ one-step decoder that carries a self-attention K/V cache. Training uses the same
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from typing import cast
 
@@ -80,7 +81,7 @@ PRESETS: dict[str, TransformerConfig] = {
 }
 
 
-ACTIVATIONS = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu}
+ACTIVATIONS: dict[str, Callable[..., Tensor]] = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu}
 POSITION_LAYOUTS = ("sinusoidal", "sinusoidal-halves")
 
 
@@ -258,7 +259,7 @@ class Transformer(nn.Module):
     def output_logits(self, hidden: Tensor) -> Tensor:
         """The output projection through the shared embedding (Section 3.4), plus the converted logits bias."""
         logits = hidden @ self.embedding.weight.t()
-        return logits + self.final_logits_bias if self.config.final_logits_bias else logits
+        return logits + cast(Tensor, self.final_logits_bias) if self.config.final_logits_bias else logits
 
     def source_mask(self, source_ids: Tensor) -> Tensor:
         """[batch, 1, 1, source_len], True on real tokens: queries never attend to source padding."""

@@ -155,7 +155,7 @@ class BoundedWSGIServer(WSGIServer):
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="nmtserve-metrics")
         self._slots = threading.BoundedSemaphore(workers + backlog)
 
-    def process_request(self, request: socket.socket, client_address: object) -> None:
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
         if not self._slots.acquire(blocking=False):
             self.shutdown_request(request)  # too many connections already: refuse this one, keep serving the rest
             return
