@@ -72,6 +72,12 @@ class ServerConfig:
     max_texts_per_request: int = _setting(256, "texts in one request")
     max_input_tokens: int = _setting(256, "SentencePiece tokens in one text (longer texts are refused, not cut)")
     max_input_bytes: int = _setting(8192, "UTF-8 bytes in one text, checked before tokenising")
+    max_request_bytes: int = _setting(
+        1024 * 1024, "document mode (TranslateRequest.format): UTF-8 bytes of all texts, checked before parsing"
+    )
+    max_sentences_per_request: int = _setting(
+        1024, "document mode: sentences of one request, after long ones are split to fit max_input_tokens"
+    )
     max_message_bytes: int = _setting(
         4 * 1024 * 1024, "size of one request message; larger ones are refused by gRPC with RESOURCE_EXHAUSTED"
     )
@@ -236,6 +242,8 @@ def validate(config: ServerConfig) -> ServerConfig:
     )
     need(c.max_inflight_per_connection >= 0, "max_inflight_per_connection must be >= 0 (0: no limit)")
     need(c.max_input_bytes >= 1, "max_input_bytes must be >= 1")
+    need(c.max_request_bytes >= 1, "max_request_bytes must be >= 1")
+    need(c.max_sentences_per_request >= 1, "max_sentences_per_request must be >= 1")
     need(c.max_message_bytes >= 1024, "max_message_bytes must be >= 1024")
     need((c.tls_cert is None) == (c.tls_key is None), "tls_cert and tls_key must be given together")
     need(c.tls_client_ca is None or c.tls_cert is not None, "tls_client_ca (mutual TLS) needs tls_cert and tls_key")

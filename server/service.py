@@ -30,6 +30,7 @@ from nmtserve.engine import Engine
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.config import ServerConfig
+from nmtserve.server.documents.requests import DocumentProgress, document_response, encode_documents
 from nmtserve.server.responses import blank_translation, translation
 from nmtserve.server.scheduler import EngineFailure, ShuttingDown
 from nmtserve.server.sink import LoopSink
@@ -47,7 +48,7 @@ from nmtserve.server.workqueue import QueueClosed, QueueFull, WorkQueue
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Translator"].full_name
-PartialSender = Callable[[int, list[int]], Awaitable[None]]
+PartialSender = Callable[[int, list[int] | str], Awaitable[None]]  # token ids, or a document's text
 
 
 def server_version() -> str:
@@ -146,9 +147,16 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         backend = self.backend
         tokenizer = backend.engine.tokenizer
         options = resolve_options(request.options, self.config, backend.engine.info.vocab_size)
-        encoded = encode_texts(list(request.texts), tokenizer, self.config)
+        document = progress = None
+        if request.format:  # document mode: sentences are the work items (server/documents/)
+            language = backend.engine.info.manifest.get("languages", {}).get("source", "en")
+            document = encode_documents(list(request.texts), request.format, tokenizer, self.config, language)
+            progress = DocumentProgress(document, tokenizer, send_partial)
+            encoded = document.encoded
+        else:
+            encoded = encode_texts(list(request.texts), tokenizer, self.config)
         sink = LoopSink(asyncio.get_running_loop())
-        work = Request(sink, deadline, partial=send_partial is not None)
+        work = Request(sink, deadline, partial=send_partial is not None and document is None)
         items = [WorkItem(work, text.index, text.source_ids, options) for text in encoded]
         try:
             if items:
@@ -160,7 +168,11 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         done = False
         try:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            results = await asyncio.wait_for(sink.collect([item.index for item in items], send_partial), timeout)
+            indices = [item.index for item in items]
+            collecting = (
+                sink.collect(indices, on_final=progress.finished) if progress else sink.collect(indices, send_partial)
+            )
+            results = await asyncio.wait_for(collecting, timeout)
             done = True
         except TimeoutError:
             raise RequestError(
@@ -177,6 +189,8 @@ class TranslatorService(pb_grpc.TranslatorServicer):
                 removed = backend.queue.discard(work)
                 if removed:
                     self.state.metrics.abandoned.labels("queue").inc(removed)
+        if document is not None:
+            return document_response(document, results, tokenizer, options.return_scores)
         response = pb.TranslateResponse()
         for i in range(len(request.texts)):
             if i in results:
@@ -255,8 +269,8 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         tokenizer = self.backend.engine.tokenizer if self.backend else None
         sent: dict[int, str] = {}
 
-        async def send_partial(index: int, token_ids: list[int]) -> None:
-            text = tokenizer.decode(token_ids)
+        async def send_partial(index: int, token_ids: list[int] | str) -> None:
+            text = token_ids if isinstance(token_ids, str) else tokenizer.decode(token_ids)
             previous = sent.get(index, "")
             if len(text) > len(previous) and text.startswith(previous):  # partials only ever extend
                 sent[index] = text
@@ -338,6 +352,8 @@ def model_info_message(engine: Engine, config: ServerConfig) -> pb.ModelInfo:
             max_length_penalty=config.max_length_penalty,
             max_queue_tokens=config.max_queue_tokens,
             max_inflight_per_connection=config.max_inflight_per_connection,
+            max_request_bytes=config.max_request_bytes,
+            max_sentences_per_request=config.max_sentences_per_request,
         ),
         default_options=pb.DecodingOptions(
             beam_size=defaults.beam_size,
