@@ -150,7 +150,11 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         document = progress = None
         if request.format:  # document mode: sentences are the work items (server/documents/)
             language = backend.engine.info.manifest.get("languages", {}).get("source", "en")
-            document = encode_documents(list(request.texts), request.format, tokenizer, self.config, language)
+            # parsing a large page takes a while: off the event loop, so that other requests are not held up
+            texts = list(request.texts)
+            document = await asyncio.to_thread(
+                encode_documents, texts, request.format, tokenizer, self.config, language
+            )
             progress = DocumentProgress(document, tokenizer, send_partial)
             encoded = document.encoded
         else:
@@ -190,7 +194,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
                 if removed:
                     self.state.metrics.abandoned.labels("queue").inc(removed)
         if document is not None:
-            return document_response(document, results, tokenizer, options.return_scores)
+            return await asyncio.to_thread(document_response, document, results, tokenizer, options.return_scores)
         response = pb.TranslateResponse()
         for i in range(len(request.texts)):
             if i in results:

@@ -36,11 +36,12 @@ def plan_text(text: str, language: str = DEFAULT_LANGUAGE) -> Plan:
 
 
 def _planners() -> dict[str, Callable[[str, str], Plan]]:
-    planners: dict[str, Callable[[str, str], Plan]] = {"text": plan_text}
-    return planners
+    from nmtserve.server.documents.html import plan_html  # the format modules import this one
+
+    return {"text": plan_text, "html": plan_html}
 
 
-FORMATS = ("text",)
+FORMATS = ("text", "html")
 
 
 def plan_document(text: str, format: str, language: str = DEFAULT_LANGUAGE) -> Plan:
