@@ -37,11 +37,13 @@ def plan_text(text: str, language: str = DEFAULT_LANGUAGE) -> Plan:
 
 def _planners() -> dict[str, Callable[[str, str], Plan]]:
     from nmtserve.server.documents.html import plan_html  # the format modules import this one
+    from nmtserve.server.documents.markdown import plan_markdown
+    from nmtserve.server.documents.subrip import plan_srt
 
-    return {"text": plan_text, "html": plan_html}
+    return {"text": plan_text, "html": plan_html, "markdown": plan_markdown, "srt": plan_srt}
 
 
-FORMATS = ("text", "html")
+FORMATS = ("text", "html", "markdown", "srt")
 
 
 def plan_document(text: str, format: str, language: str = DEFAULT_LANGUAGE) -> Plan:
