@@ -173,3 +173,13 @@ def document_response(
             scores = [results[j][0].score for j in indices if results[j] and results[j][0].score is not None]
             hypothesis.score = sum(scores) / len(scores) if scores else 0.0
     return response
+
+
+def translate_document(engine, text: str, format: str, options, config: ServerConfig) -> str:
+    """One document translated in this process with ``engine`` (``nmtserve translate --file``): the same plan,
+    limits and splitting as the server, without a server."""
+    language = engine.info.manifest.get("languages", {}).get("source", "en")
+    document = encode_documents([text], format, engine.tokenizer, config, language)
+    nbests = engine.translate_ids([e.source_ids for e in document.encoded], options) if document.encoded else []
+    pieces = {e.index: engine.tokenizer.decode(n[0].token_ids) for e, n in zip(document.encoded, nbests, strict=True)}
+    return document.assemble(pieces)[0]
