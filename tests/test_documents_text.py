@@ -24,7 +24,7 @@ from nmtserve.server.documents.split import split_to_fit
 
 PARAGRAPH = (
     "  The package contains the documentation.  Open the file menu!\n\n"
-    "This program prints the version number, e.g. 1.2.3, of the installed kernel.\tHello.\n"
+    "This program prints the version number, e.g. 1.2.3, of the installed kernel. \tHello.\n"
 )
 
 
@@ -37,7 +37,7 @@ def test_sentences_and_the_text_between_them_come_back_exactly():
         "Hello.",
     ]
     marked = plan.rebuild([f"<{i}>" for i in range(len(plan.sentences))])
-    assert marked == "  <0>  <1>\n\n<2>\t<3>\n"
+    assert marked == "  <0>  <1>\n\n<2> \t<3>\n"
     assert plan.rebuild(plan.sentences) == PARAGRAPH
 
 
