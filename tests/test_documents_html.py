@@ -97,6 +97,10 @@ def test_malformed_markup_is_recovered_as_a_browser_would():
 def test_deep_nesting_is_refused_by_a_named_limit():
     with pytest.raises(ValueError, match="nested more than 512"):
         plan_document("<div>" * (MAX_DEPTH + 5) + "x", "html")
+    with pytest.raises(ValueError, match="nested more than 512"):  # refused by the pre-scan, before html5lib
+        plan_document("<div><span>" * 100_000, "html")
+    # unclosed paragraphs and list items do not nest in a browser, so they do not count
+    assert len(plan_document("<ul>" + "<li><p>Item." * 2000 + "</ul>", "html").sentences) == 2000
 
 
 def debian_manuals(limit: int = 8) -> list[Path]:
@@ -148,6 +152,13 @@ def test_the_server_translates_html_sentences_and_rebuilds_the_page(stub, demo_e
     offline = [n[0].text for n in demo_engine.translate(plan.sentences, DecodingOptions(max_length=40))]
     response = stub.Translate(pb.TranslateRequest(texts=[PAGE], format="html"))
     assert response.translations[0].hypotheses[0].text == plan_document(PAGE, "html").rebuild(offline)
+
+
+def test_a_message_over_max_message_bytes_is_refused_before_it_is_read(stub):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Translate(pb.TranslateRequest(texts=["<p>" + "x" * (5 * 1024 * 1024) + "</p>"], format="html"))
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stub.Translate(pb.TranslateRequest(texts=["<p>Hello.</p>"], format="html")).translations
 
 
 @pytest.mark.parametrize(
