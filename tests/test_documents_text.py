@@ -150,3 +150,16 @@ def test_the_stream_sends_each_finished_sentence_prefix(stub, demo_engine):
 def test_model_info_names_the_document_limits(stub):
     limits = stub.GetModelInfo(pb.GetModelInfoRequest()).limits
     assert (limits.max_request_bytes, limits.max_sentences_per_request) == (2000, 12)
+
+
+def test_each_sentence_is_its_own_work_item_batched_with_the_others(server, stub, metrics_of):
+    text = " ".join(["Open the file menu.", "Hello.", "The package contains the documentation."] * 4)
+    key_sum = ("nmtserve_admitted_batch_size_sum", ())
+    key_count = ("nmtserve_admitted_batch_size_count", ())
+    before = metrics_of(server.metrics_url)
+    stub.Translate(pb.TranslateRequest(texts=[text], format="text"))
+    after = metrics_of(server.metrics_url)
+    admitted = after[key_sum] - before[key_sum]
+    batches = after[key_count] - before[key_count]
+    assert admitted == 12  # twelve sentences entered the engine, not one text
+    assert batches < admitted  # and they were encoded together, several to a batch
