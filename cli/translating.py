@@ -30,7 +30,80 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+FORMAT_OF_SUFFIX = {
+    ".txt": "text",
+    ".text": "text",
+    ".html": "html",
+    ".htm": "html",
+    ".md": "markdown",
+    ".markdown": "markdown",
+    ".srt": "srt",
+}
+MAX_FILE_BYTES = 16 * 1024 * 1024  # refused before reading: locally; a server applies its own max_request_bytes
+
+
+def _read_document(args: argparse.Namespace) -> tuple[str, str]:
+    """(format, text) of ``--file``, or ValueError with a one-line reason."""
+    path: Path = args.file
+    format = args.format or FORMAT_OF_SUFFIX.get(path.suffix.lower())
+    if format is None:
+        raise ValueError(f"{path}: cannot tell the format from the suffix {path.suffix!r}; give --format")
+    size = path.stat().st_size
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{path} is {size} bytes; the limit is {MAX_FILE_BYTES} (translate --file)")
+    data = path.read_bytes()
+    try:
+        return format, data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 (invalid byte at offset {error.start}); convert it first") from None
+
+
+def _translate_file(args: argparse.Namespace) -> int:
+    """``translate --file IN --out OUT``: one document (.txt, .html, .md, .srt) translated with its layout kept."""
+    try:
+        format, text = _read_document(args)
+    except (OSError, ValueError) as error:
+        print(f"nmtserve translate: {error}", file=sys.stderr)
+        return 2
+    if args.server:
+        import grpc
+
+        from nmtserve.loadtest.client import TranslatorClient
+        from nmtserve.loadtest.client import decoding_options as wire_options
+        from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
+
+        options = wire_options(args.beam_size, args.length_penalty, args.max_length)
+        try:
+            with TranslatorClient(args.server, timeout=args.timeout, **_client_security(args)) as client:
+                request = pb.TranslateRequest(texts=[text], options=options, format=format)
+                response = client.stub.Translate(request, timeout=args.timeout, metadata=client.metadata)
+        except grpc.RpcError as error:
+            print(f"nmtserve translate: {args.server}: {error.code().name}: {error.details()}", file=sys.stderr)
+            return 1
+        translated = response.translations[0].hypotheses[0].text
+    else:
+        from nmtserve.engine import Engine
+        from nmtserve.server.config import ServerConfig
+        from nmtserve.server.documents.requests import translate_document
+        from nmtserve.server.validation import RequestError
+
+        engine = Engine.load(model_dir_of(args), threads=args.threads)
+        local = ServerConfig(max_request_bytes=MAX_FILE_BYTES, max_sentences_per_request=10**6)
+        try:
+            translated = translate_document(engine, text, format, decoding_options(args), local)
+        except RequestError as error:
+            print(f"nmtserve translate: {args.file}: {error.message}", file=sys.stderr)
+            return 2
+    args.out.write_text(translated, encoding="utf-8")
+    return 0
+
+
 def cmd_translate(args: argparse.Namespace) -> int:
+    if args.file is not None:
+        if args.out is None:
+            print("nmtserve translate: --file needs --out", file=sys.stderr)
+            return 2
+        return _translate_file(args)
     if args.server:
         return _translate_remote(args)
     lines = [line.rstrip("\n") for line in sys.stdin]
@@ -116,6 +189,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     translate.add_argument("--tls-server-name", default=None, help="name to verify in the server's certificate")
     translate.add_argument(
         "--token-file", type=Path, default=None, metavar="FILE", help="bearer token (first line; or $NMTSERVE_TOKEN)"
+    )
+    translate.add_argument(
+        "--file", type=Path, default=None, metavar="IN", help="translate one document (.txt .html .md .srt) to --out"
+    )
+    translate.add_argument("--out", type=Path, default=None, metavar="OUT", help="with --file: where to write it")
+    translate.add_argument(
+        "--format", default=None, choices=["text", "html", "markdown", "srt"], help="with --file: default from suffix"
     )
     add_decoding_flags(translate)
     translate.set_defaults(func=cmd_translate)

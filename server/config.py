@@ -48,6 +48,8 @@ LIMIT_FIELDS = (  # the settings reported in ModelInfo.limits (uint32)
     "max_message_bytes",
     "max_queue_tokens",
     "max_inflight_per_connection",
+    "max_request_bytes",
+    "max_sentences_per_request",
 )
 
 
@@ -112,6 +114,12 @@ class ServerConfig:
     max_texts_per_request: int = _setting(256, "texts in one request")
     max_input_tokens: int = _setting(256, "SentencePiece tokens in one text (longer texts are refused, not cut)")
     max_input_bytes: int = _setting(8192, "UTF-8 bytes in one text, checked before tokenising")
+    max_request_bytes: int = _setting(
+        1024 * 1024, "document mode (TranslateRequest.format): UTF-8 bytes of all texts, checked before parsing"
+    )
+    max_sentences_per_request: int = _setting(
+        1024, "document mode: sentences of one request, after long ones are split to fit max_input_tokens"
+    )
     max_message_bytes: int = _setting(
         4 * 1024 * 1024, "size of one request message; larger ones are refused by gRPC with RESOURCE_EXHAUSTED"
     )
@@ -295,6 +303,8 @@ def validate(config: ServerConfig) -> ServerConfig:
     )
     need(c.max_inflight_per_connection >= 0, "max_inflight_per_connection must be >= 0 (0: no limit)")
     need(c.max_input_bytes >= 1, "max_input_bytes must be >= 1")
+    need(c.max_request_bytes >= 1, "max_request_bytes must be >= 1")
+    need(c.max_sentences_per_request >= 1, "max_sentences_per_request must be >= 1")
     need(
         1024 <= c.max_message_bytes <= INT32_MAX,
         f"max_message_bytes must be in 1024..{INT32_MAX} (gRPC takes it as a 32-bit int)",

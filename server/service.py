@@ -37,17 +37,20 @@ from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.admission import RequestChecker
 from nmtserve.server.config import ServerConfig
+from nmtserve.server.documents.requests import DocumentProgress, document_response, encode_documents
 from nmtserve.server.responses import blank_translation, translation
 from nmtserve.server.scheduler import EngineFailure, ShuttingDown
 from nmtserve.server.sink import LoopSink
 from nmtserve.server.streams import StreamBuffer, word_prefix
 from nmtserve.server.tracking import ConnectionLimiter, ServingState
 from nmtserve.server.validation import (
+    EncodedText,
     Overloaded,
     RequestError,
     check_request_id,
     default_options,
     language_prefix,
+    resolve_options,
 )
 from nmtserve.server.work import Request, WorkItem
 from nmtserve.server.workqueue import QueueClosed, QueueFull, WorkQueue
@@ -55,7 +58,7 @@ from nmtserve.server.workqueue import QueueClosed, QueueFull, WorkQueue
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Translator"].full_name
-PartialSender = Callable[[int, list[int]], Awaitable[None]]
+PartialSender = Callable[[int, list[int] | str], Awaitable[None]]  # token ids, or a document's text
 
 
 def server_version() -> str:
@@ -186,13 +189,27 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         tokenizer = backend.engine.tokenizer
         pair = backend.engine.info.manifest.get("languages", {})
         prefix = language_prefix(request.source_language, request.target_language, tokenizer, pair)
-        prepared = await backend.checker.prepare(request.texts, request.options, prefix)
-        options, count = prepared.options, prepared.count
-        del request  # from here on only the token ids are needed: the texts (up to max_message_bytes) can go
+        document = progress = None
+        if request.format:  # document mode: sentences are the work items (server/documents/)
+            options = resolve_options(request.options, self.config, backend.engine.info.vocab_size)
+            texts, form = list(request.texts), request.format
+            del request
+            # parsing a large page takes a while: off the event loop, so that other requests are not held up
+            document = await asyncio.to_thread(
+                encode_documents, texts, form, tokenizer, self.config, pair.get("source", "en")
+            )
+            del texts
+            progress = DocumentProgress(document, tokenizer, send_partial)
+            encoded = [EncodedText(t.index, [*prefix, *t.source_ids]) for t in document.encoded]
+            count = 0  # the answer is rebuilt from the document
+        else:
+            prepared = await backend.checker.prepare(request.texts, request.options, prefix)
+            options, count, encoded = prepared.options, prepared.count, prepared.encoded
+            del request, prepared  # from here on only the token ids are needed: the texts can go
         sink = LoopSink(asyncio.get_running_loop())
-        work = Request(sink, deadline, partial=send_partial is not None)
-        items = [WorkItem(work, text.index, text.source_ids, options) for text in prepared.encoded]
-        del prepared
+        work = Request(sink, deadline, partial=send_partial is not None and document is None)
+        items = [WorkItem(work, text.index, text.source_ids, options) for text in encoded]
+        del encoded
         try:
             if items:
                 backend.queue.put(items)
@@ -203,7 +220,11 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         done = False
         try:
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            results = await asyncio.wait_for(sink.collect([item.index for item in items], send_partial), timeout)
+            indices = [item.index for item in items]
+            collecting = (
+                sink.collect(indices, on_final=progress.finished) if progress else sink.collect(indices, send_partial)
+            )
+            results = await asyncio.wait_for(collecting, timeout)
             done = True
         except TimeoutError:
             raise RequestError(
@@ -220,6 +241,8 @@ class TranslatorService(pb_grpc.TranslatorServicer):
                 removed = backend.queue.discard(work)
                 if removed:
                     self.state.metrics.abandoned.labels("queue").inc(removed)
+        if document is not None:
+            return await asyncio.to_thread(document_response, document, results, tokenizer, options.return_scores)
         response = pb.TranslateResponse()
         for i in range(count):
             if i in results:
@@ -322,8 +345,9 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         tokenizer = self.backend.engine.tokenizer if self.backend else None
         sent: dict[int, tuple[str, float]] = {}  # index -> (text sent, when)
 
-        async def send_partial(index: int, token_ids: list[int]) -> None:
-            text = word_prefix(tokenizer.decode(token_ids))
+        async def send_partial(index: int, token_ids: list[int] | str) -> None:
+            # token ids of a sentence's stable prefix, or a document's text so far (whole sentences)
+            text = token_ids if isinstance(token_ids, str) else word_prefix(tokenizer.decode(token_ids))
             previous, at = sent.get(index, ("", -math.inf))
             now = time.monotonic()
             # Coalesced: only when the stable prefix gains a whole word, at most one per text per
@@ -417,6 +441,8 @@ def model_info_message(engine: Engine, config: ServerConfig) -> pb.ModelInfo:
             max_length_penalty=config.max_length_penalty,
             max_queue_tokens=config.max_queue_tokens,
             max_inflight_per_connection=config.max_inflight_per_connection,
+            max_request_bytes=config.max_request_bytes,
+            max_sentences_per_request=config.max_sentences_per_request,
         ),
         default_options=pb.DecodingOptions(
             beam_size=defaults.beam_size,

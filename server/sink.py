@@ -10,6 +10,7 @@ from typing import Any
 from nmtserve.engine import Hypothesis
 
 PartialCallback = Callable[[int, list[int]], Awaitable[None]]
+FinalCallback = Callable[[int, list[Hypothesis]], Awaitable[None]]
 
 
 class LoopSink:
@@ -33,7 +34,7 @@ class LoopSink:
         self._post("error", error, None)
 
     async def collect(
-        self, indices: list[int], on_partial: PartialCallback | None = None
+        self, indices: list[int], on_partial: PartialCallback | None = None, on_final: FinalCallback | None = None
     ) -> dict[int, list[Hypothesis]]:
         """Wait for the final hypotheses of ``indices``; raises the first failure the engine thread reports."""
         results: dict[int, list[Hypothesis]] = {}
@@ -41,6 +42,8 @@ class LoopSink:
             kind, first, second = await self._events.get()
             if kind == "final":
                 results[first] = second
+                if on_final is not None:
+                    await on_final(first, second)
             elif kind == "partial":
                 if on_partial is not None and first not in results:
                     await on_partial(first, second)

@@ -90,10 +90,10 @@ async def translate_stream(request: web.Request) -> web.StreamResponse:
         except TimeoutError:
             raise SlowReader() from None
 
-    async def send_partial(index: int, token_ids: list[int]) -> None:
+    async def send_partial(index: int, token_ids: list[int] | str) -> None:
         backend = ctx.service.backend
         assert backend is not None  # partials come only from a request the loaded model is decoding
-        text = backend.engine.tokenizer.decode(token_ids)
+        text = token_ids if isinstance(token_ids, str) else backend.engine.tokenizer.decode(token_ids)
         previous = sent.get(index, "")
         if len(text) > len(previous) and text.startswith(previous):  # partials only ever extend
             sent[index] = text

@@ -21,20 +21,22 @@ class DecodingOptions(_message.Message):
     def __init__(self, beam_size: _Optional[int] = ..., length_penalty: _Optional[float] = ..., max_length: _Optional[int] = ..., num_hypotheses: _Optional[int] = ..., return_scores: _Optional[bool] = ...) -> None: ...
 
 class TranslateRequest(_message.Message):
-    __slots__ = ("texts", "options", "request_id", "stream_partial", "source_language", "target_language")
+    __slots__ = ("texts", "options", "request_id", "stream_partial", "source_language", "target_language", "format")
     TEXTS_FIELD_NUMBER: _ClassVar[int]
     OPTIONS_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     STREAM_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     SOURCE_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
     TARGET_LANGUAGE_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
     texts: _containers.RepeatedScalarFieldContainer[str]
     options: DecodingOptions
     request_id: str
     stream_partial: bool
     source_language: str
     target_language: str
-    def __init__(self, texts: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[DecodingOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., stream_partial: _Optional[bool] = ..., source_language: _Optional[str] = ..., target_language: _Optional[str] = ...) -> None: ...
+    format: str
+    def __init__(self, texts: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[DecodingOptions, _Mapping]] = ..., request_id: _Optional[str] = ..., stream_partial: _Optional[bool] = ..., source_language: _Optional[str] = ..., target_language: _Optional[str] = ..., format: _Optional[str] = ...) -> None: ...
 
 class Hypothesis(_message.Message):
     __slots__ = ("text", "score")
@@ -83,7 +85,7 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_texts_per_request", "max_input_tokens", "max_beam_size", "max_output_length", "max_batch_size", "max_batch_tokens", "max_queue_size", "max_input_bytes", "max_message_bytes", "max_length_penalty", "max_queue_tokens", "max_inflight_per_connection")
+    __slots__ = ("max_texts_per_request", "max_input_tokens", "max_beam_size", "max_output_length", "max_batch_size", "max_batch_tokens", "max_queue_size", "max_input_bytes", "max_message_bytes", "max_length_penalty", "max_queue_tokens", "max_inflight_per_connection", "max_request_bytes", "max_sentences_per_request")
     MAX_TEXTS_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     MAX_INPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_BEAM_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -96,6 +98,8 @@ class Limits(_message.Message):
     MAX_LENGTH_PENALTY_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_TOKENS_FIELD_NUMBER: _ClassVar[int]
     MAX_INFLIGHT_PER_CONNECTION_FIELD_NUMBER: _ClassVar[int]
+    MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_SENTENCES_PER_REQUEST_FIELD_NUMBER: _ClassVar[int]
     max_texts_per_request: int
     max_input_tokens: int
     max_beam_size: int
@@ -108,7 +112,9 @@ class Limits(_message.Message):
     max_length_penalty: float
     max_queue_tokens: int
     max_inflight_per_connection: int
-    def __init__(self, max_texts_per_request: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_beam_size: _Optional[int] = ..., max_output_length: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_queue_size: _Optional[int] = ..., max_input_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_length_penalty: _Optional[float] = ..., max_queue_tokens: _Optional[int] = ..., max_inflight_per_connection: _Optional[int] = ...) -> None: ...
+    max_request_bytes: int
+    max_sentences_per_request: int
+    def __init__(self, max_texts_per_request: _Optional[int] = ..., max_input_tokens: _Optional[int] = ..., max_beam_size: _Optional[int] = ..., max_output_length: _Optional[int] = ..., max_batch_size: _Optional[int] = ..., max_batch_tokens: _Optional[int] = ..., max_queue_size: _Optional[int] = ..., max_input_bytes: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_length_penalty: _Optional[float] = ..., max_queue_tokens: _Optional[int] = ..., max_inflight_per_connection: _Optional[int] = ..., max_request_bytes: _Optional[int] = ..., max_sentences_per_request: _Optional[int] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
     __slots__ = ("name", "version", "source_language", "target_language", "precision", "device", "vocab_size", "limits", "default_options", "batching", "server_version", "languages")

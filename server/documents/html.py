@@ -1,0 +1,213 @@
+"""HTML documents and fragments: text nodes and the ``alt``/``title`` attributes are translated; everything else
+(tags, attributes, comments, doctype, document structure) is kept.
+
+Parsing is html5lib's, the WHATWG algorithm browsers use, so malformed markup is recovered exactly as a browser
+would recover it and the output is always well formed. Entities come back as the characters they stand for
+(``&nbsp;`` as U+00A0), except ``&``, ``<``, ``>`` and quotes, which the serializer escapes where needed.
+
+Left alone: ``script``, ``style``, ``code``, ``pre``, ``textarea``, ``kbd``, ``samp``, ``var`` and any element
+marked ``translate="no"`` (with its descendants, until one says ``translate="yes"``), as the HTML standard's
+translate attribute defines.
+
+Each text node is its own context: its sentences are translated (their whitespace kept), and inline markup stays
+around exactly the words it wrapped, because a text node never crosses a tag. Translating a block's text across
+its inline tags (with placeholders or alignment, as Bergamot does) is not done: see docs/documents.md.
+
+A document is a full document when it starts with a doctype or an ``<html>`` tag (after whitespace and
+comments, as the parser sees it), else a fragment (no ``<html>``/``<body>`` is added).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from html.parser import HTMLParser
+from xml.etree import ElementTree
+
+import html5lib
+from html5lib.serializer import HTMLSerializer
+
+from nmtserve.server.documents.plan import DocumentError, Plan, plan_text
+
+SKIPPED = frozenset({"script", "style", "code", "pre", "textarea", "kbd", "samp", "var", "template"})
+TRANSLATED_ATTRIBUTES = ("alt", "title")
+NEWLINE_EATERS = frozenset({"pre", "textarea", "listing"})
+MAX_DEPTH = 512  # nesting beyond this is refused: a page that deep is an attack, and walks stay bounded
+
+Slot = tuple[Callable[[], str], Callable[[str], None]]
+
+
+def _tag(element: ElementTree.Element) -> str:
+    tag = element.tag
+    return tag.rsplit("}", 1)[-1].lower() if isinstance(tag, str) else ""
+
+
+def _is_full_document(parser_root: ElementTree.Element) -> bool:
+    return any(child.tag == "<!DOCTYPE>" for child in parser_root)
+
+
+def parse(text: str) -> tuple[ElementTree.Element, bool]:
+    """(root, full) for ``text``: a whole document when it has a doctype or an ``html`` element, else a fragment."""
+    builder = html5lib.getTreeBuilder("etree", fullTree=True)
+    head = text.lstrip()[:9].lower()
+    if head.startswith("<!doctype") or head.startswith("<html"):
+        parser = html5lib.HTMLParser(tree=builder, namespaceHTMLElements=False)
+        return parser.parse(text), True
+    parser = html5lib.HTMLParser(tree=builder, namespaceHTMLElements=False)
+    return parser.parseFragment(text), False
+
+
+def serialize(root: ElementTree.Element) -> str:
+    serializer = HTMLSerializer(
+        omit_optional_tags=False, quote_attr_values="always", inject_meta_charset=False, resolve_entities=True
+    )
+    # The parser drops one line feed right after <pre>, <textarea> and <listing>; one that is part of the text must
+    # be written twice to survive a re-parse (the HTML standard's serializer used to do the same).
+    doubled = [e for e in root.iter() if _tag(e) in NEWLINE_EATERS and (e.text or "").startswith("\n")]
+    for element in doubled:
+        element.text = "\n" + element.text
+    try:
+        return serializer.render(html5lib.getTreeWalker("etree")(root))
+    finally:
+        for element in doubled:
+            element.text = element.text[1:]
+
+
+# Elements that never nest (void) or whose end tag may be left out (a new one closes the old): they do not deepen
+# the tree however many of them are open in the markup.
+FLAT = frozenset(
+    [
+        "area",
+        "base",
+        "br",
+        "col",
+        "embed",
+        "hr",
+        "img",
+        "input",
+        "link",
+        "meta",
+        "source",
+        "track",
+        "wbr",
+        "p",
+        "li",
+        "dt",
+        "dd",
+        "tr",
+        "td",
+        "th",
+        "option",
+        "optgroup",
+        "thead",
+        "tbody",
+        "tfoot",
+        "colgroup",
+        "rb",
+        "rt",
+        "rtc",
+        "rp",
+    ]
+)
+
+
+class _DepthScan(HTMLParser):
+    """A linear pre-scan (the standard library's tokenizer) of how deep start tags nest, stopping past the limit.
+
+    html5lib's tree construction takes time quadratic in the nesting depth (20,000 nested ``div`` elements,
+    100 kB, took 22 s), so depth is bounded before the page is parsed for real."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.open: list[str] = []
+        self.deepest = 0
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        if tag not in FLAT:
+            self.open.append(tag)
+            self.deepest = max(self.deepest, len(self.open))
+            if self.deepest > MAX_DEPTH:
+                raise _TooDeep
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self.open:  # close it and what it encloses, as a browser would
+            del self.open[len(self.open) - 1 - self.open[::-1].index(tag) :]
+
+
+class _TooDeep(Exception):
+    pass
+
+
+def _too_deep(text: str) -> bool:
+    scan = _DepthScan()
+    try:
+        scan.feed(text)
+        scan.close()
+    except _TooDeep:
+        return True
+    return False
+
+
+def _check_depth(root: ElementTree.Element) -> None:
+    stack = [(root, 0)]
+    while stack:
+        element, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise DocumentError(f"the HTML is nested more than {MAX_DEPTH} elements deep (the HTML nesting limit)")
+        stack.extend((child, depth + 1) for child in element)
+
+
+def _slots(root: ElementTree.Element) -> list[Slot]:
+    """Getters and setters of every translatable string, in document order (iterative: depth is bounded)."""
+    slots: list[Slot] = []
+
+    def text_slot(element: ElementTree.Element) -> None:
+        if element.text and element.text.strip():
+            slots.append((lambda e=element: e.text, lambda value, e=element: setattr(e, "text", value)))
+
+    def tail_slot(element: ElementTree.Element) -> None:
+        if element.tail and element.tail.strip():
+            slots.append((lambda e=element: e.tail, lambda value, e=element: setattr(e, "tail", value)))
+
+    # (element, skipped by a translate="no" above, skipped by a code-like element above, visit or tail marker)
+    stack: list[tuple[ElementTree.Element, bool, bool, bool]] = [(root, False, False, True)]
+    while stack:
+        element, no, code, visit = stack.pop()
+        if not visit:  # the tail belongs to the parent's context
+            if not (no or code):
+                tail_slot(element)
+            continue
+        if not isinstance(element.tag, str) or element.tag.startswith("<!"):  # comment, doctype
+            continue
+        translate = (element.get("translate") or "").strip().lower()
+        no = True if translate == "no" else False if translate == "yes" else no
+        code = code or _tag(element) in SKIPPED
+        if not no:  # attributes first: they come before the text in the markup
+            for name in TRANSLATED_ATTRIBUTES:
+                if (element.get(name) or "").strip():
+                    slots.append((lambda e=element, n=name: e.get(n), lambda value, e=element, n=name: e.set(n, value)))
+        if not (no or code):
+            text_slot(element)
+        children = list(element)
+        for child in reversed(children):  # popped in document order: child, then its tail, then the next child
+            stack.append((child, no, code, False))
+            stack.append((child, no, code, True))
+    return slots
+
+
+def plan_html(text: str, language: str) -> Plan:
+    if _too_deep(text):
+        raise DocumentError(f"the HTML is nested more than {MAX_DEPTH} elements deep (the HTML nesting limit)")
+    root, _ = parse(text)
+    _check_depth(root)
+    slots = _slots(root)
+    plans = [plan_text(get(), language) for get, _ in slots]
+
+    def rebuild(translations: list[str]) -> str:
+        position = 0
+        for (_, put), plan in zip(slots, plans, strict=True):
+            count = len(plan.sentences)
+            put(plan.rebuild(translations[position : position + count]))
+            position += count
+        return serialize(root)
+
+    return Plan([sentence for plan in plans for sentence in plan.sentences], rebuild)

@@ -1,0 +1,54 @@
+"""A document as sentences to translate plus the recipe that puts their translations back in place."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from nmtserve.server.documents.segment import DEFAULT_LANGUAGE, reassemble, sentence_spans
+
+
+class DocumentError(ValueError):
+    """The document cannot be translated in this format (the message says why, without quoting it)."""
+
+
+@dataclass
+class Plan:
+    """``sentences`` in document order; ``rebuild(translations)`` gives the translated document."""
+
+    sentences: list[str]
+    rebuild: Callable[[list[str]], str]
+    # the document up to the translated sentences given (the first n): for streaming; None where meaningless
+    prefix: Callable[[list[str]], str] | None = None
+
+
+def plan_text(text: str, language: str = DEFAULT_LANGUAGE) -> Plan:
+    """Plain text: sentences, with everything between them (spaces, line breaks, blank lines) kept exactly."""
+    spans = sentence_spans(text, language)
+
+    def prefix(done: list[str]) -> str:
+        end = spans[len(done) - 1].end if done else 0
+        return reassemble(text[:end], spans[: len(done)], done)
+
+    return Plan(
+        [text[s.start : s.end] for s in spans], lambda translations: reassemble(text, spans, translations), prefix
+    )
+
+
+def _planners() -> dict[str, Callable[[str, str], Plan]]:
+    from nmtserve.server.documents.html import plan_html  # the format modules import this one
+    from nmtserve.server.documents.markdown import plan_markdown
+    from nmtserve.server.documents.subrip import plan_srt
+
+    return {"text": plan_text, "html": plan_html, "markdown": plan_markdown, "srt": plan_srt}
+
+
+FORMATS = ("text", "html", "markdown", "srt")
+
+
+def plan_document(text: str, format: str, language: str = DEFAULT_LANGUAGE) -> Plan:
+    """The plan for ``text`` in ``format`` (one of ``FORMATS``); raises DocumentError for an unknown format."""
+    planners = _planners()
+    if format not in planners:
+        raise DocumentError(f"format {format!r} is not one of {', '.join(FORMATS)}")
+    return planners[format](text, language)

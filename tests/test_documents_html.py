@@ -1,0 +1,193 @@
+"""HTML document mode: structure, attributes, comments and untranslatable parts survive; every text node and
+``alt``/``title`` is translated once; malformed markup is recovered as browsers do; the live server answers bad
+HTML with named limits and keeps serving. Real documents: the HTML manuals Debian packages ship (when installed).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from xml.etree import ElementTree
+
+import grpc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nmtserve.engine import DecodingOptions
+from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
+from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
+from nmtserve.server.background import BackgroundServer
+from nmtserve.server.config import ServerConfig
+from nmtserve.server.documents import DocumentError, plan_document
+from nmtserve.server.documents.html import MAX_DEPTH, parse, serialize
+
+PAGE = """<!DOCTYPE html>
+<html lang="en"><head><title>The manual.</title><style>p { color: red }</style>
+<script>var s = "Do not translate.";</script></head>
+<body><!-- a comment. -->
+<h1 id="top">Getting started</h1>
+<p class="lead">Open the file menu. Then <b>save</b> the <a href="/x" title="A link.">document</a>!</p>
+<p>Run <code>make install</code> as root.</p><pre>Keep this text.</pre>
+<p translate="no">Brand Name. <span translate="yes">Except this.</span></p>
+<img src="a.png" alt="A picture of the menu."> &copy; 2024 the authors.
+</body></html>"""
+
+MARK = re.compile(r"§(\d+)§")
+
+
+def marked(text: str) -> tuple[list[str], str]:
+    plan = plan_document(text, "html")
+    return plan.sentences, plan.rebuild([f"§{i}§" for i in range(len(plan.sentences))])
+
+
+def skeleton(root: ElementTree.Element) -> list:
+    """Tags and attributes (but the translated ones) in document order, and the text of untranslated parts."""
+    out = []
+    for element in root.iter():
+        attributes = {k: v for k, v in element.attrib.items() if k not in ("alt", "title")}
+        if element.tag == "<!DOCTYPE>":  # an empty public or system id is written as none at all
+            attributes = {k: v for k, v in attributes.items() if v}
+        out.append((str(element.tag), sorted(attributes.items())))
+    return out
+
+
+def test_a_page_keeps_its_structure_and_every_text_is_translated_once():
+    sentences, out = marked(PAGE)
+    assert sentences == [
+        "The manual.",
+        "Getting started",
+        "Open the file menu.",
+        "Then",
+        "save",
+        "the",
+        "A link.",
+        "document",
+        "!",
+        "Run",
+        "as root.",
+        "Except this.",
+        "A picture of the menu.",
+        "© 2024 the authors.",
+    ]
+    assert sorted(int(m) for m in MARK.findall(out)) == list(range(len(sentences)))  # none lost or duplicated
+    assert skeleton(parse(out)[0]) == skeleton(parse(PAGE)[0])
+    for kept in (
+        'var s = "Do not translate.";',
+        "<code>make install</code>",
+        "<pre>Keep this text.</pre>",
+        "Brand Name. ",
+        "<!-- a comment. -->",
+        "p { color: red }",
+        "<!DOCTYPE html>",
+    ):
+        assert kept in out
+    assert 'alt="§12§"' in out and 'title="§6§"' in out and "<b>§4§</b>" in out
+
+
+def test_identity_translation_gives_the_parsed_page_back():
+    plan = plan_document(PAGE, "html")
+    assert plan.rebuild(plan.sentences) == serialize(parse(PAGE)[0])
+
+
+def test_malformed_markup_is_recovered_as_a_browser_would():
+    sentences, out = marked("<p>One <b>two <i>three</b> four<li>five</table></div>")
+    assert sentences == ["One", "two", "three", "four", "five"]
+    assert out == "<p>§0§ <b>§1§ <i>§2§</i></b><i> §3§</i></p><li><i>§4§</i></li>"  # html5lib's adoption agency
+
+
+def test_deep_nesting_is_refused_by_a_named_limit():
+    with pytest.raises(ValueError, match="nested more than 512"):
+        plan_document("<div>" * (MAX_DEPTH + 5) + "x", "html")
+    with pytest.raises(ValueError, match="nested more than 512"):  # refused by the pre-scan, before html5lib
+        plan_document("<div><span>" * 100_000, "html")
+    # unclosed paragraphs and list items do not nest in a browser, so they do not count
+    assert len(plan_document("<ul>" + "<li><p>Item." * 2000 + "</ul>", "html").sentences) == 2000
+
+
+def debian_manuals(limit: int = 8) -> list[Path]:
+    """Distinct HTML files that Debian packages installed (the gcc packages ship one NEWS.html many times)."""
+    seen, out = set(), []
+    for pattern in ("*/*.html", "*/html/*.html"):
+        for path in sorted(Path("/usr/share/doc").glob(pattern)):
+            if path.is_file() and path.stat().st_size < 400_000 and (path.name, path.stat().st_size) not in seen:
+                seen.add((path.name, path.stat().st_size))
+                out.append(path)
+    return out[:limit]
+
+
+DEBIAN = debian_manuals()
+
+
+@pytest.mark.skipif(not DEBIAN, reason="no HTML manuals under /usr/share/doc")
+@pytest.mark.parametrize("path", DEBIAN, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_debian_manuals_round_trip(path: Path):
+    source = path.read_text("utf-8", errors="replace")
+    sentences, out = marked(source)
+    assert sentences, "a manual has text"
+    assert sorted(int(m) for m in MARK.findall(out)) == list(range(len(sentences)))
+    original, translated = parse(source)[0], parse(out)[0]
+    assert skeleton(translated) == skeleton(original)
+    for before, after in zip(original.iter(), translated.iter(), strict=True):  # untranslated parts untouched
+        if str(before.tag).rsplit("}", 1)[-1] in ("script", "style", "pre", "code") or before.get("translate") == "no":
+            assert list(before.itertext()) == list(after.itertext())
+
+
+@pytest.fixture(scope="module")
+def stub(demo_model_dir: Path):
+    config = ServerConfig(
+        model=demo_model_dir,
+        port=0,
+        metrics_port=0,
+        threads=1,
+        warmup=False,
+        max_length=40,
+        max_request_bytes=64 * 1024,
+        max_sentences_per_request=64,
+    )
+    with BackgroundServer(config) as running, grpc.insecure_channel(running.address) as channel:
+        yield pb_grpc.TranslatorStub(channel)
+
+
+def test_the_server_translates_html_sentences_and_rebuilds_the_page(stub, demo_engine):
+    plan = plan_document(PAGE, "html")
+    offline = [n[0].text for n in demo_engine.translate(plan.sentences, DecodingOptions(max_length=40))]
+    response = stub.Translate(pb.TranslateRequest(texts=[PAGE], format="html"))
+    assert response.translations[0].hypotheses[0].text == plan_document(PAGE, "html").rebuild(offline)
+
+
+def test_a_message_over_max_message_bytes_is_refused_before_it_is_read(stub):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Translate(pb.TranslateRequest(texts=["<p>" + "x" * (5 * 1024 * 1024) + "</p>"], format="html"))
+    assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert stub.Translate(pb.TranslateRequest(texts=["<p>Hello.</p>"], format="html")).translations
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("<div>" * 600 + "x", "nested more than 512"),
+        ("<p>Hello.</p>" * 70, "max_sentences_per_request"),
+        ("<p>" + "é" * 40000 + "</p>", "max_request_bytes"),
+        ("\x89PNG\r\n\x1a\n\x00\x00", "control character"),
+    ],
+    ids=["deep", "sentences", "bytes", "binary"],
+)
+def test_bad_html_gets_invalid_argument_and_the_server_keeps_serving(stub, text, fragment):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Translate(pb.TranslateRequest(texts=[text], format="html"))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT and fragment in error.value.details()
+    assert stub.Translate(pb.TranslateRequest(texts=["<p>Hello.</p>"], format="html")).translations
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("<>/!-=\"'&;# abpdivlscrtx.\n")), max_size=120))
+def test_any_markup_soup_is_recovered_and_rebuilds_stably(soup: str):
+    try:
+        plan = plan_document(soup, "html")
+    except DocumentError:  # only the nesting limit may refuse a page
+        return
+    out = plan.rebuild(plan.sentences)
+    again = plan_document(out, "html")
+    assert again.sentences == plan.sentences  # no text lost or duplicated by a round trip
+    assert again.rebuild(again.sentences) == out  # and the serialized page is a fixed point

@@ -1,0 +1,145 @@
+"""Markdown and SubRip document mode: prose translated in place, code, link targets, front matter, numbering and
+timings kept. Real documents: the Markdown files Debian packages ship under /usr/share/doc (when installed)."""
+
+from __future__ import annotations
+
+import gzip
+import re
+from pathlib import Path
+
+import grpc
+import pytest
+import srt
+from markdown_it import MarkdownIt
+
+from nmtserve.engine import DecodingOptions
+from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
+from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
+from nmtserve.server.background import BackgroundServer
+from nmtserve.server.config import ServerConfig
+from nmtserve.server.documents import DocumentError, plan_document
+
+MARK = re.compile(r"§(\d+)§")
+
+MARKDOWN = """---
+title: Keep me. Really.
+---
+# Getting started #
+
+Open the **file** menu with `Ctrl+O` and read the [manual](https://example.org/a_(b) "The manual").
+Then save it. ![A picture.](img.png) See <https://example.org>.
+
+> Quoted text.
+
+- First item
+- Second *item*
+
+```sh
+echo "Do not translate."
+```
+
+| Name | Value |
+|------|-------|
+| One cell | Two |
+"""
+
+
+def marked(text: str, format: str) -> tuple[list[str], str]:
+    plan = plan_document(text, format)
+    return plan.sentences, plan.rebuild([f"§{i}§" for i in range(len(plan.sentences))])
+
+
+def kept_parts(text: str) -> list:
+    """What must not change: code, link and image targets, raw HTML, the block structure."""
+    out = []
+    for token in MarkdownIt("commonmark").enable("table").parse(text):
+        if token.type in ("fence", "code_block", "html_block"):
+            out.append((token.type, token.content))
+        elif token.type != "inline":
+            out.append((token.type, token.tag))
+        for child in token.children or []:
+            if child.type in ("code_inline", "html_inline"):
+                out.append((child.type, child.content))
+            for name in ("href", "src"):
+                if child.attrGet(name):
+                    out.append((name, child.attrGet(name)))
+    return out
+
+
+def test_markdown_prose_is_translated_and_the_rest_kept():
+    sentences, out = marked(MARKDOWN, "markdown")
+    assert "Keep me. Really." not in sentences and "Getting started" in sentences
+    assert "A picture." in sentences and "https://example.org" not in sentences
+    assert out.startswith("---\ntitle: Keep me. Really.\n---\n# §0§ #\n")
+    assert "[§" in out and '](https://example.org/a_(b) "The manual")' in out and "`Ctrl+O`" in out
+    assert 'echo "Do not translate."' in out and "| §" in out
+    assert sorted(int(m) for m in MARK.findall(out)) == list(range(len(sentences)))
+    assert kept_parts(out) == kept_parts(MARKDOWN)
+    assert plan_document(MARKDOWN, "markdown").rebuild(sentences) == MARKDOWN
+
+
+def debian_markdown(limit: int = 8) -> list[tuple[str, str]]:
+    out = []
+    for path in sorted(Path("/usr/share/doc").glob("*/*.md*")):
+        if path.is_file() and path.suffix in (".md", ".gz") and path.stat().st_size < 200_000:
+            data = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+            out.append((f"{path.parent.name}/{path.name}", data.decode("utf-8", "replace")))
+    return out[:limit]
+
+
+@pytest.mark.skipif(not debian_markdown(), reason="no Markdown files under /usr/share/doc")
+@pytest.mark.parametrize(("name", "text"), debian_markdown(), ids=lambda v: v if "/" in v and len(v) < 80 else "")
+def test_debian_markdown_round_trips(name: str, text: str):
+    sentences, out = marked(text, "markdown")
+    assert sentences, name
+    assert sorted(int(m) for m in MARK.findall(out)) == list(range(len(sentences)))
+    assert kept_parts(out) == kept_parts(text)
+    assert plan_document(text, "markdown").rebuild(sentences) == text
+
+
+SUBTITLES = """1
+00:00:01,000 --> 00:00:02,500
+Open the file menu. Then save it.
+Hello.
+
+2
+00:00:03,250 --> 00:01:04,000
+<i>The package contains the documentation.</i>
+
+"""
+
+
+def test_subrip_keeps_numbering_and_timings():
+    sentences, out = marked(SUBTITLES, "srt")
+    assert sentences == ["Open the file menu.", "Then save it.", "Hello.", "The package contains the documentation."]
+    before, after = list(srt.parse(SUBTITLES)), list(srt.parse(out))
+    assert [(c.index, c.start, c.end) for c in after] == [(c.index, c.start, c.end) for c in before]
+    assert [c.content for c in after] == ["§0§ §1§\n§2§", "<i>§3§</i>"]
+    assert plan_document(SUBTITLES, "srt").rebuild(sentences) == SUBTITLES
+
+
+def test_a_broken_subrip_file_is_refused():
+    with pytest.raises(DocumentError, match="not a valid SubRip"):
+        plan_document("1\nnot a timing\nHello.\n", "srt")
+
+
+@pytest.fixture(scope="module")
+def stub(demo_model_dir: Path):
+    config = ServerConfig(model=demo_model_dir, port=0, metrics_port=0, threads=1, warmup=False, max_length=40)
+    with BackgroundServer(config) as running, grpc.insecure_channel(running.address) as channel:
+        yield pb_grpc.TranslatorStub(channel)
+
+
+@pytest.mark.parametrize(("format", "text"), [("markdown", MARKDOWN), ("srt", SUBTITLES)])
+def test_the_server_translates_markdown_and_subrip(stub, demo_engine, format, text):
+    plan = plan_document(text, format)
+    offline = [n[0].text for n in demo_engine.translate(plan.sentences, DecodingOptions(max_length=40))]
+    response = stub.Translate(pb.TranslateRequest(texts=[text], format=format))
+    assert response.translations[0].hypotheses[0].text == plan_document(text, format).rebuild(offline)
+
+
+def test_the_server_names_a_broken_subrip_file(stub):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Translate(pb.TranslateRequest(texts=["garbage\n-->\n"], format="srt"))
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "texts[0]: not a valid SubRip file" in error.value.details()

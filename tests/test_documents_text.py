@@ -1,0 +1,165 @@
+"""Document mode for plain text: segmentation that keeps every byte between sentences, splitting of sentences
+too long for the model, and the gRPC path (each sentence its own work item, reassembled in order), against a live
+server on the demo model. The offline engine translating the same sentences is the referee; nothing is mocked.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import grpc
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from nmtserve.engine import DecodingOptions, Engine
+from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
+from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
+from nmtserve.server.background import BackgroundServer
+from nmtserve.server.config import ServerConfig
+from nmtserve.server.documents import plan_document
+from nmtserve.server.documents.segment import sentence_spans
+from nmtserve.server.documents.split import split_to_fit
+
+PARAGRAPH = (
+    "  The package contains the documentation.  Open the file menu!\n\n"
+    "This program prints the version number, e.g. 1.2.3, of the installed kernel. \tHello.\n"
+)
+
+
+def test_sentences_and_the_text_between_them_come_back_exactly():
+    plan = plan_document(PARAGRAPH, "text")
+    assert plan.sentences == [
+        "The package contains the documentation.",
+        "Open the file menu!",
+        "This program prints the version number, e.g. 1.2.3, of the installed kernel.",
+        "Hello.",
+    ]
+    marked = plan.rebuild([f"<{i}>" for i in range(len(plan.sentences))])
+    assert marked == "  <0>  <1>\n\n<2> \t<3>\n"
+    assert plan.rebuild(plan.sentences) == PARAGRAPH
+
+
+def test_a_blank_line_always_ends_a_sentence():
+    assert [s.end - s.start for s in sentence_spans("no full stop here\n\nnor here")] == [17, 8]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("ab .?!\n\t,;:'\"1é")), max_size=80))
+def test_any_text_rebuilds_from_its_sentences(text: str):
+    plan = plan_document(text, "text")
+    assert plan.rebuild(plan.sentences) == text
+    assert all(s == s.strip() and s for s in plan.sentences)
+
+
+def words(text: str) -> int:
+    return len(text.split())
+
+
+def test_long_sentences_are_cut_at_clauses_then_words_then_characters():
+    text = "one two three, four five six; seven eight nine ten eleven twelve thirteen, " + "x" * 40
+    count = lambda piece: words(piece) if " " in piece.strip() else -(-len(piece) // 10)  # noqa: E731
+    pieces = [text[s.start : s.end] for s in split_to_fit(text, count, 3)]
+    assert pieces[:2] == ["one two three,", "four five six;"]  # clause boundaries first
+    assert pieces[2:5] == ["seven eight nine", "ten eleven twelve", "thirteen,"]  # then words
+    assert "".join(pieces[5:]) == "x" * 40 and all(count(p) <= 3 for p in pieces)  # then characters
+    assert "".join(text.split()) == "".join(pieces).replace(" ", "")
+
+
+LIMITS = dict(max_texts_per_request=4, max_input_tokens=24, max_request_bytes=2000, max_sentences_per_request=12)
+
+
+@pytest.fixture(scope="module")
+def server(demo_model_dir: Path):
+    config = ServerConfig(
+        model=demo_model_dir, port=0, metrics_port=0, threads=1, warmup=False, max_length=40, **LIMITS
+    )
+    with BackgroundServer(config) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def stub(server: BackgroundServer):
+    with grpc.insecure_channel(server.address) as channel:
+        yield pb_grpc.TranslatorStub(channel)
+
+
+def offline(engine: Engine, texts: list[str]) -> list[str]:
+    return [nbest[0].text for nbest in engine.translate(texts, DecodingOptions(max_length=40))]
+
+
+def test_a_document_is_translated_sentence_by_sentence_and_reassembled(stub, demo_engine):
+    plan = plan_document(PARAGRAPH, "text")
+    expected = plan.rebuild(offline(demo_engine, plan.sentences))
+    response = stub.Translate(pb.TranslateRequest(texts=[PARAGRAPH, "   ", "Hello."], format="text"))
+    assert [t.hypotheses[0].text for t in response.translations] == [
+        expected,
+        "   ",
+        offline(demo_engine, ["Hello."])[0],
+    ]
+    assert len(response.translations[0].hypotheses) == 1 and response.translations[0].hypotheses[0].score < 0
+
+
+def test_a_text_longer_than_the_model_positions_is_split_not_refused(stub, demo_engine):
+    long = ", ".join(["open the file menu"] * 12) + "."  # far over max_input_tokens=24 in one sentence
+    with pytest.raises(grpc.RpcError) as refused:  # v1 (no format): still refused, as before
+        stub.Translate(pb.TranslateRequest(texts=[long]))
+    assert "max_input_tokens" in refused.value.details()
+    translated = stub.Translate(pb.TranslateRequest(texts=[long], format="text")).translations[0].hypotheses[0].text
+    tokenizer = demo_engine.tokenizer
+    pieces = [long[s.start : s.end] for s in split_to_fit(long, lambda p: len(tokenizer.encode(p)), 24)]
+    assert len(pieces) > 1 and all(len(tokenizer.encode(p)) <= 24 for p in pieces)
+    assert translated == " ".join(offline(demo_engine, pieces))
+
+
+@pytest.mark.parametrize(
+    ("request_", "fragments"),
+    [
+        (pb.TranslateRequest(texts=["Hello."], format="docx"), ["format 'docx'", "text"]),
+        (
+            pb.TranslateRequest(texts=["Hello. " * 300], format="text"),
+            ["2100 bytes", "limit is 2000", "max_request_bytes"],
+        ),
+        (
+            pb.TranslateRequest(texts=["Hello. " * 13], format="text"),
+            ["13 sentences", "limit is 12", "max_sentences_per"],
+        ),
+        (pb.TranslateRequest(texts=["a\x00b"], format="text"), ["texts[0]", "U+0000"]),
+        (pb.TranslateRequest(texts=[], format="text"), ["texts is empty"]),
+    ],
+    ids=["unknown format", "bytes", "sentences", "control", "empty"],
+)
+def test_document_limits_are_named(stub, request_, fragments):
+    with pytest.raises(grpc.RpcError) as error:
+        stub.Translate(request_)
+    assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert all(fragment in error.value.details() for fragment in fragments), error.value.details()
+    assert stub.Translate(pb.TranslateRequest(texts=["Hello."], format="text")).translations  # still serving
+
+
+def test_the_stream_sends_each_finished_sentence_prefix(stub, demo_engine):
+    request = pb.TranslateRequest(texts=[PARAGRAPH], format="text", stream_partial=True, request_id="doc")
+    responses = list(stub.TranslateStream(iter([request])))
+    partials = [r.partials[0].text for r in responses if r.partials]
+    final = responses[-1].translations[0].hypotheses[0].text
+    assert partials and all(final.startswith(p) for p in partials)
+    assert all(b.startswith(a) and len(b) > len(a) for a, b in itertools.pairwise(partials))
+
+
+def test_model_info_names_the_document_limits(stub):
+    limits = stub.GetModelInfo(pb.GetModelInfoRequest()).limits
+    assert (limits.max_request_bytes, limits.max_sentences_per_request) == (2000, 12)
+
+
+def test_each_sentence_is_its_own_work_item_batched_with_the_others(server, stub, metrics_of):
+    text = " ".join(["Open the file menu.", "Hello.", "The package contains the documentation."] * 4)
+    key_sum = ("nmtserve_admitted_batch_size_sum", ())
+    key_count = ("nmtserve_admitted_batch_size_count", ())
+    before = metrics_of(server.metrics_url)
+    stub.Translate(pb.TranslateRequest(texts=[text], format="text"))
+    after = metrics_of(server.metrics_url)
+    admitted = after[key_sum] - before[key_sum]
+    batches = after[key_count] - before[key_count]
+    assert admitted == 12  # twelve sentences entered the engine, not one text
+    assert batches < admitted  # and they were encoded together, several to a batch
