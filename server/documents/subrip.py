@@ -8,13 +8,15 @@ Each cue is translated on its own: a sentence that runs over two cues stays in t
 
 from __future__ import annotations
 
-import srt
-
 from nmtserve.server.documents.html import plan_html
 from nmtserve.server.documents.plan import DocumentError, Plan, plan_text
 
 
 def plan_srt(text: str, language: str) -> Plan:
+    try:
+        import srt  # the subtitles extra: it ships no wheel, so the (wheels-only) image goes without it
+    except ModuleNotFoundError:
+        raise DocumentError("format srt needs the srt library, which this server lacks: nmtserve[subtitles]") from None
     try:
         cues = list(srt.parse(text))
     except (srt.SRTParseError, ValueError) as error:
