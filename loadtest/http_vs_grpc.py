@@ -1,6 +1,6 @@
 """HTTP (``POST /v1/translate``) against gRPC (``Translate``) on one server process and the same sentences.
 
-``python -m nmtserve.bench.http_vs_grpc --out docs/benchmarks/http``: one ``nmtserve serve`` child with both ports,
+``python -m nmtserve.loadtest.http_vs_grpc --out docs/benchmarks/http``: one ``nmtserve serve`` child with both ports,
 the demo model by default; closed-loop saturation (``--concurrency`` in flight) for each protocol in turn, twice,
 and the latency of one request at a time (concurrency 1), which is what the HTTP layer adds per request; medians
 of ``--runs`` runs. The protocols take turns so that a change in the machine's load spreads over both.
