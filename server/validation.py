@@ -158,11 +158,8 @@ def check_sizes(texts: Sequence[str], config: ServerConfig) -> int:
     return total
 
 
-def check_texts(texts: Sequence[str], config: ServerConfig) -> list[int]:
-    """Indices of the texts to translate (non-blank), after the checks that need no tokenizer: sizes of all the
-    texts first, then their characters."""
-    check_sizes(texts, config)
-    indices = []
+def check_characters(texts: Sequence[str]) -> None:
+    """INVALID_ARGUMENT naming the first control character (other than tab, line feed, carriage return) and where."""
     for i, text in enumerate(texts):
         found = control_character(text)
         if found is not None:
@@ -171,6 +168,15 @@ def check_texts(texts: Sequence[str], config: ServerConfig) -> list[int]:
                 f"texts[{i}] contains the control character U+{ord(char):04X} at offset {offset}; control "
                 "characters other than tab, line feed and carriage return are not allowed"
             )
+
+
+def check_texts(texts: Sequence[str], config: ServerConfig) -> list[int]:
+    """Indices of the texts to translate (non-blank), after the checks that need no tokenizer: sizes of all the
+    texts first, then their characters."""
+    check_sizes(texts, config)
+    check_characters(texts)
+    indices = []
+    for i, text in enumerate(texts):
         if text.strip():
             indices.append(i)
         elif config.reject_blank_texts:

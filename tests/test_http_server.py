@@ -148,7 +148,6 @@ def test_alternatives_are_the_n_best(http: Http, engine: Engine) -> None:
          "Invalid request: alternatives parameter is not a number"),
         ({"q": "Hello", "source": "en", "target": "de", "alternatives": "99"},
          "Invalid request: alternatives parameter must be <= 15"),
-        ({"q": "Hello", "source": "en", "target": "de", "format": "html"}, "format html is not supported yet"),
         ({"q": "Hello", "source": "en", "target": "de", "format": "pdf"}, "pdf format is not supported"),
     ],
 )  # fmt: skip
@@ -156,6 +155,16 @@ def test_libretranslate_400_messages(http: Http, fields: dict[str, str], message
     for answer in (http.form("/translate", fields), http.call("POST", "/translate", fields)):
         status, _, body = answer
         assert (status, body) == (400, {"error": message})
+
+
+def test_libretranslate_format_html_keeps_the_markup(http: Http) -> None:
+    """format=html goes through the document layer: tags and attributes come back, the text between them changes."""
+    page = '<p title="Help">The package contains <b>the documentation</b>.</p>'
+    status, _, body = http.call("POST", "/translate", {"q": page, "source": "en", "target": "de", "format": "html"})
+    assert status == 200, body
+    translated = body["translatedText"]
+    assert translated.startswith("<p title=") and translated.endswith("</p>") and "<b>" in translated
+    assert "The package contains" not in translated
 
 
 def test_source_auto_says_there_is_no_detector(http: Http) -> None:

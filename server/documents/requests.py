@@ -22,7 +22,7 @@ from nmtserve.server.config import ServerConfig
 from nmtserve.server.documents.plan import FORMATS, DocumentError, Plan, plan_document
 from nmtserve.server.documents.segment import Span, reassemble
 from nmtserve.server.documents.split import split_to_fit
-from nmtserve.server.validation import EncodedText, control_character, invalid
+from nmtserve.server.validation import EncodedText, check_characters, invalid
 
 
 @dataclass
@@ -83,14 +83,7 @@ def check_document_texts(texts: Sequence[str], format: str, config: ServerConfig
     size = sum(len(text.encode("utf-8", "surrogatepass")) for text in texts)
     if size > config.max_request_bytes:
         raise invalid(f"texts are {size} bytes (UTF-8); the limit is {config.max_request_bytes} (max_request_bytes)")
-    for i, text in enumerate(texts):
-        found = control_character(text)
-        if found is not None:
-            offset, char = found
-            raise invalid(
-                f"texts[{i}] contains the control character U+{ord(char):04X} at offset {offset}; control "
-                "characters other than tab, line feed and carriage return are not allowed"
-            )
+    check_characters(texts)
 
 
 def _too_many(count: int, config: ServerConfig) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from aiohttp import web
 
+from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server.config import ServerConfig
 from nmtserve.server.security import token_matches
 from nmtserve.server.service import Overloaded, TranslatorService
@@ -81,6 +82,20 @@ def from_request_error(error: RequestError) -> HttpError:
     elif status == 503:
         headers = retry_after_header(1)
     return HttpError(status, error.message, headers)
+
+
+async def translate_through_service(
+    ctx: HttpContext, request: web.Request, message: pb.TranslateRequest, route: str
+) -> pb.TranslateResponse:
+    """``message`` through the gRPC handlers' path (limits, queue, deadline from ``X-Timeout-Ms``, cancellation on
+    disconnect), counted under ``route``; a refusal becomes its HTTP answer."""
+    deadline = deadline_of(request)
+    with ctx.service.state.track(route) as call:
+        try:
+            return await ctx.service.translate(message, deadline, peer=peer_of(request))
+        except RequestError as error:
+            call.code = error.code
+            raise from_request_error(error) from None
 
 
 def deadline_of(request: web.Request) -> float | None:

@@ -19,13 +19,10 @@ from nmtserve.server.http.common import (
     bearer_of,
     check_key,
     context_of,
-    deadline_of,
-    from_request_error,
     is_json,
     json_body,
-    peer_of,
+    translate_through_service,
 )
-from nmtserve.server.validation import RequestError
 
 LANGUAGE_NAMES = {
     "ar": "Arabic", "cs": "Czech", "da": "Danish", "de": "German", "el": "Greek", "en": "English", "es": "Spanish",
@@ -157,21 +154,15 @@ async def translate(request: web.Request) -> web.Response:
         raise HttpError(400, f"{source} is not supported")
     if target != model_target:
         raise HttpError(400, f"{target} is not supported")
-    if text_format == "html":
-        raise HttpError(400, "format html is not supported yet")
-    if text_format != "text":
+    if text_format not in ("text", "html"):
         raise HttpError(400, f"{text_format} format is not supported")
     options = pb.DecodingOptions(num_hypotheses=alternatives + 1, return_scores=False)
     if alternatives:
         options.beam_size = max(ctx.config.beam_size, alternatives + 1)
-    message = pb.TranslateRequest(texts=texts, options=options)
-    deadline = deadline_of(request)
-    with ctx.service.state.track("HTTP /translate") as call:
-        try:
-            response = await ctx.service.translate(message, deadline, peer=peer_of(request))
-        except RequestError as error:
-            call.code = error.code
-            raise from_request_error(error) from None
+    # format=html: each text is an HTML document (server/documents): markup kept, text nodes translated. Plain
+    # text stays one model input per text, as LibreTranslate translates it.
+    message = pb.TranslateRequest(texts=texts, options=options, format="html" if text_format == "html" else "")
+    response = await translate_through_service(ctx, request, message, "HTTP /translate")
     results = []
     for translation in response.translations:
         best = translation.hypotheses[0].text if translation.hypotheses else ""

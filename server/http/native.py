@@ -32,6 +32,7 @@ from nmtserve.server.http.common import (
     from_request_error,
     json_body,
     peer_of,
+    translate_through_service,
 )
 from nmtserve.server.service import model_info_message
 from nmtserve.server.validation import RequestError
@@ -57,13 +58,7 @@ async def _request_message(request: web.Request, method: str) -> pb.TranslateReq
 async def translate(request: web.Request) -> web.Response:
     ctx = context_of(request)
     message = await _request_message(request, "POST /v1/translate")
-    deadline = deadline_of(request)
-    with ctx.service.state.track("HTTP /v1/translate") as call:
-        try:
-            response = await ctx.service.translate(message, deadline, peer=peer_of(request))
-        except RequestError as error:
-            call.code = error.code
-            raise from_request_error(error) from None
+    response = await translate_through_service(ctx, request, message, "HTTP /v1/translate")
     response.request_id = message.request_id
     return web.json_response(to_json(response))
 
