@@ -157,15 +157,6 @@ class TranslatorService(pb_grpc.TranslatorServicer):
     ) -> pb.TranslateResponse:
         """The request path every front door shares (gRPC here, HTTP in ``server/http``): availability, the
         per-connection limit, validation, queueing, waiting, cancellation; raises RequestError."""
-        return await self._translate(request, deadline, send_partial, peer)
-
-    async def _translate(
-        self,
-        request: pb.TranslateRequest,
-        deadline: float | None,
-        send_partial: PartialSender | None = None,
-        peer: str = "",
-    ) -> pb.TranslateResponse:
         reason = self.state.unavailable_reason()
         if reason is not None or self.backend is None:
             raise RequestError(grpc.StatusCode.UNAVAILABLE, reason or "the model is not loaded")
@@ -262,7 +253,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         deadline = _deadline(context)
         with self.state.track("Translate") as call:
             try:
-                return await self._translate(parse(pb.TranslateRequest, request), deadline, peer=_peer(context))
+                return await self.translate(parse(pb.TranslateRequest, request), deadline, peer=_peer(context))
             except RequestError as error:
                 failure = _failure(error)
             except asyncio.CancelledError:
@@ -363,7 +354,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
                 if isinstance(request, RequestError):
                     raise request
                 partial = send_partial if request.stream_partial else None
-                response = await self._translate(request, deadline, partial, peer)
+                response = await self.translate(request, deadline, partial, peer)
                 response.request_id = request_id
             except RequestError as error:
                 failure = _failure(error)
