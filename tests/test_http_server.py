@@ -22,7 +22,7 @@ import pytest
 from conftest import scrape_metrics as metrics
 from libretranslatepy import LibreTranslateAPI
 from test_grpc_server import SlowEngine, wait_for
-from test_security import Pki, issue, make_ca
+from test_security import Pki, make_pki
 
 from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.export.testing import tiny_export
@@ -515,17 +515,8 @@ def test_loadtest_over_http_open_and_closed_loop(server: BackgroundServer, tmp_p
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    """A CA, a server and a client certificate it signed, and a rogue CA's client (test_security's helpers)."""
-    directory = tmp_path_factory.mktemp("http-pki")
-    ca, ca_key, ca_cert = make_ca(directory, "ca")
-    rogue, rogue_key, rogue_cert = make_ca(directory, "rogue-ca")
-    return Pki(
-        ca=ca,
-        server=issue(directory, "server", ca_key, ca_cert, server=True),
-        client=issue(directory, "client", ca_key, ca_cert, server=False),
-        rogue_ca=rogue,
-        rogue_client=issue(directory, "rogue-client", rogue_key, rogue_cert, server=False),
-    )
+    """test_security's certificates: a CA, a server and a client certificate it signed, and a rogue CA's client."""
+    return make_pki(tmp_path_factory.mktemp("http-pki"))
 
 
 def test_https_and_mutual_tls(model_dir: Path, engine: Engine, pki: Pki) -> None:

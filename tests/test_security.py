@@ -114,9 +114,8 @@ class Pki:
     rogue_client: Pem
 
 
-@pytest.fixture(scope="session")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    directory = tmp_path_factory.mktemp("pki")
+def make_pki(directory: Path) -> Pki:
+    """A CA, a server and a client certificate it signed, and a rogue CA's client certificate, under ``directory``."""
     ca, ca_key, ca_cert = make_ca(directory, "ca")
     rogue, rogue_key, rogue_cert = make_ca(directory, "rogue-ca")
     return Pki(
@@ -126,6 +125,11 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
         rogue_ca=rogue,
         rogue_client=issue(directory, "rogue-client", rogue_key, rogue_cert, server=False),
     )
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def fails(call) -> grpc.StatusCode:
