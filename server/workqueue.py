@@ -5,6 +5,10 @@ Bounded in sentences and in source tokens: a request whose texts do not all fit 
 arrive. Cancelled requests leave the queue at once (``discard``), and sentences whose request died while waiting
 are dropped when the engine looks, so no engine work is spent on them.
 
+Sentences wait in one lane per request (requests in arrival order, each lane in its texts' order), so that
+selection can deal batch slots round robin over requests (``batching.fair_window``) and a request leaves the
+queue in O(1).
+
 The retry hint is how long the engine would take to work off the sentences ahead, at its recent drain rate:
 the sentences of its last ``RATE_TAKES`` takes over the time they took, counting only the intervals between two
 takes during which sentences were waiting throughout. Idle time does not count, so the first burst after a quiet
@@ -20,8 +24,9 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from itertools import islice
 
-from nmtserve.server.batching import Budget, is_full, select
+from nmtserve.server.batching import Budget, fair_window, is_full, select
 from nmtserve.server.work import Request, WorkItem
 
 RETRY_MIN_S = 0.05
@@ -53,8 +58,9 @@ class WorkQueue:
     ) -> None:
         self.capacity = capacity  # sentences
         self.max_tokens = max_tokens  # source tokens (None: no limit)
-        self._items: list[WorkItem] = []  # arrival order
-        self._tokens = 0  # source tokens of ``_items``
+        self._lanes: dict[Request, list[WorkItem]] = {}  # one lane per request, requests in arrival order
+        self._count = 0  # sentences in ``_lanes``
+        self._tokens = 0  # source tokens in ``_lanes``
         self._cond = threading.Condition()
         self._closed = False
         self._on_depth = on_depth or (lambda depth: None)
@@ -65,20 +71,24 @@ class WorkQueue:
         self._last_take = -math.inf  # no take yet: the first one measures nothing
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._count
 
     @property
     def tokens(self) -> int:
         """Source tokens waiting."""
         return self._tokens
 
-    def _set_items(self, items: list[WorkItem]) -> None:
-        self._items = items
-        if not items:
+    def _removed(self, items: Sequence[WorkItem]) -> None:
+        """Account for ``items`` having left the lanes (under the lock)."""
+        self._count -= len(items)
+        self._tokens -= sum(item.length for item in items)
+        if not self._lanes:
             self._busy_since = None
-        self._tokens = sum(item.length for item in items)
-        self._on_depth(len(items))
+        self._on_depth(self._count)
         self._on_tokens(self._tokens)
+
+    def _oldest(self) -> WorkItem:
+        return next(iter(self._lanes.values()))[0]
 
     def drain_rate(self) -> float | None:
         """Sentences taken per busy second over the last ``RATE_TAKES`` takes; None before any was measured."""
@@ -91,7 +101,7 @@ class WorkQueue:
         """How long the sentences waiting now would take the engine at its recent drain rate (a hint, clamped)."""
         rate = self.drain_rate()
         with self._cond:
-            waiting = len(self._items)
+            waiting = self._count
         if rate is None:
             return RETRY_COLD_S
         return min(RETRY_MAX_S, max(RETRY_MIN_S, waiting / rate))
@@ -104,7 +114,7 @@ class WorkQueue:
             # sentences waited all the time since the previous take: that interval is one cycle of a busy engine
             self._takes.append((taken, now - self._last_take))
         self._last_take = now
-        self._busy_since = now if self._items else None
+        self._busy_since = now if self._lanes else None
 
     def put(self, items: Sequence[WorkItem]) -> None:
         with self._cond:
@@ -112,9 +122,9 @@ class WorkQueue:
                 raise QueueClosed("the server is shutting down")
             tokens = sum(item.length for item in items)
             problem = None
-            if len(self._items) + len(items) > self.capacity:
+            if self._count + len(items) > self.capacity:
                 problem = (
-                    f"the queue is full: {len(self._items)} sentences waiting and this request has {len(items)}; "
+                    f"the queue is full: {self._count} sentences waiting and this request has {len(items)}; "
                     f"the limit is {self.capacity} (max_queue_size)"
                 )
             elif self.max_tokens is not None and self._tokens + tokens > self.max_tokens:
@@ -123,11 +133,13 @@ class WorkQueue:
                     f"the limit is {self.max_tokens} (max_queue_tokens)"
                 )
             if problem is None:
-                if not self._items and items:
+                if not self._lanes and items:
                     self._busy_since = self._clock()
-                self._items.extend(items)
+                for item in items:
+                    self._lanes.setdefault(item.request, []).append(item)
+                self._count += len(items)
                 self._tokens += tokens
-                self._on_depth(len(self._items))
+                self._on_depth(self._count)
                 self._on_tokens(self._tokens)
                 self._cond.notify()
                 return
@@ -137,9 +149,10 @@ class WorkQueue:
     def discard(self, request: Request) -> int:
         """Remove ``request``'s waiting sentences; returns how many were removed."""
         with self._cond:
-            before = len(self._items)
-            self._set_items([item for item in self._items if item.request is not request])
-            return before - len(self._items)
+            lane = self._lanes.pop(request, [])
+            if lane:
+                self._removed(lane)
+            return len(lane)
 
     def close(self) -> None:
         with self._cond:
@@ -147,12 +160,13 @@ class WorkQueue:
             self._cond.notify_all()
 
     def _drop_dead(self, now: float, window: int) -> list[WorkItem]:
-        """Drop dead sentences among the ``window`` oldest (the ones selection looks at); cancelled requests were
-        already discarded by their handler, so this mostly catches deadlines that passed while waiting."""
-        head = self._items[:window]
-        dead = [item for item in head if item.request.dead(now)]
+        """Drop the lanes of dead requests among the ``window`` oldest requests (the ones selection looks at);
+        cancelled requests were already discarded by their handler, so this mostly catches deadlines that passed
+        while waiting."""
+        dead_requests = [request for request in islice(self._lanes, window) if request.dead(now)]
+        dead = [item for request in dead_requests for item in self._lanes.pop(request)]
         if dead:
-            self._set_items([item for item in head if not item.request.dead(now)] + self._items[window:])
+            self._removed(dead)
         return dead
 
     def take(
@@ -171,20 +185,35 @@ class WorkQueue:
         with self._cond:
             if wait_s is not None:
                 deadline = time.monotonic() + wait_s
-                while not self._items and not self._closed:
+                while not self._lanes and not self._closed:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return [], []
                     self._cond.wait(remaining)
-                while self._items and not self._closed and not is_full(self._items, budget):
-                    remaining = self._items[0].enqueued_at + max_delay_s - time.monotonic()
+                while self._lanes and not self._closed and not self._holds_a_batch(budget):
+                    remaining = self._oldest().enqueued_at + max_delay_s - time.monotonic()
                     if remaining <= 0:
                         break
                     self._cond.wait(remaining)
             dead = self._drop_dead(time.monotonic(), budget.window)
-            chosen = select(self._items, budget, running, running_longest)
+            chosen = select(fair_window(self._lanes.values(), budget.window), budget, running, running_longest)
             if chosen:
-                taken = {id(item) for item in chosen}
-                self._set_items([item for item in self._items if id(item) not in taken])
+                self._take_out(chosen)
                 self._count_taken(len(chosen))
             return chosen, dead
+
+    def _holds_a_batch(self, budget: Budget) -> bool:
+        return self._count >= budget.max_sentences or is_full(fair_window(self._lanes.values(), budget.window), budget)
+
+    def _take_out(self, chosen: Sequence[WorkItem]) -> None:
+        """Remove the selected sentences from their lanes (under the lock); emptied lanes leave."""
+        taken: dict[Request, set[int]] = {}
+        for item in chosen:
+            taken.setdefault(item.request, set()).add(id(item))
+        for request, ids in taken.items():
+            left = [item for item in self._lanes[request] if id(item) not in ids]
+            if left:
+                self._lanes[request] = left
+            else:
+                del self._lanes[request]
+        self._removed(chosen)

@@ -12,7 +12,7 @@ import pytest
 from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.engine.beam import Sentence
 from nmtserve.export.testing import tiny_export
-from nmtserve.server.batching import Budget, is_full, select
+from nmtserve.server.batching import Budget, fair_window, is_full, select
 from nmtserve.server.work import Request, WorkItem
 from nmtserve.server.workqueue import QueueClosed, QueueFull, WorkQueue
 
@@ -62,6 +62,35 @@ def test_size_cap_and_window() -> None:
     assert is_full(waiting, Budget(100, 200, 100))
 
 
+def test_batch_slots_are_dealt_round_robin_over_requests() -> None:
+    """A 20-sentence page ahead of two one-sentence requests: first in, first out filled the batch with the page;
+    now each request gets a slot before the page gets its second (the oldest, the page's first, still leads)."""
+    page, light, other = Request(NullSink()), Request(NullSink()), Request(NullSink())
+    waiting = items(*[10] * 20, request=page) + items(12, request=light) + items(30, request=other)
+    chosen = select(waiting, Budget(max_sentences=4, max_tokens=10_000, window=100))
+    assert [item.request for item in chosen] == [page, light, other, page]
+    assert chosen[0] is waiting[0]
+
+
+def test_length_grouping_still_orders_each_request_and_each_round() -> None:
+    page, light = Request(NullSink()), Request(NullSink())
+    waiting = items(10, 50, 11, 9, 30, request=page) + items(40, 12, request=light)
+    chosen = select(waiting, Budget(max_sentences=5, max_tokens=10_000, window=100))
+    # round 0: the anchor (10) and light's closest (12); round 1: page's closest (11), light's other (40);
+    # round 2: page's next closest (9)
+    assert [item.length for item in chosen] == [10, 12, 11, 40, 9]
+    # the token budget still bounds padding: 40 would make 4 x 40 = 160 > 100, so it is passed over
+    assert [item.length for item in select(waiting, Budget(5, 100, 100))] == [10, 12, 11, 9]
+
+
+def test_the_window_is_dealt_round_robin_so_requests_behind_a_big_one_are_seen() -> None:
+    page, light, other = items(*[10] * 20), items(12), items(30)
+    window = fair_window([page, light, other], 6)
+    assert window == page[:4] + light + other  # 4 + 1 + 1, in arrival order: the oldest first
+    assert fair_window([page, light, other], 2) == page[:1] + light  # at most ``window`` lanes are looked at
+    assert fair_window([page[:2], light], 100) == page[:2] + light
+
+
 # -- queue ----------------------------------------------------------------------------------------------------------
 
 
@@ -86,6 +115,22 @@ def test_discard_and_dead_requests_leave_the_queue() -> None:
     assert queue.discard(cancel) == 1
     chosen, dead = queue.take(Budget(8, 1000, 32), 0, 0, wait_s=None, max_delay_s=0)
     assert [i.length for i in chosen] == [7] and [i.length for i in dead] == [6] and len(queue) == 0
+
+
+def test_light_requests_behind_a_big_page_join_the_next_batch() -> None:
+    """The page's 200 sentences fill the 32 oldest places; first in, first out with a 32-sentence window never
+    saw the light requests until the page was nearly done."""
+    queue = WorkQueue(capacity=1000)
+    page = Request(NullSink())
+    queue.put(items(*[10] * 200, request=page))
+    lights = [Request(NullSink()) for _ in range(3)]
+    for light in lights:
+        queue.put(items(10, request=light))
+    chosen, _ = queue.take(Budget(8, 10_000, 32), 0, 0, wait_s=None, max_delay_s=0)
+    assert [item.request for item in chosen].count(page) == 5 and {item.request for item in chosen} >= set(lights)
+    assert len(queue) == 203 - 8 and queue.tokens == 10 * (203 - 8)
+    chosen, _ = queue.take(Budget(8, 10_000, 32), 0, 0, wait_s=None, max_delay_s=0)
+    assert [item.index for item in chosen] == list(range(5, 13))  # only the page is left: its next sentences
 
 
 def test_idle_take_waits_for_the_batch_to_fill_at_most_the_delay() -> None:
