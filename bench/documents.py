@@ -4,12 +4,15 @@ An HTML page of ``--paragraphs`` paragraphs (multi-sentence paragraphs of Debian
 (a) as one ``format=html`` request, whose sentences the scheduler batches together (and with other requests'),
 and (b) sentence by sentence, one request each from one client, as a client without document mode would. Each
 is run alone and while ``--load-clients`` other clients send single sentences back to back. Prints seconds per
-page and the load clients' sentences per second. Run: ``python -m nmtserve.bench.documents``.
+page, and the load clients' sentences per second and latency (p50/p99 of the requests that finished while the
+page was in flight): the figures that show whether a big page starves other clients. ``--repeat`` runs each
+measurement that many times, alternating the two modes. Run: ``python -m nmtserve.bench.documents``.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import threading
 import time
 from html import escape
@@ -31,12 +34,19 @@ def page(count: int) -> str:
     return f"<!DOCTYPE html><html><head><title>Manual</title></head><body>\n{body}\n</body></html>"
 
 
-def load(stub, options: pb.DecodingOptions, stop: threading.Event, done: list[int]) -> None:
+def load(stub, options: pb.DecodingOptions, stop: threading.Event, finished: list[tuple[float, float]]) -> None:
+    """Single sentences back to back; appends (finish time, latency) per answer."""
     i = 0
     while not stop.is_set():
+        started = time.perf_counter()
         stub.Translate(pb.TranslateRequest(texts=[LOAD_SENTENCES[i % 3]], options=options))
-        done[0] += 1
+        now = time.perf_counter()
+        finished.append((now, now - started))
         i += 1
+
+
+def percentile(values: list[float], q: int) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 def main() -> None:
@@ -46,6 +56,7 @@ def main() -> None:
     parser.add_argument("--beam-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=128)
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
     html = page(args.paragraphs)
     sentences = plan_document(html, "html").sentences
@@ -63,22 +74,35 @@ def main() -> None:
                 stub.Translate(pb.TranslateRequest(texts=[sentence], options=options), timeout=3600)
 
         for loaded in (False, True):
-            stop, threads, done = threading.Event(), [], [0]
+            stop, threads = threading.Event(), []
+            finished: list[tuple[float, float]] = []
             if loaded:
                 threads = [
-                    threading.Thread(target=load, args=(stub, options, stop, done), daemon=True)
+                    threading.Thread(target=load, args=(stub, options, stop, finished), daemon=True)
                     for _ in range(args.load_clients)
                 ]
                 for thread in threads:
                     thread.start()
                 time.sleep(1.0)
-            for name, run in (("document (format=html)", document), ("one request per sentence", one_by_one)):
-                before, started = done[0], time.perf_counter()
-                run()
-                seconds = time.perf_counter() - started
-                rate = (done[0] - before) / seconds
-                where = f"with {args.load_clients} load clients ({rate:.1f} load sentences/s)" if loaded else "alone"
-                print(f"{name:26s} {where:45s} {seconds:8.2f} s/page  {len(sentences) / seconds:7.1f} sentences/s")
+            for _ in range(args.repeat):
+                for name, run in (("document (format=html)", document), ("one request per sentence", one_by_one)):
+                    started = time.perf_counter()
+                    run()
+                    ended = time.perf_counter()
+                    seconds = ended - started
+                    where = "alone"
+                    if loaded:
+                        during = [latency for at, latency in list(finished) if started <= at <= ended]
+                        where = (
+                            f"with {args.load_clients} load clients: {len(during) / seconds:5.1f} load sentences/s, "
+                            f"p50 {percentile(during, 50) * 1000:5.0f} ms p99 {percentile(during, 99) * 1000:5.0f} ms"
+                            if during
+                            else f"with {args.load_clients} load clients: none finished"
+                        )
+                    print(
+                        f"{name:26s} {seconds:8.2f} s/page {len(sentences) / seconds:7.1f} sentences/s  {where}",
+                        flush=True,
+                    )
             stop.set()
             for thread in threads:
                 thread.join()

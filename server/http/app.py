@@ -23,7 +23,7 @@ from importlib import resources
 from aiohttp import web
 
 from nmtserve.server.config import ServerConfig
-from nmtserve.server.http import libre, native, openapi
+from nmtserve.server.http import files, libre, native, openapi
 from nmtserve.server.http.common import CONTEXT, HttpContext, HttpError, json_error
 
 log = logging.getLogger(__name__)
@@ -109,6 +109,7 @@ def build_app(context: HttpContext) -> web.Application:
     app.router.add_get("/", index)
     libre.add_routes(app)
     native.add_routes(app)
+    files.add_routes(app, context.config.max_request_bytes)
     openapi.add_routes(app)
     return app
 

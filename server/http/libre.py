@@ -4,7 +4,7 @@
 Existing LibreTranslate clients (libretranslatepy, browser extensions, CAT-tool plugins) work unchanged and get
 nmtserve's batched beam search behind the same contract: the same fields, status codes and 400 messages. The
 deliberate differences are listed in docs/http.md (no language detector: ``source=auto`` is a 400 that says so;
-``format=html`` is a 400 until document support lands; ``charLimit`` reports the UTF-8 byte limit).
+``charLimit`` reports the UTF-8 byte limit). ``/translate_file`` lives in files.py.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
+from nmtserve.server.documents.files import FORMAT_OF_SUFFIX
 from nmtserve.server.http.common import (
     HttpError,
     bearer_of,
@@ -30,6 +31,7 @@ LANGUAGE_NAMES = {
     "nl": "Dutch", "no": "Norwegian", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian", "ru": "Russian",
     "sv": "Swedish", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese",
 }  # fmt: skip
+FILE_SUFFIXES = sorted(FORMAT_OF_SUFFIX)  # POST /translate_file (server/http/files.py)
 FRONTEND_TIMEOUT_MS = 500  # how long LibreTranslate's page waits after typing before it translates
 
 
@@ -74,8 +76,8 @@ async def frontend_settings(request: web.Request) -> web.Response:
             "apiKeys": keys,
             "keyRequired": keys,
             "suggestions": False,
-            "filesTranslation": False,
-            "supportedFilesFormat": [],
+            "filesTranslation": True,
+            "supportedFilesFormat": FILE_SUFFIXES,
             "language": {
                 "source": {"code": source, "name": language_name(source)},
                 "target": {"code": target, "name": language_name(target)},
@@ -135,16 +137,9 @@ def _code(params: dict[str, Any], name: str) -> str:
     return value.strip().lower()
 
 
-async def translate(request: web.Request) -> web.Response:
-    ctx = context_of(request)
-    params = await _parameters(request)
-    key = params.get("api_key")
-    key = key if isinstance(key, str) and key else bearer_of(request)
-    check_key(request, key, "POST /translate", 403)
-    texts, batch = _texts(params.get("q"))
+def check_language_pair(request: web.Request, params: dict[str, Any]) -> tuple[str, str]:
+    """(source, target) of a LibreTranslate request, or its 400: missing, ``auto`` (no detector), unsupported."""
     source, target = _code(params, "source"), _code(params, "target")
-    text_format = params.get("format") or "text"
-    alternatives = _alternatives(params.get("alternatives"), ctx.config.max_beam_size)
     model_source, model_target = model_languages(request)
     if source == "auto":
         raise HttpError(
@@ -154,6 +149,19 @@ async def translate(request: web.Request) -> web.Response:
         raise HttpError(400, f"{source} is not supported")
     if target != model_target:
         raise HttpError(400, f"{target} is not supported")
+    return source, target
+
+
+async def translate(request: web.Request) -> web.Response:
+    ctx = context_of(request)
+    params = await _parameters(request)
+    key = params.get("api_key")
+    key = key if isinstance(key, str) and key else bearer_of(request)
+    check_key(request, key, "POST /translate", 403)
+    texts, batch = _texts(params.get("q"))
+    check_language_pair(request, params)
+    text_format = params.get("format") or "text"
+    alternatives = _alternatives(params.get("alternatives"), ctx.config.max_beam_size)
     if text_format not in ("text", "html"):
         raise HttpError(400, f"{text_format} format is not supported")
     options = pb.DecodingOptions(num_hypotheses=alternatives + 1, return_scores=False)
