@@ -283,10 +283,37 @@ def test_v1_models_and_openapi(http: Http, server: BackgroundServer) -> None:
     assert status == 200 and spec["openapi"].startswith("3.")
     openapi_spec_validator.validate(spec)  # a valid OpenAPI 3 document, by the reference validator
     assert {"/translate", "/v1/translate", "/v1/translate/stream", "/v1/models/{name}"} <= set(spec["paths"])
+    assert {"/translate_file", "/download_file/{token}", "/v1/translate_file"} <= set(spec["paths"])
+    schemes = spec["components"]["securitySchemes"]
+    assert (schemes["bearerAuth"]["type"], schemes["bearerAuth"]["scheme"]) == ("http", "bearer")
+    assert schemes["libreApiKey"]["name"] == "api_key" and "body" in schemes["libreApiKey"]["description"]
+    assert_security(spec, keys_required=False)
     request_fields = set(spec["components"]["schemas"]["TranslateRequest"]["properties"])
     assert request_fields == {f.name for f in pb.TranslateRequest.DESCRIPTOR.fields}
     status, headers, page = http.call("GET", "/docs")
     assert status == 200 and "/v1/translate/stream" in page and headers["Content-Type"].startswith("text/html")
+
+
+KEYED_OPERATIONS = {
+    ("/translate", "post"): ["libreApiKey", "bearerAuth"],
+    ("/translate_file", "post"): ["libreApiKey", "bearerAuth"],
+    ("/v1/translate", "post"): ["bearerAuth"],
+    ("/v1/translate/stream", "post"): ["bearerAuth"],
+    ("/v1/translate_file", "post"): ["bearerAuth"],
+    ("/v1/models", "get"): ["bearerAuth"],
+    ("/v1/models/{name}", "get"): ["bearerAuth"],
+}
+
+
+def assert_security(spec: dict[str, Any], keys_required: bool) -> None:
+    """Every operation states its keys: the keyed ones their schemes (and ``{}`` only when no key is required),
+    the public ones none."""
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            wanted = [{scheme: []} for scheme in KEYED_OPERATIONS.get((path, method), [])]
+            if wanted and not keys_required:
+                wanted.append({})
+            assert operation["security"] == wanted, (path, method)
 
 
 def read_events(response) -> list[tuple[str, dict]]:
@@ -370,6 +397,9 @@ def test_keys_libretranslatepy_and_bearer(model_dir: Path, engine: Engine, tmp_p
         status, _, body = http.call("POST", "/v1/translate", {"texts": [TEXTS[0]]}, headers=auth)
         assert status == 200
         assert_serving(http)  # health stays open, as over gRPC
+        status, _, spec = http.call("GET", "/openapi.json")
+        openapi_spec_validator.validate(spec)
+        assert_security(spec, keys_required=True)  # no anonymous alternative where keys are required
         samples = metrics(server.metrics_url)
         refused = {k: v for k, v in samples.items() if k[0] == "nmtserve_unauthenticated_requests_total"}
         assert sum(refused.values()) == 3

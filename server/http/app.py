@@ -110,7 +110,7 @@ def build_app(context: HttpContext) -> web.Application:
     libre.add_routes(app)
     native.add_routes(app)
     files.add_routes(app, context.config.max_request_bytes)
-    openapi.add_routes(app)
+    openapi.add_routes(app, context.tokens is not None)
     return app
 
 
