@@ -20,7 +20,7 @@ from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.background import BackgroundServer
 from nmtserve.server.config import ServerConfig
 from nmtserve.server.documents import DocumentError, plan_document
-from nmtserve.server.documents.html import MAX_DEPTH, parse, serialize
+from nmtserve.server.documents.html import MAX_DEPTH, entity_spellings, parse, serialize
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><title>The manual.</title><style>p { color: red }</style>
@@ -87,7 +87,31 @@ def test_a_page_keeps_its_structure_and_every_text_is_translated_once():
 
 def test_identity_translation_gives_the_parsed_page_back():
     plan = plan_document(PAGE, "html")
-    assert plan.rebuild(plan.sentences) == serialize(parse(PAGE)[0])
+    assert plan.rebuild(plan.sentences) == serialize(parse(PAGE)[0], entity_spellings(PAGE))
+    assert "&copy; 2024" in plan.rebuild(plan.sentences)
+
+
+ENTITIES = (
+    "<p>A&nbsp;B &copy; 2024 &#8212; x &#x2014; y &quot;q&quot; &amp; &lt;</p>"
+    '<pre>keep&nbsp;&nbsp;this &mdash;</pre><p translate="no">Brand&trade;</p><p title="&eacute;t&eacute;">Been.</p>'
+)
+
+
+def test_entities_come_back_as_the_page_spelled_them():
+    plan = plan_document(ENTITIES, "html")
+    same = plan.rebuild(plan.sentences)
+    assert "A&nbsp;B &copy; 2024 &#8212; x &#8212; y" in same  # one spelling a character: the first one seen
+    assert "<pre>keep&nbsp;&nbsp;this &#8212;</pre>" in same and "Brand&trade;" in same  # untranslated: as written
+    assert '"q" &amp; &lt;' in same  # ASCII references come back as characters; & and < are escaped
+    assert 'title="été"' in same  # references in attribute values are not seen: literal
+    # a translation that keeps the characters gets the page's spellings too
+    out = plan.rebuild(["Ein\u00a0Satz — mit © darin." for _ in plan.sentences])
+    assert "Ein&nbsp;Satz &#8212; mit &copy; darin." in out and "\u00a0" not in out and "©" not in out
+
+
+def test_a_character_also_written_literally_stays_literal():
+    plan = plan_document("<p>&copy; 2024</p><p>© 2025</p>", "html")
+    assert plan.rebuild(plan.sentences) == "<p>© 2024</p><p>© 2025</p>"
 
 
 def test_malformed_markup_is_recovered_as_a_browser_would():
@@ -131,6 +155,36 @@ def test_debian_manuals_round_trip(path: Path):
     for before, after in zip(original.iter(), translated.iter(), strict=True):  # untranslated parts untouched
         if str(before.tag).rsplit("}", 1)[-1] in ("script", "style", "pre", "code") or before.get("translate") == "no":
             assert list(before.itertext()) == list(after.itertext())
+
+
+def debian_manuals_with_references(limit: int = 6) -> list[Path]:
+    """Debian HTML manuals that write non-ASCII characters as references (libffi's texinfo pages, base-passwd)."""
+    out, seen = [], set()
+    for path in sorted(Path("/usr/share/doc").glob("**/*.html")):
+        if not path.is_file() or path.stat().st_size > 400_000 or path.name in seen:
+            continue
+        if entity_spellings(path.read_text("utf-8", errors="replace")):
+            seen.add(path.name)
+            out.append(path)
+    return out[:limit]
+
+
+REFERENCING = debian_manuals_with_references()
+
+
+@pytest.mark.skipif(not REFERENCING, reason="no HTML manuals with character references under /usr/share/doc")
+@pytest.mark.parametrize("path", REFERENCING, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_debian_manuals_keep_their_character_references(path: Path):
+    source = path.read_text("utf-8", errors="replace")
+    plan = plan_document(source, "html")
+    same = plan.rebuild(plan.sentences)
+    original, rebuilt = parse(source)[0], parse(same)[0]
+    assert skeleton(rebuilt) == skeleton(original)  # the same tree, and the same text once parsed
+    assert [list(e.itertext()) for e in original.iter()] == [list(e.itertext()) for e in rebuilt.iter()]
+    spellings = entity_spellings(source)
+    for char, spelling in spellings.items():
+        assert char not in same, spelling  # written as the page wrote it, never as the bare character
+        assert same.count(spelling) >= source.count(spelling), spelling
 
 
 @pytest.fixture(scope="module")

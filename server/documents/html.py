@@ -2,8 +2,18 @@
 (tags, attributes, comments, doctype, document structure) is kept.
 
 Parsing is html5lib's, the WHATWG algorithm browsers use, so malformed markup is recovered exactly as a browser
-would recover it and the output is always well formed. Entities come back as the characters they stand for
-(``&nbsp;`` as U+00A0), except ``&``, ``<``, ``>`` and quotes, which the serializer escapes where needed.
+would recover it and the output is always well formed.
+
+Entities: the parser resolves every character reference to its character and has no option to keep them, so
+the pre-scan (the standard library's tokenizer, which reports references in text as it meets them) records how
+the page spelled each non-ASCII character it wrote as a reference (``&nbsp;``, ``&copy;``, ``&#8212;``,
+``&#x2014;``), and the output writes that character so again, wherever it occurs in text or in an attribute:
+untranslated text comes back as the page wrote it, and a translation that keeps a ``©`` gets ``&copy;``. A
+character the page also writes literally somewhere is left literal (one spelling per character and page: the
+first one seen). ASCII references (``&quot;``, ``&#124;``) come back as characters, as ``&``, ``<`` and ``>`` are
+escaped by the serializer wherever needed: re-escaping ASCII could touch markup. References inside attribute
+values are not seen by the pre-scan (its tokenizer resolves them unreported), so those characters come back
+literal unless the same character was also referenced in text.
 
 Left alone: ``script``, ``style``, ``code``, ``pre``, ``textarea``, ``kbd``, ``samp``, ``var`` and any element
 marked ``translate="no"`` (with its descendants, until one says ``translate="yes"``), as the HTML standard's
@@ -20,6 +30,7 @@ comments, as the parser sees it), else a fragment (no ``<html>``/``<body>`` is a
 from __future__ import annotations
 
 from collections.abc import Callable
+from html import unescape
 from html.parser import HTMLParser
 from xml.etree import ElementTree
 
@@ -56,7 +67,8 @@ def parse(text: str) -> tuple[ElementTree.Element, bool]:
     return parser.parseFragment(text), False
 
 
-def serialize(root: ElementTree.Element) -> str:
+def serialize(root: ElementTree.Element, spellings: dict[str, str] | None = None) -> str:
+    """The tree as HTML; the characters in ``spellings`` written as the references given (see the module doc)."""
     serializer = HTMLSerializer(
         omit_optional_tags=False, quote_attr_values="always", inject_meta_charset=False, resolve_entities=True
     )
@@ -66,7 +78,10 @@ def serialize(root: ElementTree.Element) -> str:
     for element in doubled:
         element.text = "\n" + element.text
     try:
-        return serializer.render(html5lib.getTreeWalker("etree")(root))
+        out = serializer.render(html5lib.getTreeWalker("etree")(root))
+        # only non-ASCII characters are in spellings, and tags and attribute names are ASCII: this touches text
+        # and attribute values only, and comments and raw text cannot hold them (they would be literal there)
+        return out.translate({ord(char): spelling for char, spelling in spellings.items()}) if spellings else out
     finally:
         for element in doubled:
             element.text = element.text[1:]
@@ -110,8 +125,9 @@ FLAT = frozenset(
 )
 
 
-class _DepthScan(HTMLParser):
-    """A linear pre-scan (the standard library's tokenizer) of how deep start tags nest, stopping past the limit.
+class _PreScan(HTMLParser):
+    """A linear pre-scan (the standard library's tokenizer) of how deep start tags nest, stopping past the limit,
+    and of how the page spells the characters it writes as references.
 
     html5lib's tree construction takes time quadratic in the nesting depth (20,000 nested ``div`` elements,
     100 kB, took 22 s), so depth is bounded before the page is parsed for real."""
@@ -120,6 +136,18 @@ class _DepthScan(HTMLParser):
         super().__init__(convert_charrefs=False)
         self.open: list[str] = []
         self.deepest = 0
+        self.spellings: dict[str, str] = {}  # character -> its first reference in the page's text
+
+    def _reference(self, spelling: str) -> None:
+        char = unescape(spelling)
+        if len(char) == 1 and not char.isascii() and spelling != char:
+            self.spellings.setdefault(char, spelling)
+
+    def handle_entityref(self, name: str) -> None:
+        self._reference(f"&{name};")
+
+    def handle_charref(self, name: str) -> None:
+        self._reference(f"&#{name};")
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
         if tag not in FLAT:
@@ -137,14 +165,18 @@ class _TooDeep(Exception):
     pass
 
 
-def _too_deep(text: str) -> bool:
-    scan = _DepthScan()
+def entity_spellings(text: str) -> dict[str, str]:
+    """{character: reference} for the non-ASCII characters ``text`` writes as references in its text and never
+    literally; raises DocumentError when the markup nests deeper than ``MAX_DEPTH``."""
+    scan = _PreScan()
     try:
         scan.feed(text)
         scan.close()
     except _TooDeep:
-        return True
-    return False
+        raise DocumentError(
+            f"the HTML is nested more than {MAX_DEPTH} elements deep (the HTML nesting limit)"
+        ) from None
+    return {char: spelling for char, spelling in scan.spellings.items() if char not in text}
 
 
 def _check_depth(root: ElementTree.Element) -> None:
@@ -195,8 +227,7 @@ def _slots(root: ElementTree.Element) -> list[Slot]:
 
 
 def plan_html(text: str, language: str) -> Plan:
-    if _too_deep(text):
-        raise DocumentError(f"the HTML is nested more than {MAX_DEPTH} elements deep (the HTML nesting limit)")
+    spellings = entity_spellings(text)
     root, _ = parse(text)
     _check_depth(root)
     slots = _slots(root)
@@ -208,6 +239,6 @@ def plan_html(text: str, language: str) -> Plan:
             count = len(plan.sentences)
             put(plan.rebuild(translations[position : position + count]))
             position += count
-        return serialize(root)
+        return serialize(root, spellings)
 
     return Plan([sentence for plan in plans for sentence in plan.sentences], rebuild)
