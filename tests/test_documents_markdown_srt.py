@@ -143,3 +143,13 @@ def test_the_server_names_a_broken_subrip_file(stub):
         stub.Translate(pb.TranslateRequest(texts=["garbage\n-->\n"], format="srt"))
     assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "texts[0]: not a valid SubRip file" in error.value.details()
+
+
+def test_reference_labels_of_collapsed_and_shortcut_links_are_kept():
+    """``[INSTALL][]`` and ``[INSTALL]`` name their definition by their text (git's README): translating it would
+    break the link; ``[text][label]`` names it by the label, so its text is translated."""
+    text = "Read [INSTALL][] and [NEWS] first. See [the guide][g].\n\n[INSTALL]: INSTALL\n[NEWS]: N\n[g]: G\n"
+    sentences, out = marked(text, "markdown")
+    assert "[INSTALL][]" in out and "[NEWS]" in out and "][g]" in out
+    assert not any("INSTALL" in s or "NEWS" in s for s in sentences) and "the guide" in sentences
+    assert kept_parts(out) == kept_parts(text)

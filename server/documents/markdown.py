@@ -52,10 +52,18 @@ def _after_link_text(line: str, cursor: int) -> int:
     return cursor + 1 if line.startswith("]", cursor) else cursor
 
 
+def _is_label(line: str, cursor: int) -> bool:
+    """Whether the link whose text ends at ``cursor`` is a collapsed (``[text][]``) or shortcut (``[text]``)
+    reference: then its text names the link definition and translating it would break the link."""
+    return (line.startswith("]", cursor) and not line.startswith(("](", "]["), cursor)) or line.startswith(
+        "][]", cursor
+    )
+
+
 def _line_gaps(line: str, start: int, children: list[Token]) -> tuple[list[Span], int]:
     """Spans (offsets in ``line``) of the translatable text of ``children``, found from ``start``; and the end."""
     gaps: list[Span] = []
-    cursor, in_autolink = start, False
+    cursor, in_autolink, link_gaps = start, False, 0
     for child in children:
         kind = child.type
         if kind == "text":
@@ -66,6 +74,7 @@ def _line_gaps(line: str, start: int, children: list[Token]) -> tuple[list[Span]
                 cursor = position + len(child.content)
         elif kind == "link_open":
             in_autolink = child.markup == "autolink"
+            link_gaps = len(gaps)
             position = line.find("<" if in_autolink else "[", cursor)
             cursor = cursor if position < 0 else position + 1
         elif kind == "link_close":
@@ -73,6 +82,8 @@ def _line_gaps(line: str, start: int, children: list[Token]) -> tuple[list[Span]
                 position = line.find(">", cursor)
                 cursor = cursor if position < 0 else position + 1
             else:
+                if _is_label(line, cursor):  # [text][] and [text]: the text is the reference label, kept
+                    del gaps[link_gaps:]
                 cursor = _after_link_text(line, cursor)
             in_autolink = False
         elif kind == "image":
