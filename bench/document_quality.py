@@ -62,8 +62,11 @@ def message_paragraphs(corpus: Path, locale: Path, limit: int) -> list[tuple[str
     training = set((corpus / "train.en").read_text(encoding="utf-8").splitlines())
     pairs = {}
     for catalog in sorted(locale.glob("*.mo")):
-        with catalog.open("rb") as stream:
-            messages = gettext.GNUTranslations(stream)._catalog  # type: ignore[attr-defined]
+        try:
+            with catalog.open("rb") as stream:
+                messages = gettext.GNUTranslations(stream)._catalog  # type: ignore[attr-defined]
+        except (OSError, UnicodeDecodeError, ValueError):  # a catalog in a legacy charset: left out
+            continue
         for en, de in messages.items():
             if not isinstance(en, str) or not isinstance(de, str) or not en or not de or "\n" in en + de:
                 continue
