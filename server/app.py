@@ -50,7 +50,7 @@ WARMUP_TEXTS = (
     "The package contains the documentation.",
     "Select the cells that you want to print, then open the File menu and choose Print to print them.",
 )
-SELECTION_WINDOW_FACTOR = 4  # the batcher looks at the 4 x max_batch_size oldest waiting sentences
+SELECTION_WINDOW_FACTOR = 4  # the batcher looks at 4 x max_batch_size waiting sentences, dealt round robin by request
 SCHEDULER_STOP_S = 5.0  # how long ``stop`` waits for the engine thread to finish its step
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # n-best lists of 256 texts can exceed gRPC's default of 4 MiB
 
