@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import resource
 from pathlib import Path
 from typing import Any
 
@@ -144,6 +145,7 @@ def test_a_huge_upload_is_cut_off_at_the_limit_while_it_is_read(server) -> None:
         for _ in range(50 * 16):
             yield b"word " * (64 * 1024 // 5)
 
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB; the server runs in this process
     try:
         answer = requests.post(
             f"{base(server)}/translate_file",
@@ -155,6 +157,7 @@ def test_a_huge_upload_is_cut_off_at_the_limit_while_it_is_read(server) -> None:
         pass
     else:
         assert answer.status_code == 413 and "max_request_bytes" in answer.json()["error"]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 16 * 1024  # far from 50 MB held
     assert_serving(server)
 
 
