@@ -1,9 +1,9 @@
 """A light client is not stuck behind a big document: the scheduler deals batch slots round robin over requests.
 
-A live server on the demo model with small batches (4 sentences) gets a 60-sentence document, then, once the
-document's first batch is running, a one-sentence request. First in, first out would admit all 60 document
-sentences before the light one; fair share admits it in the next batch. The property is a count of sentences
-admitted to the engine (from /metrics) before the light answer arrived, not a time.
+A live server on the demo model with small batches (4 sentences), in both batching modes, gets a 60-sentence
+document, then, once the document's first batch is running, a one-sentence request. First in, first out would
+admit all 60 document sentences before the light one; fair share admits it in the next batch. The property is a
+count of sentences admitted to the engine (from /metrics) before the light answer arrived, not a time.
 """
 
 from __future__ import annotations
@@ -25,9 +25,10 @@ DOCUMENT = " ".join(["Open the file menu.", "The package contains the documentat
 ADMITTED = ("nmtserve_admitted_batch_size_sum", ())
 
 
-@pytest.fixture(scope="module")
-def server(demo_model_dir: Path):
+@pytest.fixture(scope="module", params=["request", "continuous"])
+def server(demo_model_dir: Path, request: pytest.FixtureRequest):
     config = ServerConfig(
+        batching=request.param,
         model=demo_model_dir,
         port=0,
         metrics_port=0,
@@ -59,8 +60,9 @@ def test_a_light_request_joins_the_next_batch_not_the_end_of_the_document(server
         still_running = document.is_alive()
         document.join(timeout=600)
     assert light.translations[0].hypotheses[0].text
-    # the document's first batch, the batch the light one joined, and perhaps one more admitted by the time we
-    # scraped: far from the 61 that first in, first out admits before the light sentence
-    assert admitted <= 3 * BATCH, admitted
+    # the document's first batch (or two, if the first ended before the light request was queued), the batch the
+    # light one joined, and perhaps one more admitted by the time we scraped: far from the 61 that first in,
+    # first out admits before the light sentence
+    assert admitted <= 5 * BATCH, admitted
     assert still_running
     assert len(answer) == 1 and answer[0].translations[0].hypotheses[0].text
