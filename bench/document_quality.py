@@ -23,7 +23,7 @@ import gettext
 import hashlib
 from pathlib import Path
 
-import sacrebleu
+from sacrebleu.metrics import BLEU, CHRF
 
 from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.engine.model_dir import demo_export
@@ -84,7 +84,7 @@ def document_mode(engine: Engine, texts: list[str], options: DecodingOptions, co
 
 
 def whole_mode(engine: Engine, texts: list[str], options: DecodingOptions) -> list[str]:
-    return [nbest[0].text for nbest in engine.translate(texts, options, progress=True)]
+    return [nbest[0].text or "" for nbest in engine.translate(texts, options, progress=True)]
 
 
 def main() -> None:
@@ -111,13 +111,15 @@ def main() -> None:
     print(f"{args.set}: {len(sources)} paragraphs ({len(pairs) - len(fits)} over {limit} tokens left out), "
           f"{sentences} sentences; demo model, beam {args.beam_size}", flush=True)  # fmt: skip
     options = DecodingOptions(beam_size=args.beam_size, max_length=args.max_length)
+    bleu_metric, chrf_metric = BLEU(), CHRF()
     for name, translated in (
         ("document mode (sentence by sentence)", document_mode(engine, sources, options, config)),
         ("whole paragraph as one input", whole_mode(engine, sources, options)),
     ):
-        bleu = sacrebleu.corpus_bleu(translated, [references])
-        chrf = sacrebleu.corpus_chrf(translated, [references])
-        print(f"{name:38s} BLEU {bleu.score:5.2f}  chrF {chrf.score:5.2f}  ({bleu.format(signature=False)})")
+        bleu = bleu_metric.corpus_score(translated, [references])
+        chrf = chrf_metric.corpus_score(translated, [references])
+        print(f"{name:38s} BLEU {bleu.score:5.2f}  chrF {chrf.score:5.2f}  ({bleu.format()})")
+    print(f"signatures: {bleu_metric.get_signature()} | {chrf_metric.get_signature()}")
 
 
 if __name__ == "__main__":
