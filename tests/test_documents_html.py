@@ -93,7 +93,7 @@ def test_identity_translation_gives_the_parsed_page_back():
 
 ENTITIES = (
     "<p>A&nbsp;B &copy; 2024 &#8212; x &#x2014; y &quot;q&quot; &amp; &lt;</p>"
-    '<pre>keep&nbsp;&nbsp;this &mdash;</pre><p translate="no">Brand&trade;</p><p title="&eacute;t&eacute;">Been.</p>'
+    '<pre>keep&nbsp;&nbsp;this &mdash;</pre><p translate="no">Brand&trade;</p><p title="&eacute;t&eacute;">Been.</p><img alt="&auml;&amp;b" src="a?x=1&copy=2">'
 )
 
 
@@ -103,7 +103,8 @@ def test_entities_come_back_as_the_page_spelled_them():
     assert "A&nbsp;B &copy; 2024 &#8212; x &#8212; y" in same  # one spelling a character: the first one seen
     assert "<pre>keep&nbsp;&nbsp;this &#8212;</pre>" in same and "Brand&trade;" in same  # untranslated: as written
     assert '"q" &amp; &lt;' in same  # ASCII references come back as characters; & and < are escaped
-    assert 'title="été"' in same  # references in attribute values are not seen: literal
+    assert 'title="&eacute;t&eacute;"' in same and 'alt="&auml;&amp;b"' in same  # in attribute values too
+    assert 'src="a?x=1&amp;copy=2"' in same  # not a reference (unterminated, followed by =): left as it was
     # a translation that keeps the characters gets the page's spellings too
     out = plan.rebuild(["Ein\u00a0Satz — mit © darin." for _ in plan.sentences])
     assert "Ein&nbsp;Satz &#8212; mit &copy; darin." in out and "\u00a0" not in out and "©" not in out

@@ -12,8 +12,7 @@ untranslated text comes back as the page wrote it, and a translation that keeps 
 character the page also writes literally somewhere is left literal (one spelling per character and page: the
 first one seen). ASCII references (``&quot;``, ``&#124;``) come back as characters, as ``&``, ``<`` and ``>`` are
 escaped by the serializer wherever needed: re-escaping ASCII could touch markup. References inside attribute
-values are not seen by the pre-scan (its tokenizer resolves them unreported), so those characters come back
-literal unless the same character was also referenced in text.
+values are found in each start tag's raw text (the tokenizer resolves them unreported), terminated ones only.
 
 Left alone: ``script``, ``style``, ``code``, ``pre``, ``textarea``, ``kbd``, ``samp``, ``var`` and any element
 marked ``translate="no"`` (with its descendants, until one says ``translate="yes"``), as the HTML standard's
@@ -42,6 +41,7 @@ from nmtserve.server.documents.plan import DocumentError, Plan, plan_text
 SKIPPED = frozenset({"script", "style", "code", "pre", "textarea", "kbd", "samp", "var", "template"})
 TRANSLATED_ATTRIBUTES = ("alt", "title")
 NEWLINE_EATERS = frozenset({"pre", "textarea", "listing"})
+MAX_REFERENCE_CHARS = 40  # the longest named reference (&CounterClockwiseContourIntegral;) has 33
 MAX_DEPTH = 512  # nesting beyond this is refused: a page that deep is an attack, and walks stay bounded
 
 Slot = tuple[Callable[[], str], Callable[[str], None]]
@@ -143,6 +143,16 @@ class _PreScan(HTMLParser):
         if len(char) == 1 and not char.isascii() and spelling != char:
             self.spellings.setdefault(char, spelling)
 
+    def _references_in(self, raw: str) -> None:
+        """The ``&...;`` references of a start tag's raw text (only terminated ones: in attribute values an
+        unterminated one followed by a letter or ``=`` is not a reference)."""
+        start = raw.find("&")
+        while start >= 0:
+            end = raw.find(";", start + 1, start + MAX_REFERENCE_CHARS)
+            if end > start + 1:
+                self._reference(raw[start : end + 1])
+            start = raw.find("&", start + 1)
+
     def handle_entityref(self, name: str) -> None:
         self._reference(f"&{name};")
 
@@ -150,6 +160,9 @@ class _PreScan(HTMLParser):
         self._reference(f"&#{name};")
 
     def handle_starttag(self, tag: str, attrs: list) -> None:
+        raw = self.get_starttag_text() or ""
+        if "&" in raw:  # the tokenizer resolves references in attribute values without reporting them
+            self._references_in(raw)
         if tag not in FLAT:
             self.open.append(tag)
             self.deepest = max(self.deepest, len(self.open))
