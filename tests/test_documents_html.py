@@ -93,7 +93,8 @@ def test_identity_translation_gives_the_parsed_page_back():
 
 ENTITIES = (
     "<p>A&nbsp;B &copy; 2024 &#8212; x &#x2014; y &quot;q&quot; &amp; &lt;</p>"
-    '<pre>keep&nbsp;&nbsp;this &mdash;</pre><p translate="no">Brand&trade;</p><p title="&eacute;t&eacute;">Been.</p><img alt="&auml;&amp;b" src="a?x=1&copy=2">'
+    '<pre>keep&nbsp;&nbsp;this &mdash;</pre><p translate="no">Brand&trade;</p><p title="&eacute;t&eacute;">Been.</p>'
+    '<img alt="&auml;&amp;b" src="a?x=1&copy=2">'
 )
 
 
