@@ -175,8 +175,15 @@ def test_a_huge_upload_is_cut_off_at_the_limit_while_it_is_read(server) -> None:
             },
             "Invalid request",
         ),
+        (
+            {
+                "data": b"--b\r\nX-Long: " + b"a" * 100_000 + b"\r\n\r\nx\r\n--b--\r\n",
+                "headers": {"Content-Type": "multipart/form-data; boundary=b"},
+            },
+            "malformed multipart body",
+        ),
     ],
-    ids=["no file", "no source", "unsupported target", "json body", "malformed multipart"],
+    ids=["no file", "no source", "unsupported target", "json body", "malformed multipart", "huge part header"],
 )
 def test_bad_requests_are_400_with_libretranslate_messages(server, kwargs: dict[str, Any], fragment: str) -> None:
     answer = requests.post(f"{base(server)}/translate_file", timeout=30, **kwargs)

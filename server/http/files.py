@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from google.protobuf import json_format
 
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
@@ -151,6 +152,8 @@ async def read_upload(request: web.Request, limit: int) -> Upload:
                 await _read_part(part, MAX_FIELD_BYTES, "an unnamed form field", "4096 bytes a field")
     except ValueError as error:  # aiohttp's answer to a malformed multipart body (boundary, headers)
         raise HttpError(400, f"Invalid request: malformed multipart body: {error}") from None
+    except HttpProcessingError as error:  # a part's header line over aiohttp's 8190 bytes, and the like
+        raise HttpError(400, f"Invalid request: malformed multipart body: {error.message}") from None
     if data is None or filename is None:
         raise HttpError(400, "Invalid request: missing file parameter")
     return Upload(filename, data, fields)
