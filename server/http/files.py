@@ -40,7 +40,7 @@ from nmtserve.server.http.common import (
     context_of,
     translate_through_service,
 )
-from nmtserve.server.http.libre import check_language_pair
+from nmtserve.server.http.libre import PART_HEADERS, check_language_pair
 
 MAX_FIELD_BYTES = 4096  # a form field other than the file (source, target, api_key, options)
 MAX_PARTS = 16  # parts of one upload: a flood of tiny parts must not cost unbounded work
@@ -152,8 +152,8 @@ async def read_upload(request: web.Request, limit: int) -> Upload:
                 await _read_part(part, MAX_FIELD_BYTES, "an unnamed form field", "4096 bytes a field")
     except ValueError as error:  # aiohttp's answer to a malformed multipart body (boundary, headers)
         raise HttpError(400, f"Invalid request: malformed multipart body: {error}") from None
-    except HttpProcessingError as error:  # a part's header line over aiohttp's 8190 bytes, and the like
-        raise HttpError(400, f"Invalid request: malformed multipart body: {error.message}") from None
+    except HttpProcessingError:  # a part's header line over aiohttp's 8190 bytes, and the like
+        raise HttpError(400, f"Invalid request: malformed multipart body: {PART_HEADERS}") from None
     if data is None or filename is None:
         raise HttpError(400, "Invalid request: missing file parameter")
     return Upload(filename, data, fields)

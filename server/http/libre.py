@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server.documents.files import FORMAT_OF_SUFFIX
@@ -33,6 +34,7 @@ LANGUAGE_NAMES = {
 }  # fmt: skip
 FILE_SUFFIXES = sorted(FORMAT_OF_SUFFIX)  # POST /translate_file (server/http/files.py)
 FRONTEND_TIMEOUT_MS = 500  # how long LibreTranslate's page waits after typing before it translates
+PART_HEADERS = "a part's headers are malformed or too long (8190 bytes a line)"  # never the client's bytes
 
 
 def language_name(code: str) -> str:
@@ -90,7 +92,11 @@ async def _parameters(request: web.Request) -> dict[str, Any]:
     """The request's parameters from a JSON body, or from a form body and the query string."""
     if is_json(request):
         return await json_body(request)
-    form = await request.post() if request.can_read_body else {}
+    try:
+        form = await request.post() if request.can_read_body else {}
+    except (ValueError, HttpProcessingError) as error:  # a malformed multipart or form body
+        message = PART_HEADERS if isinstance(error, HttpProcessingError) else str(error)
+        raise HttpError(400, f"Invalid request: malformed form body: {message}") from None
     params: dict[str, Any] = {}
     for source in (request.query, form):
         for key in source:
