@@ -85,10 +85,7 @@ async def translate_stream(request: web.Request) -> web.StreamResponse:
         except TimeoutError:
             raise SlowReader() from None
 
-    async def send_partial(index: int, token_ids: list[int] | str) -> None:
-        backend = ctx.service.backend
-        assert backend is not None  # partials come only from a request the loaded model is decoding
-        text = token_ids if isinstance(token_ids, str) else backend.engine.tokenizer.decode(token_ids)
+    async def send_partial(index: int, text: str, complete: bool) -> None:
         previous = sent.get(index, "")
         if len(text) > len(previous) and text.startswith(previous):  # partials only ever extend
             sent[index] = text
