@@ -59,6 +59,7 @@ from nmtserve.server.workqueue import QueueClosed, QueueFull
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Translator"].full_name
+MODEL_METADATA_KEY = "nmtserve-model"  # trailing metadata of a Translate answer: "<model>/<version>" that served it
 # (text index, text so far, complete): ``complete`` is False for a sentence's stable prefix (it may end inside a
 # word) and True for a document's text (whole sentences)
 PartialSender = Callable[[int, str, bool], Awaitable[None]]
@@ -156,9 +157,11 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         deadline: float | None,
         send_partial: PartialSender | None = None,
         peer: str = "",
+        on_routed: Callable[[str, str], None] | None = None,
     ) -> pb.TranslateResponse:
-        """The request path every front door shares (gRPC here, HTTP in ``server/http``): availability, the
-        per-connection limit, validation, queueing, waiting, cancellation; raises RequestError."""
+        """The request path every front door shares (gRPC here, HTTP in ``server/http``): availability, routing
+        to a model version (``on_routed(name, version)`` is told which), the per-connection limit, validation,
+        queueing, waiting, cancellation; raises RequestError."""
         refusal = self._unavailable()
         if refusal is not None:
             raise refusal
@@ -166,6 +169,8 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         held = self.registry.acquire(
             request.model, request.model_version, request.source_language, request.target_language
         )
+        if on_routed is not None:
+            on_routed(held.name, held.version)
         try:
             return await self._translate_on(held.backend, request, deadline, send_partial, peer)
         finally:
@@ -277,9 +282,14 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         self, request: bytes | pb.TranslateRequest, context: grpc.aio.ServicerContext
     ) -> pb.TranslateResponse:
         deadline = _deadline(context)
+
+        def routed(name: str, version: str) -> None:  # which version answers: clients can check it
+            context.set_trailing_metadata(((MODEL_METADATA_KEY, f"{name}/{version}"),))
+
         with self.state.track("Translate") as call:
             try:
-                return await self.translate(parse(pb.TranslateRequest, request), deadline, peer=_peer(context))
+                message = parse(pb.TranslateRequest, request)
+                return await self.translate(message, deadline, peer=_peer(context), on_routed=routed)
             except RequestError as error:
                 failure = _failure(error)
             except asyncio.CancelledError:
@@ -289,6 +299,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             # chained the RequestError, whose traceback held the handler frames and the request's texts in a
             # reference cycle that only the cyclic garbage collector freed (1.5 GB after 900 refused requests).
             del request
+            message = None
             call.code = failure.code
             await abort(context, failure, "Translate")
         raise AssertionError("unreachable")  # abort raises
