@@ -446,3 +446,48 @@ def test_hot_swap_under_load_loses_nothing_and_answers_right(
     assert last_version == "demo/1"
     for index, version, got in traffic.answers:
         assert_matches(got, [want[version][index]])
+
+
+def test_per_model_settings_from_config_toml(tmp_path: Path, rev_dir: Path) -> None:
+    repository = tmp_path / "repo"
+    for name, settings in (("rev", "max_batch_size = 3\nmax_queue_size = 300\n"), ("typo", "port = 1\n")):
+        (repository / name).mkdir(parents=True)
+        os.symlink(rev_dir, repository / name / "1")
+        (repository / name / "config.toml").write_text(settings)
+    with (
+        BackgroundServer(server_config(repository, default_model="rev")) as running,
+        grpc.insecure_channel(running.address) as channel,
+    ):
+        stub = pb_grpc.TranslatorStub(channel)
+        limits = stub.GetModelInfo(pb.GetModelInfoRequest(model="rev")).limits
+        assert (limits.max_batch_size, limits.max_queue_size) == (3, 300)
+        assert limits.max_texts_per_request == running.config.max_texts_per_request  # the server-wide one
+        typo = next(m for m in stub.ListModels(pb.ListModelsRequest()).models if m.name == "typo").versions[0]
+        assert typo.state == pb.MODEL_STATE_FAILED and "port cannot be set per model" in typo.reason
+
+
+def test_admin_pins_an_older_version_beside_the_serving_one(tmp_path: Path, rev_dir: Path) -> None:
+    repository = tmp_path / "repo"
+    (repository / "rev").mkdir(parents=True)
+    for version in ("1", "2"):
+        os.symlink(rev_dir, repository / "rev" / version)
+    tokens = tmp_path / "admin-tokens"
+    tokens.write_text("admin-secret\n")
+    good = (("authorization", "Bearer admin-secret"),)
+    with (
+        BackgroundServer(server_config(repository, default_model="rev", admin_token_file=tokens)) as running,
+        grpc.insecure_channel(running.address) as channel,
+    ):
+        admin, stub = pb_grpc.AdminStub(channel), pb_grpc.TranslatorStub(channel)
+        code, message = code_of(lambda: stub.Translate(pb.TranslateRequest(texts=["x"], model_version="1")))
+        assert code == grpc.StatusCode.FAILED_PRECONDITION and "Admin.LoadModel" in message
+        status = admin.LoadModel(pb.LoadModelRequest(model="rev", model_version="1"), metadata=good)
+        assert [(v.version, v.state, v.serving) for v in status.versions] == [("1", READY, False), ("2", READY, True)]
+        assert translate_with_model(stub, pb.TranslateRequest(texts=REV_TEXTS, model_version="1"))[1] == "rev/1"
+        assert translate_with_model(stub, pb.TranslateRequest(texts=REV_TEXTS))[1] == "rev/2"
+        code, _ = code_of(
+            lambda: admin.UnloadModel(pb.UnloadModelRequest(model="rev", model_version="2"), metadata=good)
+        )
+        assert code == grpc.StatusCode.FAILED_PRECONDITION
+        status = admin.UnloadModel(pb.UnloadModelRequest(model="rev", model_version="1"), metadata=good)
+        assert [(v.version, v.state) for v in status.versions] == [("1", pb.MODEL_STATE_UNLOADED), ("2", READY)]
