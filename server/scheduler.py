@@ -51,7 +51,7 @@ from typing import cast
 
 from nmtserve.engine import Engine, Hypothesis
 from nmtserve.server.batching import Budget
-from nmtserve.server.metrics import ServerMetrics
+from nmtserve.server.metrics import EngineMetrics
 from nmtserve.server.work import WorkItem
 from nmtserve.server.workqueue import WorkQueue
 
@@ -74,7 +74,7 @@ class Scheduler:
         engine: Engine,
         queue: WorkQueue,
         budget: Budget,
-        metrics: ServerMetrics,
+        metrics: EngineMetrics,
         continuous: bool = False,
         max_delay_s: float = 0.002,
         join_fraction: float = 0.25,

@@ -61,10 +61,10 @@ def server_series() -> dict[str, set[str]]:
     read from the server's own registry after one observation of each labelled metric the queries use."""
     series: dict[str, set[str]] = {}
     metrics = ServerMetrics()
-    metrics.request_duration.labels("Translate", "OK").observe(0.1)  # make labelled families emit their samples
-    metrics.requests.labels("Translate", "OK").inc()
+    metrics.count_request("Translate", "OK", "demo", 0.1)  # make labelled families emit their samples
     metrics.set_model("demo", "1", "fp32", "cpu")
     metrics.queue_capacity.labels("sentences").set(4096)
+    metrics.abandoned.labels("queue").inc()
     for family in metrics.registry.collect():
         for sample in family.samples:
             series.setdefault(sample.name, set()).update(sample.labels)
