@@ -375,7 +375,9 @@ class ServerMetrics:
 
     def forget_model(self, name: str, version: str) -> None:
         """Remove every series of an unloaded model version (and its request series when it was the name's last
-        loaded version): nothing stale stays on /metrics, and the cardinality follows what is loaded."""
+        loaded version): nothing stale stays on /metrics, and the cardinality follows what is loaded. Call it once
+        the version's engine thread has stopped: a ``ModelMetrics`` still held records into series nobody exports
+        (``for_model`` afterwards makes fresh ones)."""
         with self._lock:
             metrics = self._models.pop((name, version), None)
             if metrics is None:
@@ -396,12 +398,11 @@ class ServerMetrics:
             _remove(self.request_duration, key)
 
     def set_model(self, name: str, version: str, precision: str, device: str) -> None:
-        """Name the model a one-model server serves: ``ServerMetrics``' own per-model attributes record into it
-        from now on (a model served before is forgotten)."""
+        """Name the model a one-model server serves (and describe it in ``model_info``): ``ServerMetrics``' own
+        per-model attributes record into it from now on. A model named before keeps its series until
+        ``forget_model`` (it may still be serving: only the one that unloads it knows)."""
         metrics = self.describe_model(name, version, precision, device)
-        previous, self.served = self.served, metrics
-        if previous is not None and previous is not metrics:
-            self.forget_model(previous.name, previous.version)
+        self.served = metrics
         with self._lock:
             remembered = dict(self._gauges)
         for (attr, values), value in remembered.items():

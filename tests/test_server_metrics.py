@@ -113,10 +113,16 @@ def test_server_metrics_records_into_the_model_set_model_names() -> None:
     assert samples[("nmtserve_queue_wait_seconds_count", pair)] == 1
     assert samples[("nmtserve_tokens_total", (("direction", "output"), *pair))] == 3
     assert samples[("nmtserve_model_info", (("device", "cpu"), ("name", "demo"), ("precision", "fp32"), *pair[1:]))]
-    metrics.set_model("demo", "2", "int8", "cpu")  # a new model replaces the old one's series
+    metrics.set_model("demo", "2", "int8", "cpu")  # a new version served: recording moves to it
+    metrics.queue_wait.observe(0.02)
     samples = exposed(metrics)
-    assert of_model(samples, "demo", "1") == {}
+    two = (pair[0], ("version", "2"))
     assert samples[("nmtserve_queue_capacity", (pair[0], ("unit", "sentences"), ("version", "2")))] == 128
+    assert samples[("nmtserve_queue_wait_seconds_count", two)] == 1
+    assert samples[("nmtserve_queue_wait_seconds_count", pair)] == 1, "the old version keeps its series..."
+    metrics.forget_model("demo", "1")
+    samples = exposed(metrics)
+    assert of_model(samples, "demo", "1") == {}, "...until it is forgotten (unloaded)"
     assert [dict(labels)["version"] for name, labels in samples if name == "nmtserve_model_info"] == ["2"]
 
 
