@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from conftest import scrape_metrics
 
 from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.engine.model_dir import MANIFEST, demo_export, write_manifest
@@ -179,6 +180,22 @@ def test_routing_by_name_by_pair_and_default(stub, engines: dict[str, Engine]) -
         assert_matches(got, reference(engines[version], texts))
 
 
+def test_every_model_has_its_own_series(stub, served: BackgroundServer) -> None:
+    stub.Translate(pb.TranslateRequest(texts=REV_TEXTS, model="rev"), timeout=60)
+    samples = scrape_metrics(served.metrics_url, by_model=True)
+    for model in ("demo", "rev"):
+        assert samples[("nmtserve_running_sentences", (("model", model), ("version", "1")))] == 0
+        assert (
+            samples[
+                ("nmtserve_model_info", (("device", "cpu"), ("name", model), ("precision", "fp32"), ("version", "1")))
+            ]
+            == 1
+        )
+    rev_ok = ("nmtserve_requests_total", (("code", "OK"), ("method", "Translate"), ("model", "rev")))
+    assert samples[rev_ok] >= 1
+    assert samples[("nmtserve_tokens_total", (("direction", "output"), ("model", "rev"), ("version", "1")))] > 0
+
+
 def test_list_models_and_model_info(stub, served: BackgroundServer) -> None:
     listing = stub.ListModels(pb.ListModelsRequest())
     assert listing.default_model == "demo" and [m.name for m in listing.models] == ["demo", "rev"]
@@ -286,6 +303,8 @@ def test_admin_calls_need_the_admin_token_and_change_what_is_served(
         assert_matches(got, reference(engines["rev/1"], REV_TEXTS))
         status = admin.UnloadModel(pb.UnloadModelRequest(model="demo"), metadata=good)
         assert [v.state for v in status.versions] == [pb.MODEL_STATE_UNLOADED] and not status.serving_version
+        series = scrape_metrics(running.metrics_url, by_model=True)
+        assert not [key for key in series if ("model", "demo") in key[1] or ("name", "demo") in key[1]]
         code, message = code_of(lambda: stub.Translate(pb.TranslateRequest(texts=["x"], model="demo")))
         assert code == grpc.StatusCode.FAILED_PRECONDITION and "not loaded" in message
         status = admin.LoadModel(pb.LoadModelRequest(model="demo"), metadata=good)
