@@ -510,3 +510,18 @@ def test_admin_pins_an_older_version_beside_the_serving_one(tmp_path: Path, rev_
         assert code == grpc.StatusCode.FAILED_PRECONDITION
         status = admin.UnloadModel(pb.UnloadModelRequest(model="rev", model_version="1"), metadata=good)
         assert [(v.version, v.state) for v in status.versions] == [("1", pb.MODEL_STATE_UNLOADED), ("2", READY)]
+
+
+def test_nmtserve_serve_with_a_model_repository(tmp_path: Path, rev_dir: Path) -> None:
+    """The command line end to end: ``--model-repository``, ``--models``, ``--default-model``."""
+    from nmtserve.loadtest.serverproc import ServerProcess
+
+    repository = make_repository(tmp_path / "repo", rev_dir)
+    flags = ("--model-repository", str(repository), "--models", "rev", "--default-model", "rev", "--threads", "1")
+    with ServerProcess(None, *flags) as server, TranslatorClient(server.address) as client:
+        record = server.wait_for("serving")
+        assert record["model"] == "rev" and record["models"] == ["rev"]
+        assert client.health("nmtserve.v1.Translator/rev") == "SERVING"
+        listing = {m.name: [v.state for v in m.versions] for m in client.stub.ListModels(pb.ListModelsRequest()).models}
+        assert listing == {"demo": [pb.MODEL_STATE_UNLOADED], "rev": [READY]}
+        assert client.translate_texts(REV_TEXTS)
