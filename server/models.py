@@ -288,18 +288,20 @@ class ModelRegistry:
             serving = self.serving(name)
             replacement_ready = any(versions.get(v) is not None and versions[v].state is State.READY for v in wanted)
             for version, held in list(versions.items()):
-                if version in wanted or held.state is State.UNLOADING:
+                if version in wanted or held.state in (State.UNLOADING, State.LOADING):
                     continue
                 if held is serving and wanted and not replacement_ready:
                     continue  # the newer version is loading or failed: this one keeps serving
                 if held.state is State.FAILED or held.backend is None:
                     del versions[version]
                     continue
-                why = "replaced by a newer version" if wanted else "the model is no longer served"
-                if (name, version) not in {(n, v) for n, v in self.pinned} and self.entries.get(name) is not None:
-                    model = self.entries[name]
-                    if model.version(version) is None:
-                        why = "its directory was removed from the repository"
+                model = self.entries.get(name)
+                if model is None or model.version(version) is None:
+                    why = "its directory was removed from the repository"
+                elif name not in self.active:
+                    why = "the model was unloaded"
+                else:
+                    why = "replaced by a newer version"
                 self.start_unload(held, why)
             if not versions:
                 del self.loaded[name]

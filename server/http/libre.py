@@ -75,7 +75,10 @@ async def languages(request: web.Request) -> web.Response:
 
 
 async def health(request: web.Request) -> web.Response:
-    reason = context_of(request).service.state.unavailable_reason()
+    service = context_of(request).service
+    reason = service.state.unavailable_reason()
+    if reason is None and service.backend is None:  # a model repository whose default model is not ready
+        reason = "the default model has no ready version"
     if reason is not None:
         return web.json_response({"status": "not serving", "error": reason}, status=503)
     return web.json_response({"status": "ok"})
