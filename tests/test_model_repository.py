@@ -525,3 +525,29 @@ def test_nmtserve_serve_with_a_model_repository(tmp_path: Path, rev_dir: Path) -
         listing = {m.name: [v.state for v in m.versions] for m in client.stub.ListModels(pb.ListModelsRequest()).models}
         assert listing == {"demo": [pb.MODEL_STATE_UNLOADED], "rev": [READY]}
         assert client.translate_texts(REV_TEXTS)
+
+
+def test_a_loading_model_is_unavailable_with_a_retry_hint(tmp_path: Path, rev_dir: Path) -> None:
+    """The registry's answer while a version loads (too brief to catch on a live server): UNAVAILABLE with
+    ``grpc-retry-pushback-ms``, and the version that still serves goes on answering meanwhile."""
+    from nmtserve.server.metrics import ServerMetrics
+    from nmtserve.server.models import ModelRegistry, ModelVersion, State
+    from nmtserve.server.validation import RETRY_PUSHBACK_KEY, Overloaded
+
+    repository = make_repository(tmp_path / "repo", rev_dir)
+    registry = ModelRegistry(server_config(repository), DirectoryRepository(repository), ServerMetrics())
+    registry.entries = DirectoryRepository(repository).scan()
+    registry.active, registry.default = {"demo", "rev"}, "demo"
+    loading = ModelVersion(registry.entries["rev"].versions[0], State.LOADING)
+    registry.loaded = {"rev": {"1": loading}}
+    with pytest.raises(Overloaded) as caught:
+        registry.acquire("rev", "")
+    assert caught.value.code == grpc.StatusCode.UNAVAILABLE and "still loading" in caught.value.message
+    assert dict(caught.value.trailing_metadata())[RETRY_PUSHBACK_KEY] == "1000"
+    with pytest.raises(Overloaded):
+        registry.acquire("", "", source="de", target="en")  # routed by its pair to the loading model
+    ready = ModelVersion(registry.entries["rev"].versions[0], State.READY)
+    registry.loaded = {"rev": {"0": ready, "1": loading}}  # an older version still serving while 1 loads
+    assert registry.acquire("rev", "") is ready and ready.inflight == 1
+    registry.release(ready)
+    assert ready.inflight == 0
