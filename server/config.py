@@ -81,6 +81,11 @@ class ServerConfig:
     memory_budget_bytes: int = _setting(
         0, "resident memory all loaded model versions may take; a load beyond it is refused (0: no budget)"
     )
+    memory_lru_unload: bool = _setting(
+        False,
+        "when a load would exceed memory_budget_bytes, first unload the least recently used idle models (not the "
+        "default one)",
+    )
     admin_token_file: Path | None = field(
         default=None,
         metadata={

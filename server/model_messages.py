@@ -84,6 +84,7 @@ def version_status(registry: ModelRegistry, name: str, version: str, config: Ser
         status.precision = entry.precision
     if held is None:
         status.state = State.UNLOADED.value
+        status.reason = registry.unloaded_because.get((name, version), "")
         if entry is not None and entry.error:
             status.reason = entry.error  # not loaded, and could not be: its manifest is unusable
         return status

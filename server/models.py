@@ -217,6 +217,7 @@ class ModelRegistry:
         self.load_all = not [m for m in config.models.split(",") if m.strip()]
         self._lock = asyncio.Lock()  # one reconcile (and so one load) at a time
         self._unloads: set[asyncio.Task] = set()
+        self.unloaded_because: dict[tuple[str, str], str] = {}  # why a version was unloaded (for ListModels)
 
     # -- life cycle ----------------------------------------------------------------------------------------------
 
@@ -309,6 +310,7 @@ class ModelRegistry:
     async def _load(self, entry: VersionEntry, model: ModelEntry | None, engine: Engine | None) -> ModelVersion:
         held = ModelVersion(entry)
         self.loaded.setdefault(entry.model, {})[entry.version] = held
+        self.unloaded_because.pop((entry.model, entry.version), None)
         await self.notify()
         fields = {"name": entry.model, "version": entry.version, "model": str(entry.path)}
         log.info("loading model", extra={"fields": {**fields, "device": self.config.device}})
@@ -317,6 +319,7 @@ class ModelRegistry:
                 raise ConfigError(model.error)
             config = model.config(self.config) if model is not None else self.config
             if engine is None:
+                await self._make_room(entry)
                 self._check_budget(entry)
             before = resident_set_bytes()
             metrics = self.metrics.for_model(entry.model, entry.version)
@@ -341,9 +344,36 @@ class ModelRegistry:
             self.metrics.forget_model(entry.model, entry.version)
         return held
 
+    def _over_budget(self, entry: VersionEntry) -> bool:
+        budget = self.config.memory_budget_bytes
+        held = [h for versions in self.loaded.values() for h in versions.values() if h.backend is not None]
+        return bool(budget) and sum(h.resident_bytes for h in held) + files_bytes(entry.path) > budget
+
+    async def _make_room(self, entry: VersionEntry) -> None:
+        """``memory_lru_unload``: unload idle models, least recently used first, until ``entry`` fits the budget.
+
+        Never the default model, the model being loaded (its old version serves during a swap) or a version with
+        requests in flight. An unloaded model stays unloaded (``UNLOADED``) until an admin call loads it."""
+        while self.config.memory_lru_unload and self._over_budget(entry):
+            idle = [
+                held
+                for name, versions in self.loaded.items()
+                if name not in (entry.model, self.default)
+                for held in versions.values()
+                if held.state is State.READY and held.inflight == 0
+            ]
+            if not idle:
+                return
+            victim = min(idle, key=lambda held: held.last_used)
+            self.active.discard(victim.name)
+            self.dismissed.add(victim.name)
+            self.pinned = {(m, v) for m, v in self.pinned if m != victim.name}
+            reason = f"least recently used: unloaded to make room for {entry.model}/{entry.version} (memory budget)"
+            await self.start_unload(victim, reason)
+
     def _check_budget(self, entry: VersionEntry) -> None:
         budget = self.config.memory_budget_bytes
-        if not budget:
+        if not self._over_budget(entry):
             return
         held = [h for versions in self.loaded.values() for h in versions.values() if h.backend is not None]
         used = sum(h.resident_bytes for h in held)
@@ -356,11 +386,13 @@ class ModelRegistry:
                 f"({taken}); unload a model or raise the budget"
             )
 
-    def start_unload(self, held: ModelVersion, reason: str) -> None:
+    def start_unload(self, held: ModelVersion, reason: str) -> asyncio.Task:
+        """Mark ``held`` unloading and free it once its requests are answered (a task: await it to wait)."""
         held.state, held.reason = State.UNLOADING, reason
         task = asyncio.create_task(self._unload(held))
         self._unloads.add(task)
         task.add_done_callback(self._unloads.discard)
+        return task
 
     async def _unload(self, held: ModelVersion) -> None:
         """Wait for the version's requests to be answered (at most drain_timeout_s), then free it."""
@@ -376,6 +408,7 @@ class ModelRegistry:
         versions = self.loaded.get(held.name, {})
         if versions.get(held.version) is held:
             del versions[held.version]
+            self.unloaded_because[(held.name, held.version)] = held.reason
             if not versions:
                 self.loaded.pop(held.name, None)
         log.info("model unloaded", extra={"fields": fields})

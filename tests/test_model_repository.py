@@ -551,3 +551,29 @@ def test_a_loading_model_is_unavailable_with_a_retry_hint(tmp_path: Path, rev_di
     assert registry.acquire("rev", "") is ready and ready.inflight == 1
     registry.release(ready)
     assert ready.inflight == 0
+
+
+def test_lru_unload_makes_room_under_the_memory_budget(tmp_path: Path, rev_dir: Path) -> None:
+    """Budget 95 MiB: the tiny default model and the demo fp32 (about 78 MiB resident) fit; the demo int8 (27 MiB of
+    files) does not beside them. Without memory_lru_unload its load fails; with it, the idle fp32 model goes."""
+    repository = tmp_path / "repo"
+    for name, target in (("a-rev", rev_dir), ("b-fp32", demo_export("fp32")), ("c-int8", demo_export("int8"))):
+        (repository / name).mkdir(parents=True)
+        os.symlink(target, repository / name / "1")
+    budget = 95 * 1024 * 1024
+    for lru in (False, True):
+        cfg = server_config(repository, default_model="a-rev", memory_budget_bytes=budget, memory_lru_unload=lru)
+        with BackgroundServer(cfg) as running, grpc.insecure_channel(running.address) as channel:
+            models = {
+                m.name: m.versions[0] for m in pb_grpc.TranslatorStub(channel).ListModels(pb.ListModelsRequest()).models
+            }
+            assert models["a-rev"].state == READY
+            if not lru:
+                assert models["b-fp32"].state == READY
+                assert (
+                    models["c-int8"].state == pb.MODEL_STATE_FAILED and "memory_budget_bytes" in models["c-int8"].reason
+                )
+            else:
+                assert models["b-fp32"].state == pb.MODEL_STATE_UNLOADED
+                assert "least recently used" in models["b-fp32"].reason and "c-int8/1" in models["b-fp32"].reason
+                assert models["c-int8"].state == READY
