@@ -11,8 +11,8 @@ when the requests it holds are answered (each request holds its version from rou
 ``release``), so a switch loses nothing and answers no request with an error. A new version that fails to load
 is ``failed`` with its reason and the old one keeps serving; it is retried when its manifest changes.
 
-Loads run one at a time so that the growth of the process's resident set across one load and warm-up is that
-version's own size (``resident_bytes``; noisy by the few MiB other threads allocate meanwhile).
+Loads run one at a time so that the growth of the process's C heap across one load and warm-up is that version's
+own size (``resident_bytes``, see ``held_bytes``; noisy by the few MiB other threads allocate meanwhile).
 ``memory_budget_bytes`` refuses a load when the versions already loaded plus the new one's files (the weights
 dominate them: a pre-load estimate) would exceed it.
 """
@@ -20,6 +20,7 @@ dominate them: a pre-load estimate) would exceed it.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import enum
 import logging
 import os
@@ -88,8 +89,44 @@ def warm_up(engine: Engine, config: ServerConfig) -> float:
     return time.perf_counter() - start
 
 
-def resident_set_bytes() -> int:
-    """The process's resident set size now (Linux ``/proc``; 0 where it cannot be read)."""
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
+
+
+def _mallinfo2() -> Callable[[], _MallInfo2] | None:
+    try:
+        function = ctypes.CDLL(None).mallinfo2  # glibc >= 2.33
+    except (AttributeError, OSError):
+        return None
+    function.restype = _MallInfo2
+    return function
+
+
+MALLINFO2 = _mallinfo2()
+
+
+def held_bytes() -> int:
+    """Bytes the process's C heap holds now: glibc's in-use chunks plus its mmapped ones (``mallinfo2``), where
+    onnxruntime keeps weights, sessions and arenas. Unlike the resident set size, it shrinks when a model is freed
+    (glibc keeps freed pages for reuse, so an RSS delta across a load after an unload reads near 0). Falls back to
+    the resident set size (``/proc``) without glibc, 0 where neither can be read."""
+    if MALLINFO2 is not None:
+        info = MALLINFO2()
+        return int(info.uordblks + info.hblkhd)
     try:
         with open("/proc/self/statm") as handle:
             return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -321,10 +358,10 @@ class ModelRegistry:
             if engine is None:
                 await self._make_room(entry)
                 self._check_budget(entry)
-            before = resident_set_bytes()
+            before = held_bytes()
             metrics = self.metrics.for_model(entry.model, entry.version)
             held.backend = await asyncio.to_thread(build_backend, entry, config, metrics, engine, self.turns)
-            held.resident_bytes = max(0, resident_set_bytes() - before) if engine is None else 0
+            held.resident_bytes = max(0, held_bytes() - before) if engine is None else 0
             held.state = State.READY
             info = held.backend.engine.info
             self.metrics.describe_model(entry.model, entry.version, info.precision, config.device)
