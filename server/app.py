@@ -88,10 +88,6 @@ class TranslationServer:
         self._model_health: set[str] = set()
         self.http_port = 0
 
-    def _metrics_for(self, model: str, version: str) -> ServerMetrics:
-        """The metrics one model version's queue and engine thread report into."""
-        return self.metrics
-
     @property
     def engine(self) -> Engine | None:
         """The default model's serving engine (None while none is ready)."""
@@ -124,10 +120,6 @@ class TranslationServer:
             await self.health.set(model_health_name(name), status)
         if self.state.ready and not self.state.draining:
             await self._set_health(registry.ready(registry.default))
-        serving = registry.serving(registry.default)
-        if serving is not None and serving.backend is not None:
-            info = serving.backend.engine.info
-            self.metrics.set_model(serving.name, serving.version, info.precision, self.config.device)
 
     def _reject_unauthenticated(self, method: str, reason: str) -> None:
         self.metrics.unauthenticated.labels(method, reason).inc()
@@ -215,9 +207,7 @@ class TranslationServer:
 
         ``engine``: the default model's engine, already loaded (tests wrap one to slow it or inject faults)."""
         config = self.config
-        registry = ModelRegistry(
-            config, repository_of(config), lambda name, version: self.metrics, self._models_changed
-        )
+        registry = ModelRegistry(config, repository_of(config), self.metrics, self._models_changed)
         self.registry = self.service.registry = self.admin.registry = registry
         await registry.start(engine)
         if not registry.any_ready():

@@ -35,7 +35,8 @@ from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server.admission import RequestChecker
 from nmtserve.server.batching import Budget
 from nmtserve.server.config import ConfigError, ServerConfig
-from nmtserve.server.metrics import ServerMetrics
+from nmtserve.server.fairness import StepTurns
+from nmtserve.server.metrics import EngineMetrics, ServerMetrics
 from nmtserve.server.repository import ModelEntry, Repository, VersionEntry, version_key
 from nmtserve.server.scheduler import Scheduler
 from nmtserve.server.validation import Overloaded, RequestError, default_options, invalid
@@ -71,6 +72,7 @@ class Backend:
     checker: RequestChecker
     scheduler: Scheduler | None = None
     config: ServerConfig | None = None  # the server's settings with the model's overrides
+    metrics: EngineMetrics | None = None  # the version's own series (model and version labels)
 
     def stop(self) -> None:
         """Stop the engine thread (after its step) and the checker's workers; blocking."""
@@ -104,7 +106,11 @@ def files_bytes(path: Path) -> int:
 
 
 def build_backend(
-    entry: VersionEntry, config: ServerConfig, metrics: ServerMetrics, engine: Engine | None = None
+    entry: VersionEntry,
+    config: ServerConfig,
+    metrics: EngineMetrics,
+    engine: Engine | None = None,
+    turns: StepTurns | None = None,
 ) -> Backend:
     """Load (unless given), check and warm one version and start its engine thread; blocking, raises on failure."""
     if engine is None:
@@ -138,10 +144,12 @@ def build_backend(
         join_fraction=config.join_fraction,
         max_join_steps=config.max_join_steps,
         join_window_steps=config.join_window_steps,
+        turns=turns,
+        turn_key=(entry.model, entry.version),
     )
     scheduler.start()
     checker = RequestChecker(config, engine.tokenizer, engine.info.vocab_size)
-    return Backend(engine, queue, checker, scheduler, config)
+    return Backend(engine, queue, checker, scheduler, config, metrics)
 
 
 @dataclass(eq=False)
@@ -193,11 +201,12 @@ class ModelRegistry:
         self,
         config: ServerConfig,
         repository: Repository,
-        metrics_for: Callable[[str, str], ServerMetrics],
+        metrics: ServerMetrics,
         on_change: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.config, self.repository = config, repository
-        self.metrics_for = metrics_for
+        self.metrics = metrics  # each version records into metrics.for_model(name, version)
+        self.turns = StepTurns()  # one for every engine thread: the models take fair turns on the CPU
         self.on_change = on_change
         self.entries: dict[str, ModelEntry] = {}  # the last scan
         self.loaded: dict[str, dict[str, ModelVersion]] = {}  # model -> version -> what is held
@@ -308,11 +317,12 @@ class ModelRegistry:
             if engine is None:
                 self._check_budget(entry)
             before = resident_set_bytes()
-            metrics = self.metrics_for(entry.model, entry.version)
-            held.backend = await asyncio.to_thread(build_backend, entry, config, metrics, engine)
+            metrics = self.metrics.for_model(entry.model, entry.version)
+            held.backend = await asyncio.to_thread(build_backend, entry, config, metrics, engine, self.turns)
             held.resident_bytes = max(0, resident_set_bytes() - before) if engine is None else 0
             held.state = State.READY
             info = held.backend.engine.info
+            self.metrics.describe_model(entry.model, entry.version, info.precision, config.device)
             log.info(
                 "model ready",
                 extra={
@@ -326,6 +336,7 @@ class ModelRegistry:
         except Exception as error:
             held.state, held.reason = State.FAILED, f"{type(error).__name__}: {error}"
             log.error("model load failed", extra={"fields": {**fields, "error": held.reason}})
+            self.metrics.forget_model(entry.model, entry.version)
         return held
 
     def _check_budget(self, entry: VersionEntry) -> None:
@@ -359,6 +370,7 @@ class ModelRegistry:
         if backend is not None:
             await asyncio.to_thread(backend.stop)
         del backend
+        self.metrics.forget_model(held.name, held.version)  # after its engine thread stopped: nothing stale stays
         versions = self.loaded.get(held.name, {})
         if versions.get(held.version) is held:
             del versions[held.version]

@@ -42,7 +42,7 @@ from nmtserve.server.responses import blank_translation, translation
 from nmtserve.server.scheduler import EngineFailure, ShuttingDown
 from nmtserve.server.sink import LoopSink, PartialCallback
 from nmtserve.server.streams import StreamBuffer, word_prefix
-from nmtserve.server.tracking import ConnectionLimiter, ServingState
+from nmtserve.server.tracking import ConnectionLimiter, RequestTimer, ServingState
 from nmtserve.server.validation import (
     EncodedText,
     Overloaded,
@@ -261,8 +261,8 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             if not done:  # cancelled, expired or failed: free the queue and the running batch of its sentences
                 work.cancel()  # the engine thread drops its running sentences at the next step
                 removed = backend.queue.discard(work)
-                if removed:
-                    self.state.metrics.abandoned.labels("queue").inc(removed)
+                if removed and backend.metrics is not None:
+                    backend.metrics.abandoned.labels("queue").inc(removed)
         if document is not None:
             return await asyncio.to_thread(document_response, document, results, tokenizer, options.return_scores)
         response = pb.TranslateResponse()
@@ -282,11 +282,12 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         self, request: bytes | pb.TranslateRequest, context: grpc.aio.ServicerContext
     ) -> pb.TranslateResponse:
         deadline = _deadline(context)
-
-        def routed(name: str, version: str) -> None:  # which version answers: clients can check it
-            context.set_trailing_metadata(((MODEL_METADATA_KEY, f"{name}/{version}"),))
-
         with self.state.track("Translate") as call:
+
+            def routed(name: str, version: str) -> None:  # which version answers: clients can check it
+                call.model = name
+                context.set_trailing_metadata(((MODEL_METADATA_KEY, f"{name}/{version}"),))
+
             try:
                 message = parse(pb.TranslateRequest, request)
                 return await self.translate(message, deadline, peer=_peer(context), on_routed=routed)
@@ -390,7 +391,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
                 if isinstance(request, RequestError):
                     raise request
                 partial = send_partial if request.stream_partial else None
-                response = await self.translate(request, deadline, partial, peer)
+                response = await self.translate(request, deadline, partial, peer, on_routed=labeller(call))
                 response.request_id = request_id
             except RequestError as error:
                 failure = _failure(error)
@@ -439,6 +440,15 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             call.code = failure.code
             await abort(context, failure, "ListModels")
         raise AssertionError("unreachable")
+
+
+def labeller(call: RequestTimer) -> Callable[[str, str], None]:
+    """An ``on_routed`` that labels the request's metrics with the model it was routed to."""
+
+    def label(name: str, version: str) -> None:
+        call.model = name
+
+    return label
 
 
 def _sentence_sender(send_partial: PartialSender | None, tokenizer: Tokenizer) -> PartialCallback | None:

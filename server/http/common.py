@@ -97,7 +97,13 @@ async def translate_through_service(
     deadline = deadline_of(request)
     with ctx.service.state.track(route) as call:
         try:
-            return await ctx.service.translate(message, deadline, peer=peer_of(request), on_routed=on_routed)
+
+            def routed(name: str, version: str) -> None:
+                call.model = name
+                if on_routed is not None:
+                    on_routed(name, version)
+
+            return await ctx.service.translate(message, deadline, peer=peer_of(request), on_routed=routed)
         except RequestError as error:
             call.code = error.code
             raise from_request_error(error) from None

@@ -36,6 +36,7 @@ from nmtserve.server.http.common import (
 )
 from nmtserve.server.model_messages import list_models, version_info
 from nmtserve.server.models import ModelRegistry
+from nmtserve.server.service import labeller
 from nmtserve.server.validation import RequestError
 
 MODEL_HEADER = "X-Nmtserve-Model"  # "<model>/<version>" that answered, as gRPC's nmtserve-model trailer
@@ -98,7 +99,8 @@ async def translate_stream(request: web.Request) -> web.StreamResponse:
 
     with ctx.service.state.track("HTTP /v1/translate/stream") as call:
         try:
-            response = await ctx.service.translate(message, deadline, send_partial, peer_of(request))
+            routed = labeller(call)
+            response = await ctx.service.translate(message, deadline, send_partial, peer_of(request), routed)
             response.request_id = message.request_id
             await write(_event("result", to_json(response)))
         except RequestError as error:
