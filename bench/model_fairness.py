@@ -127,6 +127,7 @@ class ScenarioResult:
     flood_wrong: int
     flood_steps_per_light_request: float
     light_share_of_turn_time: float | None = None
+    flood_min_waiting: int | None = None  # least sentences the flood had waiting when a light request arrived
     extra: dict[str, Any] = field(default_factory=dict)
 
     def percentiles(self) -> dict[str, float]:
@@ -204,6 +205,7 @@ def run_scenario(
         time.sleep(0.5)  # the flood is running (its queue full) before the first light request
     rng = random.Random(seed)
     light_sinks: list[tuple[int, TimedSink]] = []
+    flood_waiting: list[int] = []  # the flood's queue depth at each light arrival: saturated means never 0
     flood_done_before = sum(1 for _, s in flood_sinks if s.done.is_set())
     began = time.perf_counter()
     due = began
@@ -213,6 +215,8 @@ def run_scenario(
             break
         time.sleep(max(0.0, due - time.perf_counter()))
         index = len(light_sinks) % len(SENTENCES)
+        if flood_lane is not None:
+            flood_waiting.append(len(flood_lane.queue))
         sink = TimedSink(flood_steps if flood_lane else None)
         light_sinks.append((index, sink))
         light_lane.queue.put([WorkItem(Request(sink), 0, light_sources[index], options)])
@@ -241,6 +245,7 @@ def run_scenario(
         flood_wrong=sum(1 for i, s in flood_answered if s.hypotheses[0].token_ids != flood_refs[i]),
         flood_steps_per_light_request=float(np.mean([s.steps_during for _, s in answered])) if answered else 0.0,
         light_share_of_turn_time=(light_used / (light_used + flood_used)) if light_used and flood_used else None,
+        flood_min_waiting=min(flood_waiting) if flood_waiting else None,
     )
 
 

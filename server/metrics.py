@@ -88,6 +88,8 @@ class EngineMetrics(Protocol):
     def abandoned(self) -> Labelled[CounterLike]: ...
     @property
     def engine_errors(self) -> CounterLike: ...
+    @property
+    def turn_wait(self) -> ObserverLike: ...
 
 
 M = TypeVar("M", bound=Counter | Gauge | Histogram)
@@ -190,6 +192,13 @@ class ModelFamilies:
             registry=r,
         )
         self.running = Gauge("nmtserve_running_sentences", "Sentences in the engine batch.", ml, registry=r)
+        self.turn_wait = Histogram(
+            "nmtserve_turn_wait_seconds",
+            "Time an encode or decode step waited for its turn on the CPU behind other models' steps.",
+            ml,
+            buckets=STEP_BUCKETS,
+            registry=r,
+        )
 
     def unlabelled(self) -> list[Counter | Gauge | Histogram]:
         """The families with no label beyond the model's (one child per model)."""
@@ -204,6 +213,7 @@ class ModelFamilies:
             self.queue_depth,
             self.queue_tokens,
             self.running,
+            self.turn_wait,
         ]
 
 
@@ -226,6 +236,7 @@ class ModelMetrics:
     tokens: _ModelChildren[Counter]
     abandoned: _ModelChildren[Counter]
     engine_errors: Counter
+    turn_wait: Histogram
     _info: tuple[str, str] | None = field(default=None, repr=False)  # (precision, device) described in model_info
 
     @classmethod
@@ -247,6 +258,7 @@ class ModelMetrics:
             tokens=_ModelChildren(families.tokens, pair),
             abandoned=_ModelChildren(families.abandoned, pair),
             engine_errors=families.engine_errors.labels(*pair),
+            turn_wait=families.turn_wait.labels(*pair),
         )
         for direction in ("input", "output"):  # both directions export 0 from the start (rate() needs a series)
             made.tokens.labels(direction)
@@ -352,6 +364,7 @@ class ServerMetrics:
         self.tokens = _Served(self, "tokens")
         self.abandoned = _Served(self, "abandoned")
         self.engine_errors = _Served(self, "engine_errors")
+        self.turn_wait = _Served(self, "turn_wait")
 
     # -- per model ---------------------------------------------------------------------------------------------
 

@@ -50,7 +50,8 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from typing import cast
 
 from nmtserve.engine import Engine, Hypothesis
@@ -119,6 +120,14 @@ class Scheduler:
         """Sentences in the running batch."""
         return len(self._live)
 
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This model's turn on the CPU (server/fairness.py), the wait for it recorded."""
+        asked = time.perf_counter()
+        with self.turns.turn(self.turn_key):
+            self.metrics.turn_wait.observe(time.perf_counter() - asked)
+            yield
+
     # -- the loop ----------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
@@ -178,7 +187,7 @@ class Scheduler:
         chosen.sort(key=lambda item: item.length)
         start = time.perf_counter()
         try:
-            with self.turns.turn(self.turn_key):
+            with self._turn():
                 self._batch.add([i.source_ids for i in chosen], [i.options for i in chosen], [i.key for i in chosen])
         except Exception:
             log.exception("encoding %d joining sentences failed; retrying them one by one", len(chosen))
@@ -195,7 +204,7 @@ class Scheduler:
         added = []
         for item in items:
             try:
-                with self.turns.turn(self.turn_key):
+                with self._turn():
                     self._batch.add([item.source_ids], [item.options], [item.key])
                 added.append(item)
             except Exception as error:
@@ -207,7 +216,7 @@ class Scheduler:
         items = list(self._live.values())
         start = time.perf_counter()
         try:
-            with self.turns.turn(self.turn_key):
+            with self._turn():
                 finished = self._batch.step()
         except Exception:
             log.exception("decode step of %d sentences failed; re-running each alone", len(items))
@@ -246,10 +255,10 @@ class Scheduler:
             return
         batch = self.engine.new_batch()
         try:
-            with self.turns.turn(self.turn_key):
+            with self._turn():
                 batch.add([item.source_ids], [item.options], [item.key])
             while len(batch) and not item.request.dead():
-                with self.turns.turn(self.turn_key):
+                with self._turn():
                     finished = batch.step()
                 for done in finished:
                     self._deliver(item, done.hypotheses)

@@ -275,6 +275,9 @@ def test_compose_stack_builds_the_image_and_honours_the_drain() -> None:
     drain = ServerConfig().drain_timeout_s
     assert grace >= drain + 5 and server["stop_signal"] == image.stages["cpu"].stopsignal
     assert SERVICE_NAME in server["healthcheck"]["test"][3]
+    env = image.stages["cpu"].env
+    published = {port.rsplit(":", 1)[1] for port in server["ports"]}
+    assert published == {env["NMTSERVE_PORT"], env["NMTSERVE_HTTP_PORT"]}, "gRPC and HTTP, not /metrics"
     assert {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]} in (
         gpu["nmtserve"]["deploy"]["resources"]["reservations"]["devices"]
     )

@@ -187,5 +187,10 @@ def test_the_engine_thread_records_into_its_models_series(
     samples = exposed(metrics)
     assert samples[("nmtserve_queue_wait_seconds_count", pair)] == len(texts)
     assert samples[("nmtserve_decode_step_seconds_count", pair)] >= 1
+    turns = samples[("nmtserve_turn_wait_seconds_count", pair)]  # every encode and step took a turn
+    assert (
+        turns
+        == samples[("nmtserve_decode_step_seconds_count", pair)] + samples[("nmtserve_encode_seconds_count", pair)]
+    )
     assert samples[("nmtserve_tokens_total", (("direction", "input"), *pair))] == sum(len(s) for s in sources)
     assert samples[("nmtserve_queue_depth", pair)] == 0
