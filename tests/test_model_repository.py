@@ -180,6 +180,19 @@ def test_routing_by_name_by_pair_and_default(stub, engines: dict[str, Engine]) -
         assert_matches(got, reference(engines[version], texts))
 
 
+def test_one_stream_carries_requests_for_several_models(stub, engines: dict[str, Engine]) -> None:
+    requests = [
+        pb.TranslateRequest(texts=DEMO_TEXTS, request_id="demo"),
+        pb.TranslateRequest(texts=REV_TEXTS, request_id="rev", model="rev"),
+        pb.TranslateRequest(texts=["x"], request_id="nope", model="nope"),  # in-band NOT_FOUND, the stream goes on
+    ]
+    answers = {response.request_id: response for response in stub.TranslateStream(iter(requests), timeout=120)}
+    assert answers["nope"].error.code == grpc.StatusCode.NOT_FOUND.value[0]
+    for name, texts in (("demo", DEMO_TEXTS), ("rev", REV_TEXTS)):
+        got = [(t.hypotheses[0].text, t.hypotheses[0].score) for t in answers[name].translations]
+        assert_matches(got, reference(engines[f"{name}/1"], texts))
+
+
 def test_every_model_has_its_own_series(stub, served: BackgroundServer) -> None:
     stub.Translate(pb.TranslateRequest(texts=REV_TEXTS, model="rev"), timeout=60)
     samples = scrape_metrics(served.metrics_url, by_model=True)
@@ -250,6 +263,7 @@ def test_bad_model_requests_get_clear_codes_and_the_server_keeps_serving(stub, s
 
 
 def test_http_languages_and_models_from_the_repository(tmp_path: Path, rev_dir: Path) -> None:
+    import urllib.error
     import urllib.request
 
     repository = make_repository(tmp_path / "repo", rev_dir)
@@ -269,6 +283,11 @@ def test_http_languages_and_models_from_the_repository(tmp_path: Path, rev_dir: 
         with urllib.request.urlopen(request, timeout=60) as answer:
             assert answer.headers["X-Nmtserve-Model"] == "rev/1"
             assert len(json.loads(answer.read())["translations"]) == len(REV_TEXTS)
+        body = json.dumps({"texts": ["x"], "model": "nope"}).encode()
+        request = urllib.request.Request(base + "/v1/translate", body, {"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(request, timeout=60)
+        assert caught.value.code == 404 and "demo, rev" in json.loads(caught.value.read())["error"]
         form = json.dumps({"q": REV_TEXTS[0], "source": "de", "target": "en"}).encode()
         request = urllib.request.Request(base + "/translate", form, {"Content-Type": "application/json"})
         assert json.loads(urllib.request.urlopen(request, timeout=60).read())["translatedText"]
