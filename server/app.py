@@ -32,10 +32,11 @@ from grpc_health.v1.health import aio as health_aio
 
 from nmtserve.engine import Engine
 from nmtserve.server.admin import ADMIN_PREFIX, ADMIN_SERVICE, AdminService, add_admin_service
+from nmtserve.server.backend import WARMUP_TEXTS, warm_up
 from nmtserve.server.config import ConfigError, ServerConfig, resolve_model_dir
 from nmtserve.server.logs import quiet_expected_races
 from nmtserve.server.metrics import MetricsEndpoint, ServerMetrics, serve_metrics
-from nmtserve.server.models import WARMUP_TEXTS, ModelRegistry, warm_up
+from nmtserve.server.models import ModelRegistry
 from nmtserve.server.reflection import enable_reflection
 from nmtserve.server.repository import DirectoryRepository, Repository, SingleModel
 from nmtserve.server.scheduler import Scheduler

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import NoReturn
 
@@ -31,18 +31,19 @@ import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc._cython.cygrpc import ExecuteBatchError  # what a batch on a finished call raises; grpc.aio has no alias
 
-from nmtserve.engine.tokenizer import Tokenizer
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
+from nmtserve.server.backend import Backend
 from nmtserve.server.config import ServerConfig
 from nmtserve.server.documents.requests import DocumentProgress, document_response, encode_documents
 from nmtserve.server.model_messages import list_models, model_info_message, server_version, version_info
-from nmtserve.server.models import Backend, ModelRegistry
+from nmtserve.server.models import ModelRegistry
+from nmtserve.server.partials import PartialSender, document_sender, labeller, sentence_sender
 from nmtserve.server.responses import blank_translation, translation
 from nmtserve.server.scheduler import EngineFailure, ShuttingDown
-from nmtserve.server.sink import LoopSink, PartialCallback
+from nmtserve.server.sink import LoopSink
 from nmtserve.server.streams import StreamBuffer, word_prefix
-from nmtserve.server.tracking import ConnectionLimiter, RequestTimer, ServingState
+from nmtserve.server.tracking import ConnectionLimiter, ServingState
 from nmtserve.server.validation import (
     EncodedText,
     Overloaded,
@@ -60,9 +61,6 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Translator"].full_name
 MODEL_METADATA_KEY = "nmtserve-model"  # trailing metadata of a Translate answer: "<model>/<version>" that served it
-# (text index, text so far, complete): ``complete`` is False for a sentence's stable prefix (it may end inside a
-# word) and True for a document's text (whole sentences)
-PartialSender = Callable[[int, str, bool], Awaitable[None]]
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -219,7 +217,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
                 encode_documents, texts, form, tokenizer, config, pair.get("source", "en")
             )
             del texts
-            progress = DocumentProgress(document, tokenizer, _document_sender(send_partial))
+            progress = DocumentProgress(document, tokenizer, document_sender(send_partial))
             encoded = [EncodedText(t.index, [*prefix, *t.source_ids]) for t in document.encoded]
             count = 0  # the answer is rebuilt from the document
         else:
@@ -244,7 +242,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             collecting = (
                 sink.collect(indices, on_final=progress.finished)
                 if progress
-                else sink.collect(indices, _sentence_sender(send_partial, tokenizer))
+                else sink.collect(indices, sentence_sender(send_partial, tokenizer))
             )
             results = await asyncio.wait_for(collecting, timeout)
             done = True
@@ -440,39 +438,6 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             call.code = failure.code
             await abort(context, failure, "ListModels")
         raise AssertionError("unreachable")
-
-
-def labeller(call: RequestTimer) -> Callable[[str, str], None]:
-    """An ``on_routed`` that labels the request's metrics with the model it was routed to."""
-
-    def label(name: str, version: str) -> None:
-        call.model = name
-
-    return label
-
-
-def _sentence_sender(send_partial: PartialSender | None, tokenizer: Tokenizer) -> PartialCallback | None:
-    """The engine thread's partials (token ids of a stable prefix) as text, decoded by the routed model."""
-    if send_partial is None:
-        return None
-    sender = send_partial
-
-    async def send(index: int, token_ids: list[int]) -> None:
-        await sender(index, tokenizer.decode(token_ids), False)
-
-    return send
-
-
-def _document_sender(send_partial: PartialSender | None) -> Callable[[int, str], Awaitable[None]] | None:
-    """A document's partials (its text so far, whole sentences) for ``send_partial``."""
-    if send_partial is None:
-        return None
-    sender = send_partial
-
-    async def send(index: int, text: str) -> None:
-        await sender(index, text, True)
-
-    return send
 
 
 def add_translator_service(service: TranslatorService, server: grpc.aio.Server) -> None:

@@ -36,7 +36,7 @@ from nmtserve.server.http.common import (
 )
 from nmtserve.server.model_messages import list_models, version_info
 from nmtserve.server.models import ModelRegistry
-from nmtserve.server.service import labeller
+from nmtserve.server.partials import labeller
 from nmtserve.server.validation import RequestError
 
 MODEL_HEADER = "X-Nmtserve-Model"  # "<model>/<version>" that answered, as gRPC's nmtserve-model trailer
