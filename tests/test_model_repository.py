@@ -597,3 +597,30 @@ def test_lru_unload_makes_room_under_the_memory_budget(tmp_path: Path, rev_dir: 
                 assert models["b-fp32"].state == pb.MODEL_STATE_UNLOADED
                 assert "least recently used" in models["b-fp32"].reason and "c-int8/1" in models["b-fp32"].reason
                 assert models["c-int8"].state == READY
+
+
+def test_an_ambiguous_pair_goes_to_the_default_or_is_refused_naming_the_candidates(
+    tmp_path: Path, rev_dir: Path
+) -> None:
+    """Two models serving en->de (languages read from their manifests: nothing needs to be loaded to route)."""
+    from nmtserve.server.metrics import ServerMetrics
+    from nmtserve.server.models import ModelRegistry
+    from nmtserve.server.validation import RequestError
+
+    for name, target in (("en-de-a", demo_export("fp32")), ("en-de-b", demo_export("int8")), ("other", rev_dir)):
+        (tmp_path / name).mkdir()
+        os.symlink(target, tmp_path / name / "1")
+    registry = ModelRegistry(server_config(tmp_path), DirectoryRepository(tmp_path), ServerMetrics())
+    registry.entries = DirectoryRepository(tmp_path).scan()
+    registry.active = {"en-de-a", "en-de-b"}
+    registry.default = "en-de-b"
+    assert registry.route_by_languages("en", "de") == "en-de-b"
+    registry.active.add("other")
+    registry.default = "other"
+    with pytest.raises(RequestError) as caught:
+        registry.route_by_languages("en", "de")
+    assert caught.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert "en-de-a, en-de-b;" in caught.value.message and "TranslateRequest.model" in caught.value.message
+    assert registry.route_by_languages("de", "") == "other"
+    with pytest.raises(RequestError, match=r"served pairs: en->de \(en-de-a\), en->de \(en-de-b\), de->en \(other\)"):
+        registry.route_by_languages("fr", "")
