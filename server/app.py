@@ -10,6 +10,12 @@ drain stops at once.
 If the model cannot be loaded (a missing file, a checksum mismatch, an unusable graph), the server logs one
 ``model load failed`` error naming the directory and the reason, keeps health NOT_SERVING and answers UNAVAILABLE
 until it is stopped (then it exits 1); with ``exit_on_load_failure`` it exits 1 at once instead.
+
+With ``model_repository`` the server holds many models (``models.py``, ``repository.py``, docs/repository.md):
+health "" and ``nmtserve.v1.Translator`` report SERVING once every configured model has finished loading and the
+default model is ready (a failed other model is ``failed`` in ListModels, it does not hold the replica back);
+``nmtserve.v1.Translator/<model>`` reports each model. A watcher rescans the repository every
+``repository_poll_s`` for new and removed versions (hot reload).
 """
 
 from __future__ import annotations
@@ -18,7 +24,6 @@ import asyncio
 import dataclasses
 import logging
 import signal
-import time
 from typing import TYPE_CHECKING
 
 import grpc
@@ -26,18 +31,19 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 
 from nmtserve.engine import Engine
-from nmtserve.server.admission import RequestChecker
-from nmtserve.server.batching import Budget
+from nmtserve.server.admin import ADMIN_PREFIX, ADMIN_SERVICE, AdminService, add_admin_service
+from nmtserve.server.backend import WARMUP_TEXTS, warm_up
 from nmtserve.server.config import ConfigError, ServerConfig, resolve_model_dir
 from nmtserve.server.logs import quiet_expected_races
 from nmtserve.server.metrics import MetricsEndpoint, ServerMetrics, serve_metrics
+from nmtserve.server.models import ModelRegistry
 from nmtserve.server.reflection import enable_reflection
+from nmtserve.server.repository import DirectoryRepository, Repository, SingleModel
 from nmtserve.server.scheduler import Scheduler
-from nmtserve.server.security import BearerTokenInterceptor, load_tokens, server_credentials
-from nmtserve.server.service import SERVICE_NAME, Backend, TranslatorService, add_translator_service
+from nmtserve.server.security import HEALTH_PREFIX, BearerTokenInterceptor, load_tokens, server_credentials
+from nmtserve.server.service import SERVICE_NAME, TranslatorService, add_translator_service
 from nmtserve.server.tracking import ServingState
-from nmtserve.server.validation import default_options
-from nmtserve.server.workqueue import WorkQueue
+from nmtserve.server.watcher import RepositoryWatcher
 
 if TYPE_CHECKING:
     from nmtserve.server.http.app import HttpFrontDoor
@@ -45,21 +51,23 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HEALTH_SERVICES = ("", SERVICE_NAME)  # "" is the whole server, as grpc-health-probe asks by default
-WARMUP_TEXTS = (
-    "Hello.",
-    "The package contains the documentation.",
-    "Select the cells that you want to print, then open the File menu and choose Print to print them.",
-)
-SELECTION_WINDOW_FACTOR = 4  # the batcher looks at 4 x max_batch_size waiting sentences, dealt round robin by request
-SCHEDULER_STOP_S = 5.0  # how long ``stop`` waits for the engine thread to finish its step
 MAX_RESPONSE_BYTES = 64 * 1024 * 1024  # n-best lists of 256 texts can exceed gRPC's default of 4 MiB
+__all__ = ["WARMUP_TEXTS", "TranslationServer", "model_health_name", "serve", "warm_up"]
 
 
-def warm_up(engine: Engine, config: ServerConfig) -> float:
-    """Translate a few sentences so that onnxruntime's first-run allocations happen before SERVING; seconds."""
-    start = time.perf_counter()
-    engine.translate(list(WARMUP_TEXTS), default_options(config))
-    return time.perf_counter() - start
+def model_health_name(model: str) -> str:
+    """The health service name of one model: ``nmtserve.v1.Translator/<model>``."""
+    return f"{SERVICE_NAME}/{model}"
+
+
+def repository_of(config: ServerConfig) -> Repository:
+    if config.model_repository is not None:
+        return DirectoryRepository(config.model_repository)
+    return SingleModel(resolve_model_dir(config.model))
+
+
+class DefaultModelFailed(RuntimeError):
+    """The default model has no ready version after the initial load (its failure is logged already)."""
 
 
 class TranslationServer:
@@ -69,21 +77,50 @@ class TranslationServer:
         self.metrics = ServerMetrics()
         self.state = ServingState(self.metrics)
         self.service = TranslatorService(config, self.state)
+        self.admin = AdminService(config)
+        self.registry: ModelRegistry | None = None
         self.health = health_aio.HealthServicer()
         self.port = 0
         self.metrics_port = 0
-        self.engine: Engine | None = None
         self._server: grpc.aio.Server | None = None
         self._metrics_endpoint: MetricsEndpoint | None = None
-        self._scheduler: Scheduler | None = None
         self._http: HttpFrontDoor | None = None
+        self._watcher: RepositoryWatcher | None = None
+        self._model_health: set[str] = set()
         self.http_port = 0
+
+    @property
+    def engine(self) -> Engine | None:
+        """The default model's serving engine (None while none is ready)."""
+        backend = self.service.backend
+        return backend.engine if backend is not None else None
+
+    @property
+    def _scheduler(self) -> Scheduler | None:
+        """The default model's engine thread (tests watch its running batch)."""
+        backend = self.service.backend
+        return backend.scheduler if backend is not None else None
 
     async def _set_health(self, serving: bool) -> None:
         status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in HEALTH_SERVICES:
             await self.health.set(name, status)
         self.metrics.serving.set(1 if serving else 0)
+
+    async def _models_changed(self) -> None:
+        """Per-model health, and the overall health once the initial load is done: the default model ready."""
+        registry = self.registry
+        if registry is None:
+            return
+        self._model_health.update(registry.names())
+        if self.state.load_failed and self.state.ready and registry.any_ready():  # a hot reload brought one up
+            self.state.load_failed = False
+        for name in sorted(self._model_health):
+            ready = registry.ready(name) and not self.state.draining
+            status = health_pb2.HealthCheckResponse.SERVING if ready else health_pb2.HealthCheckResponse.NOT_SERVING
+            await self.health.set(model_health_name(name), status)
+        if self.state.ready and not self.state.draining:
+            await self._set_health(registry.ready(registry.default))
 
     def _reject_unauthenticated(self, method: str, reason: str) -> None:
         self.metrics.unauthenticated.labels(method, reason).inc()
@@ -96,9 +133,20 @@ class TranslationServer:
         credentials = server_credentials(config)
         interceptors = []
         tokens = None
-        if config.auth_token_file is not None:
+        if config.auth_token_file is not None:  # the admin service has its own tokens
             tokens = load_tokens(config.auth_token_file)
-            interceptors.append(BearerTokenInterceptor(tokens, on_reject=self._reject_unauthenticated))
+            interceptors.append(
+                BearerTokenInterceptor(
+                    tokens, exempt_prefixes=(HEALTH_PREFIX, ADMIN_PREFIX), on_reject=self._reject_unauthenticated
+                )
+            )
+        if config.admin_token_file is not None:
+            admin_tokens = load_tokens(config.admin_token_file, "admin_token_file")
+            interceptors.append(
+                BearerTokenInterceptor(
+                    admin_tokens, only_prefixes=(ADMIN_PREFIX,), on_reject=self._reject_unauthenticated
+                )
+            )
         options = [
             ("grpc.max_receive_message_length", config.max_message_bytes),
             ("grpc.max_send_message_length", MAX_RESPONSE_BYTES),
@@ -108,9 +156,11 @@ class TranslationServer:
         ]
         server = grpc.aio.server(interceptors=interceptors, options=options)
         add_translator_service(self.service, server)
+        add_admin_service(self.admin, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         if config.reflection:
-            enable_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server)
+            health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+            enable_reflection((SERVICE_NAME, ADMIN_SERVICE, health_name), server)
         address = f"{config.host}:{config.port}"
         try:
             if credentials is None:
@@ -152,54 +202,36 @@ class TranslationServer:
         return f"http://{self.config.metrics_host}:{self.metrics_port}/metrics"
 
     async def load(self, engine: Engine | None = None) -> None:
-        """Load (unless given) and warm up the model off the event loop, start the engine thread, go SERVING."""
+        """Scan the repository (``--model``: a repository of one), load and warm up the configured models off the
+        event loop, start their engine threads and the watcher, go SERVING; DefaultModelFailed when the default
+        model has no ready version (its failure is logged), ConfigError for an unusable repository.
+
+        ``engine``: the default model's engine, already loaded (tests wrap one to slow it or inject faults)."""
         config = self.config
-        if engine is None:
-            model_dir = resolve_model_dir(config.model)
-            log.info("loading model", extra={"fields": {"model": str(model_dir), "device": config.device}})
-            engine = await asyncio.to_thread(
-                Engine.load, model_dir, config.device, config.threads or None, spin=config.spin
-            )
-        if config.max_input_tokens + 1 > engine.info.max_positions:
-            raise ConfigError(
-                f"max_input_tokens {config.max_input_tokens} exceeds what the model can encode "
-                f"({engine.info.max_positions - 1})"
-            )
-        if config.warmup:
-            seconds = await asyncio.to_thread(warm_up, engine, config)
-            log.info("warmed up", extra={"fields": {"seconds": round(seconds, 3)}})
-        queue = WorkQueue(
-            config.max_queue_size,
-            on_depth=self.metrics.queue_depth.set,
-            max_tokens=config.max_queue_tokens,
-            on_tokens=self.metrics.queue_tokens.set,
-        )
-        self.metrics.queue_capacity.labels("sentences").set(config.max_queue_size)
-        self.metrics.queue_capacity.labels("tokens").set(config.max_queue_tokens)
-        budget = Budget(config.max_batch_size, config.max_batch_tokens, SELECTION_WINDOW_FACTOR * config.max_batch_size)
-        self._scheduler = Scheduler(
-            engine,
-            queue,
-            budget,
-            self.metrics,
-            continuous=config.batching == "continuous",
-            max_delay_s=config.max_queue_delay_ms / 1000,
-            join_fraction=config.join_fraction,
-            max_join_steps=config.max_join_steps,
-            join_window_steps=config.join_window_steps,
-        )
-        self._scheduler.start()
-        self.engine = engine
-        checker = RequestChecker(config, engine.tokenizer, engine.info.vocab_size)
-        self.service.backend = Backend(engine, queue, checker)
-        info = engine.info
-        self.metrics.set_model(info.name, info.version, info.precision, config.device)
-        self.state.load_failed = False
+        registry = ModelRegistry(config, repository_of(config), self.metrics, self._models_changed)
+        self.registry = self.service.registry = self.admin.registry = registry
+        await registry.start(engine)
+        if not registry.any_ready():
+            self.state.load_failed = True
         self.state.ready = True
-        await self._set_health(True)
+        if registry.repository.watchable and config.repository_poll_s > 0:
+            self._watcher = RepositoryWatcher(registry, config.repository_poll_s)
+            self._watcher.start()
+        await self._models_changed()
+        serving = registry.serving(registry.default)
+        if serving is None or serving.backend is None:
+            raise DefaultModelFailed(f"the default model {registry.default!r} has no ready version")
+        info = serving.backend.engine.info
         log.info(
             "serving",
-            extra={"fields": {"model": info.name, "version": info.version, "precision": info.precision}},
+            extra={
+                "fields": {
+                    "model": serving.name,
+                    "version": serving.version,
+                    "precision": info.precision,
+                    "models": sorted(name for name in registry.names() if registry.ready(name)),
+                }
+            },
         )
 
     async def try_load(self, engine: Engine | None = None) -> bool:
@@ -207,9 +239,12 @@ class TranslationServer:
         try:
             await self.load(engine)
             return True
+        except DefaultModelFailed:  # each version's failure is logged as "model load failed" already
+            self.state.load_failed = self.registry is None or not self.registry.any_ready()
+            return False
         except Exception as error:
             self.state.load_failed = True
-            model = str(self.config.model) if self.config.model is not None else "(demo model)"
+            model = str(self.config.model_repository or self.config.model or "(demo model)")
             log.error(
                 "model load failed",
                 extra={"fields": {"model": model, "error": f"{type(error).__name__}: {error}"}},
@@ -221,6 +256,7 @@ class TranslationServer:
         timeout = self.config.drain_timeout_s if timeout is None else timeout
         self.state.draining = True
         await self._set_health(False)
+        await self._models_changed()
         log.info("draining", extra={"fields": {"inflight": self.state.inflight, "timeout_s": timeout}})
         drained = await self.state.wait_idle(timeout)
         if not drained:
@@ -236,11 +272,11 @@ class TranslationServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
-        if self._scheduler is not None:
-            await asyncio.to_thread(self._scheduler.stop, SCHEDULER_STOP_S)
-            self._scheduler = None
-        if self.service.backend is not None:
-            self.service.backend.checker.close()
+        if self._watcher is not None:
+            await self._watcher.stop()
+            self._watcher = None
+        if self.registry is not None:
+            await self.registry.stop()
         if self._metrics_endpoint is not None:
             self._metrics_endpoint.close()
             self._metrics_endpoint = None
@@ -251,7 +287,10 @@ async def serve(config: ServerConfig) -> int:
     """Run until SIGTERM/SIGINT, then drain; the exit status for ``nmtserve serve``: 0 after a drain, 1 if the model
     failed to load, 2 for a configuration error."""
     try:  # before binding any port: a missing model is a configuration error, not a server that never gets ready
-        config = dataclasses.replace(config, model=resolve_model_dir(config.model))
+        if config.model_repository is None:
+            config = dataclasses.replace(config, model=resolve_model_dir(config.model))
+        else:
+            DirectoryRepository(config.model_repository).check()
     except ConfigError as error:
         log.error("%s", error)
         return 2

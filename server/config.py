@@ -67,6 +67,32 @@ class ServerConfig:
     model: Path | None = field(
         default=None, metadata={"help": "exported model directory (default: the shipped demo model)"}
     )
+    model_repository: Path | None = field(
+        default=None,
+        metadata={"help": "model repository: DIR/<model>/<version>/ exported model directories (instead of model)"},
+    )
+    models: str = _setting("", "model repository: comma-separated models to load at start (default: all)")
+    default_model: str = _setting(
+        "", "model repository: the model for requests that name none (default: the only or first model by name)"
+    )
+    repository_poll_s: float = _setting(
+        5.0, "model repository: seconds between scans for new or removed versions (hot reload; 0: off)"
+    )
+    memory_budget_bytes: int = _setting(
+        0, "resident memory all loaded model versions may take; a load beyond it is refused (0: no budget)"
+    )
+    memory_lru_unload: bool = _setting(
+        False,
+        "when a load would exceed memory_budget_bytes, first unload the least recently used idle models (not the "
+        "default one)",
+    )
+    admin_token_file: Path | None = field(
+        default=None,
+        metadata={
+            "help": "file of bearer tokens for the nmtserve.v1.Admin service (load, unload, set default); "
+            "unset: every admin call is refused"
+        },
+    )
     device: str = _setting("cpu", "onnxruntime device: cpu or cuda")
     threads: int = _setting(0, "CPU intra-op threads per graph call (0: the cores this process may use, at most 8)")
     spin: bool = _setting(False, "let idle onnxruntime threads spin (burns CPU that the gRPC thread and others need)")
@@ -264,6 +290,13 @@ def validate(config: ServerConfig) -> ServerConfig:
         if not ok:
             problems.append(message)
 
+    need(c.model is None or c.model_repository is None, "model and model_repository are exclusive: give one")
+    need(
+        c.model_repository is not None or not (c.models or c.default_model),
+        "models and default_model need model_repository",
+    )
+    need(0 <= c.repository_poll_s <= MAX_DRAIN_TIMEOUT_S, f"repository_poll_s must be in 0..{MAX_DRAIN_TIMEOUT_S:g}")
+    need(c.memory_budget_bytes >= 0, "memory_budget_bytes must be >= 0 (0: no budget)")
     need(c.device in ("cpu", "cuda"), f"device must be cpu or cuda, not {c.device!r}")
     for f in dataclasses.fields(c):  # inf and nan pass most comparisons below; no setting means either
         value = getattr(c, f.name)
@@ -344,7 +377,7 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             parser.add_argument(flag_name(name), action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
-            metavar = ("DIR" if name == "model" else "FILE") if kind is Path else None
+            metavar = ("DIR" if name in ("model", "model_repository") else "FILE") if kind is Path else None
             parser.add_argument(
                 flag_name(name), type=kind, default=None, metavar=metavar, choices=CHOICES.get(name), help=help_text
             )

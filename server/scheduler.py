@@ -36,6 +36,9 @@ engine releases the GIL inside onnxruntime, so the gRPC event loop keeps serving
 steps the thread drops sentences whose request was cancelled, timed out or failed, so no further work is spent
 on them.
 
+Several models: each has its own Scheduler (queue, batches, thread); their encodes and steps take turns on the
+CPU through a shared ``StepTurns`` (server/fairness.py), so a flood to one model cannot starve another.
+
 Failure isolation: an exception while encoding new sentences retries them one by one; an exception in a decode
 step re-runs every sentence of the batch alone, so only the sentences that fail on their own fail their
 request (INTERNAL), never their neighbours.
@@ -47,11 +50,14 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from typing import cast
 
 from nmtserve.engine import Engine, Hypothesis
 from nmtserve.server.batching import Budget
-from nmtserve.server.metrics import ServerMetrics
+from nmtserve.server.fairness import StepTurns
+from nmtserve.server.metrics import EngineMetrics
 from nmtserve.server.work import WorkItem
 from nmtserve.server.workqueue import WorkQueue
 
@@ -74,14 +80,19 @@ class Scheduler:
         engine: Engine,
         queue: WorkQueue,
         budget: Budget,
-        metrics: ServerMetrics,
+        metrics: EngineMetrics,
         continuous: bool = False,
         max_delay_s: float = 0.002,
         join_fraction: float = 0.25,
         max_join_steps: int = 8,
         join_window_steps: int = 0,
+        turns: StepTurns | None = None,
+        turn_key: Hashable | None = None,
     ) -> None:
         self.engine, self.queue, self.budget, self.metrics = engine, queue, budget, metrics
+        # Several models' engine threads share one StepTurns (server/fairness.py); alone, a private one never waits.
+        self.turns = turns if turns is not None else StepTurns()
+        self.turn_key: Hashable = turn_key if turn_key is not None else id(self)
         self.continuous, self.max_delay_s = continuous, max_delay_s
         self.join_fraction, self.max_join_steps = join_fraction, max_join_steps
         self.join_window_steps = join_window_steps
@@ -102,11 +113,20 @@ class Scheduler:
         self._stop.set()
         self.queue.close()
         self._thread.join(timeout)
+        self.turns.forget(self.turn_key)
 
     @property
     def running(self) -> int:
         """Sentences in the running batch."""
         return len(self._live)
+
+    @contextmanager
+    def _turn(self) -> Iterator[None]:
+        """This model's turn on the CPU (server/fairness.py), the wait for it recorded."""
+        asked = time.perf_counter()
+        with self.turns.turn(self.turn_key):
+            self.metrics.turn_wait.observe(time.perf_counter() - asked)
+            yield
 
     # -- the loop ----------------------------------------------------------------------------------------------
 
@@ -167,7 +187,8 @@ class Scheduler:
         chosen.sort(key=lambda item: item.length)
         start = time.perf_counter()
         try:
-            self._batch.add([i.source_ids for i in chosen], [i.options for i in chosen], [i.key for i in chosen])
+            with self._turn():
+                self._batch.add([i.source_ids for i in chosen], [i.options for i in chosen], [i.key for i in chosen])
         except Exception:
             log.exception("encoding %d joining sentences failed; retrying them one by one", len(chosen))
             self.metrics.engine_errors.inc()
@@ -183,7 +204,8 @@ class Scheduler:
         added = []
         for item in items:
             try:
-                self._batch.add([item.source_ids], [item.options], [item.key])
+                with self._turn():
+                    self._batch.add([item.source_ids], [item.options], [item.key])
                 added.append(item)
             except Exception as error:
                 log.exception("encoding a sentence failed on its own; failing its request")
@@ -194,7 +216,8 @@ class Scheduler:
         items = list(self._live.values())
         start = time.perf_counter()
         try:
-            finished = self._batch.step()
+            with self._turn():
+                finished = self._batch.step()
         except Exception:
             log.exception("decode step of %d sentences failed; re-running each alone", len(items))
             self.metrics.engine_errors.inc()
@@ -232,9 +255,12 @@ class Scheduler:
             return
         batch = self.engine.new_batch()
         try:
-            batch.add([item.source_ids], [item.options], [item.key])
+            with self._turn():
+                batch.add([item.source_ids], [item.options], [item.key])
             while len(batch) and not item.request.dead():
-                for done in batch.step():
+                with self._turn():
+                    finished = batch.step()
+                for done in finished:
                     self._deliver(item, done.hypotheses)
         except Exception as error:
             log.exception("a sentence failed when decoded alone; failing its request")

@@ -61,18 +61,18 @@ def _digest(token: bytes) -> bytes:
     return hashlib.sha256(token).digest()
 
 
-def load_tokens(path: Path) -> list[bytes]:
+def load_tokens(path: Path, setting: str = "auth_token_file") -> list[bytes]:
     """SHA-256 digests of the tokens in ``path`` (one per line); ConfigError if it has none."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
-        raise ConfigError(f"auth_token_file: cannot read {path}: {error}") from None
+        raise ConfigError(f"{setting}: cannot read {path}: {error}") from None
     tokens = [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
     if not tokens:
-        raise ConfigError(f"auth_token_file: {path} lists no token")
+        raise ConfigError(f"{setting}: {path} lists no token")
     for token in tokens:
         if any(char.isspace() for char in token) or not token.isprintable():
-            raise ConfigError(f"auth_token_file: {path}: tokens may not contain spaces or control characters")
+            raise ConfigError(f"{setting}: {path}: tokens may not contain spaces or control characters")
     return [_digest(token.encode("utf-8")) for token in tokens]
 
 
@@ -107,9 +107,12 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         tokens: Sequence[bytes],
         exempt_prefixes: Sequence[str] = (HEALTH_PREFIX,),
         on_reject: Callable[[str, str], None] | None = None,
+        only_prefixes: Sequence[str] = (),
     ) -> None:
+        """``only_prefixes``: guard only the methods under these (the admin service's own tokens), not every one."""
         self.tokens = list(tokens)
         self.exempt_prefixes = tuple(exempt_prefixes)
+        self.only_prefixes = tuple(only_prefixes)
         self.on_reject = on_reject or (lambda method, reason: None)
 
     async def intercept_service(
@@ -118,7 +121,9 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler | None:
         method = details.method or ""
-        if method.startswith(self.exempt_prefixes):
+        if method.startswith(self.exempt_prefixes) or (
+            self.only_prefixes and not method.startswith(self.only_prefixes)
+        ):
             return await continuation(details)
         token = bearer_token(details.invocation_metadata)
         if token is not None and token_matches(token, self.tokens):

@@ -23,21 +23,22 @@ import asyncio
 import logging
 import math
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from importlib import metadata
 from typing import NoReturn
 
 import grpc
 from google.protobuf.message import DecodeError, Message
 from grpc._cython.cygrpc import ExecuteBatchError  # what a batch on a finished call raises; grpc.aio has no alias
 
-from nmtserve.engine import Engine
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
-from nmtserve.server.admission import RequestChecker
+from nmtserve.server.backend import Backend
 from nmtserve.server.config import ServerConfig
 from nmtserve.server.documents.requests import DocumentProgress, document_response, encode_documents
+from nmtserve.server.model_messages import list_models, model_info_message, server_version, version_info
+from nmtserve.server.models import ModelRegistry
+from nmtserve.server.partials import PartialSender, document_sender, labeller, sentence_sender
 from nmtserve.server.responses import blank_translation, translation
 from nmtserve.server.scheduler import EngineFailure, ShuttingDown
 from nmtserve.server.sink import LoopSink
@@ -48,33 +49,18 @@ from nmtserve.server.validation import (
     Overloaded,
     RequestError,
     check_request_id,
-    default_options,
     language_prefix,
     resolve_options,
 )
+
+__all__ = ["SERVICE_NAME", "Backend", "Overloaded", "TranslatorService", "model_info_message", "server_version"]
 from nmtserve.server.work import Request, WorkItem
-from nmtserve.server.workqueue import QueueClosed, QueueFull, WorkQueue
+from nmtserve.server.workqueue import QueueClosed, QueueFull
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Translator"].full_name
-PartialSender = Callable[[int, list[int] | str], Awaitable[None]]  # token ids, or a document's text
-
-
-def server_version() -> str:
-    try:
-        return metadata.version("nmtserve")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-@dataclass
-class Backend:
-    """What a loaded model gives the service."""
-
-    engine: Engine
-    queue: WorkQueue
-    checker: RequestChecker
+MODEL_METADATA_KEY = "nmtserve-model"  # trailing metadata of a Translate answer: "<model>/<version>" that served it
 
 
 def _deadline(context: grpc.aio.ServicerContext) -> float | None:
@@ -140,13 +126,28 @@ def _peer(context: grpc.aio.ServicerContext) -> str:
 class TranslatorService(pb_grpc.TranslatorServicer):
     def __init__(self, config: ServerConfig, state: ServingState) -> None:
         self.config, self.state = config, state
-        self.backend: Backend | None = None  # set once the model is loaded
+        self.registry: ModelRegistry | None = None  # set by the server before it loads
         self.connections = ConnectionLimiter(config.max_inflight_per_connection)
+
+    @property
+    def backend(self) -> Backend | None:
+        """The default model's serving version (None while none is ready): what single-model callers use."""
+        if self.registry is None:
+            return None
+        serving = self.registry.serving(self.registry.default)
+        return serving.backend if serving is not None else None
 
     # -- the request pipeline, shared by Translate and TranslateStream --------------------------------------------
 
     def _retry_after_s(self) -> float:
-        return self.backend.queue.retry_after_s() if self.backend is not None else 1.0
+        backend = self.backend
+        return backend.queue.retry_after_s() if backend is not None else 1.0
+
+    def _unavailable(self) -> RequestError | None:
+        reason = self.state.unavailable_reason()
+        if reason is not None or self.registry is None:
+            return RequestError(grpc.StatusCode.UNAVAILABLE, reason or "the model is not loaded")
+        return None
 
     async def translate(
         self,
@@ -154,12 +155,34 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         deadline: float | None,
         send_partial: PartialSender | None = None,
         peer: str = "",
+        on_routed: Callable[[str, str], None] | None = None,
     ) -> pb.TranslateResponse:
-        """The request path every front door shares (gRPC here, HTTP in ``server/http``): availability, the
-        per-connection limit, validation, queueing, waiting, cancellation; raises RequestError."""
-        reason = self.state.unavailable_reason()
-        if reason is not None or self.backend is None:
-            raise RequestError(grpc.StatusCode.UNAVAILABLE, reason or "the model is not loaded")
+        """The request path every front door shares (gRPC here, HTTP in ``server/http``): availability, routing
+        to a model version (``on_routed(name, version)`` is told which), the per-connection limit, validation,
+        queueing, waiting, cancellation; raises RequestError."""
+        refusal = self._unavailable()
+        if refusal is not None:
+            raise refusal
+        assert self.registry is not None
+        held = self.registry.acquire(
+            request.model, request.model_version, request.source_language, request.target_language
+        )
+        if on_routed is not None:
+            on_routed(held.name, held.version)
+        try:
+            return await self._translate_on(held.backend, request, deadline, send_partial, peer)
+        finally:
+            self.registry.release(held)
+
+    async def _translate_on(
+        self,
+        backend: Backend | None,
+        request: pb.TranslateRequest,
+        deadline: float | None,
+        send_partial: PartialSender | None,
+        peer: str,
+    ) -> pb.TranslateResponse:
+        assert backend is not None  # a ready version has its backend until it is released
         if not self.connections.acquire(peer):
             retry = self._retry_after_s()
             raise Overloaded(
@@ -169,28 +192,32 @@ class TranslatorService(pb_grpc.TranslatorServicer):
                 retry,
             )
         try:
-            return await self._translate_admitted(request, deadline, send_partial)
+            return await self._translate_admitted(backend, request, deadline, send_partial)
         finally:
             self.connections.release(peer)
 
     async def _translate_admitted(
-        self, request: pb.TranslateRequest, deadline: float | None, send_partial: PartialSender | None
+        self,
+        backend: Backend,
+        request: pb.TranslateRequest,
+        deadline: float | None,
+        send_partial: PartialSender | None,
     ) -> pb.TranslateResponse:
-        backend = self.backend
+        config = backend.config or self.config
         tokenizer = backend.engine.tokenizer
         pair = backend.engine.info.manifest.get("languages", {})
         prefix = language_prefix(request.source_language, request.target_language, tokenizer, pair)
         document = progress = None
         if request.format:  # document mode: sentences are the work items (server/documents/)
-            options = resolve_options(request.options, self.config, backend.engine.info.vocab_size)
+            options = resolve_options(request.options, config, backend.engine.info.vocab_size)
             texts, form = list(request.texts), request.format
             del request
             # parsing a large page takes a while: off the event loop, so that other requests are not held up
             document = await asyncio.to_thread(
-                encode_documents, texts, form, tokenizer, self.config, pair.get("source", "en")
+                encode_documents, texts, form, tokenizer, config, pair.get("source", "en")
             )
             del texts
-            progress = DocumentProgress(document, tokenizer, send_partial)
+            progress = DocumentProgress(document, tokenizer, document_sender(send_partial))
             encoded = [EncodedText(t.index, [*prefix, *t.source_ids]) for t in document.encoded]
             count = 0  # the answer is rebuilt from the document
         else:
@@ -213,7 +240,9 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             indices = [item.index for item in items]
             collecting = (
-                sink.collect(indices, on_final=progress.finished) if progress else sink.collect(indices, send_partial)
+                sink.collect(indices, on_final=progress.finished)
+                if progress
+                else sink.collect(indices, sentence_sender(send_partial, tokenizer))
             )
             results = await asyncio.wait_for(collecting, timeout)
             done = True
@@ -230,8 +259,8 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             if not done:  # cancelled, expired or failed: free the queue and the running batch of its sentences
                 work.cancel()  # the engine thread drops its running sentences at the next step
                 removed = backend.queue.discard(work)
-                if removed:
-                    self.state.metrics.abandoned.labels("queue").inc(removed)
+                if removed and backend.metrics is not None:
+                    backend.metrics.abandoned.labels("queue").inc(removed)
         if document is not None:
             return await asyncio.to_thread(document_response, document, results, tokenizer, options.return_scores)
         response = pb.TranslateResponse()
@@ -252,8 +281,14 @@ class TranslatorService(pb_grpc.TranslatorServicer):
     ) -> pb.TranslateResponse:
         deadline = _deadline(context)
         with self.state.track("Translate") as call:
+
+            def routed(name: str, version: str) -> None:  # which version answers: clients can check it
+                call.model = name
+                context.set_trailing_metadata(((MODEL_METADATA_KEY, f"{name}/{version}"),))
+
             try:
-                return await self.translate(parse(pb.TranslateRequest, request), deadline, peer=_peer(context))
+                message = parse(pb.TranslateRequest, request)
+                return await self.translate(message, deadline, peer=_peer(context), on_routed=routed)
             except RequestError as error:
                 failure = _failure(error)
             except asyncio.CancelledError:
@@ -263,6 +298,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             # chained the RequestError, whose traceback held the handler frames and the request's texts in a
             # reference cycle that only the cyclic garbage collector freed (1.5 GB after 900 refused requests).
             del request
+            message = None
             call.code = failure.code
             await abort(context, failure, "Translate")
         raise AssertionError("unreachable")  # abort raises
@@ -333,12 +369,11 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         out: StreamBuffer,
         peer: str = "",
     ) -> None:
-        tokenizer = self.backend.engine.tokenizer if self.backend else None
         sent: dict[int, tuple[str, float]] = {}  # index -> (text sent, when)
 
-        async def send_partial(index: int, token_ids: list[int] | str) -> None:
-            # token ids of a sentence's stable prefix, or a document's text so far (whole sentences)
-            text = token_ids if isinstance(token_ids, str) else word_prefix(tokenizer.decode(token_ids))
+        async def send_partial(index: int, text: str, complete: bool) -> None:
+            # a sentence's stable prefix (cut to whole words), or a document's text so far (whole sentences)
+            text = text if complete else word_prefix(text)
             previous, at = sent.get(index, ("", -math.inf))
             now = time.monotonic()
             # Coalesced: only when the stable prefix gains a whole word, at most one per text per
@@ -354,7 +389,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
                 if isinstance(request, RequestError):
                     raise request
                 partial = send_partial if request.stream_partial else None
-                response = await self.translate(request, deadline, partial, peer)
+                response = await self.translate(request, deadline, partial, peer, on_routed=labeller(call))
                 response.request_id = request_id
             except RequestError as error:
                 failure = _failure(error)
@@ -375,17 +410,34 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         with self.state.track("GetModelInfo") as call:
             failure = None
             try:
-                parse(pb.GetModelInfoRequest, request)
+                message = parse(pb.GetModelInfoRequest, request)
+                refusal = self._unavailable()
+                if refusal is not None:
+                    raise refusal
+                assert self.registry is not None
+                held = self.registry.find(message.model or self.registry.default, message.model_version)
+                return version_info(self.registry, held, self.config)
             except RequestError as error:
                 failure = _failure(error)
-            if failure is not None:  # aborted outside the except block: see Translate
-                call.code = failure.code
-                await abort(context, failure, "GetModelInfo")
-            if self.backend is None:
-                call.code = grpc.StatusCode.UNAVAILABLE
-                reason = self.state.unavailable_reason() or "the model is still loading"
-                await context.abort(call.code, reason)
-            return model_info_message(self.backend.engine, self.config)
+            call.code = failure.code  # aborted outside the except block: see Translate
+            await abort(context, failure, "GetModelInfo")
+        raise AssertionError("unreachable")
+
+    async def ListModels(
+        self, request: bytes | pb.ListModelsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListModelsResponse:
+        with self.state.track("ListModels") as call:
+            failure = None
+            try:
+                parse(pb.ListModelsRequest, request)
+                if self.registry is None:
+                    raise RequestError(grpc.StatusCode.UNAVAILABLE, "the server is starting; retry shortly")
+                return list_models(self.registry, self.config)
+            except RequestError as error:
+                failure = _failure(error)
+            call.code = failure.code
+            await abort(context, failure, "ListModels")
+        raise AssertionError("unreachable")
 
 
 def add_translator_service(service: TranslatorService, server: grpc.aio.Server) -> None:
@@ -401,47 +453,9 @@ def add_translator_service(service: TranslatorService, server: grpc.aio.Server) 
         "GetModelInfo": grpc.unary_unary_rpc_method_handler(
             service.GetModelInfo, response_serializer=pb.ModelInfo.SerializeToString
         ),
+        "ListModels": grpc.unary_unary_rpc_method_handler(
+            service.ListModels, response_serializer=pb.ListModelsResponse.SerializeToString
+        ),
     }
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),))
     server.add_registered_method_handlers(SERVICE_NAME, handlers)
-
-
-def model_info_message(engine: Engine, config: ServerConfig) -> pb.ModelInfo:
-    info = engine.info
-    languages = info.manifest.get("languages", {})
-    defaults = default_options(config)
-    return pb.ModelInfo(
-        name=info.name,
-        version=info.version,
-        source_language=languages.get("source", ""),
-        target_language=languages.get("target", ""),
-        precision=info.precision,
-        device=config.device,
-        vocab_size=info.vocab_size,
-        languages=list(getattr(engine.tokenizer, "languages", [])),
-        limits=pb.Limits(
-            max_texts_per_request=config.max_texts_per_request,
-            max_input_tokens=config.max_input_tokens,
-            max_beam_size=config.max_beam_size,
-            max_output_length=config.max_output_length,
-            max_batch_size=config.max_batch_size,
-            max_batch_tokens=config.max_batch_tokens,
-            max_queue_size=config.max_queue_size,
-            max_input_bytes=config.max_input_bytes,
-            max_message_bytes=config.max_message_bytes,
-            max_length_penalty=config.max_length_penalty,
-            max_queue_tokens=config.max_queue_tokens,
-            max_inflight_per_connection=config.max_inflight_per_connection,
-            max_request_bytes=config.max_request_bytes,
-            max_sentences_per_request=config.max_sentences_per_request,
-        ),
-        default_options=pb.DecodingOptions(
-            beam_size=defaults.beam_size,
-            length_penalty=defaults.length_penalty,
-            max_length=defaults.max_length,
-            num_hypotheses=defaults.num_hypotheses,
-            return_scores=defaults.return_scores,
-        ),
-        batching=config.batching,
-        server_version=server_version(),
-    )

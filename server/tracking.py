@@ -55,11 +55,16 @@ class ServingState:
 
 
 class RequestTimer:
-    """``with state.track("Translate") as call: ... call.code = ...``: counts, times and labels one request."""
+    """``with state.track("Translate") as call: ... call.code = ...``: counts, times and labels one request.
+
+    ``call.model`` is the model name the request was routed to: set it once routing chose one, so that the
+    request's series carry it; it stays ``""`` for requests refused before routing (bad input, auth, overload
+    before a model was picked)."""
 
     def __init__(self, state: ServingState, method: str) -> None:
         self.state, self.method = state, method
         self.code = grpc.StatusCode.OK
+        self.model = ""
         self._start = 0.0
 
     def __enter__(self) -> RequestTimer:
@@ -70,9 +75,8 @@ class RequestTimer:
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
         if exc_type is not None and self.code == grpc.StatusCode.OK:
             self.code = grpc.StatusCode.CANCELLED if exc_type is asyncio.CancelledError else grpc.StatusCode.UNKNOWN
-        metrics, code = self.state.metrics, self.code.name
-        metrics.request_duration.labels(self.method, code).observe(time.perf_counter() - self._start)
-        metrics.requests.labels(self.method, code).inc()
+        seconds = time.perf_counter() - self._start
+        self.state.metrics.count_request(self.method, self.code.name, self.model, seconds)
         self.state._exit()
 
 

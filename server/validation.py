@@ -43,10 +43,13 @@ RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 class Overloaded(RequestError):
-    """RESOURCE_EXHAUSTED with a retry hint (trailing metadata ``grpc-retry-pushback-ms``)."""
+    """RESOURCE_EXHAUSTED (or ``code``: UNAVAILABLE while a model loads) with a retry hint (trailing metadata
+    ``grpc-retry-pushback-ms``)."""
 
-    def __init__(self, message: str, retry_after_s: float) -> None:
-        super().__init__(grpc.StatusCode.RESOURCE_EXHAUSTED, message)
+    def __init__(
+        self, message: str, retry_after_s: float, code: grpc.StatusCode = grpc.StatusCode.RESOURCE_EXHAUSTED
+    ) -> None:
+        super().__init__(code, message)
         self.retry_after_s = retry_after_s
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:

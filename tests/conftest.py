@@ -191,17 +191,27 @@ def demo_engine(demo_model_dir: Path):
     return Engine.load(demo_model_dir, threads=1, spin=False)
 
 
-def scrape_metrics(url: str) -> dict[tuple[str, tuple], float]:
-    """{(sample name, sorted labels): value} of a /metrics endpoint, parsed with prometheus_client's parser."""
+def scrape_metrics(url: str, by_model: bool = False) -> dict[tuple[str, tuple], float]:
+    """{(sample name, sorted labels): value} of a /metrics endpoint, parsed with prometheus_client's parser.
+
+    Unless ``by_model``, series are summed over their ``model`` and ``version`` labels (PromQL's
+    ``sum without (model, version)``), as a dashboard showing every model does: tests of one-model behaviour then
+    read the same keys whatever the served model is called. The labels themselves are tested in
+    test_server_metrics.py (and with ``by_model=True``)."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     text = urllib.request.urlopen(url, timeout=10).read().decode()
-    samples = {}
+    samples: dict[tuple[str, tuple], float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            labels = dict(sample.labels)
+            if not by_model and "model" in labels:
+                labels.pop("model")
+                labels.pop("version", None)
+            key = (sample.name, tuple(sorted(labels.items())))
+            samples[key] = samples.get(key, 0.0) + sample.value if not by_model else sample.value
     return samples
 
 

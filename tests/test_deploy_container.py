@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import tomllib
@@ -46,6 +47,13 @@ FINAL_TARGETS = ("cpu", "gpu")
 # What must never be in the serving image: the training stack and build toolchains.
 FORBIDDEN_PACKAGES = {"torch", "torchvision", "onnxscript", "ctranslate2", "sacrebleu"}
 COMPILERS = ("gcc", "g++", "clang", "build-essential", "cmake", "nvcc", "cuda-toolkit", "-devel")
+
+
+def free_port() -> int:
+    """A port nothing listens on now (the image's HTTP port 8080 may be taken on a shared machine)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +112,8 @@ def test_final_image_runs_the_server_unprivileged_with_the_drain_contract(image,
     settings, unknown = read_env(env)  # the server's own parser: every NMTSERVE_* variable must be a valid setting
     assert not unknown
     assert settings["host"] == "0.0.0.0" and settings["metrics_host"] == "0.0.0.0", "reachable from outside"
-    assert stage.exposed == {settings["port"], settings["metrics_port"]}
+    assert stage.exposed == {settings["port"], settings["metrics_port"], settings["http_port"]}
+    assert settings["http_port"] == 8080, "HTTP beside gRPC (the Kubernetes Services publish it)"
     assert settings["log_format"] == "json"
     assert settings["device"] == ("cuda" if target == "gpu" else "cpu")
     assert env["PATH"].split(":")[0] == "/opt/nmtserve/bin"
@@ -247,6 +256,7 @@ def test_cpu_lock_installs_in_a_fresh_venv_and_serves_as_the_entrypoint(image, t
         "NMTSERVE_METRICS_HOST": "127.0.0.1",
         "NMTSERVE_PORT": "0",
         "NMTSERVE_METRICS_PORT": "0",
+        "NMTSERVE_HTTP_PORT": str(free_port()),
         "NMTSERVE_THREADS": "1",
     }
     server = ServerProcess(
@@ -269,6 +279,8 @@ def test_cpu_lock_installs_in_a_fresh_venv_and_serves_as_the_entrypoint(image, t
         with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
             metrics = response.read().decode()
         assert 'device="cpu"' in metrics and "nmtserve_model_info{" in metrics
+        with urllib.request.urlopen(f"http://127.0.0.1:{run_env['NMTSERVE_HTTP_PORT']}/health", timeout=10) as answer:
+            assert answer.status == 200, "the image serves HTTP beside gRPC"
         # The compose stack's health check, run with the image's python against this server.
         health = yaml.safe_load(COMPOSE.read_text())["services"]["nmtserve"]["healthcheck"]["test"]
         assert health[:3] == ["CMD", "python", "-c"] and SERVICE_NAME in health[3]

@@ -9,7 +9,9 @@ the PodMonitor is checked against the fields of its API we use, the PrometheusRu
 
 from __future__ import annotations
 
+import argparse
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -21,12 +23,20 @@ from deploy_support import DEPLOY, kubectl, require
 from deploy_support import dockerfile_model as dm
 
 from nmtserve.server.app import HEALTH_SERVICES
-from nmtserve.server.config import ENV_PREFIX, load_config
+from nmtserve.server.config import ENV_PREFIX, add_flags, load_config
 from nmtserve.server.metrics import ServerMetrics
-from nmtserve.server.service import SERVICE_NAME
+from nmtserve.server.repository import DirectoryRepository
 
 K8S = DEPLOY / "k8s"
-KUSTOMIZATIONS = ("base", "overlays/gpu", "overlays/cpu", "examples/model-volume")
+KUSTOMIZATIONS = (
+    "base",
+    "overlays/gpu",
+    "overlays/cpu",
+    "overlays/dev-repository",
+    "examples/model-volume",
+    "examples/model-repository",
+)
+REPOSITORY_KUSTOMIZATIONS = ("overlays/dev-repository", "examples/model-repository")
 # Oldest supported (the preStop sleep action is on by default from 1.30) and newest the schemas know.
 KUBERNETES_VERSIONS = ("1.30", kubernetes_validate.utils.latest_version())
 POD_MONITOR_ENDPOINT_FIELDS = {
@@ -143,20 +153,27 @@ def test_gpu_overlay_asks_for_one_gpu_on_gpu_nodes(rendered) -> None:
     assert str(threads) == container(cpu)["resources"]["requests"]["cpu"], "engine threads = the CPU request"
 
 
-@pytest.mark.parametrize("name", ["overlays/gpu", "overlays/cpu"])
+@pytest.mark.parametrize("name", ["overlays/gpu", "overlays/cpu", *REPOSITORY_KUSTOMIZATIONS])
 def test_probes_ports_and_image_agree(rendered, name: str) -> None:
-    image = dm.parse(DEPLOY / "docker" / "Dockerfile").stages[name.split("/")[1]]
+    image = dm.parse(DEPLOY / "docker" / "Dockerfile").stages[
+        "cpu" if "cpu" in container(rendered[name])["image"] else "gpu"
+    ]
     image_env = image.env
     server = container(rendered[name])
     ports = {p["name"]: p["containerPort"] for p in server["ports"]}
-    assert ports == {"grpc": int(image_env["NMTSERVE_PORT"]), "metrics": int(image_env["NMTSERVE_METRICS_PORT"])}
+    assert ports == {
+        "grpc": int(image_env["NMTSERVE_PORT"]),
+        "metrics": int(image_env["NMTSERVE_METRICS_PORT"]),
+        "http": int(image_env["NMTSERVE_HTTP_PORT"]),
+    }
     assert set(ports.values()) == image.exposed
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         grpc_probe = server[probe]["grpc"]
         assert grpc_probe["port"] == ports["grpc"], f"{probe} must ask the gRPC port's health service"
         assert grpc_probe.get("service", "") in HEALTH_SERVICES
-    assert server["startupProbe"]["grpc"]["service"] == SERVICE_NAME
-    assert server["readinessProbe"]["grpc"]["service"] == SERVICE_NAME
+    # "": the whole server, SERVING once every configured model is loaded (a repository's too) and not draining
+    assert server["startupProbe"]["grpc"]["service"] == ""
+    assert server["readinessProbe"]["grpc"]["service"] == ""
     startup = server["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 180, "model load and warm-up need minutes"
     uid, _, gid = image.user.partition(":")
@@ -168,7 +185,7 @@ def test_probes_ports_and_image_agree(rendered, name: str) -> None:
     assert any(m["mountPath"] == "/tmp" for m in server["volumeMounts"]), "a writable /tmp on a read-only root"
 
 
-@pytest.mark.parametrize("name", ["base", "overlays/gpu", "overlays/cpu", "examples/model-volume"])
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
 def test_config_map_is_a_valid_server_config_and_the_grace_period_covers_the_drain(
     rendered, name: str, tmp_path: Path
 ) -> None:
@@ -210,6 +227,8 @@ def test_services_budget_autoscaler_and_monitor_select_the_pods(rendered) -> Non
         assert matches(service["spec"]["selector"], labels)
         assert {p["targetPort"] for p in service["spec"]["ports"]} <= port_names
         assert "metrics" not in {p["targetPort"] for p in service["spec"]["ports"]}, "clients never see /metrics"
+        http = next(p for p in service["spec"]["ports"] if p["name"] == "http")
+        assert (http["targetPort"], http["appProtocol"]) == ("http", "http"), "HTTP beside gRPC, on both Services"
     assert services["nmtserve-headless"]["spec"]["clusterIP"] == "None"
     assert services["nmtserve-headless"]["spec"].get("publishNotReadyAddresses", False) is False
     pdb = one(docs, "PodDisruptionBudget")
@@ -265,3 +284,59 @@ def test_model_volume_example_mounts_a_model_read_only(rendered) -> None:
     assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
     assert "ReadOnlyMany" in claim["spec"]["accessModes"]
     assert claim["metadata"]["namespace"] == one(docs, "Deployment")["metadata"]["namespace"]
+
+
+def server_flags(server: dict[str, Any]) -> dict[str, Any]:
+    """The container's args as the server's own flag parser reads them (the image's entrypoint is `nmtserve serve`)."""
+    parser = argparse.ArgumentParser()
+    add_flags(parser)
+    return vars(parser.parse_args(server.get("args", [])))
+
+
+@pytest.mark.parametrize("name", REPOSITORY_KUSTOMIZATIONS)
+def test_repository_overlays_serve_a_read_only_model_repository(rendered, name: str) -> None:
+    docs = rendered[name]
+    server = container(docs)
+    flags = server_flags(server)
+    mount = next(m for m in server["volumeMounts"] if m["name"] == "models")
+    assert mount["readOnly"] is True
+    assert flags["model_repository"] == Path(mount["mountPath"]), "--model-repository is the mounted volume"
+    env = {e["name"]: e["value"] for e in server["env"]}
+    assert "NMTSERVE_MODEL" not in env, "model and model_repository are exclusive"
+    path_env = {k: v for k, v in env.items() if k.startswith(ENV_PREFIX) and k != "NMTSERVE_CONFIG"}
+    loaded = load_config(flags=flags, environ=path_env)  # the server's own validation of the combination
+    assert loaded.config.model_repository == Path("/models") and loaded.config.model is None
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "models")
+    if name == "examples/model-repository":  # production: one claim every replica mounts read-only
+        claim = one(docs, "PersistentVolumeClaim")
+        assert volume["persistentVolumeClaim"] == {"claimName": claim["metadata"]["name"], "readOnly": True}
+        assert claim["spec"]["accessModes"] == ["ReadOnlyMany"]
+        assert claim["metadata"]["namespace"] == one(docs, "Deployment")["metadata"]["namespace"]
+        assert container(docs)["image"].endswith(":0.1.0-gpu")
+
+
+def test_dev_repository_init_container_fills_a_repository_the_server_can_scan(rendered, tmp_path: Path) -> None:
+    """The init container's own command, run here with /models pointing at a temporary directory: it writes
+    REPO/<model>/<version>/ exports that the server's repository scanner reads as two models with valid manifests."""
+    docs = rendered["overlays/dev-repository"]
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    (init,) = pod["initContainers"]
+    assert init["image"] == container(docs)["image"], "the same image: the exports of the server's own version"
+    assert init["securityContext"]["readOnlyRootFilesystem"] is True
+    mount = next(m for m in init["volumeMounts"] if m["name"] == "models")
+    assert not mount.get("readOnly", False) and mount["mountPath"] == "/models"
+    assert "emptyDir" in next(v for v in pod["volumes"] if v["name"] == "models")
+    command = init["command"]
+    assert command[:2] == ["python", "-c"]
+    code = command[2].replace("'/models/", f"'{tmp_path}/")
+    assert code != command[2]
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    models = DirectoryRepository(tmp_path).scan()
+    assert set(models) == {"demo", "demo-int8"}
+    for model in models.values():
+        (version,) = model.versions
+        assert version.manifest is not None and not version.error, version.error
+        assert version.languages == ("en", "de")
+    assert models["demo"].versions[0].precision == "fp32"
+    assert models["demo-int8"].versions[0].precision == "int8"

@@ -61,10 +61,10 @@ def server_series() -> dict[str, set[str]]:
     read from the server's own registry after one observation of each labelled metric the queries use."""
     series: dict[str, set[str]] = {}
     metrics = ServerMetrics()
-    metrics.request_duration.labels("Translate", "OK").observe(0.1)  # make labelled families emit their samples
-    metrics.requests.labels("Translate", "OK").inc()
+    metrics.count_request("Translate", "OK", "demo", 0.1)  # make labelled families emit their samples
     metrics.set_model("demo", "1", "fp32", "cpu")
     metrics.queue_capacity.labels("sentences").set(4096)
+    metrics.abandoned.labels("queue").inc()
     for family in metrics.registry.collect():
         for sample in family.samples:
             series.setdefault(sample.name, set()).update(sample.labels)
@@ -120,7 +120,48 @@ def test_prometheusrule_is_generated_from_the_rules_file() -> None:
 def test_queue_saturation_is_relative_to_the_capacity_the_server_exports() -> None:
     """The threshold follows each server's own max_queue_size (no number to keep in step with config.toml)."""
     (expr,) = [q.expr for q in pq.rule_queries() if q.name == "NmtserveQueueSaturated"]
-    assert re.search(r'> 0\.8 \* max by \(job, instance\) \(nmtserve_queue_capacity\{unit="sentences"\}\)', expr), expr
+    assert re.search(
+        r'> 0\.8 \* max by \(job, instance, model\) \(nmtserve_queue_capacity\{unit="sentences"\}\)', expr
+    ), expr
+
+
+def model_labelled_metrics() -> set[str]:
+    """Series names of the server that carry a ``model`` label (per-model and request series)."""
+    return {name for name, labels in server_series().items() if "model" in labels}
+
+
+def test_rules_aggregate_and_alert_per_model() -> None:
+    """Every aggregation over a model-labelled series keeps ``model`` (a flood on one model is reported for it, a
+    quiet model does not dilute another's error ratio); every recording rule is at the ``job_model`` level."""
+    labelled = model_labelled_metrics()
+    for query in pq.rule_queries():
+        if query.source == "record":
+            assert query.name.startswith("job_model:"), query.name
+        reads = {pq.metric_name(s) for s in pq.selectors(query.expr)}
+        if not reads & labelled:
+            continue
+        for grouping in re.findall(r"\b(?:sum|max|min|avg) by \(([^)]*)\)", query.expr):
+            assert "model" in [g.strip() for g in grouping.split(",")], f"{query.name}: by ({grouping}) drops model"
+
+
+def test_every_dashboard_query_of_a_per_model_series_follows_the_model_variable() -> None:
+    dashboard = pq.load_dashboard()
+    variables = {v["name"]: v for v in dashboard["templating"]["list"]}
+    model = variables["model"]
+    assert model["type"] == "query" and model["includeAll"] and model["multi"] and model["allValue"] == ".*"
+    assert "nmtserve_model_info" in model["definition"] and model["definition"].endswith(", name)")
+    labelled = model_labelled_metrics()
+    checked = 0
+    for panel in pq.iter_panels(dashboard):
+        for target in panel.get("targets", []):
+            for selector in pq.selectors(target["expr"]):
+                name = pq.metric_name(selector)
+                if name in labelled:
+                    assert 'model=~"$model"' in selector, f"{panel['title']}: {selector} ignores the model selector"
+                    checked += 1
+                elif name == "nmtserve_model_info":
+                    assert 'name=~"$model"' in selector, f"{panel['title']}: {selector}"
+    assert checked >= 20
 
 
 def test_every_metric_and_label_read_exists_in_the_server() -> None:
@@ -234,6 +275,9 @@ def test_compose_stack_builds_the_image_and_honours_the_drain() -> None:
     drain = ServerConfig().drain_timeout_s
     assert grace >= drain + 5 and server["stop_signal"] == image.stages["cpu"].stopsignal
     assert SERVICE_NAME in server["healthcheck"]["test"][3]
+    env = image.stages["cpu"].env
+    published = {port.rsplit(":", 1)[1] for port in server["ports"]}
+    assert published == {env["NMTSERVE_PORT"], env["NMTSERVE_HTTP_PORT"]}, "gRPC and HTTP, not /metrics"
     assert {"driver": "nvidia", "count": 1, "capabilities": ["gpu"]} in (
         gpu["nmtserve"]["deploy"]["resources"]["reservations"]["devices"]
     )

@@ -18,7 +18,7 @@ def test_api_is_versioned() -> None:
     assert pb.DESCRIPTOR.package == "nmtserve.v1"
     assert pb.DESCRIPTOR.name == "nmtserve/v1/translator.proto"
     service = pb.DESCRIPTOR.services_by_name["Translator"]
-    assert {m.name for m in service.methods} == {"Translate", "TranslateStream", "GetModelInfo"}
+    assert {m.name for m in service.methods} == {"Translate", "TranslateStream", "GetModelInfo", "ListModels"}
     stream = service.methods_by_name["TranslateStream"]
     assert stream.client_streaming and stream.server_streaming
     assert hasattr(pb_grpc, "TranslatorStub") and hasattr(pb_grpc, "add_TranslatorServicer_to_server")

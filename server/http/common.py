@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -85,14 +86,24 @@ def from_request_error(error: RequestError) -> HttpError:
 
 
 async def translate_through_service(
-    ctx: HttpContext, request: web.Request, message: pb.TranslateRequest, route: str
+    ctx: HttpContext,
+    request: web.Request,
+    message: pb.TranslateRequest,
+    route: str,
+    on_routed: Callable[[str, str], None] | None = None,
 ) -> pb.TranslateResponse:
     """``message`` through the gRPC handlers' path (limits, queue, deadline from ``X-Timeout-Ms``, cancellation on
     disconnect), counted under ``route``; a refusal becomes its HTTP answer."""
     deadline = deadline_of(request)
     with ctx.service.state.track(route) as call:
         try:
-            return await ctx.service.translate(message, deadline, peer=peer_of(request))
+
+            def routed(name: str, version: str) -> None:
+                call.model = name
+                if on_routed is not None:
+                    on_routed(name, version)
+
+            return await ctx.service.translate(message, deadline, peer=peer_of(request), on_routed=routed)
         except RequestError as error:
             call.code = error.code
             raise from_request_error(error) from None

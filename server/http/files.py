@@ -40,7 +40,7 @@ from nmtserve.server.http.common import (
     context_of,
     translate_through_service,
 )
-from nmtserve.server.http.libre import PART_HEADERS, check_language_pair
+from nmtserve.server.http.libre import PART_HEADERS, check_language_pair, served_pairs
 
 MAX_FIELD_BYTES = 4096  # a form field other than the file (source, target, api_key, options)
 MAX_PARTS = 16  # parts of one upload: a flood of tiny parts must not cost unbounded work
@@ -174,9 +174,18 @@ def translated_name(filename: str, target: str) -> str:
 
 
 async def _translate_document(
-    ctx: HttpContext, request: web.Request, text: str, format: str, options: pb.DecodingOptions, route: str
+    ctx: HttpContext,
+    request: web.Request,
+    text: str,
+    format: str,
+    options: pb.DecodingOptions,
+    route: str,
+    languages: tuple[str, str] | None = None,
 ) -> bytes:
+    """The translated document; ``languages`` (source, target) pick the model of a repository."""
     message = pb.TranslateRequest(texts=[text], format=format, options=options)
+    if languages is not None:
+        message.source_language, message.target_language = languages
     del text
     response = await translate_through_service(ctx, request, message, route)
     return response.translations[0].hypotheses[0].text.encode("utf-8")
@@ -188,10 +197,12 @@ async def translate_file(request: web.Request) -> web.Response:
     upload = await read_upload(request, ctx.config.max_request_bytes)
     key = upload.fields.get("api_key") or bearer_of(request)
     check_key(request, key, "POST /translate_file", 403)
-    _, target = check_language_pair(request, upload.fields)
+    source, target = check_language_pair(request, upload.fields)
+    languages = (source, target) if len(served_pairs(request)) > 1 else None  # a repository: the pair picks
     format, text = _document(upload)
     del upload.data
-    data = await _translate_document(ctx, request, text, format, pb.DecodingOptions(), "HTTP /translate_file")
+    options = pb.DecodingOptions()
+    data = await _translate_document(ctx, request, text, format, options, "HTTP /translate_file", languages)
     name = translated_name(upload.filename, target)
     token = request.app[STORE].put(data, name, MEDIA_TYPE[format])
     if token is None:

@@ -42,7 +42,7 @@ def language_name(code: str) -> str:
 
 
 def model_languages(request: web.Request) -> tuple[str, str]:
-    """(source, target) codes of the loaded model, from its manifest; 503 while no model is loaded."""
+    """(source, target) codes of the default model, from its manifest; 503 while it is not loaded."""
     ctx = context_of(request)
     backend = ctx.service.backend
     if backend is None:
@@ -52,16 +52,37 @@ def model_languages(request: web.Request) -> tuple[str, str]:
     return languages.get("source", ""), languages.get("target", "")
 
 
+def served_pairs(request: web.Request) -> list[tuple[str, str]]:
+    """(source, target) of every ready model (a model repository serves several), the default model's first."""
+    first = model_languages(request)
+    registry = context_of(request).service.registry
+    pairs = [first]
+    for name in registry.names() if registry is not None else ():
+        if registry is not None and registry.ready(name):
+            source, target, _ = registry.languages(name)
+            if (source, target) not in pairs and source and target:
+                pairs.append((source, target))
+    return pairs
+
+
 async def languages(request: web.Request) -> web.Response:
-    source, target = model_languages(request)
-    listing = [{"code": source, "name": language_name(source), "targets": [target]}]
-    if target != source:
-        listing.append({"code": target, "name": language_name(target), "targets": []})
+    """LibreTranslate's listing: each source language with the targets it translates into, the union over models."""
+    targets: dict[str, list[str]] = {}
+    for source, target in served_pairs(request):
+        targets.setdefault(source, [])
+        if target not in targets[source]:
+            targets[source].append(target)
+    for target in [t for ts in list(targets.values()) for t in ts]:
+        targets.setdefault(target, [])
+    listing = [{"code": code, "name": language_name(code), "targets": sorted(ts)} for code, ts in targets.items()]
     return web.json_response(listing)
 
 
 async def health(request: web.Request) -> web.Response:
-    reason = context_of(request).service.state.unavailable_reason()
+    service = context_of(request).service
+    reason = service.state.unavailable_reason()
+    if reason is None and service.backend is None:  # a model repository whose default model is not ready
+        reason = "the default model has no ready version"
     if reason is not None:
         return web.json_response({"status": "not serving", "error": reason}, status=503)
     return web.json_response({"status": "ok"})
@@ -146,14 +167,15 @@ def _code(params: dict[str, Any], name: str) -> str:
 def check_language_pair(request: web.Request, params: dict[str, Any]) -> tuple[str, str]:
     """(source, target) of a LibreTranslate request, or its 400: missing, ``auto`` (no detector), unsupported."""
     source, target = _code(params, "source"), _code(params, "target")
-    model_source, model_target = model_languages(request)
+    pairs = served_pairs(request)
     if source == "auto":
+        sources = ", ".join(sorted({s for s, _ in pairs}))
         raise HttpError(
-            400, f"source=auto needs a language detector and this server has none; pass the source ({model_source})"
+            400, f"source=auto needs a language detector and this server has none; pass the source ({sources})"
         )
-    if source != model_source:
+    if source not in {s for s, _ in pairs}:
         raise HttpError(400, f"{source} is not supported")
-    if target != model_target:
+    if (source, target) not in pairs:
         raise HttpError(400, f"{target} is not supported")
     return source, target
 
@@ -165,7 +187,7 @@ async def translate(request: web.Request) -> web.Response:
     key = key if isinstance(key, str) and key else bearer_of(request)
     check_key(request, key, "POST /translate", 403)
     texts, batch = _texts(params.get("q"))
-    check_language_pair(request, params)
+    source, target = check_language_pair(request, params)
     text_format = params.get("format") or "text"
     alternatives = _alternatives(params.get("alternatives"), ctx.config.max_beam_size)
     if text_format not in ("text", "html"):
@@ -176,6 +198,8 @@ async def translate(request: web.Request) -> web.Response:
     # format=html: each text is an HTML document (server/documents): markup kept, text nodes translated. Plain
     # text stays one model input per text, as LibreTranslate translates it.
     message = pb.TranslateRequest(texts=texts, options=options, format="html" if text_format == "html" else "")
+    if len(served_pairs(request)) > 1:  # a model repository: the pair picks the model
+        message.source_language, message.target_language = source, target
     response = await translate_through_service(ctx, request, message, "HTTP /translate")
     results = []
     for translation in response.translations:

@@ -34,8 +34,12 @@ from nmtserve.server.http.common import (
     peer_of,
     translate_through_service,
 )
-from nmtserve.server.service import model_info_message
+from nmtserve.server.model_messages import list_models, version_info
+from nmtserve.server.models import ModelRegistry
+from nmtserve.server.partials import labeller
 from nmtserve.server.validation import RequestError
+
+MODEL_HEADER = "X-Nmtserve-Model"  # "<model>/<version>" that answered, as gRPC's nmtserve-model trailer
 
 
 class SlowReader(Exception):
@@ -58,9 +62,11 @@ async def _request_message(request: web.Request, method: str) -> pb.TranslateReq
 async def translate(request: web.Request) -> web.Response:
     ctx = context_of(request)
     message = await _request_message(request, "POST /v1/translate")
-    response = await translate_through_service(ctx, request, message, "HTTP /v1/translate")
+    served: list[str] = []
+    routed = lambda name, version: served.append(f"{name}/{version}")  # noqa: E731
+    response = await translate_through_service(ctx, request, message, "HTTP /v1/translate", routed)
     response.request_id = message.request_id
-    return web.json_response(to_json(response))
+    return web.json_response(to_json(response), headers={MODEL_HEADER: served[0]} if served else None)
 
 
 def _event(name: str, data: dict[str, Any]) -> bytes:
@@ -85,10 +91,7 @@ async def translate_stream(request: web.Request) -> web.StreamResponse:
         except TimeoutError:
             raise SlowReader() from None
 
-    async def send_partial(index: int, token_ids: list[int] | str) -> None:
-        backend = ctx.service.backend
-        assert backend is not None  # partials come only from a request the loaded model is decoding
-        text = token_ids if isinstance(token_ids, str) else backend.engine.tokenizer.decode(token_ids)
+    async def send_partial(index: int, text: str, complete: bool) -> None:
         previous = sent.get(index, "")
         if len(text) > len(previous) and text.startswith(previous):  # partials only ever extend
             sent[index] = text
@@ -96,7 +99,8 @@ async def translate_stream(request: web.Request) -> web.StreamResponse:
 
     with ctx.service.state.track("HTTP /v1/translate/stream") as call:
         try:
-            response = await ctx.service.translate(message, deadline, send_partial, peer_of(request))
+            routed = labeller(call)
+            response = await ctx.service.translate(message, deadline, send_partial, peer_of(request), routed)
             response.request_id = message.request_id
             await write(_event("result", to_json(response)))
         except RequestError as error:
@@ -117,24 +121,44 @@ async def translate_stream(request: web.Request) -> web.StreamResponse:
     return stream
 
 
+def _registry(request: web.Request) -> ModelRegistry:
+    ctx = context_of(request)
+    if ctx.service.registry is None:
+        raise HttpError(503, ctx.service.state.unavailable_reason() or "the model is not loaded", {"Retry-After": "1"})
+    return ctx.service.registry
+
+
 async def models(request: web.Request) -> web.Response:
+    """Every model of the repository (``ListModelsResponse``); ``models`` keeps its first shape too: each ready
+    model's ``ModelInfo`` (as with one model, before repositories)."""
     check_key(request, bearer_of(request), "GET /v1/models", 401)
     ctx = context_of(request)
+    registry = _registry(request)
     if ctx.service.backend is None:
         raise HttpError(503, ctx.service.state.unavailable_reason() or "the model is not loaded", {"Retry-After": "1"})
-    return web.json_response({"models": [to_json(model_info_message(ctx.service.backend.engine, ctx.config))]})
+    infos = []
+    for name in registry.names():
+        serving = registry.serving(name)
+        if serving is not None:
+            infos.append(to_json(version_info(registry, serving, ctx.config)))
+    listing = to_json(list_models(registry, ctx.config))
+    return web.json_response(
+        {"models": infos, "repository": listing.get("models", []), "default_model": registry.default}
+    )
 
 
 async def model(request: web.Request) -> web.Response:
+    """``GET /v1/models/{name}`` (``?version=V``): the ``ModelInfo`` of the model's serving (or that) version."""
     check_key(request, bearer_of(request), "GET /v1/models/{name}", 401)
     ctx = context_of(request)
-    if ctx.service.backend is None:
+    registry = _registry(request)
+    if ctx.service.backend is None and not registry.any_ready():
         raise HttpError(503, ctx.service.state.unavailable_reason() or "the model is not loaded", {"Retry-After": "1"})
-    info = model_info_message(ctx.service.backend.engine, ctx.config)
-    name = request.match_info["name"]
-    if name != info.name:
-        raise HttpError(404, f"no model named {name!r}; this server serves {info.name!r}")
-    return web.json_response(to_json(info))
+    try:
+        held = registry.find(request.match_info["name"], request.query.get("version", ""))
+    except RequestError as error:
+        raise from_request_error(error) from None
+    return web.json_response(to_json(version_info(registry, held, ctx.config)))
 
 
 def add_routes(app: web.Application) -> None:

@@ -48,7 +48,12 @@ def _field_schema(field: FieldDescriptor) -> dict[str, Any]:
 
 def _components() -> dict[str, Any]:
     schemas: dict[str, Any] = {}
-    pending = [pb.TranslateRequest.DESCRIPTOR, pb.TranslateResponse.DESCRIPTOR, pb.ModelInfo.DESCRIPTOR]
+    pending = [
+        pb.TranslateRequest.DESCRIPTOR,
+        pb.TranslateResponse.DESCRIPTOR,
+        pb.ModelInfo.DESCRIPTOR,
+        pb.ModelStatus.DESCRIPTOR,
+    ]
     while pending:
         descriptor = pending.pop()
         if descriptor.name in schemas:
@@ -206,13 +211,17 @@ def document(keys_required: bool = False) -> dict[str, Any]:
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}},
                           **_errors(400, 401, 413, 429, 503)},
         }},
-        "/v1/models": {"get": {"summary": "The served models", "tags": ["v1"], "security": v1_security, "responses": {
-            "200": _json({"type": "object", "properties": {"models": {"type": "array",
-                                                                      "items": ref(pb.ModelInfo.DESCRIPTOR)}}}),
+        "/v1/models": {"get": {"summary": "The served models, and every model of the repository", "tags": ["v1"],
+                               "security": v1_security, "responses": {
+            "200": _json({"type": "object", "properties": {
+                "models": {"type": "array", "items": ref(pb.ModelInfo.DESCRIPTOR)},
+                "repository": {"type": "array", "items": ref(pb.ModelStatus.DESCRIPTOR)},
+                "default_model": {"type": "string"}}}),
             **_errors(401, 503)}}},
         "/v1/models/{name}": {"get": {
-            "summary": "One model", "tags": ["v1"], "security": v1_security,
-            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}],
+            "summary": "One model (its serving version, or ?version=)", "tags": ["v1"], "security": v1_security,
+            "parameters": [{"name": "name", "in": "path", "required": True, "schema": {"type": "string"}},
+                           {"name": "version", "in": "query", "required": False, "schema": {"type": "string"}}],
             "responses": {"200": _json(ref(pb.ModelInfo.DESCRIPTOR)), **_errors(401, 404, 503)}}},
     }  # fmt: skip
     return {

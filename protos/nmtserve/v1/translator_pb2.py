@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnmtserve/v1/translator.proto\x12\x0bnmtserve.v1\"\xae\x01\n\x0f\x44\x65\x63odingOptions\x12\x11\n\tbeam_size\x18\x01 \x01(\r\x12\x1b\n\x0elength_penalty\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\nmax_length\x18\x03 \x01(\r\x12\x16\n\x0enum_hypotheses\x18\x04 \x01(\r\x12\x1a\n\rreturn_scores\x18\x05 \x01(\x08H\x01\x88\x01\x01\x42\x11\n\x0f_length_penaltyB\x10\n\x0e_return_scores\"\xbe\x01\n\x10TranslateRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12-\n\x07options\x18\x02 \x01(\x0b\x32\x1c.nmtserve.v1.DecodingOptions\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x16\n\x0estream_partial\x18\x04 \x01(\x08\x12\x17\n\x0fsource_language\x18\x05 \x01(\t\x12\x17\n\x0ftarget_language\x18\x06 \x01(\t\x12\x0e\n\x06\x66ormat\x18\t \x01(\t\"8\n\nHypothesis\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\x05score\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x08\n\x06_score\":\n\x0bTranslation\x12+\n\nhypotheses\x18\x01 \x03(\x0b\x32\x17.nmtserve.v1.Hypothesis\"1\n\x12PartialTranslation\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xad\x01\n\x11TranslateResponse\x12.\n\x0ctranslations\x18\x01 \x03(\x0b\x32\x18.nmtserve.v1.Translation\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x31\n\x08partials\x18\x03 \x03(\x0b\x32\x1f.nmtserve.v1.PartialTranslation\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.nmtserve.v1.Error\"\x15\n\x13GetModelInfoRequest\"\x8a\x03\n\x06Limits\x12\x1d\n\x15max_texts_per_request\x18\x01 \x01(\r\x12\x18\n\x10max_input_tokens\x18\x02 \x01(\r\x12\x15\n\rmax_beam_size\x18\x03 \x01(\r\x12\x19\n\x11max_output_length\x18\x04 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x05 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x06 \x01(\r\x12\x16\n\x0emax_queue_size\x18\x07 \x01(\r\x12\x17\n\x0fmax_input_bytes\x18\x08 \x01(\r\x12\x19\n\x11max_message_bytes\x18\t \x01(\r\x12\x1a\n\x12max_length_penalty\x18\n \x01(\x02\x12\x18\n\x10max_queue_tokens\x18\x0b \x01(\r\x12#\n\x1bmax_inflight_per_connection\x18\x0c \x01(\r\x12\x19\n\x11max_request_bytes\x18\r \x01(\r\x12!\n\x19max_sentences_per_request\x18\x0e \x01(\r\"\xac\x02\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x17\n\x0fsource_language\x18\x03 \x01(\t\x12\x17\n\x0ftarget_language\x18\x04 \x01(\t\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x12\n\nvocab_size\x18\x07 \x01(\r\x12#\n\x06limits\x18\x08 \x01(\x0b\x32\x13.nmtserve.v1.Limits\x12\x35\n\x0f\x64\x65\x66\x61ult_options\x18\t \x01(\x0b\x32\x1c.nmtserve.v1.DecodingOptions\x12\x10\n\x08\x62\x61tching\x18\n \x01(\t\x12\x16\n\x0eserver_version\x18\x0b \x01(\t\x12\x11\n\tlanguages\x18\x0c \x03(\t2\xf8\x01\n\nTranslator\x12J\n\tTranslate\x12\x1d.nmtserve.v1.TranslateRequest\x1a\x1e.nmtserve.v1.TranslateResponse\x12T\n\x0fTranslateStream\x12\x1d.nmtserve.v1.TranslateRequest\x1a\x1e.nmtserve.v1.TranslateResponse(\x01\x30\x01\x12H\n\x0cGetModelInfo\x12 .nmtserve.v1.GetModelInfoRequest\x1a\x16.nmtserve.v1.ModelInfoB+\n\x0f\x64\x65v.nmtserve.v1P\x01Z\x16nmtserve/v1;nmtservev1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cnmtserve/v1/translator.proto\x12\x0bnmtserve.v1\"\xae\x01\n\x0f\x44\x65\x63odingOptions\x12\x11\n\tbeam_size\x18\x01 \x01(\r\x12\x1b\n\x0elength_penalty\x18\x02 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\nmax_length\x18\x03 \x01(\r\x12\x16\n\x0enum_hypotheses\x18\x04 \x01(\r\x12\x1a\n\rreturn_scores\x18\x05 \x01(\x08H\x01\x88\x01\x01\x42\x11\n\x0f_length_penaltyB\x10\n\x0e_return_scores\"\xe4\x01\n\x10TranslateRequest\x12\r\n\x05texts\x18\x01 \x03(\t\x12-\n\x07options\x18\x02 \x01(\x0b\x32\x1c.nmtserve.v1.DecodingOptions\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x16\n\x0estream_partial\x18\x04 \x01(\x08\x12\x17\n\x0fsource_language\x18\x05 \x01(\t\x12\x17\n\x0ftarget_language\x18\x06 \x01(\t\x12\x0e\n\x06\x66ormat\x18\t \x01(\t\x12\r\n\x05model\x18\x07 \x01(\t\x12\x15\n\rmodel_version\x18\x08 \x01(\t\"8\n\nHypothesis\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x12\n\x05score\x18\x02 \x01(\x02H\x00\x88\x01\x01\x42\x08\n\x06_score\":\n\x0bTranslation\x12+\n\nhypotheses\x18\x01 \x03(\x0b\x32\x17.nmtserve.v1.Hypothesis\"1\n\x12PartialTranslation\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0c\n\x04text\x18\x02 \x01(\t\"&\n\x05\x45rror\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xad\x01\n\x11TranslateResponse\x12.\n\x0ctranslations\x18\x01 \x03(\x0b\x32\x18.nmtserve.v1.Translation\x12\x12\n\nrequest_id\x18\x02 \x01(\t\x12\x31\n\x08partials\x18\x03 \x03(\x0b\x32\x1f.nmtserve.v1.PartialTranslation\x12!\n\x05\x65rror\x18\x04 \x01(\x0b\x32\x12.nmtserve.v1.Error\";\n\x13GetModelInfoRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\x8a\x03\n\x06Limits\x12\x1d\n\x15max_texts_per_request\x18\x01 \x01(\r\x12\x18\n\x10max_input_tokens\x18\x02 \x01(\r\x12\x15\n\rmax_beam_size\x18\x03 \x01(\r\x12\x19\n\x11max_output_length\x18\x04 \x01(\r\x12\x16\n\x0emax_batch_size\x18\x05 \x01(\r\x12\x18\n\x10max_batch_tokens\x18\x06 \x01(\r\x12\x16\n\x0emax_queue_size\x18\x07 \x01(\r\x12\x17\n\x0fmax_input_bytes\x18\x08 \x01(\r\x12\x19\n\x11max_message_bytes\x18\t \x01(\r\x12\x1a\n\x12max_length_penalty\x18\n \x01(\x02\x12\x18\n\x10max_queue_tokens\x18\x0b \x01(\r\x12#\n\x1bmax_inflight_per_connection\x18\x0c \x01(\r\x12\x19\n\x11max_request_bytes\x18\r \x01(\r\x12!\n\x19max_sentences_per_request\x18\x0e \x01(\r\"\xb9\x03\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\t\x12\x17\n\x0fsource_language\x18\x03 \x01(\t\x12\x17\n\x0ftarget_language\x18\x04 \x01(\t\x12\x11\n\tprecision\x18\x05 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x06 \x01(\t\x12\x12\n\nvocab_size\x18\x07 \x01(\r\x12#\n\x06limits\x18\x08 \x01(\x0b\x32\x13.nmtserve.v1.Limits\x12\x35\n\x0f\x64\x65\x66\x61ult_options\x18\t \x01(\x0b\x32\x1c.nmtserve.v1.DecodingOptions\x12\x10\n\x08\x62\x61tching\x18\n \x01(\t\x12\x16\n\x0eserver_version\x18\x0b \x01(\t\x12\x11\n\tlanguages\x18\x0c \x03(\t\x12&\n\x05state\x18\r \x01(\x0e\x32\x17.nmtserve.v1.ModelState\x12\x14\n\x0cstate_reason\x18\x0e \x01(\t\x12\x16\n\x0eresident_bytes\x18\x0f \x01(\x04\x12\x10\n\x08versions\x18\x10 \x03(\t\x12\x12\n\nis_default\x18\x11 \x01(\x08\x12\x0f\n\x07serving\x18\x12 \x01(\x08\"\x13\n\x11ListModelsRequest\"\xa9\x01\n\x12ModelVersionStatus\x12\x0f\n\x07version\x18\x01 \x01(\t\x12&\n\x05state\x18\x02 \x01(\x0e\x32\x17.nmtserve.v1.ModelState\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x05 \x01(\t\x12\x16\n\x0eresident_bytes\x18\x06 \x01(\x04\x12\x0f\n\x07serving\x18\x07 \x01(\x08\"\xc0\x01\n\x0bModelStatus\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x31\n\x08versions\x18\x02 \x03(\x0b\x32\x1f.nmtserve.v1.ModelVersionStatus\x12\x17\n\x0fserving_version\x18\x03 \x01(\t\x12\x12\n\nis_default\x18\x04 \x01(\x08\x12\x17\n\x0fsource_language\x18\x05 \x01(\t\x12\x17\n\x0ftarget_language\x18\x06 \x01(\t\x12\x11\n\tlanguages\x18\x07 \x03(\t\"U\n\x12ListModelsResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.nmtserve.v1.ModelStatus\x12\x15\n\rdefault_model\x18\x02 \x01(\t\"8\n\x10LoadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\":\n\x12UnloadModelRequest\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\"\'\n\x16SetDefaultModelRequest\x12\r\n\x05model\x18\x01 \x01(\t*\xa6\x01\n\nModelState\x12\x1b\n\x17MODEL_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MODEL_STATE_LOADING\x10\x01\x12\x15\n\x11MODEL_STATE_READY\x10\x02\x12\x16\n\x12MODEL_STATE_FAILED\x10\x03\x12\x19\n\x15MODEL_STATE_UNLOADING\x10\x04\x12\x18\n\x14MODEL_STATE_UNLOADED\x10\x05\x32\xc7\x02\n\nTranslator\x12J\n\tTranslate\x12\x1d.nmtserve.v1.TranslateRequest\x1a\x1e.nmtserve.v1.TranslateResponse\x12T\n\x0fTranslateStream\x12\x1d.nmtserve.v1.TranslateRequest\x1a\x1e.nmtserve.v1.TranslateResponse(\x01\x30\x01\x12H\n\x0cGetModelInfo\x12 .nmtserve.v1.GetModelInfoRequest\x1a\x16.nmtserve.v1.ModelInfo\x12M\n\nListModels\x12\x1e.nmtserve.v1.ListModelsRequest\x1a\x1f.nmtserve.v1.ListModelsResponse2\xe9\x01\n\x05\x41\x64min\x12\x44\n\tLoadModel\x12\x1d.nmtserve.v1.LoadModelRequest\x1a\x18.nmtserve.v1.ModelStatus\x12H\n\x0bUnloadModel\x12\x1f.nmtserve.v1.UnloadModelRequest\x1a\x18.nmtserve.v1.ModelStatus\x12P\n\x0fSetDefaultModel\x12#.nmtserve.v1.SetDefaultModelRequest\x1a\x18.nmtserve.v1.ModelStatusB+\n\x0f\x64\x65v.nmtserve.v1P\x01Z\x16nmtserve/v1;nmtservev1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,26 +32,44 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'nmtserve.v1.translator_pb2'
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\017dev.nmtserve.v1P\001Z\026nmtserve/v1;nmtservev1'
+  _globals['_MODELSTATE']._serialized_start=2375
+  _globals['_MODELSTATE']._serialized_end=2541
   _globals['_DECODINGOPTIONS']._serialized_start=46
   _globals['_DECODINGOPTIONS']._serialized_end=220
   _globals['_TRANSLATEREQUEST']._serialized_start=223
-  _globals['_TRANSLATEREQUEST']._serialized_end=413
-  _globals['_HYPOTHESIS']._serialized_start=415
-  _globals['_HYPOTHESIS']._serialized_end=471
-  _globals['_TRANSLATION']._serialized_start=473
-  _globals['_TRANSLATION']._serialized_end=531
-  _globals['_PARTIALTRANSLATION']._serialized_start=533
-  _globals['_PARTIALTRANSLATION']._serialized_end=582
-  _globals['_ERROR']._serialized_start=584
-  _globals['_ERROR']._serialized_end=622
-  _globals['_TRANSLATERESPONSE']._serialized_start=625
-  _globals['_TRANSLATERESPONSE']._serialized_end=798
-  _globals['_GETMODELINFOREQUEST']._serialized_start=800
-  _globals['_GETMODELINFOREQUEST']._serialized_end=821
-  _globals['_LIMITS']._serialized_start=824
-  _globals['_LIMITS']._serialized_end=1218
-  _globals['_MODELINFO']._serialized_start=1221
-  _globals['_MODELINFO']._serialized_end=1521
-  _globals['_TRANSLATOR']._serialized_start=1524
-  _globals['_TRANSLATOR']._serialized_end=1772
+  _globals['_TRANSLATEREQUEST']._serialized_end=451
+  _globals['_HYPOTHESIS']._serialized_start=453
+  _globals['_HYPOTHESIS']._serialized_end=509
+  _globals['_TRANSLATION']._serialized_start=511
+  _globals['_TRANSLATION']._serialized_end=569
+  _globals['_PARTIALTRANSLATION']._serialized_start=571
+  _globals['_PARTIALTRANSLATION']._serialized_end=620
+  _globals['_ERROR']._serialized_start=622
+  _globals['_ERROR']._serialized_end=660
+  _globals['_TRANSLATERESPONSE']._serialized_start=663
+  _globals['_TRANSLATERESPONSE']._serialized_end=836
+  _globals['_GETMODELINFOREQUEST']._serialized_start=838
+  _globals['_GETMODELINFOREQUEST']._serialized_end=897
+  _globals['_LIMITS']._serialized_start=900
+  _globals['_LIMITS']._serialized_end=1294
+  _globals['_MODELINFO']._serialized_start=1297
+  _globals['_MODELINFO']._serialized_end=1738
+  _globals['_LISTMODELSREQUEST']._serialized_start=1740
+  _globals['_LISTMODELSREQUEST']._serialized_end=1759
+  _globals['_MODELVERSIONSTATUS']._serialized_start=1762
+  _globals['_MODELVERSIONSTATUS']._serialized_end=1931
+  _globals['_MODELSTATUS']._serialized_start=1934
+  _globals['_MODELSTATUS']._serialized_end=2126
+  _globals['_LISTMODELSRESPONSE']._serialized_start=2128
+  _globals['_LISTMODELSRESPONSE']._serialized_end=2213
+  _globals['_LOADMODELREQUEST']._serialized_start=2215
+  _globals['_LOADMODELREQUEST']._serialized_end=2271
+  _globals['_UNLOADMODELREQUEST']._serialized_start=2273
+  _globals['_UNLOADMODELREQUEST']._serialized_end=2331
+  _globals['_SETDEFAULTMODELREQUEST']._serialized_start=2333
+  _globals['_SETDEFAULTMODELREQUEST']._serialized_end=2372
+  _globals['_TRANSLATOR']._serialized_start=2544
+  _globals['_TRANSLATOR']._serialized_end=2871
+  _globals['_ADMIN']._serialized_start=2874
+  _globals['_ADMIN']._serialized_end=3107
 # @@protoc_insertion_point(module_scope)

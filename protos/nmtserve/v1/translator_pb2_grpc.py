@@ -50,6 +50,11 @@ class TranslatorStub:
                 request_serializer=nmtserve_dot_v1_dot_translator__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=nmtserve_dot_v1_dot_translator__pb2.ModelInfo.FromString,
                 _registered_method=True)
+        self.ListModels = channel.unary_unary(
+                '/nmtserve.v1.Translator/ListModels',
+                request_serializer=nmtserve_dot_v1_dot_translator__pb2.ListModelsRequest.SerializeToString,
+                response_deserializer=nmtserve_dot_v1_dot_translator__pb2.ListModelsResponse.FromString,
+                _registered_method=True)
 
 
 class TranslatorServicer:
@@ -74,7 +79,16 @@ class TranslatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetModelInfo(self, request, context):
-        """The served model and the server's limits and defaults.
+        """A served model (GetModelInfoRequest.model; empty: the default model) and the server's limits and defaults.
+        Unknown model or version: NOT_FOUND listing what the repository holds.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListModels(self, request, context):
+        """Every model of the repository: its versions, their state (loading, ready, failed with the reason,
+        unloading, unloaded), languages, precision, device and resident memory.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -97,6 +111,11 @@ def add_TranslatorServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=nmtserve_dot_v1_dot_translator__pb2.GetModelInfoRequest.FromString,
                     response_serializer=nmtserve_dot_v1_dot_translator__pb2.ModelInfo.SerializeToString,
+            ),
+            'ListModels': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListModels,
+                    request_deserializer=nmtserve_dot_v1_dot_translator__pb2.ListModelsRequest.FromString,
+                    response_serializer=nmtserve_dot_v1_dot_translator__pb2.ListModelsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -181,6 +200,202 @@ class Translator:
             '/nmtserve.v1.Translator/GetModelInfo',
             nmtserve_dot_v1_dot_translator__pb2.GetModelInfoRequest.SerializeToString,
             nmtserve_dot_v1_dot_translator__pb2.ModelInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListModels(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nmtserve.v1.Translator/ListModels',
+            nmtserve_dot_v1_dot_translator__pb2.ListModelsRequest.SerializeToString,
+            nmtserve_dot_v1_dot_translator__pb2.ListModelsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class AdminStub:
+    """Operator calls that change what the server has loaded. Guarded by their own bearer token (admin_token_file);
+    without that setting every call is refused with PERMISSION_DENIED, a wrong or missing token is UNAUTHENTICATED.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.LoadModel = channel.unary_unary(
+                '/nmtserve.v1.Admin/LoadModel',
+                request_serializer=nmtserve_dot_v1_dot_translator__pb2.LoadModelRequest.SerializeToString,
+                response_deserializer=nmtserve_dot_v1_dot_translator__pb2.ModelStatus.FromString,
+                _registered_method=True)
+        self.UnloadModel = channel.unary_unary(
+                '/nmtserve.v1.Admin/UnloadModel',
+                request_serializer=nmtserve_dot_v1_dot_translator__pb2.UnloadModelRequest.SerializeToString,
+                response_deserializer=nmtserve_dot_v1_dot_translator__pb2.ModelStatus.FromString,
+                _registered_method=True)
+        self.SetDefaultModel = channel.unary_unary(
+                '/nmtserve.v1.Admin/SetDefaultModel',
+                request_serializer=nmtserve_dot_v1_dot_translator__pb2.SetDefaultModelRequest.SerializeToString,
+                response_deserializer=nmtserve_dot_v1_dot_translator__pb2.ModelStatus.FromString,
+                _registered_method=True)
+
+
+class AdminServicer:
+    """Operator calls that change what the server has loaded. Guarded by their own bearer token (admin_token_file);
+    without that setting every call is refused with PERMISSION_DENIED, a wrong or missing token is UNAUTHENTICATED.
+    """
+
+    def LoadModel(self, request, context):
+        """Load a model of the repository (and keep it loaded on later repository scans); returns once it is ready or
+        failed. With model_version: load (and pin) that version besides the serving one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UnloadModel(self, request, context):
+        """Unload a model (all its versions) or, with model_version, a pinned older version. In-flight requests finish
+        first. The default model cannot be unloaded (FAILED_PRECONDITION): set another default first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetDefaultModel(self, request, context):
+        """The model that requests naming no model (and no language pair only another model serves) go to.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'LoadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.LoadModel,
+                    request_deserializer=nmtserve_dot_v1_dot_translator__pb2.LoadModelRequest.FromString,
+                    response_serializer=nmtserve_dot_v1_dot_translator__pb2.ModelStatus.SerializeToString,
+            ),
+            'UnloadModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.UnloadModel,
+                    request_deserializer=nmtserve_dot_v1_dot_translator__pb2.UnloadModelRequest.FromString,
+                    response_serializer=nmtserve_dot_v1_dot_translator__pb2.ModelStatus.SerializeToString,
+            ),
+            'SetDefaultModel': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetDefaultModel,
+                    request_deserializer=nmtserve_dot_v1_dot_translator__pb2.SetDefaultModelRequest.FromString,
+                    response_serializer=nmtserve_dot_v1_dot_translator__pb2.ModelStatus.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'nmtserve.v1.Admin', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('nmtserve.v1.Admin', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Admin:
+    """Operator calls that change what the server has loaded. Guarded by their own bearer token (admin_token_file);
+    without that setting every call is refused with PERMISSION_DENIED, a wrong or missing token is UNAUTHENTICATED.
+    """
+
+    @staticmethod
+    def LoadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nmtserve.v1.Admin/LoadModel',
+            nmtserve_dot_v1_dot_translator__pb2.LoadModelRequest.SerializeToString,
+            nmtserve_dot_v1_dot_translator__pb2.ModelStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UnloadModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nmtserve.v1.Admin/UnloadModel',
+            nmtserve_dot_v1_dot_translator__pb2.UnloadModelRequest.SerializeToString,
+            nmtserve_dot_v1_dot_translator__pb2.ModelStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetDefaultModel(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/nmtserve.v1.Admin/SetDefaultModel',
+            nmtserve_dot_v1_dot_translator__pb2.SetDefaultModelRequest.SerializeToString,
+            nmtserve_dot_v1_dot_translator__pb2.ModelStatus.FromString,
             options,
             channel_credentials,
             insecure,
