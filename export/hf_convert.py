@@ -211,7 +211,16 @@ LOADERS: dict[str, type] = {"MarianMTModel": MarianLoader}
 MODEL_TYPES = {"marian": "MarianMTModel"}
 
 
+def _register_bart() -> None:
+    """BART / mBART live in their own module (which imports this one's helpers)."""
+    from nmtserve.export.hf_bart import BartLoader, MBartLoader
+
+    LOADERS.update({loader.architecture: loader for loader in (BartLoader, MBartLoader)})
+    MODEL_TYPES.update({"bart": BartLoader.architecture, "mbart": MBartLoader.architecture})
+
+
 def _loader(source: Path, config: dict[str, Any]):
+    _register_bart()
     architectures = config.get("architectures") or [MODEL_TYPES.get(config.get("model_type", ""), "")]
     name = architectures[0] if architectures else ""
     if name not in LOADERS:

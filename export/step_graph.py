@@ -170,8 +170,12 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
         "Mul",
         [g.op("Gather", [embedding, "token_ids"]), g.weight("sqrt_d", np.array(model.embedding_scale, np.float32))],
     )
-    position = g.op("Gather", [g.weight("positions_table", model.positions), "positions"])
-    x = g.op("Unsqueeze", [g.op("Add", [scaled, position]), axis_1])
+    position = g.op("Gather", [g.weight("positions_table", model.position_table(decoder=True)), "positions"])
+    embedded = g.op("Add", [scaled, position])
+    if config.layernorm_embedding:  # BART / mBART
+        norm = cast(torch.nn.LayerNorm, model.decoder_embedding_norm)
+        embedded = _layer_norm(g, embedded, norm, "decoder.embedding_norm")
+    x = g.op("Unsqueeze", [embedded, axis_1])
 
     for i, layer in enumerate(model.decoder_layers):
         scope, layer_kv = f"decoder.{i}", slice(2 * i, 2 * i + 2)

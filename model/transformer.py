@@ -42,6 +42,8 @@ class TransformerConfig:
     positions: str = "sinusoidal"  # sinusoidal: the paper's interleaved sin/cos; sinusoidal-halves: sin | cos
     scale_embedding: bool = True  # multiply embeddings by sqrt(d_model) (Section 3.4)
     final_logits_bias: bool = False  # a per-token bias added to the output logits (Marian, BART)
+    # BART / mBART: a LayerNorm right after embedding + position, in the encoder and in the decoder.
+    layernorm_embedding: bool = False
 
     @property
     def d_head(self) -> int:
@@ -82,7 +84,10 @@ PRESETS: dict[str, TransformerConfig] = {
 
 
 ACTIVATIONS: dict[str, Callable[..., Tensor]] = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu}
-POSITION_LAYOUTS = ("sinusoidal", "sinusoidal-halves")
+POSITION_LAYOUTS = ("sinusoidal", "sinusoidal-halves", "learned")
+# BART's learned position tables have two rows before position 0 (a fairseq legacy: ids of padding and start), so
+# row p + 2 holds position p; the tables keep those rows, as the converted checkpoints hold them.
+LEARNED_POSITION_OFFSET = 2
 
 
 def sinusoidal_positions(max_positions: int, d_model: int, layout: str = "sinusoidal") -> Tensor:
@@ -230,9 +235,19 @@ class Transformer(nn.Module):
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
         nn.init.normal_(self.embedding.weight, mean=0.0, std=config.d_model**-0.5)
-        self.register_buffer(
-            "positions", sinusoidal_positions(config.max_positions, config.d_model, config.positions), persistent=False
-        )
+        if config.positions == "learned":  # trained tables, one per stack (BART, mBART)
+            rows = config.max_positions + LEARNED_POSITION_OFFSET
+            self.encoder_positions = nn.Embedding(rows, config.d_model)
+            self.decoder_positions = nn.Embedding(rows, config.d_model)
+        else:
+            self.register_buffer(
+                "positions",
+                sinusoidal_positions(config.max_positions, config.d_model, config.positions),
+                persistent=False,
+            )
+        # BART / mBART normalise the embedded input of each stack; the 2017 model does not.
+        self.encoder_embedding_norm = nn.LayerNorm(config.d_model) if config.layernorm_embedding else nn.Identity()
+        self.decoder_embedding_norm = nn.LayerNorm(config.d_model) if config.layernorm_embedding else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_decoder_layers))
@@ -246,11 +261,20 @@ class Transformer(nn.Module):
         if config.final_logits_bias:  # a trained weight of the converted model, saved with it
             self.register_buffer("final_logits_bias", torch.zeros(config.vocab_size))
 
-    def embed(self, ids: Tensor, first_position: Tensor | int = 0) -> Tensor:
-        """Section 3.4: embeddings multiplied by sqrt(d_model), plus the sinusoidal encoding of each position."""
+    def embed(self, ids: Tensor, first_position: Tensor | int = 0, decoder: bool = False) -> Tensor:
+        """Section 3.4: embeddings multiplied by sqrt(d_model), plus the encoding of each position (then BART's
+        ``layernorm_embedding``, where the model has one)."""
         positions = torch.arange(ids.size(1), device=ids.device) + first_position
-        x = self.embedding(ids) * self.embedding_scale + self.positions[positions]
-        return self.dropout(x)
+        x = self.embedding(ids) * self.embedding_scale + self.position_table(decoder)[positions]
+        norm = self.decoder_embedding_norm if decoder else self.encoder_embedding_norm
+        return self.dropout(norm(x))
+
+    def position_table(self, decoder: bool = False) -> Tensor:
+        """[max_positions, d_model]: row p encodes position p (a learned table's offset rows skipped)."""
+        if self.config.positions == "learned":
+            table = self.decoder_positions if decoder else self.encoder_positions
+            return table.weight[LEARNED_POSITION_OFFSET:]
+        return self.positions
 
     @property
     def embedding_scale(self) -> float:
@@ -293,7 +317,7 @@ class Transformer(nn.Module):
         steps = target_ids.size(1)
         # Position i may attend to positions <= past + i: masking the future keeps decoding auto-regressive.
         causal = torch.ones(steps, past + steps, dtype=torch.bool, device=target_ids.device).tril(diagonal=past)
-        x = self.embed(target_ids, first_position=past)
+        x = self.embed(target_ids, first_position=past, decoder=True)
         new_cache: KVCache = []
         for i, layer in enumerate(self.decoder_layers):
             x, kv = layer(x, None if self_cache is None else self_cache[i], cross_kv[i], causal, source_mask)
