@@ -57,8 +57,12 @@ class Engine:
         options: DecodingOptions | None = None,
         max_batch_size: int = 64,
         progress: bool = False,
+        target_prefixes: Sequence[Sequence[int]] | None = None,
     ) -> list[list[Hypothesis]]:
         """n-best lists for tokenized sources (each ending with EOS), in the order of ``sources``.
+
+        ``target_prefixes``: per source, target tokens forced first (``DecodingBatch.add``); they are part of the
+        hypotheses, as in transformers' ``generate()``.
 
         Sources are sorted by length and decode in cohorts of at most ``max_batch_size``; the next cohort starts
         when the last sentence of the running one has finished. Topping the batch up as it empties (what the server
@@ -68,6 +72,8 @@ class Engine:
         """
         options = options or DecodingOptions()
         options.validate(self.info.vocab_size)
+        if target_prefixes is not None and len(target_prefixes) != len(sources):
+            raise ValueError("one target prefix per source (empty for none), or None for all")
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         results: list[list[Hypothesis] | None] = [None] * len(sources)
         batch = self.new_batch()
@@ -76,7 +82,8 @@ class Engine:
             while queued < len(order) or len(batch):
                 if queued < len(order) and not len(batch):
                     take = order[queued : queued + max_batch_size]
-                    batch.add([sources[i] for i in take], options, keys=take)
+                    forced = None if target_prefixes is None else [target_prefixes[i] for i in take]
+                    batch.add([sources[i] for i in take], options, keys=take, target_prefixes=forced)
                     queued += len(take)
                 for done in batch.step():
                     results[cast(int, done.key)] = done.hypotheses  # the keys given to add()

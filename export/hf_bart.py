@@ -93,10 +93,12 @@ class BartLoader:
             pre_norm=self.pre_norm,
             pad_id=hf["pad_token_id"],
             unk_id=0,  # replaced from the tokenizer
-            bos_id=hf["eos_token_id"] if start is None else start,  # the decoder's first input
+            bos_id=hf.get("bos_token_id", 0),
+            decoder_start_id=hf["eos_token_id"] if start is None else start,
             eos_id=hf["eos_token_id"],
             activation=cast(str, activation),  # checked by _require above
             positions="learned",
+            position_offset=LEARNED_POSITION_OFFSET,
             scale_embedding=bool(hf.get("scale_embedding", False)),
             final_logits_bias=True,
             layernorm_embedding=True,
@@ -135,13 +137,13 @@ class BartLoader:
         bias = get("final_logits_bias").reshape(-1).clone()
         bias[suppressed_tokens(self.source)] += SUPPRESSED_LOGIT  # never generated, as generate() would ban them
         out = {"embedding.weight": embedding, "final_logits_bias": bias}
-        rows = config.max_positions + LEARNED_POSITION_OFFSET
+        rows = config.max_positions + config.position_offset
         for stack in ("encoder", "decoder"):
             positions = get(f"model.{stack}.embed_positions.weight")
             if positions.shape[0] != rows:
                 raise ConversionError(
                     f"{self.source}: model.{stack}.embed_positions has {positions.shape[0]} rows, not "
-                    f"max_position_embeddings + {LEARNED_POSITION_OFFSET} = {rows}"
+                    f"max_position_embeddings + {config.position_offset} = {rows}"
                 )
             out[f"{stack}_positions.weight"] = positions
             out |= _norm(get, f"model.{stack}.layernorm_embedding", f"{stack}_embedding_norm")

@@ -167,7 +167,12 @@ class Scheduler:
         chosen.sort(key=lambda item: item.length)
         start = time.perf_counter()
         try:
-            self._batch.add([i.source_ids for i in chosen], [i.options for i in chosen], [i.key for i in chosen])
+            self._batch.add(
+                [i.source_ids for i in chosen],
+                [i.options for i in chosen],
+                [i.key for i in chosen],
+                [i.target_prefix for i in chosen],
+            )
         except Exception:
             log.exception("encoding %d joining sentences failed; retrying them one by one", len(chosen))
             self.metrics.engine_errors.inc()
@@ -183,7 +188,7 @@ class Scheduler:
         added = []
         for item in items:
             try:
-                self._batch.add([item.source_ids], [item.options], [item.key])
+                self._batch.add([item.source_ids], [item.options], [item.key], [item.target_prefix])
                 added.append(item)
             except Exception as error:
                 log.exception("encoding a sentence failed on its own; failing its request")
@@ -232,7 +237,7 @@ class Scheduler:
             return
         batch = self.engine.new_batch()
         try:
-            batch.add([item.source_ids], [item.options], [item.key])
+            batch.add([item.source_ids], [item.options], [item.key], [item.target_prefix])
             while len(batch) and not item.request.dead():
                 for done in batch.step():
                     self._deliver(item, done.hypotheses)

@@ -49,7 +49,7 @@ from nmtserve.server.validation import (
     RequestError,
     check_request_id,
     default_options,
-    language_prefix,
+    language_prefixes,
     resolve_options,
 )
 from nmtserve.server.work import Request, WorkItem
@@ -179,7 +179,8 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         backend = self.backend
         tokenizer = backend.engine.tokenizer
         pair = backend.engine.info.manifest.get("languages", {})
-        prefix = language_prefix(request.source_language, request.target_language, tokenizer, pair)
+        languages = language_prefixes(request.source_language, request.target_language, tokenizer, pair)
+        prefix = languages.source
         document = progress = None
         if request.format:  # document mode: sentences are the work items (server/documents/)
             options = resolve_options(request.options, self.config, backend.engine.info.vocab_size)
@@ -199,7 +200,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             del request, prepared  # from here on only the token ids are needed: the texts can go
         sink = LoopSink(asyncio.get_running_loop())
         work = Request(sink, deadline, partial=send_partial is not None and document is None)
-        items = [WorkItem(work, text.index, text.source_ids, options) for text in encoded]
+        items = [WorkItem(work, text.index, text.source_ids, options, languages.target) for text in encoded]
         del encoded
         try:
             if items:
