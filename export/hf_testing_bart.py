@@ -10,6 +10,7 @@ one would then be caught.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +143,7 @@ def tiny_mbart(
         decoder_start_token_id=tokenizer.eos_token_id if style == "mbart50" else target,
         activation_function="gelu",
         scale_embedding=True,  # as facebook/mbart-large-50
+        tokenizer_class="MBart50Tokenizer" if style == "mbart50" else "MBartTokenizer",  # as the Hub's configs
         **_dims(**dims),
     )
     torch.manual_seed(seed)
@@ -153,3 +155,47 @@ def tiny_mbart(
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+EXTRAS = (
+    "é",
+    "ß",
+    "日本語",
+    "  ",
+    "\t",
+    "\n",
+    "42",
+    "3.14",
+    "—",
+    "ü",
+    "(",
+    ")",
+    "<s>",
+    "</s>",
+    "de_DE",
+    "&",
+    "’",
+    "😀",
+)
+
+
+def varied_strings(n: int, seed: int = 3) -> list[str]:
+    """Corpus lines, cut, re-cased, with punctuation, digits, accents, emoji, special tokens, stray spaces."""
+    rng = random.Random(seed)
+    lines = corpus_lines()
+    out = []
+    for i in range(n):
+        line = lines[i % len(lines)]
+        choice = i % 6
+        if choice == 1:
+            line = line.upper()
+        elif choice == 2:
+            line = line[: rng.randint(0, len(line))]
+        elif choice == 3:
+            line = " ".join(rng.choice(EXTRAS) + w for w in line.split())
+        elif choice == 4:
+            line = rng.choice(EXTRAS) + line + rng.choice(EXTRAS)
+        elif choice == 5:
+            line = "  " + line.replace(" ", "   ") + " "
+        out.append(line)
+    return out
