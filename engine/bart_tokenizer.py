@@ -108,9 +108,9 @@ def _clean_up(text: str) -> str:
 class BartTokenizer:
     """Text <-> ids of a BART or mBART model; the interface of ``Tokenizer`` plus language codes.
 
-    ``encode`` returns the source without its final EOS (the engine appends that, as for every model) and with
-    the source language where the family puts it before the text; ``source_suffix`` is what follows the EOS
-    (mBART-cc25's source language code).
+    ``encode`` returns the source without its final EOS (the engine appends that, as for every model) and without
+    language codes; ``request_languages`` says what a request's languages add before the text, after its EOS
+    (mBART-cc25's source code) and as the forced first target tokens.
     """
 
     kind = "bart"
@@ -149,36 +149,56 @@ class BartTokenizer:
             raise KeyError(code)
         return int(self._backend.token_to_id(code))
 
-    def _source_language(self, code: str | None) -> int:
-        return self.language_id(code or self.default_source_language)
+    def _code(self, field: str, value: str | None, default: str) -> str:
+        code = value or default
+        if not code:
+            raise ValueError(f"{field} is required by this multilingual model; one of: {', '.join(self.languages)}")
+        if code not in self.languages:
+            raise ValueError(f"{field} {code!r} is not one of the model's: {', '.join(self.languages)}")
+        return code
 
-    def source_prefix(self, source_language: str | None = None) -> list[int]:
-        """Ids before the text: ``<s>`` (BART), the source language (mBART-50) or nothing (mBART-cc25)."""
-        if self.template == "bart":
-            return [self.bos_token_id]
-        if self.template == "mbart50":
-            return [self._source_language(source_language)]
-        return []
+    def request_languages(
+        self, source_language: str | None = None, target_language: str | None = None
+    ) -> tuple[list[int], list[int], list[int]]:
+        """What a request's languages add: ids before the text, ids after the final EOS, and the target tokens
+        forced first (as ``generate()`` forces them); ValueError naming the field for a code the model lacks.
 
-    def source_suffix(self, source_language: str | None = None) -> list[int]:
-        """Ids after the final EOS: mBART-cc25's source language code, nothing for the others."""
-        return [self._source_language(source_language)] if self.template == "mbart" else []
-
-    def target_prefix(self, target_language: str | None = None) -> list[int]:
-        """Target tokens forced before the search chooses any, as ``generate()`` forces them.
-
-        mBART-50 forces the target language (``forced_bos_token_id`` = its code); BART forces the model's
-        ``forced_bos_token_id`` (``<s>`` in facebook/bart-large) where it has one; mBART-cc25 models force nothing
-        (their decoder starts from the target language: ``decoder_start_token_id``, fixed by the model).
+        - BART: no languages (any code is refused); ``forced_bos_token_id`` (``<s>`` in facebook/bart-large) forced.
+        - mBART-50: ``src_lang X </s>``, the target language forced first; the defaults are the tokenizer's saved
+          ``src_lang`` / ``tgt_lang``.
+        - mBART-cc25 fine-tunes: ``X </s> src_lang``; the target is the model's own (its decoder starts from that
+          code, ``decoder_start_token_id``), so ``target_language`` may only name it.
         """
-        if self.template == "mbart50":
-            code = target_language or self.default_target_language
-            return [self.language_id(code)] if code else ([] if self.forced_bos_id is None else [self.forced_bos_id])
-        return [] if self.forced_bos_id is None else [self.forced_bos_id]
+        if self.template == "bart":
+            for field, value in (("source_language", source_language), ("target_language", target_language)):
+                if value:
+                    raise ValueError(f"{field} {value!r}: this BART model has no languages (leave it empty)")
+        own = self.default_target_language
+        if self.template == "mbart" and target_language and target_language != own:
+            raise ValueError(
+                f"target_language {target_language!r}: this mBART model translates into {own or 'its one language'} "
+                f"only (valid: {own!r} or empty)"
+            )
+        before, after = self.source_affixes(source_language)
+        return before, after, self.target_prefix(target_language)
+
+    def source_affixes(self, source_language: str | None = None) -> tuple[list[int], list[int]]:
+        """Ids before the text and after its final EOS for ``source_language`` (the default one when empty)."""
+        if self.template == "bart":
+            return [], []
+        source = self.language_id(self._code("source_language", source_language, self.default_source_language))
+        return ([source], []) if self.template == "mbart50" else ([], [source])
 
     def source_ids(self, text: str, source_language: str | None = None) -> list[int]:
         """The whole encoder input, exactly as transformers' tokenizer (``src_lang`` set) produces it."""
-        return [*self.encode(text, source_language), self.eos_id, *self.source_suffix(source_language)]
+        before, after = self.source_affixes(source_language)
+        return [*before, *self.encode(text), self.eos_id, *after]
+
+    def target_prefix(self, target_language: str | None = None) -> list[int]:
+        """The target tokens forced first for ``target_language`` (see ``request_languages``)."""
+        if self.template == "mbart50":
+            return [self.language_id(self._code("target_language", target_language, self.default_target_language))]
+        return [] if self.forced_bos_id is None else [self.forced_bos_id]
 
     def text_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """The text's own ids, with no special tokens around them."""
@@ -187,13 +207,14 @@ class BartTokenizer:
     def pieces(self, text: str) -> list[str]:
         return self._backend.encode(text, add_special_tokens=False).tokens
 
-    def encode(self, text: str, source_language: str | None = None) -> list[int]:
-        """Source ids without the final EOS: the family's prefix, then the text."""
-        return [*self.source_prefix(source_language), *self.text_ids([text])[0]]
+    def encode(self, text: str) -> list[int]:
+        """Source ids without the final EOS and without language codes (``request_languages`` adds those): BART's
+        ``<s>``, then the text."""
+        return self.encode_batch([text])[0]
 
-    def encode_batch(self, texts: Sequence[str], source_language: str | None = None) -> list[list[int]]:
-        prefix = self.source_prefix(source_language)
-        return [[*prefix, *ids] for ids in self.text_ids(texts)]
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        start = [self.bos_token_id] if self.template == "bart" else []
+        return [[*start, *ids] for ids in self.text_ids(texts)]
 
     def decode(self, ids: Sequence[int]) -> str:
         text = self._backend.decode([i for i in ids if i not in self._specials], skip_special_tokens=True)

@@ -121,6 +121,9 @@ class BartLoader:
             spec["source_language"] = settings["src_lang"]
         if settings.get("tgt_lang"):
             spec["target_language"] = settings["tgt_lang"]
+        start = generation_setting(self.source, self.hf, "decoder_start_token_id")
+        if spec["template"] == "mbart":  # a cc25 fine-tune: its decoder starts from its one target language
+            spec["target_language"] = self._language_of(start)
         try:
             tokenizer = BartTokenizer(self.source, spec)
         except (TokenizerFileError, KeyError) as error:
@@ -128,6 +131,17 @@ class BartLoader:
         if tokenizer.template != "bart" and not tokenizer.languages:
             raise ConversionError(f"{files[bart_tokenizer.TOKENIZER_JSON]}: an mBART tokenizer without language codes")
         return spec, files, tokenizer.vocab_size, tokenizer.unk_id
+
+    def _language_of(self, token_id: int | None) -> str:
+        """The language code whose id is ``token_id`` (mBART-cc25's decoder start), or refuse the model."""
+        backend = bart_tokenizer.read_backend(self.source / bart_tokenizer.TOKENIZER_JSON)
+        code = backend.id_to_token(token_id) if token_id is not None else None
+        if code is None or not bart_tokenizer.LANGUAGE_CODE.match(code):
+            raise ConversionError(
+                f"{self.source / 'config.json'}: an mBART-cc25 model must start decoding from its target language's "
+                f"code (decoder_start_token_id is {token_id}, {code!r}); per-request start tokens are not supported"
+            )
+        return code
 
     def weights(self, hf: dict[str, torch.Tensor], config: TransformerConfig) -> dict[str, torch.Tensor]:
         get = _getter(self.source, hf)

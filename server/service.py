@@ -192,10 +192,11 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             )
             del texts
             progress = DocumentProgress(document, tokenizer, send_partial)
-            encoded = [EncodedText(t.index, [*prefix, *t.source_ids]) for t in document.encoded]
+            suffix = languages.source_suffix
+            encoded = [EncodedText(t.index, [*prefix, *t.source_ids, *suffix]) for t in document.encoded]
             count = 0  # the answer is rebuilt from the document
         else:
-            prepared = await backend.checker.prepare(request.texts, request.options, prefix)
+            prepared = await backend.checker.prepare(request.texts, request.options, prefix, languages.source_suffix)
             options, count, encoded = prepared.options, prepared.count, prepared.encoded
             del request, prepared  # from here on only the token ids are needed: the texts can go
         sink = LoopSink(asyncio.get_running_loop())

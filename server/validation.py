@@ -192,6 +192,7 @@ class LanguagePrefixes:
 
     source: tuple[int, ...] = ()
     target: tuple[int, ...] = ()
+    source_suffix: tuple[int, ...] = ()  # after the source's EOS (mBART-cc25's source language code)
 
 
 def _language_code(field: str, value: str, default: str, languages: Sequence[str]) -> str:
@@ -217,6 +218,13 @@ def language_prefixes(
     - A single-pair model accepts only its own pair (``pair``, from the manifest), so that a request for another
       language fails instead of silently getting the model's one.
     """
+    own_rules = getattr(tokenizer, "request_languages", None)
+    if own_rules is not None:  # the tokenizer knows its family's rules (BART, mBART: engine/bart_tokenizer.py)
+        try:
+            before, after, forced = own_rules(source_language, target_language)
+        except ValueError as error:
+            raise invalid(str(error)) from None
+        return LanguagePrefixes(source=tuple(before), target=tuple(forced), source_suffix=tuple(after))
     languages: list[str] = getattr(tokenizer, "languages", [])
     language_id = getattr(tokenizer, "language_id", None)
     if languages and language_id is not None and getattr(tokenizer, "forces_target_language", False):
@@ -240,7 +248,11 @@ def language_prefixes(
 
 
 def encode_texts(
-    texts: Sequence[str], tokenizer: Tokenizer, config: ServerConfig, prefix: Sequence[int] = ()
+    texts: Sequence[str],
+    tokenizer: Tokenizer,
+    config: ServerConfig,
+    prefix: Sequence[int] = (),
+    suffix: Sequence[int] = (),
 ) -> list[EncodedText]:
     """Token ids of the non-blank texts (blank ones are answered without the engine) after ``prefix``, tokenised a
     chunk at a time so that a text over ``max_input_tokens`` spares the tokenising of the texts after it."""
@@ -254,5 +266,5 @@ def encode_texts(
                     f"texts[{i}] has {len(ids)} tokens; the limit is {config.max_input_tokens} (max_input_tokens; "
                     "split long texts into sentences)"
                 )
-            out.append(EncodedText(i, [*prefix, *ids, tokenizer.eos_id]))
+            out.append(EncodedText(i, [*prefix, *ids, tokenizer.eos_id, *suffix]))
     return out
