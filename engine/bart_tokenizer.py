@@ -200,6 +200,13 @@ class BartTokenizer:
             return [self.language_id(self._code("target_language", target_language, self.default_target_language))]
         return [] if self.forced_bos_id is None else [self.forced_bos_id]
 
+    def id_to_token(self, token_id: int) -> str:
+        return self._backend.id_to_token(token_id) or UNK
+
+    def token_to_id(self, token: str) -> int:
+        found = self._backend.token_to_id(token)
+        return self.unk_id if found is None else int(found)
+
     def text_ids(self, texts: Sequence[str]) -> list[list[int]]:
         """The text's own ids, with no special tokens around them."""
         return [encoding.ids for encoding in self._backend.encode_batch(list(texts), add_special_tokens=False)]

@@ -30,7 +30,7 @@ def _dims(**dims: Any) -> dict[str, Any]:
         "decoder_attention_heads": 4,
         "encoder_ffn_dim": 64,
         "decoder_ffn_dim": 64,
-        "max_position_embeddings": 128,
+        "max_position_embeddings": 1024,  # as facebook/bart-large and mbart-large-*
         "dropout": 0.0,
         "attention_dropout": 0.0,
         "activation_dropout": 0.0,
@@ -91,6 +91,7 @@ def tiny_bart(
         decoder_start_token_id=tokenizer.eos_token_id,
         activation_function="gelu",
         scale_embedding=False,
+        normalize_before=False,  # as the Hub's BART configs carry it (CTranslate2's converter reads it)
         **_dims(**dims),
     )
     torch.manual_seed(seed)
@@ -144,6 +145,7 @@ def tiny_mbart(
         activation_function="gelu",
         scale_embedding=True,  # as facebook/mbart-large-50
         tokenizer_class="MBart50Tokenizer" if style == "mbart50" else "MBartTokenizer",  # as the Hub's configs
+        normalize_before=True,  # likewise (CTranslate2's converter reads it; transformers ignores it)
         **_dims(**dims),
     )
     torch.manual_seed(seed)
