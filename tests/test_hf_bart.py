@@ -251,32 +251,71 @@ def test_manifest_records_the_family(model_dir: Path, family: str) -> None:
     assert manifest["family"]["pre_norm"] is (family != "bart")
 
 
-def test_engine_equals_ctranslate2_converter(hf_dir: Path, engine: Engine, family: str, tmp_path: Path) -> None:
-    """A second, independent referee: CTranslate2's own transformers converter on the same directory."""
-    ctranslate2 = pytest.importorskip("ctranslate2")
+def ctranslate2_directory(hf_dir: Path, tmp_path: Path) -> Path:
+    """CTranslate2's converter on a copy of ``hf_dir``: transformers 5's MBart50Tokenizer saves no ``bos_token``,
+    which CTranslate2 4.x writes into its config as null and then cannot load; the copy names it (``<s>``)."""
+    import shutil
+
     from ctranslate2.converters import TransformersConverter
 
-    TransformersConverter(str(hf_dir)).convert(str(tmp_path / "ct2"), force=True)
-    translator = ctranslate2.Translator(str(tmp_path / "ct2"), intra_threads=1)
+    copy = Path(shutil.copytree(hf_dir, tmp_path / "hf"))
+    settings = json.loads((copy / "tokenizer_config.json").read_text())
+    (copy / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<s>", **settings}))
+    TransformersConverter(str(copy)).convert(str(tmp_path / "ct2"), force=True)
+    return tmp_path / "ct2"
+
+
+def rescore(model, source: list[int], start: int, forced: list[int], hypothesis: list[int], eos: int) -> float:
+    """The converted model's score of ``hypothesis`` by CTranslate2's rule: the forced prefix's log-probs left out,
+    the sum divided by the length counting the prefix and EOS."""
+    tokens = [*hypothesis, eos]
+    with torch.inference_mode():
+        log_probs = model(torch.tensor([source]), torch.tensor([[start, *tokens[:-1]]])).log_softmax(-1)[0]
+    chosen = [log_probs[k, token].item() for k, token in enumerate(tokens)][len(forced) :]
+    return sum(chosen) / len(tokens)
+
+
+def test_engine_equals_ctranslate2_converter(
+    hf_dir: Path, engine: Engine, checkpoint: Path, family: str, tmp_path: Path
+) -> None:
+    """A second, independent referee: CTranslate2's own transformers converter on the same directory.
+
+    mBART-cc25 (no forced tokens: CTranslate2 takes the start token as a one-token target prefix) must agree on
+    every sentence. Where a token is forced first (BART's ``<s>``, mBART-50's target language) CTranslate2's search
+    differs from transformers' (whose outputs ours equal exactly, tested above) on a few sentences: there, the
+    converted model's own score of CTranslate2's hypothesis must equal CTranslate2's score, so the two engines
+    compute the same model and differ only in the search (docs/models.md).
+    """
+    ctranslate2 = pytest.importorskip("ctranslate2")
+    translator = ctranslate2.Translator(str(ctranslate2_directory(hf_dir, tmp_path)), intra_threads=1)
     tokenizer = engine.tokenizer
     texts = corpus_lines()[:SENTENCES]
     sources, prefixes = requests(engine, texts, family)
+    start = engine.info.decoder_start_id
     ct2_prefixes = [[tokenizer.id_to_token(i) for i in forced] for forced in prefixes]
-    if family == "mbart":  # CTranslate2 starts mBART-cc25 from the first prefix token: the target language
-        ct2_prefixes = [[tokenizer.id_to_token(engine.info.decoder_start_id)] for _ in texts]
+    if family == "mbart":  # CTranslate2 starts mBART-cc25 from the first prefix token (and leaves it out of results)
+        ct2_prefixes = [[tokenizer.id_to_token(start)] for _ in texts]
     results = translator.translate_batch(
         [[tokenizer.id_to_token(i) for i in ids] for ids in sources],
-        target_prefix=ct2_prefixes if any(ct2_prefixes) else None,
+        target_prefix=ct2_prefixes,
         beam_size=4,
         length_penalty=1.0,
-        max_decoding_length=MAX_NEW_TOKENS + (1 if family == "mbart" else 0),
+        max_decoding_length=MAX_NEW_TOKENS,
         min_decoding_length=1,
+        return_scores=True,
     )
     want = [[tokenizer.token_to_id(t) for t in result.hypotheses[0]] for result in results]
-    if family == "mbart":
-        want = [ids[1:] for ids in want]  # the start token CTranslate2 was given as a prefix
     got = [n[0].token_ids for n in engine.translate_ids(sources, OPTIONS, max_batch_size=32, target_prefixes=prefixes)]
-    assert got == want
+    differ = [i for i in range(len(texts)) if got[i] != want[i]]
+    print(f"{family}: CTranslate2 equal on {len(texts) - len(differ)} of {len(texts)} sentences")
+    if family == "mbart":
+        assert not differ
+        return
+    assert len(differ) <= len(texts) // 10, f"{len(differ)} sentences differ"
+    model, _, _ = load_checkpoint(checkpoint)
+    for i in differ:
+        score = rescore(model, sources[i], start, prefixes[i], want[i], engine.info.eos_id)
+        assert score == pytest.approx(results[i].scores[0], abs=1e-4)
 
 
 def test_cli_convert_then_export(hf_dir: Path, tmp_path: Path, capsys) -> None:
