@@ -128,7 +128,8 @@ class BartTokenizer:
         missing = [token for token, i in ids.items() if i is None]
         if missing:
             raise TokenizerFileError(f"{self.directory / TOKENIZER_JSON}: lacks the special tokens {missing}")
-        self.bos_token_id, self.eos_id, self.pad_id, self.unk_id = (int(ids[t]) for t in (BOS, EOS, PAD, UNK))
+        found = {token: int(i) for token, i in ids.items() if i is not None}
+        self.bos_token_id, self.eos_id, self.pad_id, self.unk_id = (found[t] for t in (BOS, EOS, PAD, UNK))
         self.bos_id = self.bos_token_id
         self.languages = language_codes(self._backend) if self.template != "bart" else []
         self.default_source_language = spec.get("source_language") or ("en_XX" if "en_XX" in self.languages else "")
@@ -145,9 +146,10 @@ class BartTokenizer:
 
     def language_id(self, code: str) -> int:
         """The id of language code ``code`` (``de_DE``); KeyError for a code the model lacks."""
-        if code not in self.languages:
+        found = self._backend.token_to_id(code) if code in self.languages else None
+        if found is None:
             raise KeyError(code)
-        return int(self._backend.token_to_id(code))
+        return int(found)
 
     def _code(self, field: str, value: str | None, default: str) -> str:
         code = value or default

@@ -57,8 +57,8 @@ def _encoder_feeds(model: Transformer) -> dict[str, np.ndarray]:
 
 def _family_options(config) -> dict[str, Any]:
     """The options a converted model sets, recorded so that a reader of the manifest sees what it serves."""
-    keys = ("activation", "positions", "position_offset", "scale_embedding", "final_logits_bias", "pre_norm")
-    keys += ("layernorm_embedding",)
+    keys: tuple[str, ...] = ("activation", "positions", "position_offset", "scale_embedding", "final_logits_bias")
+    keys += ("pre_norm", "layernorm_embedding")
     return {key: getattr(config, key) for key in keys}
 
 

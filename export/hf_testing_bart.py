@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import sentencepiece as spm
 
@@ -82,7 +82,7 @@ def tiny_bart(
         for line in (work / "merges.txt").read_text(encoding="utf-8").splitlines()
         if line and not line.startswith("#")
     ]
-    tokenizer = BartTokenizerFast(vocab=vocab, merges=merges)
+    tokenizer = BartTokenizerFast(vocab=vocab, merges=cast(Any, merges))  # pairs, as tokenizers' BPE takes them
     config = BartConfig(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
@@ -91,12 +91,11 @@ def tiny_bart(
         decoder_start_token_id=tokenizer.eos_token_id,
         activation_function="gelu",
         scale_embedding=False,
-        normalize_before=False,  # as the Hub's BART configs carry it (CTranslate2's converter reads it)
-        **_dims(**dims),
+        **_dims(**dims, normalize_before=False),  # as the Hub's BART configs carry it (CTranslate2 reads it)
     )
     torch.manual_seed(seed)
     model = BartForConditionalGeneration(config).eval()
-    _randomise(model, config.eos_token_id, config.pad_token_id, eos_bias)
+    _randomise(model, cast(int, config.eos_token_id), cast(int, config.pad_token_id), eos_bias)
     model.generation_config.forced_bos_token_id = tokenizer.bos_token_id if forced_bos else None
     model.generation_config.decoder_start_token_id = config.decoder_start_token_id
     model.generation_config.forced_eos_token_id = None
@@ -120,7 +119,7 @@ def tiny_mbart(
     ``mbart``: a cc25 fine-tune whose decoder starts from its one target language's code (facebook/mbart-large-en-ro).
     """
     import torch
-    from transformers import MBart50TokenizerFast, MBartConfig, MBartForConditionalGeneration, MBartTokenizerFast
+    from transformers import MBart50Tokenizer, MBartConfig, MBartForConditionalGeneration, MBartTokenizer
 
     if style not in MBART_STYLES:
         raise ValueError(f"style must be one of {MBART_STYLES}")
@@ -130,12 +129,13 @@ def tiny_mbart(
     work.mkdir(exist_ok=True)
     processor = spm.SentencePieceProcessor(model_file=str(_train_spm(corpus_lines(), work / "spm", vocab_size)))
     pieces = [(processor.id_to_piece(i), processor.get_score(i)) for i in range(processor.get_piece_size())]
+    tokenizer: Any
     if style == "mbart50":
-        tokenizer = MBart50TokenizerFast(vocab=pieces, src_lang="en_XX", tgt_lang=target_language)
+        tokenizer = MBart50Tokenizer(vocab=pieces, src_lang="en_XX", tgt_lang=target_language)
     else:
         fairseq = [("<s>", 0.0), ("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), *pieces[3:]]
-        tokenizer = MBartTokenizerFast(vocab=fairseq, src_lang="en_XX", tgt_lang=target_language)
-    target = tokenizer.convert_tokens_to_ids(target_language)
+        tokenizer = MBartTokenizer(vocab=fairseq, src_lang="en_XX", tgt_lang=target_language)
+    target = int(tokenizer.convert_tokens_to_ids(target_language))
     config = MBartConfig(
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
@@ -144,13 +144,14 @@ def tiny_mbart(
         decoder_start_token_id=tokenizer.eos_token_id if style == "mbart50" else target,
         activation_function="gelu",
         scale_embedding=True,  # as facebook/mbart-large-50
-        tokenizer_class="MBart50Tokenizer" if style == "mbart50" else "MBartTokenizer",  # as the Hub's configs
-        normalize_before=True,  # likewise (CTranslate2's converter reads it; transformers ignores it)
-        **_dims(**dims),
+        # as the Hub's configs carry them (CTranslate2's converter reads them; transformers ignores them)
+        **_dims(
+            **dims, normalize_before=True, tokenizer_class=f"{'MBart50' if style == 'mbart50' else 'MBart'}Tokenizer"
+        ),
     )
     torch.manual_seed(seed)
     model = MBartForConditionalGeneration(config).eval()
-    _randomise(model, config.eos_token_id, config.pad_token_id, eos_bias)
+    _randomise(model, cast(int, config.eos_token_id), cast(int, config.pad_token_id), eos_bias)
     model.generation_config.decoder_start_token_id = config.decoder_start_token_id
     model.generation_config.forced_bos_token_id = None
     model.generation_config.forced_eos_token_id = None
