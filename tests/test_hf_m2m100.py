@@ -37,10 +37,11 @@ from nmtserve.server.config import ServerConfig  # noqa: E402
 
 MAX_NEW_TOKENS = 40
 SENTENCES = 200
-# Per family: the tokenizer class, a source code, two target codes, and embedding rows beyond the tokenizer's.
+# Per family: the tokenizer class, a source code, two target codes, embedding rows beyond the tokenizer's, and the
+# seed of the random model (one whose outputs end at varied lengths: the test checks that it does).
 FAMILIES = {
-    "m2m100": (M2M100Tokenizer, "en", ("de", "fr"), 0),
-    "nllb": (NllbTokenizer, "eng_Latn", ("deu_Latn", "fra_Latn"), 2),  # NLLB-200's embedding has 2 spare rows
+    "m2m100": (M2M100Tokenizer, "en", ("de", "fr"), 0, 0),
+    "nllb": (NllbTokenizer, "eng_Latn", ("deu_Latn", "fra_Latn"), 2, 2),  # NLLB-200's embedding has 2 spare rows
 }
 OPTIONS = DecodingOptions(
     beam_size=4, length_penalty=1.0, max_length=MAX_NEW_TOKENS, max_length_ratio=1000.0, min_length=1
@@ -54,7 +55,8 @@ def family(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def hf_dir(family: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tiny_m2m100(tmp_path_factory.mktemp("hf") / family, tokenizer=family, extra_ids=FAMILIES[family][3])
+    extra_ids, seed = FAMILIES[family][3:]
+    return tiny_m2m100(tmp_path_factory.mktemp("hf") / family, tokenizer=family, extra_ids=extra_ids, seed=seed)
 
 
 @pytest.fixture(scope="module")
@@ -229,12 +231,25 @@ def test_pytorch_reference_equals_transformers(checkpoint: Path, hf, engine: Eng
     assert got == want
 
 
-def test_engine_equals_ctranslate2_converter(hf_dir: Path, hf, engine: Engine, family: str, tmp_path: Path) -> None:
+def test_engine_equals_ctranslate2_converter(
+    hf_dir: Path, hf, engine: Engine, family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A second, independent referee: CTranslate2's own transformers converter, its ``target_prefix`` the code."""
     ctranslate2 = pytest.importorskip("ctranslate2")
     from ctranslate2.converters import TransformersConverter
 
     _, tokenizer = hf
+    if family == "m2m100":
+        # CTranslate2 (4.x) appends the language tokens it finds in special_tokens_map["additional_special_tokens"],
+        # which transformers 5's M2M100Tokenizer no longer fills: its vocabulary would lack the 100 codes and the
+        # conversion fail. Hand it the codes under that name (in id order, as transformers numbers them).
+        cls = type(tokenizer)
+        original = cls.special_tokens_map
+
+        def with_codes(self) -> dict:
+            return {**original.fget(self), "additional_special_tokens": list(self.lang_token_to_id)}
+
+        monkeypatch.setattr(cls, "special_tokens_map", property(with_codes))
     TransformersConverter(str(hf_dir)).convert(str(tmp_path / "ct2"), force=True)
     translator = ctranslate2.Translator(str(tmp_path / "ct2"), intra_threads=1)
     texts = corpus_lines()[:SENTENCES]
@@ -248,7 +263,10 @@ def test_engine_equals_ctranslate2_converter(hf_dir: Path, hf, engine: Engine, f
         max_decoding_length=MAX_NEW_TOKENS,
         min_decoding_length=1,
     )
-    want = [tokenizer.convert_tokens_to_ids(result.hypotheses[0]) for result in results]
+    # CTranslate2's own vocabulary maps its tokens back: transformers' maps the made-up words to <unk>
+    vocabulary = json.loads((tmp_path / "ct2" / "shared_vocabulary.json").read_text(encoding="utf-8"))
+    ids = {token: i for i, token in enumerate(vocabulary)}
+    want = [[ids[token] for token in result.hypotheses[0]] for result in results]
     got = engine.translate_ids(sources, OPTIONS, max_batch_size=32, target_prefixes=our_prefixes(engine, targets))
     assert [nbest[0].token_ids for nbest in got] == want
 
@@ -281,8 +299,14 @@ def test_served_over_grpc_with_two_targets(model_dir: Path, engine: Engine, fami
         info = stub.GetModelInfo(pb.GetModelInfoRequest())
         with pytest.raises(grpc.RpcError) as unknown:
             stub.Translate(pb.TranslateRequest(texts=["x"], source_language=source, target_language="xx_Yyyy"))
-        with pytest.raises(grpc.RpcError) as missing:
-            stub.Translate(pb.TranslateRequest(texts=["x"], source_language=source))
+        # No target code: the manifest's target (the export's --target-language, "de" by default) where it is one
+        # of the model's codes (M2M-100's "de"), else INVALID_ARGUMENT (NLLB's codes look like "deu_Latn").
+        unnamed = pb.TranslateRequest(texts=texts, options=request_options, source_language=source)
+        if family == "m2m100":
+            defaulted = stub.Translate(unnamed)
+        else:
+            with pytest.raises(grpc.RpcError) as missing:
+                stub.Translate(unnamed)
         with pytest.raises(grpc.RpcError) as bad_source:
             stub.Translate(pb.TranslateRequest(texts=["x"], source_language="klingon", target_language=first))
     for code in (first, second):
@@ -290,7 +314,12 @@ def test_served_over_grpc_with_two_targets(model_dir: Path, engine: Engine, fami
         assert texts_got == [engine.tokenizer.decode(nbest[0].token_ids) for nbest in want[code]]
     assert responses[first].translations != responses[second].translations
     assert set(info.languages) == set(engine.tokenizer.languages) and first in info.languages
-    for error, field in ((unknown, "target_language"), (missing, "target_language"), (bad_source, "source_language")):
+    if family == "m2m100":
+        texts_of = lambda response: [t.hypotheses[0].text for t in response.translations]  # noqa: E731
+        assert texts_of(defaulted) == texts_of(responses["de"])  # scores: float noise of another batch layout
+    errors = [(unknown, "target_language"), (bad_source, "source_language")]
+    errors += [(missing, "target_language")] if family == "nllb" else []
+    for error, field in errors:
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in error.value.details() and second in error.value.details()
 
