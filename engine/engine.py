@@ -38,7 +38,8 @@ class Engine:
         info = load_model_info(Path(model_dir))
         runtime = Runtime(info, RuntimeConfig(device=device, device_id=device_id, threads=threads, spin=spin))
         tokenizer = load_tokenizer(info.directory, info.manifest.get("tokenizer"))
-        if tokenizer.vocab_size != info.vocab_size or tokenizer.eos_id != info.eos_id:
+        # A model may have embedding rows no text maps to (NLLB-200 has 2), never the other way round.
+        if tokenizer.vocab_size > info.vocab_size or tokenizer.eos_id != info.eos_id:
             raise ValueError(f"{model_dir}: tokenizer does not match the model (vocabulary or EOS id)")
         return cls(info, runtime, tokenizer)
 

@@ -111,7 +111,8 @@ def _manifest(
             "unk": config.unk_id,
             "bos": config.bos_id,
             "eos": config.eos_id,
-            "decoder_start": config.start_id,
+            # only where the decoder does not start from bos (M2M-100/NLLB start from EOS): older readers see bos
+            **({"decoder_start": config.start_id} if config.start_id != config.bos_id else {}),
         },
         **({"family": _family_options(config)} if checkpoint_metadata.get("converted_from") else {}),
         **({"tokenizer": tokenizer_spec} if tokenizer_spec.get("kind", "sentencepiece") != "sentencepiece" else {}),
