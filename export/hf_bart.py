@@ -115,8 +115,11 @@ class BartLoader:
             "clean_up_tokenization_spaces": bool(settings.get("clean_up_tokenization_spaces", False)),
             "forced_bos_id": forced,
         }
-        if spec["template"] != "bart" and self.family == "BART":
-            raise ConversionError(f"{self.source}: a BART model with an mBART tokenizer ({spec['template']})")
+        if (spec["template"] == "bart") != (self.family == "BART"):
+            raise ConversionError(
+                f"{self.source}: tokenizer_config.json's tokenizer_class gives {spec['template']!r} special-token "
+                f"rules, which do not fit this {self.family} model"
+            )
         if settings.get("src_lang"):
             spec["source_language"] = settings["src_lang"]
         if settings.get("tgt_lang"):

@@ -65,6 +65,11 @@ CASES = {
         lambda s: edit_json(s / "generation_config.json", decoder_start_token_id=2),
         "must start decoding from its target language's code",
     ),
+    "mBART model with a BART tokenizer": (
+        "mbart",
+        lambda s: edit_json(s / "tokenizer_config.json", tokenizer_class="BartTokenizer"),
+        "tokenizer_class gives 'bart' special-token rules, which do not fit this mBART model",
+    ),
     "unsupported architecture": (
         "mbart",
         lambda s: edit_json(s / "config.json", architectures=["PegasusForConditionalGeneration"], model_type="pegasus"),
