@@ -98,8 +98,18 @@ class Engine:
         max_batch_size: int = 64,
         progress: bool = False,
     ) -> list[list[Hypothesis]]:
-        """n-best translations of ``texts`` with ``text`` filled in, in order."""
-        nbests = self.translate_ids(self.encode_texts(texts), options, max_batch_size, progress)
+        """n-best translations of ``texts`` with ``text`` filled in, in order.
+
+        A tokenizer with its own language rules (BART / mBART: ``request_languages``) adds what its defaults call
+        for, as the server does for a request that names no languages.
+        """
+        sources, prefixes = self.encode_texts(texts), None
+        rules = getattr(self.tokenizer, "request_languages", None)
+        if rules is not None:
+            before, after, forced = rules("", "")
+            sources = [[*before, *ids, *after] for ids in sources]
+            prefixes = [forced] * len(sources)
+        nbests = self.translate_ids(sources, options, max_batch_size, progress, target_prefixes=prefixes)
         return [
             [Hypothesis(h.token_ids, h.score, h.log_prob, self.tokenizer.decode(h.token_ids)) for h in nbest]
             for nbest in nbests

@@ -327,7 +327,7 @@ def test_engine_equals_ctranslate2_converter(
         assert score == pytest.approx(results[i].scores[0], abs=1e-4)
 
 
-def test_cli_convert_then_export(hf_dir: Path, tmp_path: Path, capsys) -> None:
+def test_cli_convert_then_export(hf_dir: Path, family: str, tmp_path: Path, capsys) -> None:
     """The user's commands: ``nmtserve convert hf`` then ``nmtserve export``; the result loads and translates."""
     from nmtserve.cli.main import main
 
@@ -335,4 +335,11 @@ def test_cli_convert_then_export(hf_dir: Path, tmp_path: Path, capsys) -> None:
     assert main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "model")]) == 0
     capsys.readouterr()
     engine = Engine.load(tmp_path / "model", threads=1)
-    assert engine.translate(corpus_lines()[:2], OPTIONS)[0][0].token_ids
+    texts = corpus_lines()[:8]
+    sources, prefixes = requests(engine, texts, family)  # the defaults (mBART-50: the saved tgt_lang, ro_RO)
+    if family == "mbart50":
+        prefixes = [engine.tokenizer.target_prefix("ro_RO")] * len(texts)
+    want = engine.translate_ids(sources, OPTIONS, target_prefixes=prefixes)
+    got = engine.translate(texts, OPTIONS)
+    assert [n[0].token_ids for n in got] == [n[0].token_ids for n in want]
+    assert [n[0].text for n in got] == [engine.tokenizer.decode(n[0].token_ids) for n in want]
