@@ -191,14 +191,17 @@ def tiny_m2m100(
     eos_bias: float = 3.5,
     seed: int = 0,
     extra_ids: int = 0,
+    transformers_init: bool = False,
     **dims,
 ) -> Path:
     """A random ``M2M100ForConditionalGeneration`` with an M2M-100 (``tokenizer="m2m100"``) or NLLB (``"nllb"``)
     tokenizer, saved as ``save_pretrained`` writes it; returns ``directory``.
 
-    ``extra_ids``: embedding rows beyond the tokenizer's ids (NLLB-200's checkpoints have 2). The model has no
-    logits bias, so EOS is made likely through the final decoder LayerNorm's bias (a component along the EOS
-    embedding raises its logit by ``eos_bias``), and ``<pad>`` is made all but impossible (see below).
+    ``extra_ids``: embedding rows beyond the tokenizer's ids (NLLB-200's checkpoints have 2; or padding to a real
+    vocabulary size for speed measurements). ``transformers_init``: keep transformers' own initialisation (for
+    speed at real sizes, where the outputs do not matter; the re-initialisation below is tuned for tiny models).
+    The model has no logits bias, so EOS is made likely through the final decoder LayerNorm's bias (a component
+    along the EOS embedding raises its logit by ``eos_bias``), and ``<pad>`` is made all but impossible (see below).
     """
     import torch
     from transformers import M2M100Config, M2M100ForConditionalGeneration
@@ -234,6 +237,9 @@ def tiny_m2m100(
     )
     torch.manual_seed(seed)
     model = M2M100ForConditionalGeneration(config).eval()
+    if transformers_init:
+        model.save_pretrained(directory)
+        return directory
     # transformers' init (std 0.02) lets the positions drown the tokens, and with pre-norm the token embedding carried
     # on the residual stream makes a tied model repeat its input: the decoder's layers get 3x larger weights (tried
     # 1-4 on 32 sentences), except the cross-attention K/V projections, whose outputs the export verifies to 1e-4

@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import json
 import random
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -297,6 +299,7 @@ def test_served_over_grpc_with_two_targets(model_dir: Path, engine: Engine, fami
         with ThreadPoolExecutor(2) as pool:
             responses = dict(zip((first, second), pool.map(translate, (first, second)), strict=True))
         info = stub.GetModelInfo(pb.GetModelInfoRequest())
+        cli_out = _cli_translate(server.address, texts[:3], source, second)
         with pytest.raises(grpc.RpcError) as unknown:
             stub.Translate(pb.TranslateRequest(texts=["x"], source_language=source, target_language="xx_Yyyy"))
         # No target code: the manifest's target (the export's --target-language, "de" by default) where it is one
@@ -313,6 +316,7 @@ def test_served_over_grpc_with_two_targets(model_dir: Path, engine: Engine, fami
         texts_got = [t.hypotheses[0].text for t in responses[code].translations]
         assert texts_got == [engine.tokenizer.decode(nbest[0].token_ids) for nbest in want[code]]
     assert responses[first].translations != responses[second].translations
+    assert cli_out == [t.hypotheses[0].text for t in responses[second].translations[:3]]
     assert set(info.languages) == set(engine.tokenizer.languages) and first in info.languages
     if family == "m2m100":
         texts_of = lambda response: [t.hypotheses[0].text for t in response.translations]  # noqa: E731
@@ -322,6 +326,16 @@ def test_served_over_grpc_with_two_targets(model_dir: Path, engine: Engine, fami
     for error, field in errors:
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in error.value.details() and second in error.value.details()
+
+
+def _cli_translate(address: str, texts: list[str], source: str, target: str) -> list[str]:
+    """``nmtserve translate --server ... --source-language ... --target-language ...`` with ``texts`` on stdin."""
+    command = [sys.executable, "-m", "nmtserve.cli.main", "translate", "--server", address, "--beam-size", "4"]
+    command += ["--length-penalty", "0", "--max-length", str(MAX_NEW_TOKENS)]
+    command += ["--source-language", source, "--target-language", target]
+    run = subprocess.run(command, input="\n".join(texts) + "\n", capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return run.stdout.splitlines()
 
 
 def test_manifest_records_the_family(model_dir: Path, family: str) -> None:
