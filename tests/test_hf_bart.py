@@ -343,3 +343,20 @@ def test_cli_convert_then_export(hf_dir: Path, family: str, tmp_path: Path, caps
     got = engine.translate(texts, OPTIONS)
     assert [n[0].token_ids for n in got] == [n[0].token_ids for n in want]
     assert [n[0].text for n in got] == [engine.tokenizer.decode(n[0].token_ids) for n in want]
+
+
+@pytest.mark.parametrize("precision", ["int8", "fp16"])
+def test_reduced_precision_export_translates(checkpoint: Path, engine: Engine, family: str, precision: str) -> None:
+    """int8 (CPU) and fp16 exports pass the exporter's verification against the converted model and translate
+    the test sentences mostly as fp32 does (a random model's margins are thin, so not all of them)."""
+    directory = export_model(checkpoint, checkpoint.parent / precision, precision, progress=False)
+    manifest = json.loads((directory / "manifest.json").read_text())
+    assert manifest["verification"][precision]["top1_agreement"] >= 0.9
+    reduced = Engine.load(directory, threads=1)
+    texts = corpus_lines()[:40]
+    sources, prefixes = requests(engine, texts, family)
+    want = [n[0].token_ids for n in engine.translate_ids(sources, OPTIONS, target_prefixes=prefixes)]
+    got = [n[0].token_ids for n in reduced.translate_ids(sources, OPTIONS, target_prefixes=prefixes)]
+    same = sum(g == w for g, w in zip(got, want, strict=True))
+    print(f"{family} {precision}: {same} of {len(texts)} equal to fp32")
+    assert same >= len(texts) * 0.7
