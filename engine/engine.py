@@ -107,7 +107,8 @@ class Engine:
         rules = getattr(self.tokenizer, "request_languages", None)
         if rules is not None:
             before, after, forced = rules("", "")
-            sources = [[*before, *ids, *after] for ids in sources]
+            room = self.info.max_positions - len(before) - len(after)  # the codes count against the position table
+            sources = [[*before, *ids[:-1][: room - 1], ids[-1], *after] for ids in sources]
             prefixes = [forced] * len(sources)
         nbests = self.translate_ids(sources, options, max_batch_size, progress, target_prefixes=prefixes)
         return [

@@ -360,3 +360,11 @@ def test_reduced_precision_export_translates(checkpoint: Path, engine: Engine, f
     same = sum(g == w for g, w in zip(got, want, strict=True))
     print(f"{family} {precision}: {same} of {len(texts)} equal to fp32")
     assert same >= len(texts) * 0.7
+
+
+def test_overlong_text_fits_the_position_table(engine: Engine) -> None:
+    """A text longer than the model's positions is cut so that it and its language codes fit the learned table
+    (an index past it would fail in the encoder)."""
+    text = "licence " * (engine.info.max_positions + 50)
+    nbest = engine.translate([text], DecodingOptions(beam_size=1, max_length=3))
+    assert len(nbest[0][0].token_ids) <= 3
