@@ -1,8 +1,10 @@
 """Speed of a converted Hugging Face model beside CTranslate2 (converted by CTranslate2's own converter).
 
 Speed does not depend on the weights' values, so the models are random, of a real model's shape (OPUS-MT's
-Marian by default), and both engines decode a fixed number of tokens per sentence (min = max length) so that
-they do the same work. One thread; tokens/s at each precision and beam. Run it where the CPU is not shared:
+Marian by default; ``--family nllb``: NLLB-200-distilled-600M's M2M-100 with its 256k vocabulary), and both
+engines decode a fixed number of tokens per sentence (min = max length) so that they do the same work; NLLB's
+sentences start with the forced target-language token in both. One thread; tokens/s at each precision and beam,
+and (``--family nllb``) the peak RSS of a server with each model loaded. Run it where the CPU is not shared:
 ``python -m nmtserve.bench.hf_shapes --out /tmp/hf-bench``.
 """
 
@@ -25,10 +27,25 @@ OPUS_MT = dict(
 )
 
 
+NLLB_600M = dict(
+    d_model=1024,
+    encoder_layers=12,
+    decoder_layers=12,
+    encoder_attention_heads=16,
+    decoder_attention_heads=16,
+    encoder_ffn_dim=4096,
+    decoder_ffn_dim=4096,
+    max_position_embeddings=1024,
+)
+NLLB_VOCAB = 256206  # facebook/nllb-200-distilled-600M's config.json
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--vocab", type=int, default=58101)
+    parser.add_argument("--family", choices=["marian", "nllb"], default="marian")
+    parser.add_argument("--vocab", type=int, default=None, help="default: the family's (58101, 256206)")
+    parser.add_argument("--layers", type=int, default=None, help="nllb: fewer layers (a quick check of the script)")
     parser.add_argument("--sentences", type=int, default=16)
     parser.add_argument("--source-length", type=int, default=24)
     parser.add_argument("--output-length", type=int, default=24)
@@ -42,46 +59,70 @@ def main(argv: list[str] | None = None) -> int:
     from nmtserve.engine import DecodingOptions, Engine
     from nmtserve.export.exporter import export_model
     from nmtserve.export.hf_convert import convert_hf
-    from nmtserve.export.hf_testing import tiny_marian
+    from nmtserve.export.hf_testing import tiny_m2m100, tiny_marian
 
     out = args.out
     hf = out / "hf"
+    nllb = args.family == "nllb"
+    vocab = args.vocab or (NLLB_VOCAB if nllb else 58101)
     if not (hf / "config.json").is_file():
-        tiny_marian(hf, total_vocab=args.vocab, **OPUS_MT)  # type: ignore[arg-type]
-    checkpoint = convert_hf(hf, out / "checkpoint")
-    pieces = {i: p for p, i in json.loads((hf / "vocab.json").read_text()).items()}
+        if nllb:
+            shape = NLLB_600M | ({"encoder_layers": args.layers, "decoder_layers": args.layers} if args.layers else {})
+            tiny_m2m100(hf, "nllb", 160, seed=2, extra_ids=vocab - 166, transformers_init=True, **shape)
+        else:
+            tiny_marian(hf, total_vocab=vocab, **OPUS_MT)  # type: ignore[arg-type]
+    checkpoint = out / "checkpoint"
+    if not (checkpoint / "config.json").is_file():
+        convert_hf(hf, checkpoint)
     rng = random.Random(0)
-    sources = [
-        [*(rng.randrange(3, args.vocab - 1) for _ in range(args.source_length - 1)), 0] for _ in range(args.sentences)
-    ]
     n = args.output_length
     options = {b: DecodingOptions(beam_size=b, min_length=n, max_length=n, max_length_ratio=1e3) for b in args.beams}
+    if nllb:
+        source_code, target_code = "eng_Latn", "deu_Latn"
+        from nmtserve.engine.nllb_tokenizer import NllbTokenizer
+
+        tokenizer = NllbTokenizer(hf)
+        eos, first = tokenizer.eos_id, tokenizer.language_id(source_code)
+        prefix = [tokenizer.language_id(target_code)]
+        body = range(4, 160)  # ordinary pieces of the tokenizer
+    else:
+        eos, first, prefix, body = 0, None, [], range(3, vocab - 1)
+    opening = [] if first is None else [first]
+    sources = [
+        [*opening, *(rng.choice(body) for _ in range(args.source_length - 1 - len(opening))), eos]
+        for _ in range(args.sentences)
+    ]
     results = []
     for precision in args.precisions:
         model_dir = out / f"onnx-{precision}"
         if not (model_dir / "manifest.json").is_file():
-            export_model(checkpoint, model_dir, precision, progress=False)
+            export_model(checkpoint, model_dir, precision, progress=True)
         ct2_dir = out / f"ct2-{precision}"
         if not (ct2_dir / "model.bin").is_file():
             quantization = None if precision == "fp32" else precision
             TransformersConverter(str(hf)).convert(str(ct2_dir), quantization=quantization, force=True)
+        pieces = json.loads((ct2_dir / "shared_vocabulary.json").read_text(encoding="utf-8"))
         engine = Engine.load(model_dir, threads=1)
         translator = ctranslate2.Translator(str(ct2_dir), intra_threads=1, inter_threads=1)
         tokens = [[pieces[i] for i in ids] for ids in sources]
+        forced = [prefix] * len(sources)
+        target_prefix = [[pieces[i] for i in prefix]] * len(sources) if prefix else None
         for beam in args.beams:
-            engine.translate_ids(sources[:2], options[beam])  # warm-up
+            engine.translate_ids(sources[:2], options[beam], target_prefixes=forced[:2])  # warm-up
             start = time.perf_counter()
-            ours = engine.translate_ids(sources, options[beam], max_batch_size=len(sources))
+            ours = engine.translate_ids(sources, options[beam], max_batch_size=len(sources), target_prefixes=forced)
             ours_s = time.perf_counter() - start
-            translator.translate_batch(tokens[:2], beam_size=beam, min_decoding_length=n, max_decoding_length=n)
+            ct2_options = dict(beam_size=beam, min_decoding_length=n, max_decoding_length=n)
+            translator.translate_batch(tokens[:2], target_prefix=target_prefix and target_prefix[:2], **ct2_options)
             start = time.perf_counter()
             theirs = translator.translate_batch(
-                tokens, beam_size=beam, min_decoding_length=n, max_decoding_length=n, max_batch_size=len(tokens)
+                tokens, target_prefix=target_prefix, max_batch_size=len(tokens), **ct2_options
             )
             theirs_s = time.perf_counter() - start
             produced = sum(len(nbest[0].token_ids) for nbest in ours)
             produced_ct2 = sum(len(r.hypotheses[0]) for r in theirs)
             row = {
+                "family": args.family,
                 "precision": precision,
                 "beam": beam,
                 "tokens": produced,
@@ -92,8 +133,59 @@ def main(argv: list[str] | None = None) -> int:
             row["ratio"] = round(row["nmtserve_tokens_per_s"] / row["ctranslate2_tokens_per_s"], 3)
             results.append(row)
             print(json.dumps(row), flush=True)
+        del engine, translator
+        if nllb:
+            memory = peak_rss(model_dir, ct2_dir, source_code, target_code)
+            results.append({"family": args.family, "precision": precision, **memory})
+            print(json.dumps(results[-1]), flush=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     return 0
+
+
+def peak_memory(pid: int) -> int:
+    """Peak resident memory (VmHWM) of process ``pid`` in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"/proc/{pid}/status has no VmHWM")
+
+
+CT2_PROCESS = """
+import ctranslate2, json, resource, sys
+translator = ctranslate2.Translator(sys.argv[1], intra_threads=1)
+tokens = json.loads(sys.argv[2])
+translator.translate_batch([tokens], target_prefix=[[sys.argv[3]]], beam_size=4, max_decoding_length=8)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def peak_rss(model_dir: Path, ct2_dir: Path, source: str, target: str) -> dict[str, float]:
+    """Peak RSS (GiB) of ``nmtserve serve`` with ``model_dir`` after one beam-4 request, and of a process with
+    CTranslate2's Translator loaded after the same translation (CTranslate2 has no server of its own)."""
+    import subprocess
+    import sys
+
+    import grpc
+
+    from nmtserve.loadtest.serverproc import ServerProcess
+    from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
+    from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
+
+    with ServerProcess(model_dir, "--threads", "1") as server, grpc.insecure_channel(server.address) as channel:
+        request = pb.TranslateRequest(
+            texts=["The program is free software."],
+            source_language=source,
+            target_language=target,
+            options=pb.DecodingOptions(beam_size=4, max_length=8),
+        )
+        pb_grpc.TranslatorStub(channel).Translate(request, timeout=300)
+        ours = peak_memory(server.pid)
+    vocabulary = json.loads((ct2_dir / "shared_vocabulary.json").read_text(encoding="utf-8"))
+    tokens = json.dumps([source, *vocabulary[10:30], "</s>"])
+    run = subprocess.run([sys.executable, "-c", CT2_PROCESS, str(ct2_dir), tokens, target], capture_output=True)
+    theirs = int(run.stdout.decode().split()[-1])
+    gib = 1024**3
+    return {"nmtserve_server_peak_rss_gib": round(ours / gib, 2), "ctranslate2_peak_rss_gib": round(theirs / gib, 2)}
 
 
 if __name__ == "__main__":

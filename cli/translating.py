@@ -160,7 +160,8 @@ def _translate_remote(args: argparse.Namespace) -> int:
         return 2
     with client, ThreadPoolExecutor(4) as pool:
         try:
-            for translations in pool.map(lambda chunk: client.translate_texts(chunk, options), chunks):
+            languages = {"source_language": args.source_language, "target_language": args.target_language}
+            for translations in pool.map(lambda chunk: client.translate_texts(chunk, options, **languages), chunks):
                 print("\n".join(translations))
         except grpc.RpcError as error:
             print(f"nmtserve translate: {args.server}: {error.code().name}: {error.details()}", file=sys.stderr)
@@ -182,6 +183,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     translate.add_argument("--batch-size", type=int, default=32)
     translate.add_argument("--server", metavar="HOST:PORT", default=None, help="translate with a running server")
     translate.add_argument("--timeout", type=float, default=300.0, help="with --server: seconds per request")
+    translate.add_argument("--source-language", default="", help="with --server: e.g. eng_Latn (NLLB), en (M2M-100)")
+    translate.add_argument("--target-language", default="", help="with --server: e.g. deu_Latn (NLLB), de (M2M-100)")
     translate.add_argument("--tls", action="store_true", help="with --server: connect over TLS (system CA roots)")
     translate.add_argument("--tls-ca", type=Path, default=None, metavar="FILE", help="with --server: TLS, server CA")
     translate.add_argument("--tls-cert", type=Path, default=None, metavar="FILE", help="client certificate (mTLS)")

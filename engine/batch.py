@@ -116,10 +116,13 @@ class DecodingBatch:
         sources: Sequence[Sequence[int]],
         options: DecodingOptions | Sequence[DecodingOptions],
         keys: Sequence[Hashable] | None = None,
+        target_prefixes: Sequence[Sequence[int]] | None = None,
     ) -> list[Hashable]:
         """Encode ``sources`` (token ids ending with EOS) now; they decode from the next ``step`` on.
 
         ``options`` may differ per sentence (beam sizes may be mixed). ``keys`` default to running integers.
+        ``target_prefixes``: per sentence, target tokens forced before the search chooses any (the target-language
+        token of M2M-100/NLLB), so that sentences for different target languages share the batch; None: none.
         """
         if not sources:
             return []
@@ -130,6 +133,11 @@ class DecodingBatch:
         keys = list(keys) if keys is not None else [f"s{next(self._serials)}" for _ in sources]
         if len(keys) != len(sources):
             raise ValueError("one key per source")
+        prefixes = [tuple(p) for p in target_prefixes] if target_prefixes is not None else [()] * len(sources)
+        if len(prefixes) != len(sources):
+            raise ValueError("one target prefix per source (empty for none), or None for all")
+        if any(p and (min(p) < 0 or max(p) >= info.vocab_size) for p in prefixes):
+            raise ValueError(f"target prefix token ids must be in 0..{info.vocab_size - 1}")
         if len(set(keys) | {s.key for s in self._sentences}) != len(keys) + len(self._sentences):
             raise ValueError("keys must be unique among the sentences of a batch")
         for ids in sources:
@@ -152,11 +160,11 @@ class DecodingBatch:
             joined = self._runtime.run(APPEND_ROWS, {**self._cross, **{f"new_{n}": v for n, v in new.items()}})
             self._cross = strip_prefix(joined, "out_")
 
-        for ids, opts, key in zip(sources, per_sentence, keys, strict=True):
+        for ids, opts, key, forced in zip(sources, per_sentence, keys, prefixes, strict=True):
             serial = next(self._serials)
             # Positions must stay inside the model's table: the reference would fail there, we stop instead.
             max_length = min(opts.max_length_for(len(ids)), info.max_positions)
-            self._sentences.append(Sentence(key, serial, len(ids), opts, max_length))
+            self._sentences.append(Sentence(key, serial, len(ids), opts, max_length, forced=forced))
             self._cross_rows.append(serial)
         return keys
 
@@ -199,7 +207,8 @@ class DecodingBatch:
             return []
         info = self._info
         rows = tuple(s.rows for s in self._sentences)
-        tokens = [s.tokens[:, -1] if s.step else np.full(s.rows, info.bos_id, np.int64) for s in self._sentences]
+        start = info.decoder_start_id
+        tokens = [s.tokens[:, -1] if s.step else np.full(s.rows, start, np.int64) for s in self._sentences]
         positions = np.repeat(np.array([s.step for s in self._sentences], np.int64), rows)
         reorder = [s.parents for s in self._sentences]  # already global cache rows (or -1 for a new sentence)
         self._align_cross()
@@ -207,7 +216,7 @@ class DecodingBatch:
         query_rows, row_slots = cross_slots(rows)
         self._cache.reorder(np.concatenate(reorder))
         self._cache.trim(max(s.step for s in self._sentences))  # rows are left-padded: older slots are unused
-        k = max(s.options.candidates_per_row for s in self._sentences)
+        k = max((s.options.candidates_per_row for s in self._sentences if not s.forcing), default=1)
         k += any(s.forbid_eos for s in self._sentences)  # one spare candidate to replace a banned EOS
         k = min(info.vocab_size, k)
         out = self._runtime.run(
@@ -234,7 +243,7 @@ class DecodingBatch:
             span = slice(offset, offset + sentence.rows)
             offset += sentence.rows
             sentence_log_probs, sentence_ids = log_probs[span], ids[span]
-            if sentence.forbid_eos:
+            if sentence.forbid_eos:  # never while forcing: advance() does not read a forced step's top-k
                 sentence_log_probs, sentence_ids = without_eos(sentence_log_probs, sentence_ids, info.eos_id)
             if advance(sentence, sentence_log_probs, sentence_ids, info.vocab_size, info.eos_id):
                 finished.append(Finished(sentence.key, sentence.finalize()))

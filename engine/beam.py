@@ -10,6 +10,12 @@ The rules are those of ``nmtserve.model.beam_search`` (CTranslate2's), reproduce
 - scores are float32 sums of log-probs, divided at the end by length ** length_penalty (length counts EOS).
 Step 0 runs one row per sentence instead of K copies of BOS: the reference's other K-1 copies score -inf and
 never contribute a candidate, so the outcome is the same for a fraction of the work.
+
+A sentence may have a forced target prefix (``Sentence.forced``: M2M-100 and NLLB force the target-language token
+first). Its steps are decoded without choice: the one row takes the forced token and its score is unchanged, i.e.
+the forced token's log-prob counts as 0, as transformers' ``ForcedBOSTokenLogitsProcessor`` makes it (all other
+tokens -inf, the forced one 0 after log-softmax). The forced tokens are part of the hypothesis (and of its length),
+as in ``generate()``'s sequences and CTranslate2's ``target_prefix`` results.
 """
 
 from __future__ import annotations
@@ -43,14 +49,20 @@ class Sentence:
     parents: np.ndarray = field(default_factory=lambda: np.full(1, -1, np.int64))  # [rows], sentence-local
     ranked: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))  # rows, best hypothesis first
     finished: list[tuple[list[int], float, int]] = field(default_factory=list)
+    forced: tuple[int, ...] = ()  # target tokens decoded without choice first (e.g. the target language)
 
     @property
     def rows(self) -> int:
         return len(self.scores)
 
     @property
+    def forcing(self) -> bool:
+        """This step's token is forced: the step graph runs (its cache grows) but its top-k is not read."""
+        return self.step < len(self.forced)
+
+    @property
     def forbid_eos(self) -> bool:
-        return self.step < self.options.min_length
+        return self.step < self.options.min_length and not self.forcing
 
     def finalize(self) -> list[Hypothesis]:
         options = self.options
@@ -181,8 +193,24 @@ def advance_beam(sentence: Sentence, log_probs: np.ndarray, ids: np.ndarray, voc
     return done
 
 
+def advance_forced(sentence: Sentence, eos_id: int) -> bool:
+    """Extend the one row by the forced token of this step, its log-prob counted as 0. True when done (the max
+    length reached, or a forced EOS)."""
+    token = sentence.forced[sentence.step]
+    if token == eos_id or sentence.step + 1 == sentence.max_length:
+        history = sentence.tokens[0].tolist() + ([] if token == eos_id else [token])
+        sentence.finished.append((history, float(sentence.scores[0]), sentence.step + 1))
+        return True
+    sentence.tokens = np.concatenate((sentence.tokens, np.array([[token]], np.int64)), axis=1)
+    sentence.parents = _ROW_ZERO
+    sentence.step += 1
+    return False
+
+
 def advance(sentence: Sentence, log_probs: np.ndarray, ids: np.ndarray, vocab: int, eos_id: int) -> bool:
     """One step for ``sentence`` from its rows of the step graph's output; True when it has finished."""
+    if sentence.forcing:
+        return advance_forced(sentence, eos_id)
     if sentence.options.beam_size == 1:
         return advance_greedy(sentence, log_probs, ids, eos_id)
     return advance_beam(sentence, log_probs, ids, vocab, eos_id)

@@ -38,7 +38,8 @@ class Engine:
         info = load_model_info(Path(model_dir))
         runtime = Runtime(info, RuntimeConfig(device=device, device_id=device_id, threads=threads, spin=spin))
         tokenizer = load_tokenizer(info.directory, info.manifest.get("tokenizer"))
-        if tokenizer.vocab_size != info.vocab_size or tokenizer.eos_id != info.eos_id:
+        # A model may have embedding rows no text maps to (NLLB-200 has 2), never the other way round.
+        if tokenizer.vocab_size > info.vocab_size or tokenizer.eos_id != info.eos_id:
             raise ValueError(f"{model_dir}: tokenizer does not match the model (vocabulary or EOS id)")
         return cls(info, runtime, tokenizer)
 
@@ -57,8 +58,12 @@ class Engine:
         options: DecodingOptions | None = None,
         max_batch_size: int = 64,
         progress: bool = False,
+        target_prefixes: Sequence[Sequence[int]] | None = None,
     ) -> list[list[Hypothesis]]:
         """n-best lists for tokenized sources (each ending with EOS), in the order of ``sources``.
+
+        ``target_prefixes``: per source, target tokens forced first (``DecodingBatch.add``); they are part of the
+        hypotheses, as in transformers' ``generate()``.
 
         Sources are sorted by length and decode in cohorts of at most ``max_batch_size``; the next cohort starts
         when the last sentence of the running one has finished. Topping the batch up as it empties (what the server
@@ -68,6 +73,8 @@ class Engine:
         """
         options = options or DecodingOptions()
         options.validate(self.info.vocab_size)
+        if target_prefixes is not None and len(target_prefixes) != len(sources):
+            raise ValueError("one target prefix per source (empty for none), or None for all")
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
         results: list[list[Hypothesis] | None] = [None] * len(sources)
         batch = self.new_batch()
@@ -76,7 +83,8 @@ class Engine:
             while queued < len(order) or len(batch):
                 if queued < len(order) and not len(batch):
                     take = order[queued : queued + max_batch_size]
-                    batch.add([sources[i] for i in take], options, keys=take)
+                    forced = None if target_prefixes is None else [target_prefixes[i] for i in take]
+                    batch.add([sources[i] for i in take], options, keys=take, target_prefixes=forced)
                     queued += len(take)
                 for done in batch.step():
                     results[cast(int, done.key)] = done.hypotheses  # the keys given to add()
@@ -90,8 +98,19 @@ class Engine:
         max_batch_size: int = 64,
         progress: bool = False,
     ) -> list[list[Hypothesis]]:
-        """n-best translations of ``texts`` with ``text`` filled in, in order."""
-        nbests = self.translate_ids(self.encode_texts(texts), options, max_batch_size, progress)
+        """n-best translations of ``texts`` with ``text`` filled in, in order.
+
+        A tokenizer with its own language rules (BART / mBART: ``request_languages``) adds what its defaults call
+        for, as the server does for a request that names no languages.
+        """
+        sources, prefixes = self.encode_texts(texts), None
+        rules = getattr(self.tokenizer, "request_languages", None)
+        if rules is not None:
+            before, after, forced = rules("", "")
+            room = self.info.max_positions - len(before) - len(after)  # the codes count against the position table
+            sources = [[*before, *ids[:-1][: room - 1], ids[-1], *after] for ids in sources]
+            prefixes = [forced] * len(sources)
+        nbests = self.translate_ids(sources, options, max_batch_size, progress, target_prefixes=prefixes)
         return [
             [Hypothesis(h.token_ids, h.score, h.log_prob, self.tokenizer.decode(h.token_ids)) for h in nbest]
             for nbest in nbests

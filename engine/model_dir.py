@@ -115,6 +115,7 @@ class ModelInfo:
     pad_id: int
     bos_id: int
     eos_id: int
+    decoder_start_id: int  # the decoder's first input (manifests before it was recorded: bos)
     manifest: dict[str, Any]
 
     def path(self, name: str) -> Path:
@@ -201,5 +202,6 @@ def load_model_info(directory: Path, verify: bool = True) -> ModelInfo:
         pad_id=special["pad"],
         bos_id=special["bos"],
         eos_id=special["eos"],
+        decoder_start_id=special.get("decoder_start", special["bos"]),
         manifest=manifest,
     )

@@ -44,7 +44,7 @@ class Tokenizer:
         return self._sp.encode(text, out_type=str)
 
 
-TOKENIZER_KINDS = ("sentencepiece", "marian")
+TOKENIZER_KINDS = ("sentencepiece", "marian", "m2m100", "nllb", "bart")
 
 
 def tokenizer_files(spec: dict | None) -> tuple[str, ...]:
@@ -56,6 +56,18 @@ def tokenizer_files(spec: dict | None) -> tuple[str, ...]:
         from nmtserve.engine.marian_tokenizer import FILES
 
         return FILES
+    if kind == "m2m100":
+        from nmtserve.engine.m2m100_tokenizer import FILES as M2M100_FILES
+
+        return M2M100_FILES
+    if kind == "nllb":
+        from nmtserve.engine.nllb_tokenizer import FILES as NLLB_FILES
+
+        return NLLB_FILES
+    if kind == "bart":
+        from nmtserve.engine import bart_tokenizer
+
+        return bart_tokenizer.FILES
     raise ValueError(f"tokenizer kind must be one of {TOKENIZER_KINDS}, not {kind!r}")
 
 
@@ -67,4 +79,16 @@ def load_tokenizer(directory: Path | str, spec: dict | None = None) -> Any:
         from nmtserve.engine.marian_tokenizer import MarianTokenizer
 
         return MarianTokenizer(directory)
+    if kind == "m2m100":
+        from nmtserve.engine.m2m100_tokenizer import M2M100Tokenizer
+
+        return M2M100Tokenizer(directory)
+    if kind == "nllb":
+        from nmtserve.engine.nllb_tokenizer import NllbTokenizer
+
+        return NllbTokenizer(directory)
+    if kind == "bart":
+        from nmtserve.engine.bart_tokenizer import BartTokenizer
+
+        return BartTokenizer(directory, spec)
     return Tokenizer(Path(directory) / "sentencepiece.model")

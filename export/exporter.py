@@ -57,7 +57,8 @@ def _encoder_feeds(model: Transformer) -> dict[str, np.ndarray]:
 
 def _family_options(config) -> dict[str, Any]:
     """The options a converted model sets, recorded so that a reader of the manifest sees what it serves."""
-    keys = ("activation", "positions", "scale_embedding", "final_logits_bias", "pre_norm")
+    keys: tuple[str, ...] = ("activation", "positions", "position_offset", "scale_embedding", "final_logits_bias")
+    keys += ("pre_norm", "layernorm_embedding")
     return {key: getattr(config, key) for key in keys}
 
 
@@ -105,7 +106,14 @@ def _manifest(
             "n_decoder_layers": config.n_decoder_layers,
             "max_positions": config.max_positions,
         },
-        "special_ids": {"pad": config.pad_id, "unk": config.unk_id, "bos": config.bos_id, "eos": config.eos_id},
+        "special_ids": {
+            "pad": config.pad_id,
+            "unk": config.unk_id,
+            "bos": config.bos_id,
+            "eos": config.eos_id,
+            # only where the decoder does not start from bos (M2M-100/NLLB start from EOS): older readers see bos
+            **({"decoder_start": config.start_id} if config.start_id != config.bos_id else {}),
+        },
         **({"family": _family_options(config)} if checkpoint_metadata.get("converted_from") else {}),
         **({"tokenizer": tokenizer_spec} if tokenizer_spec.get("kind", "sentencepiece") != "sentencepiece" else {}),
         "opset": OPSET,

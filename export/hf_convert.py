@@ -23,7 +23,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from nmtserve.engine import marian_tokenizer
+from nmtserve.engine import m2m100_tokenizer, marian_tokenizer, nllb_tokenizer
+from nmtserve.engine.m2m100_tokenizer import TokenizerFileError as M2M100FileError
 from nmtserve.engine.marian_tokenizer import TokenizerFileError, read_vocab
 from nmtserve.model.checkpoint import CONFIG, WEIGHTS
 from nmtserve.model.transformer import TransformerConfig
@@ -165,22 +166,112 @@ class MarianLoader:
             raise ConversionError(f"{self.source}: an output projection separate from the embedding is not supported")
         bias = get("final_logits_bias").reshape(-1).clone()
         bias[suppressed_tokens(self.source)] += SUPPRESSED_LOGIT  # never generated, as generate() would ban them
-        out = {"embedding.weight": embedding, "final_logits_bias": bias}
-        for i in range(config.n_encoder_layers):
-            hf_layer, layer = f"model.encoder.layers.{i}", f"encoder_layers.{i}"
-            out |= _attention(get, f"{hf_layer}.self_attn", f"{layer}.self_attention")
-            out |= _norm(get, f"{hf_layer}.self_attn_layer_norm", f"{layer}.attention_residual.norm")
-            out |= _ffn(get, hf_layer, f"{layer}.feed_forward")
-            out |= _norm(get, f"{hf_layer}.final_layer_norm", f"{layer}.feed_forward_residual.norm")
-        for i in range(config.n_decoder_layers):
-            hf_layer, layer = f"model.decoder.layers.{i}", f"decoder_layers.{i}"
-            out |= _attention(get, f"{hf_layer}.self_attn", f"{layer}.self_attention")
-            out |= _norm(get, f"{hf_layer}.self_attn_layer_norm", f"{layer}.self_residual.norm")
-            out |= _attention(get, f"{hf_layer}.encoder_attn", f"{layer}.cross_attention")
-            out |= _norm(get, f"{hf_layer}.encoder_attn_layer_norm", f"{layer}.cross_residual.norm")
-            out |= _ffn(get, hf_layer, f"{layer}.feed_forward")
-            out |= _norm(get, f"{hf_layer}.final_layer_norm", f"{layer}.feed_forward_residual.norm")
+        return {"embedding.weight": embedding, "final_logits_bias": bias} | _layer_weights(get, config)
+
+
+class M2M100Loader:
+    """``M2M100ForConditionalGeneration`` (M2M-100, NLLB-200): pre-norm with final encoder and decoder LayerNorms,
+    fairseq's sinusoidal positions after the padding index, ReLU, one tied embedding, no logits bias, decoding
+    from EOS with the target language forced as the first token. The tokenizer is NLLB's (``tokenizer.json``) or
+    M2M-100's (SentencePiece + ``vocab.json``)."""
+
+    architecture = "M2M100ForConditionalGeneration"
+
+    def __init__(self, source: Path, config: dict[str, Any]) -> None:
+        self.source, self.hf = source, config
+
+    def model_config(self, vocab_size: int) -> TransformerConfig:
+        hf = self.hf
+        heads, ffn = hf["encoder_attention_heads"], hf["encoder_ffn_dim"]
+        _require(self.source, heads == hf["decoder_attention_heads"], "encoder and decoder head counts differ")
+        _require(self.source, ffn == hf["decoder_ffn_dim"], "encoder and decoder FFN sizes differ")
+        activation = ACTIVATION_NAMES.get(hf.get("activation_function", "relu"))
+        _require(self.source, activation is not None, f"activation {hf.get('activation_function')!r} is not supported")
+        _require(self.source, hf.get("tie_word_embeddings", True), "an untied output projection is not supported")
+        if hf["vocab_size"] < vocab_size:
+            raise ConversionError(
+                f"{self.source}: config.json vocab_size {hf['vocab_size']} is smaller than the tokenizer's "
+                f"{vocab_size} ids"
+            )
+        pad = hf.get("pad_token_id", 1)
+        return TransformerConfig(
+            vocab_size=hf["vocab_size"],
+            d_model=hf["d_model"],
+            n_heads=heads,
+            n_encoder_layers=hf["encoder_layers"],
+            n_decoder_layers=hf["decoder_layers"],
+            d_ff=ffn,
+            dropout=0.0,
+            max_positions=hf["max_position_embeddings"],
+            pre_norm=True,
+            pad_id=pad,
+            unk_id=3,  # replaced from the tokenizer
+            bos_id=hf.get("bos_token_id", 0),
+            eos_id=hf.get("eos_token_id", 2),
+            decoder_start_id=hf.get("decoder_start_token_id", hf.get("eos_token_id", 2)),
+            activation=cast(str, activation),  # checked by _require above
+            positions="sinusoidal-fairseq",
+            position_offset=pad + 1,  # transformers: position i of a sequence is row i + padding_idx + 1
+            scale_embedding=hf.get("scale_embedding", True),
+            final_logits_bias=bool(suppressed_tokens(self.source)),  # only to ban tokens: the model has none
+        )
+
+    def tokenizer(self) -> tuple[dict[str, Any], dict[str, Path], int, int]:
+        """NLLB's ``tokenizer.json`` where there is one (the ``tokenizers`` model transformers saves), else
+        M2M-100's SentencePiece model and ``vocab.json``."""
+        nllb = {name: self.source / name for name in nllb_tokenizer.FILES}
+        m2m = {name: self.source / name for name in m2m100_tokenizer.FILES}
+        kind, files = ("nllb", nllb) if nllb[nllb_tokenizer.TOKENIZER_JSON].is_file() else ("m2m100", m2m)
+        missing = [name for name, path in files.items() if not path.is_file()]
+        if missing and kind == "m2m100" and all(not path.is_file() for path in m2m.values()):
+            raise ConversionError(
+                f"{self.source}: no M2M-100 / NLLB tokenizer (NLLB: {', '.join(nllb_tokenizer.FILES)}; "
+                f"M2M-100: {', '.join(m2m100_tokenizer.FILES)})"
+            )
+        if missing:
+            raise ConversionError(f"{files[missing[0]]}: {kind} tokenizer file {missing[0]} is missing")
+        try:
+            if kind == "nllb":
+                loaded: Any = nllb_tokenizer.NllbTokenizer(self.source)
+            else:
+                loaded = m2m100_tokenizer.M2M100Tokenizer(self.source)
+        except M2M100FileError as error:
+            raise ConversionError(str(error)) from error
+        return {"kind": kind}, files, loaded.vocab_size, loaded.unk_id
+
+    def weights(self, hf: dict[str, torch.Tensor], config: TransformerConfig) -> dict[str, torch.Tensor]:
+        get = _getter(self.source, hf)
+        embedding = get("model.shared.weight", "model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight")
+        if "lm_head.weight" in hf and not torch.equal(hf["lm_head.weight"].float(), embedding):
+            raise ConversionError(f"{self.source}: an output projection separate from the embedding is not supported")
+        out = {"embedding.weight": embedding} | _layer_weights(get, config)
+        out |= _norm(get, "model.encoder.layer_norm", "encoder_norm")
+        out |= _norm(get, "model.decoder.layer_norm", "decoder_norm")
+        if config.final_logits_bias:
+            bias = torch.zeros(config.vocab_size)
+            bias[suppressed_tokens(self.source)] = SUPPRESSED_LOGIT
+            out["final_logits_bias"] = bias
         return out
+
+
+def _layer_weights(get, config: TransformerConfig) -> dict[str, torch.Tensor]:
+    """The encoder and decoder layers, named alike in every BART-style family (Marian, M2M-100, BART, mBART)."""
+    out: dict[str, torch.Tensor] = {}
+    for i in range(config.n_encoder_layers):
+        hf_layer, layer = f"model.encoder.layers.{i}", f"encoder_layers.{i}"
+        out |= _attention(get, f"{hf_layer}.self_attn", f"{layer}.self_attention")
+        out |= _norm(get, f"{hf_layer}.self_attn_layer_norm", f"{layer}.attention_residual.norm")
+        out |= _ffn(get, hf_layer, f"{layer}.feed_forward")
+        out |= _norm(get, f"{hf_layer}.final_layer_norm", f"{layer}.feed_forward_residual.norm")
+    for i in range(config.n_decoder_layers):
+        hf_layer, layer = f"model.decoder.layers.{i}", f"decoder_layers.{i}"
+        out |= _attention(get, f"{hf_layer}.self_attn", f"{layer}.self_attention")
+        out |= _norm(get, f"{hf_layer}.self_attn_layer_norm", f"{layer}.self_residual.norm")
+        out |= _attention(get, f"{hf_layer}.encoder_attn", f"{layer}.cross_attention")
+        out |= _norm(get, f"{hf_layer}.encoder_attn_layer_norm", f"{layer}.cross_residual.norm")
+        out |= _ffn(get, hf_layer, f"{layer}.feed_forward")
+        out |= _norm(get, f"{hf_layer}.final_layer_norm", f"{layer}.feed_forward_residual.norm")
+    return out
 
 
 def _getter(source: Path, hf: dict[str, torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -207,11 +298,20 @@ def _ffn(get, hf: str, ours: str) -> dict[str, torch.Tensor]:
     return {f"{ours}.{o}.{p}": get(f"{hf}.{h}.{p}") for h, o in names.items() for p in ("weight", "bias")}
 
 
-LOADERS: dict[str, type] = {"MarianMTModel": MarianLoader}
-MODEL_TYPES = {"marian": "MarianMTModel"}
+LOADERS: dict[str, type] = {"MarianMTModel": MarianLoader, "M2M100ForConditionalGeneration": M2M100Loader}
+MODEL_TYPES = {"marian": "MarianMTModel", "m2m_100": "M2M100ForConditionalGeneration"}
+
+
+def _register_bart() -> None:
+    """BART / mBART live in their own module (which imports this one's helpers)."""
+    from nmtserve.export.hf_bart import BartLoader, MBartLoader
+
+    LOADERS.update({loader.architecture: loader for loader in (BartLoader, MBartLoader)})
+    MODEL_TYPES.update({"bart": BartLoader.architecture, "mbart": MBartLoader.architecture})
 
 
 def _loader(source: Path, config: dict[str, Any]):
+    _register_bart()
     architectures = config.get("architectures") or [MODEL_TYPES.get(config.get("model_type", ""), "")]
     name = architectures[0] if architectures else ""
     if name not in LOADERS:

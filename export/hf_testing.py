@@ -53,12 +53,12 @@ def corpus_lines(limit: int = 3000, seed: int = 0) -> list[str]:
     return lines[:limit]
 
 
-def _train_spm(lines: list[str], prefix: Path, vocab_size: int) -> Path:
+def _train_spm(lines: list[str], prefix: Path, vocab_size: int, model_type: str = "unigram") -> Path:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines),
         model_prefix=str(prefix),
         vocab_size=vocab_size,
-        model_type="unigram",
+        model_type=model_type,
         character_coverage=1.0,
         minloglevel=2,
     )
@@ -137,4 +137,129 @@ def tiny_marian(
     model.generation_config.bad_words_ids = None
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    return directory
+
+
+NLLB_TEST_LANGUAGES = ("deu_Latn", "eng_Latn", "fra_Latn", "rus_Cyrl")
+
+
+def _fairseq_vocab(spm_model: Path) -> dict[str, int]:
+    """fairseq's dictionary of a SentencePiece model, as M2M-100's ``vocab.json`` holds it: ``<s> <pad> </s> <unk>``
+    then every other piece in SentencePiece order."""
+    processor = spm.SentencePieceProcessor(model_file=str(spm_model))
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for i in range(processor.get_piece_size()):
+        if not (processor.is_control(i) or processor.is_unknown(i)):
+            vocab.setdefault(processor.id_to_piece(i), len(vocab))
+    return vocab
+
+
+def _m2m100_tokenizer(directory: Path, work: Path, lines: list[str], vocab_size: int) -> int:
+    """transformers' ``M2M100Tokenizer`` (SentencePiece + vocab.json + its 100 ``__xx__`` codes) saved to
+    ``directory``; returns the number of ids it uses (vocabulary, language codes and made-up words)."""
+    from transformers import M2M100Tokenizer
+
+    model = _train_spm(lines, work / "m2m", vocab_size, "bpe")
+    (work / "vocab.json").write_text(json.dumps(_fairseq_vocab(model), ensure_ascii=False))
+    tokenizer = M2M100Tokenizer(str(work / "vocab.json"), str(model), src_lang="en", tgt_lang="de")
+    tokenizer.save_pretrained(directory)
+    return len(tokenizer.encoder) + len(tokenizer.lang_code_to_id) + tokenizer.num_madeup_words
+
+
+def _nllb_tokenizer(directory: Path, work: Path, lines: list[str], vocab_size: int) -> int:
+    """transformers' ``NllbTokenizer`` (a ``tokenizers`` BPE converted from SentencePiece, fairseq id offset,
+    language codes as added tokens) saved to ``directory``; returns the number of ids it uses."""
+    import shutil
+
+    from transformers import NllbTokenizer
+
+    model = _train_spm(lines, work / "nllb", vocab_size, "bpe")
+    source = work / "nllb-source"
+    source.mkdir(exist_ok=True)
+    shutil.copyfile(model, source / "sentencepiece.bpe.model")
+    tokenizer = NllbTokenizer.from_pretrained(
+        str(source), additional_special_tokens=list(NLLB_TEST_LANGUAGES), src_lang="eng_Latn", tgt_lang="deu_Latn"
+    )
+    tokenizer.save_pretrained(directory)
+    return len(tokenizer)
+
+
+def tiny_m2m100(
+    directory: Path,
+    tokenizer: str = "m2m100",
+    vocab_size: int = 160,
+    eos_bias: float = 3.5,
+    seed: int = 0,
+    extra_ids: int = 0,
+    transformers_init: bool = False,
+    **dims,
+) -> Path:
+    """A random ``M2M100ForConditionalGeneration`` with an M2M-100 (``tokenizer="m2m100"``) or NLLB (``"nllb"``)
+    tokenizer, saved as ``save_pretrained`` writes it; returns ``directory``.
+
+    ``extra_ids``: embedding rows beyond the tokenizer's ids (NLLB-200's checkpoints have 2; or padding to a real
+    vocabulary size for speed measurements). ``transformers_init``: keep transformers' own initialisation (for
+    speed at real sizes, where the outputs do not matter; the re-initialisation below is tuned for tiny models).
+    The model has no logits bias, so EOS is made likely through the final decoder LayerNorm's bias (a component
+    along the EOS embedding raises its logit by ``eos_bias``), and ``<pad>`` is made all but impossible (see below).
+    """
+    import torch
+    from transformers import M2M100Config, M2M100ForConditionalGeneration
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    work = directory / "spm-training"
+    work.mkdir(exist_ok=True)
+    build = {"m2m100": _m2m100_tokenizer, "nllb": _nllb_tokenizer}[tokenizer]
+    ids = build(directory, work, corpus_lines(), vocab_size)
+    settings: dict[str, Any] = {
+        "d_model": 32,
+        "encoder_layers": 2,
+        "decoder_layers": 2,
+        "encoder_attention_heads": 4,
+        "decoder_attention_heads": 4,
+        "encoder_ffn_dim": 64,
+        "decoder_ffn_dim": 64,
+        "max_position_embeddings": 512,
+    } | dims
+    config = M2M100Config(
+        vocab_size=ids + extra_ids,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        encoder_layerdrop=0.0,
+        decoder_layerdrop=0.0,
+        **settings,
+    )
+    torch.manual_seed(seed)
+    model = M2M100ForConditionalGeneration(config).eval()
+    if transformers_init:
+        model.save_pretrained(directory)
+        return directory
+    # transformers' init (std 0.02) lets the positions drown the tokens, and with pre-norm the token embedding carried
+    # on the residual stream makes a tied model repeat its input: the decoder's layers get 3x larger weights (tried
+    # 1-4 on 32 sentences), except the cross-attention K/V projections, whose outputs the export verifies to 1e-4
+    # absolute (large values there leave fp32 rounding above it).
+    with torch.no_grad():
+        shared = model.model.shared.weight
+        shared.normal_(0.0, 0.3)
+        for name, module in model.named_modules():
+            if isinstance(module, torch.nn.Linear) and module is not model.lm_head:
+                cross_kv = name.endswith(("encoder_attn.k_proj", "encoder_attn.v_proj"))
+                gain = 3.0 if name.startswith("model.decoder") and not cross_kv else 1.0
+                module.weight.normal_(0.0, gain * module.in_features**-0.5)
+                module.bias.normal_(0.0, 0.02)
+        # <pad> must never be generated: transformers gives a generated pad the padding position, which no other
+        # decoder does. Every other embedding is made orthogonal to a direction u, pad's is -u, and the final
+        # LayerNorm's bias gets 30 u: pad's logit is about -30 and no other logit changes.
+        u = torch.nn.functional.normalize(torch.randn(config.d_model), dim=0)
+        shared.sub_(torch.outer(shared @ u, u))
+        shared[config.pad_token_id] = -u
+        eos = shared[config.eos_token_id]
+        model.model.decoder.layer_norm.bias.add_(eos_bias * eos / eos.dot(eos) + 30.0 * u)
+    model.save_pretrained(directory)
     return directory

@@ -52,7 +52,48 @@ def quantize_int8(path: Path, per_channel: bool = True) -> Path:
         extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
     )
     tmp.replace(path)
+    _embed_from_quantized(path)
     return path
+
+
+def _embed_from_quantized(path: Path) -> None:
+    """Let a Gather that reads a quantized weight read its int8 copy (dequantizing the gathered columns) and drop
+    the fp32 weight, where nothing else reads it.
+
+    The decoder step's input embedding gathers columns of the output projection's [d, V] weight; after
+    quantization the fp32 original stayed for that Gather alone, beside its int8 copy: vocabulary x d_model
+    floats (1 GB at NLLB-200's 256k x 1024) to read d values per row and step. Per-channel scales are per column
+    (per token), so a gathered column dequantizes with its own scale and zero point.
+    """
+    model = onnx.load(str(path))
+    graph = model.graph
+    initializers = {init.name: init for init in graph.initializer}
+    changed = False
+    for node in list(graph.node):
+        weight = node.input[0] if node.op_type == "Gather" and node.input else ""
+        quantized, scale, zero = (f"{weight}_quantized", f"{weight}_scale", f"{weight}_zero_point")
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+        if weight not in initializers or not {quantized, scale, zero} <= set(initializers) or axis != 1:
+            continue
+        if len(initializers[scale].dims) != 1:  # per-tensor quantization: nothing per column to gather
+            continue
+        index, out = node.input[1], node.output[0]
+        gathered = [f"{out}_int8", f"{out}_scale", f"{out}_zero_point"]
+        position = list(graph.node).index(node)
+        graph.node.remove(node)
+        new_nodes = [
+            onnx.helper.make_node("Gather", [quantized, index], [gathered[0]], axis=1, name=f"{node.name}_int8"),
+            onnx.helper.make_node("Gather", [scale, index], [gathered[1]], axis=0, name=f"{node.name}_scale"),
+            onnx.helper.make_node("Gather", [zero, index], [gathered[2]], axis=0, name=f"{node.name}_zero_point"),
+            onnx.helper.make_node("DequantizeLinear", gathered, [out], axis=1, name=f"{node.name}_dequantize"),
+        ]
+        for offset, new_node in enumerate(new_nodes):
+            graph.node.insert(position + offset, new_node)
+        if not any(weight in n.input for n in graph.node):
+            graph.initializer.remove(initializers[weight])
+        changed = True
+    if changed:
+        onnx.save(model, str(path))
 
 
 def _fp32_tail(model: onnx.ModelProto) -> list[str]:

@@ -165,13 +165,19 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
     shared = _Shared(g, heads, self_mask, source_mask, axis_1, flat)
 
     # Section 3.4: embedding x sqrt(d_model) + positional encoding, as [R, 1, d] for the attention kernels.
-    embedding = g.weight("embedding", model.embedding.weight)
-    scaled = g.op(
-        "Mul",
-        [g.op("Gather", [embedding, "token_ids"]), g.weight("sqrt_d", np.array(model.embedding_scale, np.float32))],
-    )
-    position = g.op("Gather", [g.weight("positions_table", model.positions), "positions"])
-    x = g.op("Unsqueeze", [g.op("Add", [scaled, position]), axis_1])
+    # The shared embedding is stored once, in the output projection's [d, V] layout (a plain weight MatMul, which
+    # int8 quantization recognises); the input embedding gathers its columns (d strided reads per row, nothing
+    # beside the [R, d] x [d, V] product). A [V, d] copy for the Gather as well cost vocabulary x d_model floats
+    # more: 1 GB at NLLB-200's 256k x 1024.
+    projection = g.weight("output_projection", model.embedding.weight.t())
+    embedded = g.op("Transpose", [g.op("Gather", [projection, "token_ids"], axis=1)], perm=[1, 0])
+    scaled = g.op("Mul", [embedded, g.weight("sqrt_d", np.array(model.embedding_scale, np.float32))])
+    position = g.op("Gather", [g.weight("positions_table", model.position_table(decoder=True)), "positions"])
+    embedded = g.op("Add", [scaled, position])
+    if config.layernorm_embedding:  # BART / mBART
+        norm = cast(torch.nn.LayerNorm, model.decoder_embedding_norm)
+        embedded = _layer_norm(g, embedded, norm, "decoder.embedding_norm")
+    x = g.op("Unsqueeze", [embedded, axis_1])
 
     for i, layer in enumerate(model.decoder_layers):
         scope, layer_kv = f"decoder.{i}", slice(2 * i, 2 * i + 2)
@@ -184,9 +190,8 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
 
     if config.pre_norm:
         x = _layer_norm(g, x, cast(torch.nn.LayerNorm, model.decoder_norm), "decoder.norm")  # pre-norm: a LayerNorm
-    # The output projection shares the embedding (Section 3.4); stored transposed so that quantization sees a
-    # plain weight MatMul.
-    logits = g.op("MatMul", [g.op("Squeeze", [x, axis_1]), g.weight("output_projection", model.embedding.weight.t())])
+    # The output projection shares the embedding (Section 3.4): the one [d, V] copy above.
+    logits = g.op("MatMul", [g.op("Squeeze", [x, axis_1]), projection])
     if config.final_logits_bias:
         logits = g.op("Add", [logits, g.weight("final_logits_bias", cast(torch.Tensor, model.final_logits_bias))])
     log_probs = g.op("LogSoftmax", [logits], axis=-1)

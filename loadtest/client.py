@@ -130,16 +130,33 @@ class TranslatorClient:
         self.health_stub = health_pb2_grpc.HealthStub(self.channel)
 
     def translate(
-        self, texts: Sequence[str], options: pb.DecodingOptions | None = None, timeout: float | None = None
+        self,
+        texts: Sequence[str],
+        options: pb.DecodingOptions | None = None,
+        timeout: float | None = None,
+        source_language: str = "",
+        target_language: str = "",
     ) -> list[list[Hypothesis]]:
-        """n-best lists (best first), one per text, in order."""
-        request = pb.TranslateRequest(texts=list(texts), options=options or pb.DecodingOptions())
+        """n-best lists (best first), one per text, in order (languages: for multilingual models)."""
+        request = pb.TranslateRequest(
+            texts=list(texts),
+            options=options or pb.DecodingOptions(),
+            source_language=source_language,
+            target_language=target_language,
+        )
         response = self.stub.Translate(request, timeout=timeout or self.timeout, metadata=self.metadata)
         return [_hypotheses(t) for t in response.translations]
 
-    def translate_texts(self, texts: Sequence[str], options: pb.DecodingOptions | None = None) -> list[str]:
+    def translate_texts(
+        self,
+        texts: Sequence[str],
+        options: pb.DecodingOptions | None = None,
+        source_language: str = "",
+        target_language: str = "",
+    ) -> list[str]:
         """The best translation of each text."""
-        return [nbest[0].text if nbest else "" for nbest in self.translate(texts, options)]
+        nbests = self.translate(texts, options, source_language=source_language, target_language=target_language)
+        return [nbest[0].text if nbest else "" for nbest in nbests]
 
     def stream(self, requests: Iterable[pb.TranslateRequest], timeout: float | None = None) -> Iterator[StreamEvent]:
         """Send ``requests`` on one TranslateStream; yield events as the server sends them (any order)."""

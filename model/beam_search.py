@@ -6,7 +6,10 @@ The rules follow CTranslate2's so that all three decoders can be compared token 
   hypothesis, and its slot is refilled with the next best candidate that does not end with EOS;
 - a sentence stops when it has K finished hypotheses, at its max length, or, when no length penalty is used,
   as soon as the best candidate is finished and ``num_hypotheses`` are collected;
-- finished scores are divided by length ** length_penalty, the length counting the EOS token.
+- finished scores are divided by length ** length_penalty, the length counting the EOS token;
+- a sentence's forced target prefix (``target_prefixes``: the target language of M2M-100/NLLB) is decoded without
+  choice first, each forced token's log-prob counted as 0 (transformers' ``ForcedBOSTokenLogitsProcessor``); the
+  forced tokens are part of the hypothesis and of its length.
 Readability beats speed here; the fast path is the exported engine.
 """
 
@@ -30,15 +33,23 @@ def _finalize(found: list[tuple[list[int], float, int]], options: DecodingOption
 
 @torch.inference_mode()
 def beam_search(
-    model: Transformer, sources: list[list[int]], options: DecodingOptions, use_cache: bool = True
+    model: Transformer,
+    sources: list[list[int]],
+    options: DecodingOptions,
+    use_cache: bool = True,
+    target_prefixes: list[list[int]] | None = None,
 ) -> list[list[Hypothesis]]:
     """Translate a batch of tokenized sources (each ending with EOS); n-best lists in the order of ``sources``.
 
     ``use_cache=False`` re-runs the decoder over the whole prefix at every step: slower, but independent of the
-    incremental-decoding code, which makes it a check on that code.
+    incremental-decoding code, which makes it a check on that code. ``target_prefixes``: per source, target
+    tokens forced first (empty lists for none).
     """
     if options.num_hypotheses > options.beam_size:
         raise ValueError("num_hypotheses must not exceed beam_size")
+    forced = target_prefixes if target_prefixes is not None else [[] for _ in sources]
+    if len(forced) != len(sources):
+        raise ValueError("one target prefix per source")
     config, beam = model.config, options.beam_size
     batch = len(sources)
     source_ids = torch.full((batch, max(map(len, sources))), config.pad_id, dtype=torch.long)
@@ -51,7 +62,7 @@ def beam_search(
     memory = model.encode(source_ids).repeat_interleave(beam, dim=0)
     cross_kv = model.cross_kv(memory)
     source_mask = model.source_mask(source_ids).repeat_interleave(beam, dim=0)
-    prefixes = torch.full((batch * beam, 1), config.bos_id, dtype=torch.long)
+    prefixes = torch.full((batch * beam, 1), config.start_id, dtype=torch.long)
     scores = torch.tensor([0.0] + [float("-inf")] * (beam - 1)).repeat(batch)
     cache: KVCache | None = None
     active = list(range(batch))  # original index of each row group still decoding
@@ -76,6 +87,18 @@ def beam_search(
         next_scores: list[float] = []
         for g, sentence in enumerate(active):
             last_step = step + 1 == max_lengths[sentence]
+            if step < len(forced[sentence]):  # no choice: every row takes the forced token, scores unchanged
+                token = forced[sentence][step]
+                if token == config.eos_id or last_step:
+                    tokens = prefixes[g * beam, 1:].tolist() + ([] if token == config.eos_id else [token])
+                    found[sentence].append((tokens, float(scores[g * beam]), step + 1))
+                    results[sentence] = _finalize(found[sentence], options)
+                    continue
+                keep_groups.append(g)
+                rows += range(g * beam, (g + 1) * beam)
+                next_tokens += [token] * beam
+                next_scores += scores[g * beam : (g + 1) * beam].tolist()
+                continue
             spare = beam  # next candidate position that may refill a finished slot
             top_finished = False
             chosen: list[int] = []
@@ -123,15 +146,25 @@ def translate_ids(model: Transformer, sources: list[list[int]], options: Decodin
     return [nbest[0].token_ids for nbest in beam_search(model, sources, options)]
 
 
-def greedy_search(model: Transformer, source: list[int], max_length: int) -> list[int]:
-    """Plain arg-max decoding, kept separate from beam search so that beam 1 can be tested against it."""
+def greedy_search(
+    model: Transformer, source: list[int], max_length: int, target_prefix: list[int] | None = None
+) -> list[int]:
+    """Plain arg-max decoding, kept separate from beam search so that beam 1 can be tested against it.
+
+    ``target_prefix``: tokens forced first (they are part of the result). EOS is banned on step 0 only (min_length
+    1), which a forced prefix fills, as in the engine.
+    """
     config = model.config
     source_ids = torch.tensor([source])
     cross_kv = model.cross_kv(model.encode(source_ids))
     mask = model.source_mask(source_ids)
-    tokens = [config.bos_id]
+    forced = list(target_prefix or [])
+    tokens = [config.start_id]
     with torch.inference_mode():
         for step in range(max_length):
+            if step < len(forced):
+                tokens.append(forced[step])
+                continue
             logits, _ = model.decode(torch.tensor([tokens]), cross_kv, mask)
             if step == 0:
                 logits[0, -1, config.eos_id] = float("-inf")

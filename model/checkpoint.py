@@ -59,6 +59,7 @@ def load_checkpoint(directory: Path | None = None) -> tuple[Transformer, Tokeniz
     model = Transformer(config)
     model.load_state_dict(load_file(directory / WEIGHTS))
     tokenizer = load_tokenizer(directory, read_tokenizer_spec(directory))
-    if tokenizer.vocab_size != config.vocab_size:
+    # A model may have embedding rows no text maps to (NLLB-200 has 2), never the other way round.
+    if tokenizer.vocab_size > config.vocab_size:
         raise ValueError(f"{directory}: tokenizer has {tokenizer.vocab_size} pieces, model {config.vocab_size}")
     return model.eval(), tokenizer, metadata

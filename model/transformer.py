@@ -36,16 +36,28 @@ class TransformerConfig:
     pad_id: int = 0
     unk_id: int = 1
     bos_id: int = 2
-    eos_id: int = 3  # bos_id is the decoder's start token (Marian starts from its pad id)
+    eos_id: int = 3
+    # The decoder's first input; None: bos_id (Marian converts with bos_id = its pad id, M2M-100/NLLB start from EOS).
+    decoder_start_id: int | None = None
     # What the Hugging Face families differ in; every default is the 2017 model above.
     activation: str = "relu"  # relu | gelu (exact, erf) | swish (SiLU)
-    positions: str = "sinusoidal"  # sinusoidal: the paper's interleaved sin/cos; sinusoidal-halves: sin | cos
+    # sinusoidal: the paper's interleaved sin/cos; sinusoidal-halves: sin | cos (Marian); sinusoidal-fairseq: sin | cos
+    # with fairseq's frequencies (M2M-100, NLLB: see ``sinusoidal_positions``)
+    positions: str = "sinusoidal"
+    position_offset: int = 0  # position p reads row p + offset of the layout's table (M2M-100/NLLB: pad_id + 1)
     scale_embedding: bool = True  # multiply embeddings by sqrt(d_model) (Section 3.4)
     final_logits_bias: bool = False  # a per-token bias added to the output logits (Marian, BART)
+    # BART / mBART: a LayerNorm right after embedding + position, in the encoder and in the decoder.
+    layernorm_embedding: bool = False
 
     @property
     def d_head(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def start_id(self) -> int:
+        """The token the decoder starts from: ``decoder_start_id``, or ``bos_id`` when that is unset."""
+        return self.bos_id if self.decoder_start_id is None else self.decoder_start_id
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +68,10 @@ class TransformerConfig:
             raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, not {self.activation!r}")
         if self.positions not in POSITION_LAYOUTS:
             raise ValueError(f"positions must be one of {POSITION_LAYOUTS}, not {self.positions!r}")
+        if self.position_offset < 0:
+            raise ValueError(f"position_offset must be >= 0, not {self.position_offset}")
+        if not 0 <= self.start_id < self.vocab_size:
+            raise ValueError(f"decoder_start_id {self.start_id} is outside the vocabulary (0..{self.vocab_size - 1})")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model {self.d_model} is not a multiple of n_heads {self.n_heads}")
 
@@ -82,16 +98,40 @@ PRESETS: dict[str, TransformerConfig] = {
 
 
 ACTIVATIONS: dict[str, Callable[..., Tensor]] = {"relu": F.relu, "gelu": F.gelu, "swish": F.silu}
-POSITION_LAYOUTS = ("sinusoidal", "sinusoidal-halves")
+POSITION_LAYOUTS = ("sinusoidal", "sinusoidal-halves", "sinusoidal-fairseq", "learned")
+# BART's learned position tables have two rows before position 0 (a fairseq legacy: ids of padding and start), so
+# row p + 2 holds position p (``position_offset`` 2); the tables keep those rows, as the converted checkpoints do.
+LEARNED_POSITION_OFFSET = 2
 
 
-def sinusoidal_positions(max_positions: int, d_model: int, layout: str = "sinusoidal") -> Tensor:
+def fairseq_positions(rows: int, d_model: int) -> Tensor:
+    """fairseq's (and so M2M-100's and NLLB's) table: sines then cosines of pos * exp(-i ln(10000) / (d/2 - 1)).
+
+    Its frequencies differ from the paper's (the exponent divides by half the width minus one) and an odd width
+    ends with a zero column. Computed in float32 exactly as transformers' ``M2M100SinusoidalPositionalEmbedding``
+    computes it, so that the table is bit-identical to the one the model was trained and is checked with (float64
+    would differ by up to 1e-4 at position 1000). Its zero row at the padding index is never read: positions start
+    after it (``position_offset``).
+    """
+    half = d_model // 2
+    frequency = torch.exp(torch.arange(half, dtype=torch.int64).float() * -(math.log(10000) / (half - 1)))
+    angle = torch.arange(rows, dtype=torch.int64).float()[:, None] * frequency[None, :]
+    table = torch.cat([torch.sin(angle), torch.cos(angle)], dim=1)
+    if d_model % 2:
+        table = torch.cat([table, torch.zeros(rows, 1)], dim=1)
+    return table
+
+
+def sinusoidal_positions(max_positions: int, d_model: int, layout: str = "sinusoidal", offset: int = 0) -> Tensor:
     """Section 3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
 
     ``sinusoidal-halves`` holds the same values with all sines first and all cosines after them, the layout
-    Marian (and so OPUS-MT) was trained with.
+    Marian (and so OPUS-MT) was trained with; ``sinusoidal-fairseq`` is ``fairseq_positions``. Row p is the
+    layout's position p + ``offset``.
     """
-    position = torch.arange(max_positions, dtype=torch.float64)[:, None]
+    if layout == "sinusoidal-fairseq":
+        return fairseq_positions(max_positions + offset, d_model)[offset:].contiguous()
+    position = torch.arange(offset, offset + max_positions, dtype=torch.float64)[:, None]
     two_i = torch.arange(0, d_model, 2, dtype=torch.float64)[None, :]
     angle = position / torch.pow(10000.0, two_i / d_model)
     table = torch.zeros(max_positions, d_model, dtype=torch.float64)
@@ -230,9 +270,19 @@ class Transformer(nn.Module):
         self.config = config
         self.embedding = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_id)
         nn.init.normal_(self.embedding.weight, mean=0.0, std=config.d_model**-0.5)
-        self.register_buffer(
-            "positions", sinusoidal_positions(config.max_positions, config.d_model, config.positions), persistent=False
-        )
+        if config.positions == "learned":  # trained tables, one per stack (BART, mBART)
+            rows = config.max_positions + config.position_offset
+            self.encoder_positions = nn.Embedding(rows, config.d_model)
+            self.decoder_positions = nn.Embedding(rows, config.d_model)
+        else:
+            self.register_buffer(
+                "positions",
+                sinusoidal_positions(config.max_positions, config.d_model, config.positions, config.position_offset),
+                persistent=False,
+            )
+        # BART / mBART normalise the embedded input of each stack; the 2017 model does not.
+        self.encoder_embedding_norm = nn.LayerNorm(config.d_model) if config.layernorm_embedding else nn.Identity()
+        self.decoder_embedding_norm = nn.LayerNorm(config.d_model) if config.layernorm_embedding else nn.Identity()
         self.dropout = nn.Dropout(config.dropout)
         self.encoder_layers = nn.ModuleList(EncoderLayer(config) for _ in range(config.n_encoder_layers))
         self.decoder_layers = nn.ModuleList(DecoderLayer(config) for _ in range(config.n_decoder_layers))
@@ -246,11 +296,20 @@ class Transformer(nn.Module):
         if config.final_logits_bias:  # a trained weight of the converted model, saved with it
             self.register_buffer("final_logits_bias", torch.zeros(config.vocab_size))
 
-    def embed(self, ids: Tensor, first_position: Tensor | int = 0) -> Tensor:
-        """Section 3.4: embeddings multiplied by sqrt(d_model), plus the sinusoidal encoding of each position."""
+    def embed(self, ids: Tensor, first_position: Tensor | int = 0, decoder: bool = False) -> Tensor:
+        """Section 3.4: embeddings multiplied by sqrt(d_model), plus the encoding of each position (then BART's
+        ``layernorm_embedding``, where the model has one)."""
         positions = torch.arange(ids.size(1), device=ids.device) + first_position
-        x = self.embedding(ids) * self.embedding_scale + self.positions[positions]
-        return self.dropout(x)
+        x = self.embedding(ids) * self.embedding_scale + self.position_table(decoder)[positions]
+        norm = self.decoder_embedding_norm if decoder else self.encoder_embedding_norm
+        return self.dropout(norm(x))
+
+    def position_table(self, decoder: bool = False) -> Tensor:
+        """[max_positions, d_model]: row p encodes position p (a learned table's offset rows skipped)."""
+        if self.config.positions == "learned":
+            table = self.decoder_positions if decoder else self.encoder_positions
+            return table.weight[self.config.position_offset :]
+        return self.positions
 
     @property
     def embedding_scale(self) -> float:
@@ -293,7 +352,7 @@ class Transformer(nn.Module):
         steps = target_ids.size(1)
         # Position i may attend to positions <= past + i: masking the future keeps decoding auto-regressive.
         causal = torch.ones(steps, past + steps, dtype=torch.bool, device=target_ids.device).tril(diagonal=past)
-        x = self.embed(target_ids, first_position=past)
+        x = self.embed(target_ids, first_position=past, decoder=True)
         new_cache: KVCache = []
         for i, layer in enumerate(self.decoder_layers):
             x, kv = layer(x, None if self_cache is None else self_cache[i], cross_kv[i], causal, source_mask)

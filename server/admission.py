@@ -69,21 +69,29 @@ class RequestChecker:
         """Large requests being checked or waiting for a worker."""
         return self._waiting
 
-    def _encode(self, texts: Sequence[str], prefix: Sequence[int]) -> list[EncodedText] | RequestError:
+    def _encode(
+        self, texts: Sequence[str], prefix: Sequence[int], suffix: Sequence[int] = ()
+    ) -> list[EncodedText] | RequestError:
         # The error is returned, not raised: raised in the worker, its traceback would keep this frame (and the
         # request's texts) alive until the cyclic garbage collector ran.
         try:
-            return encode_texts(texts, self.tokenizer, self.config, prefix)
+            return encode_texts(texts, self.tokenizer, self.config, prefix, suffix)
         except RequestError as error:
             return RequestError(error.code, error.message)
 
-    async def prepare(self, texts: Sequence[str], options: pb.DecodingOptions, prefix: Sequence[int] = ()) -> Prepared:
+    async def prepare(
+        self,
+        texts: Sequence[str],
+        options: pb.DecodingOptions,
+        prefix: Sequence[int] = (),
+        suffix: Sequence[int] = (),
+    ) -> Prepared:
         """The request's options and token ids (each source after ``prefix``, a target-language token), or
         RequestError (INVALID_ARGUMENT, or RESOURCE_EXHAUSTED when too many large requests are already checked)."""
         size = check_sizes(texts, self.config)
         resolved = resolve_options(options, self.config, self.vocab_size)
         if size <= self.inline_bytes:
-            return Prepared(resolved, encode_texts(texts, self.tokenizer, self.config, prefix), len(texts))
+            return Prepared(resolved, encode_texts(texts, self.tokenizer, self.config, prefix, suffix), len(texts))
         if self._waiting >= self.max_waiting:
             raise Overloaded(
                 f"{self._waiting} large requests are already being checked (the limit is {self.max_waiting}); retry "
@@ -92,7 +100,8 @@ class RequestChecker:
             )
         self._waiting += 1
         try:
-            result = await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, texts, prefix)
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(self._executor, self._encode, texts, prefix, suffix)
         finally:
             self._waiting -= 1
         if isinstance(result, RequestError):

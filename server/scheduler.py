@@ -188,7 +188,12 @@ class Scheduler:
         start = time.perf_counter()
         try:
             with self._turn():
-                self._batch.add([i.source_ids for i in chosen], [i.options for i in chosen], [i.key for i in chosen])
+                self._batch.add(
+                    [i.source_ids for i in chosen],
+                    [i.options for i in chosen],
+                    [i.key for i in chosen],
+                    [i.target_prefix for i in chosen],
+                )
         except Exception:
             log.exception("encoding %d joining sentences failed; retrying them one by one", len(chosen))
             self.metrics.engine_errors.inc()
@@ -205,7 +210,7 @@ class Scheduler:
         for item in items:
             try:
                 with self._turn():
-                    self._batch.add([item.source_ids], [item.options], [item.key])
+                    self._batch.add([item.source_ids], [item.options], [item.key], [item.target_prefix])
                 added.append(item)
             except Exception as error:
                 log.exception("encoding a sentence failed on its own; failing its request")
@@ -256,7 +261,7 @@ class Scheduler:
         batch = self.engine.new_batch()
         try:
             with self._turn():
-                batch.add([item.source_ids], [item.options], [item.key])
+                batch.add([item.source_ids], [item.options], [item.key], [item.target_prefix])
             while len(batch) and not item.request.dead():
                 with self._turn():
                     finished = batch.step()

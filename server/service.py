@@ -49,7 +49,7 @@ from nmtserve.server.validation import (
     Overloaded,
     RequestError,
     check_request_id,
-    language_prefix,
+    language_prefixes,
     resolve_options,
 )
 
@@ -206,7 +206,8 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         config = backend.config or self.config
         tokenizer = backend.engine.tokenizer
         pair = backend.engine.info.manifest.get("languages", {})
-        prefix = language_prefix(request.source_language, request.target_language, tokenizer, pair)
+        languages = language_prefixes(request.source_language, request.target_language, tokenizer, pair)
+        prefix = languages.source
         document = progress = None
         if request.format:  # document mode: sentences are the work items (server/documents/)
             options = resolve_options(request.options, config, backend.engine.info.vocab_size)
@@ -218,15 +219,16 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             )
             del texts
             progress = DocumentProgress(document, tokenizer, document_sender(send_partial))
-            encoded = [EncodedText(t.index, [*prefix, *t.source_ids]) for t in document.encoded]
+            suffix = languages.source_suffix
+            encoded = [EncodedText(t.index, [*prefix, *t.source_ids, *suffix]) for t in document.encoded]
             count = 0  # the answer is rebuilt from the document
         else:
-            prepared = await backend.checker.prepare(request.texts, request.options, prefix)
+            prepared = await backend.checker.prepare(request.texts, request.options, prefix, languages.source_suffix)
             options, count, encoded = prepared.options, prepared.count, prepared.encoded
             del request, prepared  # from here on only the token ids are needed: the texts can go
         sink = LoopSink(asyncio.get_running_loop())
         work = Request(sink, deadline, partial=send_partial is not None and document is None)
-        items = [WorkItem(work, text.index, text.source_ids, options) for text in encoded]
+        items = [WorkItem(work, text.index, text.source_ids, options, languages.target) for text in encoded]
         del encoded
         try:
             if items:

@@ -187,23 +187,59 @@ def check_texts(texts: Sequence[str], config: ServerConfig) -> list[int]:
     return indices
 
 
-def language_prefix(
-    source_language: str, target_language: str, tokenizer: Tokenizer, pair: dict[str, str]
-) -> list[int]:
-    """Ids put before every source: the target-language token of a multilingual model, or none.
+@dataclass(frozen=True)
+class LanguagePrefixes:
+    """What a request's languages add to each of its sentences: ids before the source tokens (Marian's ``>>xx<<``,
+    M2M-100/NLLB's source code) and target tokens the decoder is forced to start with (M2M-100/NLLB's target code).
+    The target prefix travels with each sentence, so sentences for different target languages share a batch."""
 
-    A model whose tokenizer lists languages (a multilingual OPUS-MT model's ``>>xx<<`` codes) takes any of
-    them as ``target_language``; it needs no source code, so ``source_language`` is accepted unchecked. A
-    single-pair model accepts only its own pair (``pair``, from the manifest), so that a request for another
-    language fails instead of silently getting the model's one.
+    source: tuple[int, ...] = ()
+    target: tuple[int, ...] = ()
+    source_suffix: tuple[int, ...] = ()  # after the source's EOS (mBART-cc25's source language code)
+
+
+def _language_code(field: str, value: str, default: str, languages: Sequence[str]) -> str:
+    code = value or default
+    if not code:
+        raise invalid(f"{field} is required by this multilingual model; one of: {', '.join(languages)}")
+    if code not in languages:
+        raise invalid(f"{field} {code!r} is not one of the model's: {', '.join(languages)}")
+    return code
+
+
+def language_prefixes(
+    source_language: str, target_language: str, tokenizer: Tokenizer, pair: dict[str, str]
+) -> LanguagePrefixes:
+    """The prefixes a request's ``source_language`` / ``target_language`` call for, or INVALID_ARGUMENT.
+
+    - A tokenizer that forces the target language (``forces_target_language``: M2M-100, NLLB) needs both codes,
+      each either in the request or as the manifest's default (``pair``); the source code opens the source and the
+      target code is the forced first target token.
+    - Otherwise a tokenizer that lists languages (a multilingual OPUS-MT model's ``>>xx<<`` codes) takes any of them
+      as ``target_language``, put before the source; it needs no source code, so ``source_language`` is accepted
+      unchecked.
+    - A single-pair model accepts only its own pair (``pair``, from the manifest), so that a request for another
+      language fails instead of silently getting the model's one.
     """
+    own_rules = getattr(tokenizer, "request_languages", None)
+    if own_rules is not None:  # the tokenizer knows its family's rules (BART, mBART: engine/bart_tokenizer.py)
+        try:
+            before, after, forced = own_rules(source_language, target_language)
+        except ValueError as error:
+            raise invalid(str(error)) from None
+        return LanguagePrefixes(source=tuple(before), target=tuple(forced), source_suffix=tuple(after))
     languages: list[str] = getattr(tokenizer, "languages", [])
-    if languages:
+    language_id = getattr(tokenizer, "language_id", None)
+    if languages and language_id is not None and getattr(tokenizer, "forces_target_language", False):
+        source = _language_code("source_language", source_language, pair.get("source", ""), languages)
+        target = _language_code("target_language", target_language, pair.get("target", ""), languages)
+        return LanguagePrefixes(source=(language_id(source),), target=(language_id(target),))
+    if languages and language_id is not None:
         if not target_language:
-            return []
+            return LanguagePrefixes()
         if target_language not in languages:
             raise invalid(f"target_language {target_language!r} is not one of the model's: {', '.join(languages)}")
-        return [tokenizer.language_id(target_language)]  # type: ignore[attr-defined]
+        return LanguagePrefixes(source=(language_id(target_language),))
     for field, value in (("source_language", source_language), ("target_language", target_language)):
         own = pair.get(field.split("_")[0], "")
         if value and value != own:
@@ -211,11 +247,15 @@ def language_prefix(
                 f"{field} {value!r}: this model translates {pair.get('source', '?')}->{pair.get('target', '?')} only "
                 f"(valid: {own!r} or empty)"
             )
-    return []
+    return LanguagePrefixes()
 
 
 def encode_texts(
-    texts: Sequence[str], tokenizer: Tokenizer, config: ServerConfig, prefix: Sequence[int] = ()
+    texts: Sequence[str],
+    tokenizer: Tokenizer,
+    config: ServerConfig,
+    prefix: Sequence[int] = (),
+    suffix: Sequence[int] = (),
 ) -> list[EncodedText]:
     """Token ids of the non-blank texts (blank ones are answered without the engine) after ``prefix``, tokenised a
     chunk at a time so that a text over ``max_input_tokens`` spares the tokenising of the texts after it."""
@@ -229,5 +269,5 @@ def encode_texts(
                     f"texts[{i}] has {len(ids)} tokens; the limit is {config.max_input_tokens} (max_input_tokens; "
                     "split long texts into sentences)"
                 )
-            out.append(EncodedText(i, [*prefix, *ids, tokenizer.eos_id]))
+            out.append(EncodedText(i, [*prefix, *ids, tokenizer.eos_id, *suffix]))
     return out

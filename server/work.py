@@ -55,6 +55,7 @@ class WorkItem:
     index: int  # position in the request's texts
     source_ids: Sequence[int]
     options: DecodingOptions
+    target_prefix: Sequence[int] = ()  # target tokens forced first (the target language of M2M-100 / NLLB)
     enqueued_at: float = field(default_factory=time.monotonic)
     key: int = field(default_factory=lambda: next(_keys))
     last_partial: int = 0  # tokens of stable prefix already sent
