@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from nmtserve.engine.beam import Sentence, advance
-from nmtserve.engine.cache import GraphCache, HostCache
+from nmtserve.engine.cache import GraphCache, HostCache, RaggedHostCache
 from nmtserve.engine.decoding import DecodingOptions, Hypothesis
 from nmtserve.engine.model_dir import (
     APPEND_ROWS,
@@ -92,7 +92,13 @@ class DecodingBatch:
         on_cpu = runtime.config.device == "cpu"
         if in_place and not on_cpu:
             raise ValueError("in_place=True keeps the cache in host memory: CPU only (it would cross PCIe every step)")
-        self._cache = HostCache(runtime) if (on_cpu if in_place is None else in_place) else GraphCache(runtime)
+        self._cache: GraphCache | HostCache | RaggedHostCache
+        if runtime.info.cache_layout == "ragged":  # the graph writes the cache in place: host buffers it is
+            if in_place is False or not on_cpu:
+                raise ValueError("a ragged export keeps its cache in host buffers: CPU and in_place only")
+            self._cache = RaggedHostCache(runtime)
+        else:
+            self._cache = HostCache(runtime) if (on_cpu if in_place is None else in_place) else GraphCache(runtime)
 
     def __len__(self) -> int:
         return len(self._sentences)
@@ -206,7 +212,7 @@ class DecodingBatch:
         assert self._cross is not None
         query_rows, row_slots = cross_slots(rows)
         self._cache.reorder(np.concatenate(reorder))
-        self._cache.trim(max(s.step for s in self._sentences))  # rows are left-padded: older slots are unused
+        self._cache.trim(max(s.step for s in self._sentences))  # left-padded rows: older slots are unused
         k = max(s.options.candidates_per_row for s in self._sentences)
         k += any(s.forbid_eos for s in self._sentences)  # one spare candidate to replace a banned EOS
         k = min(info.vocab_size, k)

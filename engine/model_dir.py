@@ -116,6 +116,7 @@ class ModelInfo:
     bos_id: int
     eos_id: int
     manifest: dict[str, Any]
+    cache_layout: str = "left_padded"  # or "ragged": per-row lengths, written in place (export/ragged.py)
 
     def path(self, name: str) -> Path:
         return self.directory / name
@@ -202,4 +203,5 @@ def load_model_info(directory: Path, verify: bool = True) -> ModelInfo:
         bos_id=special["bos"],
         eos_id=special["eos"],
         manifest=manifest,
+        cache_layout=manifest.get("cache_layout", "left_padded"),
     )
