@@ -66,6 +66,27 @@ def without_eos(log_probs: np.ndarray, ids: np.ndarray, eos_id: int) -> tuple[np
     return log_probs[keep].reshape(rows, -1), ids[keep].reshape(rows, -1)
 
 
+def fill_holes(slots: Sequence[tuple[Sentence | None, int]]) -> list[Sentence]:
+    """The live sentences in their next row order, given this step's (sentence or None where one left, its rows).
+
+    A sentence that left is replaced by the last live sentence when that one needs exactly the rows it freed: the
+    rows in between then stay where they are, and the cache copies the moved sentence's rows only, instead of
+    shifting every row after the hole (in continuous batching sentences leave nearly every step). Otherwise the
+    rows after a hole shift down, as they always did. Results do not depend on the order of sentences.
+    """
+    order = list(slots)
+    for hole, (sentence, rows) in enumerate(order):
+        if sentence is not None:
+            continue
+        last = next((j for j in range(len(order) - 1, hole, -1) if order[j][0] is not None), None)
+        if last is None:
+            break
+        tail = order[last][0]
+        if tail is not None and tail.rows == rows:
+            order[hole], order[last] = order[last], (None, rows)
+    return [sentence for sentence, _ in order if sentence is not None]
+
+
 @dataclass(frozen=True)
 class Finished:
     """A sentence that left the batch, with its n-best list (best first)."""
@@ -234,7 +255,7 @@ class DecodingBatch:
         log_probs, ids = out["topk_log_probs"].numpy(), out["topk_ids"].numpy()
 
         finished: list[Finished] = []
-        live: list[Sentence] = []
+        slots: list[tuple[Sentence | None, int]] = []  # row order of this step: (sentence, or None if it left; rows)
         offset = 0
         for sentence in self._sentences:
             span = slice(offset, offset + sentence.rows)
@@ -244,10 +265,11 @@ class DecodingBatch:
                 sentence_log_probs, sentence_ids = without_eos(sentence_log_probs, sentence_ids, info.eos_id)
             if advance(sentence, sentence_log_probs, sentence_ids, info.vocab_size, info.eos_id):
                 finished.append(Finished(sentence.key, sentence.finalize()))
+                slots.append((None, span.stop - span.start))
             else:
                 sentence.parents = sentence.parents + span.start  # sentence-local -> rows of the new cache
-                live.append(sentence)
-        self._sentences = live
+                slots.append((sentence, span.stop - span.start))
+        self._sentences = live = fill_holes(slots)
         if not live:
             self._clear()
         return finished

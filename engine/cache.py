@@ -196,7 +196,7 @@ class RaggedHostCache:
         if slots <= self._capacity:
             return
         old = {name: self._view(name, self.rows)[:, :, : self.length].copy() for name in self._names}
-        self._capacity = max(int(slots * GROWTH), 16)
+        self._capacity = max(2 * slots, 32)  # each growth copies the whole cache: rare, and early
         for name in self._names:
             self._view(name, self.rows)[:, :, : self.length] = old[name]
 
