@@ -161,6 +161,8 @@ def export_model(
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if ragged and precision == "fp16":
+        raise ValueError("ragged exports run on CPU only and fp16 exports are for CUDA: use fp32 or int8")
     checkpoint_dir, out_dir = Path(checkpoint_dir).resolve(), Path(out_dir).resolve()
     stages = ["load", "export encoder", "export decoder step", "row graphs", "verify fp32"]
     stages += [] if precision == "fp32" else [f"convert {precision}", f"verify {precision}"]

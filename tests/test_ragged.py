@@ -176,3 +176,9 @@ def test_ragged_export_is_cpu_only(ragged_dir: Path) -> None:
         Engine.load(ragged_dir, device="cuda")
     with pytest.raises(ValueError, match="CPU and in_place"):
         Engine.load(ragged_dir, threads=1).new_batch(in_place=False)
+
+
+def test_ragged_fp16_is_refused_before_any_work(standard_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="CPU only"):
+        export_model(standard_dir.parent / "checkpoint", tmp_path / "out", "fp16", ragged=True, progress=False)
+    assert not (tmp_path / "out").exists()
