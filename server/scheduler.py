@@ -30,8 +30,8 @@ continuous batching at every load measured, and the same saturation throughput: 
 proportion to its rows, so keeping the batch full slows every long sentence, and late joins carry the running
 batch's whole history as padding (left-padded exports; a ``--ragged`` export removes that padding, and there
 continuous batching had the lower or equal p99 at half load, but not consistently at 75-90 %: docs/benchmarks.md,
-issue 17). Where a
-step's cost hardly depends on its rows (a GPU), the balance may well flip: measure with ``nmtserve bench server``.
+issue 17). Where a step's cost hardly depends on its rows (a GPU), the balance may well flip: measure with
+``nmtserve bench server``.
 
 The thread never touches the event loop: results go out through each request's sink (which hops threads). The
 engine releases the GIL inside onnxruntime, so the gRPC event loop keeps serving while a step runs. Between two
