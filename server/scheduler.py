@@ -29,7 +29,7 @@ Default: ``request`` with an 8-step join window. On CPU (docs/benchmarks.md) it 
 continuous batching at every load measured, and the same saturation throughput: a decode step costs in
 proportion to its rows, so keeping the batch full slows every long sentence, and late joins carry the running
 batch's whole history as padding (left-padded exports; a ``--ragged`` export removes that padding, and there
-continuous batching had the lower or equal p99 at half load, but not consistently at 75-90 %: docs/benchmarks.md,
+continuous batching had the lower median up to 75 % load but not a consistently lower p99: docs/benchmarks.md,
 issue 17). Where a step's cost hardly depends on its rows (a GPU), the balance may well flip: measure with
 ``nmtserve bench server``.
 
