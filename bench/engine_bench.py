@@ -125,10 +125,11 @@ def _run(config: EngineBenchConfig, work_dir: Path) -> dict[str, Any]:
     found = artifacts.prepare(config.checkpoint, list(config.model_dirs), list(precisions), work_dir, config.threads)
     model, _, _ = load_checkpoint(found.checkpoint)
     engines = {p: Engine.load(d, device=config.device, threads=config.threads) for p, d in sorted(found.onnx.items())}
+    needs_ct2 = {"decode", "ctranslate2"} & set(config.parts)  # part 2 alone runs where CTranslate2 cannot
     ct2 = {
         p: CTranslate2Engine(found.ctranslate2, threads=config.threads, precision=p, device=config.device)
         for p in engines
-        if p in COMPUTE_TYPES[config.device]
+        if p in COMPUTE_TYPES[config.device] and needs_ct2
     }
     sources = load_sources(
         config.source_file, found.checkpoint / TOKENIZER, config.sentences, model.config.max_positions

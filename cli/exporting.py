@@ -32,6 +32,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         args.out,
         args.precision,
         fuse=args.fuse,
+        ragged=args.ragged,
         bleu_corpus=corpus,
         bleu_split=args.bleu_split,
         languages=(args.source_language, args.target_language),
@@ -71,6 +72,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--source-language", default="en", help="recorded in the manifest; GetModelInfo reports it")
     export.add_argument("--target-language", default="de", help="requests may name only this target (or none)")
     export.add_argument("--fuse", action="store_true", help="try onnxruntime's transformer fusion; kept if faster")
+    export.add_argument(
+        "--ragged", action="store_true", help="per-row self-attention cache lengths (CPU): joining rows pay no padding"
+    )
     export.add_argument(
         "--bleu-corpus",
         type=Path,

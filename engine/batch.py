@@ -23,7 +23,7 @@ import numpy as np
 import onnxruntime as ort
 
 from nmtserve.engine.beam import Sentence, advance
-from nmtserve.engine.cache import GraphCache, HostCache
+from nmtserve.engine.cache import GraphCache, HostCache, RaggedHostCache
 from nmtserve.engine.decoding import DecodingOptions, Hypothesis
 from nmtserve.engine.model_dir import (
     APPEND_ROWS,
@@ -66,6 +66,27 @@ def without_eos(log_probs: np.ndarray, ids: np.ndarray, eos_id: int) -> tuple[np
     return log_probs[keep].reshape(rows, -1), ids[keep].reshape(rows, -1)
 
 
+def fill_holes(slots: Sequence[tuple[Sentence | None, int]]) -> list[Sentence]:
+    """The live sentences in their next row order, given this step's (sentence or None where one left, its rows).
+
+    A sentence that left is replaced by the last live sentence when that one needs exactly the rows it freed: the
+    rows in between then stay where they are, and the cache copies the moved sentence's rows only, instead of
+    shifting every row after the hole (in continuous batching sentences leave nearly every step). Otherwise the
+    rows after a hole shift down, as they always did. Results do not depend on the order of sentences.
+    """
+    order = list(slots)
+    for hole, (sentence, rows) in enumerate(order):
+        if sentence is not None:
+            continue
+        last = next((j for j in range(len(order) - 1, hole, -1) if order[j][0] is not None), None)
+        if last is None:
+            break
+        tail = order[last][0]
+        if tail is not None and tail.rows == rows:
+            order[hole], order[last] = order[last], (None, rows)
+    return [sentence for sentence, _ in order if sentence is not None]
+
+
 @dataclass(frozen=True)
 class Finished:
     """A sentence that left the batch, with its n-best list (best first)."""
@@ -92,7 +113,13 @@ class DecodingBatch:
         on_cpu = runtime.config.device == "cpu"
         if in_place and not on_cpu:
             raise ValueError("in_place=True keeps the cache in host memory: CPU only (it would cross PCIe every step)")
-        self._cache = HostCache(runtime) if (on_cpu if in_place is None else in_place) else GraphCache(runtime)
+        self._cache: GraphCache | HostCache | RaggedHostCache
+        if runtime.info.cache_layout == "ragged":  # the graph writes the cache in place: host buffers it is
+            if in_place is False or not on_cpu:
+                raise ValueError("a ragged export keeps its cache in host buffers: CPU and in_place only")
+            self._cache = RaggedHostCache(runtime)
+        else:
+            self._cache = HostCache(runtime) if (on_cpu if in_place is None else in_place) else GraphCache(runtime)
 
     def __len__(self) -> int:
         return len(self._sentences)
@@ -215,7 +242,7 @@ class DecodingBatch:
         assert self._cross is not None
         query_rows, row_slots = cross_slots(rows)
         self._cache.reorder(np.concatenate(reorder))
-        self._cache.trim(max(s.step for s in self._sentences))  # rows are left-padded: older slots are unused
+        self._cache.trim(max(s.step for s in self._sentences))  # left-padded rows: older slots are unused
         k = max((s.options.candidates_per_row for s in self._sentences if not s.forcing), default=1)
         k += any(s.forbid_eos for s in self._sentences)  # one spare candidate to replace a banned EOS
         k = min(info.vocab_size, k)
@@ -237,7 +264,7 @@ class DecodingBatch:
         log_probs, ids = out["topk_log_probs"].numpy(), out["topk_ids"].numpy()
 
         finished: list[Finished] = []
-        live: list[Sentence] = []
+        slots: list[tuple[Sentence | None, int]] = []  # row order of this step: (sentence, or None if it left; rows)
         offset = 0
         for sentence in self._sentences:
             span = slice(offset, offset + sentence.rows)
@@ -247,10 +274,11 @@ class DecodingBatch:
                 sentence_log_probs, sentence_ids = without_eos(sentence_log_probs, sentence_ids, info.eos_id)
             if advance(sentence, sentence_log_probs, sentence_ids, info.vocab_size, info.eos_id):
                 finished.append(Finished(sentence.key, sentence.finalize()))
+                slots.append((None, span.stop - span.start))
             else:
                 sentence.parents = sentence.parents + span.start  # sentence-local -> rows of the new cache
-                live.append(sentence)
-        self._sentences = live
+                slots.append((sentence, span.stop - span.start))
+        self._sentences = live = fill_holes(slots)
         if not live:
             self._clear()
         return finished

@@ -15,6 +15,11 @@ Two implementations, chosen by device:
   its parent's row where it can (``beam.stable_slots``), so on the dev set about 80 % of rows stay put at beam
   4 instead of about 50 %; the full-cache ``Gather`` of ``reorder_cache`` was 6-9 % of CPU decoding time.
 Both give the same tensors, so translations are identical (a test runs both).
+- ``RaggedHostCache`` (CPU, exports with ``cache_layout: ragged``, see ``export/ragged.py``): one right-padded
+  buffer per tensor, [rows, heads, capacity, d_head], row r's history in slots 0..step-1. The step's
+  ``GroupQueryAttention`` appends in place (past and present are the same memory) and attends over each row's
+  own length, so a sentence joining a running batch pays for its own history only: no left-padding, no trim,
+  no copy to grow the cache. A reorder copies the moved rows' used slots only.
 
 Memory: a host buffer grows to the largest rows x length the batch has held (with ``GROWTH`` headroom) and is
 kept for later batches, as onnxruntime's arena keeps its blocks; the peak is two copies of the largest cache.
@@ -159,6 +164,76 @@ class HostCache:
     def advance(self, outputs: dict[str, ort.OrtValue], rows: int) -> None:
         self._mask = outputs[f"new_{MASK}"].numpy()
         self._side, self.rows, self.length = 1 - self._side, rows, self.length + 1
+
+
+class RaggedHostCache:
+    """The ragged cache (see the module doc): per-row lengths, written in place by the step graph (CPU)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        info = runtime.info
+        self._names = per_layer(SELF_KV, info.n_decoder_layers)
+        self._heads, self._d_head = info.n_heads, info.d_head
+        self._dtype = runtime.cache_dtype
+        self._buffers = {name: np.empty(0, self._dtype) for name in self._names}
+        self._capacity = 0  # slots per row in the buffers' current layout
+        self._bound: dict[str, ort.OrtValue] = {}
+        self.reset()
+
+    def reset(self) -> None:
+        self.rows, self.length = 1, 0  # length: the longest history any row may have (slots to copy on reorder)
+
+    def _view(self, name: str, rows: int) -> np.ndarray:
+        size = rows * self._heads * self._capacity * self._d_head
+        buffer = self._buffers[name]
+        if buffer.size < size:  # more rows: row r keeps its offset, so the old prefix is the old rows
+            grown = np.empty(int(size * GROWTH), self._dtype)
+            grown[: buffer.size] = buffer
+            self._buffers[name] = buffer = grown
+        return buffer[:size].reshape(rows, self._heads, self._capacity, self._d_head)
+
+    def _ensure_capacity(self, slots: int) -> None:
+        """Room for ``slots`` per row; growing changes the row stride, so the used slots are copied over."""
+        if slots <= self._capacity:
+            return
+        old = {name: self._view(name, self.rows)[:, :, : self.length].copy() for name in self._names}
+        self._capacity = max(2 * slots, 32)  # each growth copies the whole cache: rare, and early
+        for name in self._names:
+            self._view(name, self.rows)[:, :, : self.length] = old[name]
+
+    def reorder(self, sources: np.ndarray) -> None:
+        """Row i takes row ``sources[i]``'s history (-1: none; its slots are simply overwritten from slot 0)."""
+        if _is_identity(sources, self.rows):
+            return
+        moved = np.flatnonzero(sources != np.arange(len(sources)))
+        copied = moved[sources[moved] >= 0]
+        if self.length and len(copied):
+            for name in self._names:
+                before = self._view(name, self.rows)
+                gathered = before[sources[copied], :, : self.length]
+                self._view(name, len(sources))[copied, :, : self.length] = gathered
+        self.rows = len(sources)
+
+    def trim(self, keep: int) -> None:
+        """Nothing moves: the longest live history just bounds what a reorder copies."""
+        self.length = min(self.length, keep)
+
+    def feeds(self) -> dict[str, Value]:
+        self._ensure_capacity(self.length + 1)
+        self._bound = {name: ort.OrtValue.ortvalue_from_numpy(self._view(name, self.rows)) for name in self._names}
+        return dict(self._bound)
+
+    def step_outputs(self, rows: int) -> dict[str, ort.OrtValue]:
+        """The very values fed as the past (``feeds`` runs first): the step appends each row's new key/value in
+        place, which onnxruntime's kernel recognises by past and present sharing their memory."""
+        if rows != self.rows:
+            raise ValueError(f"the step writes {rows} rows, the cache holds {self.rows}")
+        return {f"new_{name}": value for name, value in self._bound.items()}
+
+    def host_outputs(self) -> tuple[str, ...]:
+        return ()
+
+    def advance(self, outputs: dict[str, ort.OrtValue], rows: int) -> None:
+        self.rows, self.length = rows, self.length + 1
 
 
 def _is_identity(sources: np.ndarray, rows: int) -> bool:

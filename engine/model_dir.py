@@ -117,6 +117,7 @@ class ModelInfo:
     eos_id: int
     decoder_start_id: int  # the decoder's first input (manifests before it was recorded: bos)
     manifest: dict[str, Any]
+    cache_layout: str = "left_padded"  # or "ragged": per-row lengths, written in place (export/ragged.py)
 
     def path(self, name: str) -> Path:
         return self.directory / name
@@ -204,4 +205,5 @@ def load_model_info(directory: Path, verify: bool = True) -> ModelInfo:
         eos_id=special["eos"],
         decoder_start_id=special.get("decoder_start", special["bos"]),
         manifest=manifest,
+        cache_layout=manifest.get("cache_layout", "left_padded"),
     )

@@ -98,6 +98,11 @@ class Runtime:
 
     def __init__(self, info: ModelInfo, config: RuntimeConfig) -> None:
         self.info, self.config = info, config
+        if config.device == "cuda" and info.cache_layout == "ragged":
+            raise EngineError(
+                f"{info.directory}: a ragged export (cache_layout 'ragged') runs on CPU only for now; "
+                "export without --ragged for CUDA"
+            )
         providers = _providers(config)
         if config.device == "cuda" and info.precision == "int8":
             log.warning("int8 models use CPU-only quantized kernels; on CUDA prefer the fp16 export")

@@ -31,10 +31,11 @@ from nmtserve.engine.model_dir import (
 from nmtserve.engine.tokenizer import tokenizer_files
 from nmtserve.export.fusion import maybe_fuse
 from nmtserve.export.precision import PRECISIONS, cache_element_type, convert_fp16, quantize_int8
+from nmtserve.export.ragged import check_ragged, make_ragged
 from nmtserve.export.row_ops import build_row_ops
 from nmtserve.export.step_graph import build_decoder_step
 from nmtserve.export.torch_export import OPSET, export_encoder
-from nmtserve.export.verify import ExportVerificationError, verify_export
+from nmtserve.export.verify import FP32_TOLERANCE, ExportVerificationError, verify_export
 from nmtserve.model.checkpoint import WEIGHTS, load_checkpoint, read_tokenizer_spec
 from nmtserve.model.transformer import Transformer
 
@@ -73,8 +74,14 @@ def _manifest(
     verification: dict[str, Any],
     fusion: dict[str, Any],
     tokenizer_spec: dict[str, Any] | None = None,
+    ragged: bool = False,
 ) -> dict[str, Any]:
     tokenizer_spec = tokenizer_spec or {"kind": "sentencepiece"}
+    io = io_names(model.config.n_decoder_layers)
+    if ragged:  # export/ragged.py: no self_mask in or new_self_mask out
+        step = io[DECODER_STEP]
+        step["inputs"] = [n for n in step["inputs"] if n != "self_mask"]
+        step["outputs"] = [n for n in step["outputs"] if n != "new_self_mask"]
     config = model.config
     weights_sha = sha256_file(checkpoint_dir / WEIGHTS)
     steps = checkpoint_metadata.get("steps")
@@ -119,6 +126,7 @@ def _manifest(
         "opset": OPSET,
         "precision": precision,
         "cache_dtype": "float16" if precision == "fp16" else "float32",
+        **({"cache_layout": "ragged"} if ragged else {}),
         "exporter": {
             "method": "torch.onnx.export(dynamo=True) + onnx.helper graph edits",
             "torch": torch.__version__,
@@ -127,7 +135,7 @@ def _manifest(
             "onnxruntime": ort.__version__,
             "nmtserve": _version("nmtserve"),
         },
-        "io": io_names(config.n_decoder_layers),
+        "io": io,
         "verification": verification,
         "fusion": fusion,
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -148,6 +156,7 @@ def export_model(
     bleu_corpus: Path | None = None,
     bleu_split: str = "dev",
     bleu_tolerance: float = BLEU_TOLERANCE,
+    ragged: bool = False,
 ) -> Path:
     """Export, verify and write ``out_dir`` (replacing an older export there); returns ``out_dir``.
 
@@ -155,14 +164,19 @@ def export_model(
     fp32 graphs; their differences are measured and recorded in the manifest. With ``bleu_corpus``, an int8/fp16
     export must also score within ``bleu_tolerance`` BLEU of the fp32 graphs on ``bleu_split`` (both decoded by
     the serving engine) or nothing is written: log-prob differences say little about translations.
+    ``ragged``: once verified, the decoder step is rewritten with per-row cache lengths (``export/ragged.py``,
+    CPU only) and checked against the verified graph.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
+    if ragged and precision == "fp16":
+        raise ValueError("ragged exports run on CPU only and fp16 exports are for CUDA: use fp32 or int8")
     checkpoint_dir, out_dir = Path(checkpoint_dir).resolve(), Path(out_dir).resolve()
     stages = ["load", "export encoder", "export decoder step", "row graphs", "verify fp32"]
     stages += [] if precision == "fp32" else [f"convert {precision}", f"verify {precision}"]
     gate = precision != "fp32" and bleu_corpus is not None
     stages += ["fuse"] if fuse else []
+    stages += ["ragged rows"] if ragged else []
     stages += [f"BLEU vs fp32 on {bleu_split}"] if gate else []
     stages += ["manifest"]
     bar = tqdm(stages, desc=f"export {precision}", unit="stage", disable=not progress)
@@ -218,6 +232,9 @@ def export_model(
         if fuse:
             bar.set_postfix_str(next(stage))
             fusion.update(_fuse(model, staging, precision))
+        if ragged:
+            bar.set_postfix_str(next(stage))
+            verification["ragged"] = _make_ragged(model, staging, precision)
         bar.set_postfix_str(next(stage))
         manifest = _manifest(
             model,
@@ -230,6 +247,7 @@ def export_model(
             verification,
             fusion,
             tokenizer_spec,
+            ragged,
         )
         write_manifest(staging, manifest)
         if gate:
@@ -283,6 +301,35 @@ def _verify_reduced(model: Transformer, directory: Path, precision: str, threads
         return verify_export(model, directory, precision, threads).to_dict()
     except ort.capi.onnxruntime_pybind11_state.NotImplemented as error:  # e.g. fp16 kernels missing on CPU
         return {"unverified": f"onnxruntime CPU cannot run the {precision} graphs: {error}"}
+
+
+def _make_ragged(model: Transformer, directory: Path, precision: str) -> dict[str, Any]:
+    """Rewrite the verified decoder step into its ragged form; fp32 must match the verified graph within the
+    fp32 tolerance (the other precisions are recorded, and judged by BLEU)."""
+    config = model.config
+    path = directory / DECODER_STEP
+    standard = directory.parent / f".{directory.name}.standard_step.onnx"  # outside the directory's manifest
+    shutil.copyfile(path, standard)
+    try:
+        make_ragged(path, config.n_decoder_layers)
+        dtype = np.dtype(np.float16 if precision == "fp16" else np.float32)
+        try:
+            diff = check_ragged(
+                standard,
+                path,
+                layers=config.n_decoder_layers,
+                heads=config.n_heads,
+                d_head=config.d_head,
+                vocab=config.vocab_size,
+                dtype=dtype,
+            )
+        except ort.capi.onnxruntime_pybind11_state.NotImplemented as error:
+            return {"unverified": f"onnxruntime CPU cannot run the {precision} graphs: {error}"}
+    finally:
+        standard.unlink(missing_ok=True)
+    if precision == "fp32" and diff > FP32_TOLERANCE:
+        raise ExportVerificationError(f"ragged decoder step differs from the verified one by {diff:.3g}")
+    return {"log_prob_max_abs_diff_vs_left_padded": diff}
 
 
 def _fuse(model: Transformer, directory: Path, precision: str) -> dict[str, Any]:

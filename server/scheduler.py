@@ -28,8 +28,10 @@ dropped: the rounds lengthen every sentence's steps, and its p99 was worse than 
 Default: ``request`` with an 8-step join window. On CPU (docs/benchmarks.md) it has a lower median and p99 than
 continuous batching at every load measured, and the same saturation throughput: a decode step costs in
 proportion to its rows, so keeping the batch full slows every long sentence, and late joins carry the running
-batch's whole history as padding. Where a step's cost hardly depends on its rows (a GPU), the balance may well
-flip: measure with ``nmtserve bench server``.
+batch's whole history as padding (left-padded exports; a ``--ragged`` export removes that padding, and there
+continuous batching had the lower median up to 75 % load but not a consistently lower p99: docs/benchmarks.md,
+issue 17). Where a step's cost hardly depends on its rows (a GPU), the balance may well flip: measure with
+``nmtserve bench server``.
 
 The thread never touches the event loop: results go out through each request's sink (which hops threads). The
 engine releases the GIL inside onnxruntime, so the gRPC event loop keeps serving while a step runs. Between two

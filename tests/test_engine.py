@@ -272,3 +272,21 @@ def test_cpu_sessions_leave_residual_add_and_layer_norm_unfused(tiny_dir: Path, 
     )
     assert "SkipLayerNormalization" in plain_ops  # the fusion applies to this graph...
     assert "SkipLayerNormalization" not in engine_ops and "LayerNormalization" in engine_ops  # ...and is off
+
+
+def test_fill_holes_moves_the_last_sentence_into_a_hole_of_its_size() -> None:
+    """A sentence that left is replaced by the last live one when their rows match, so rows in between stay."""
+    from nmtserve.engine.batch import fill_holes
+    from nmtserve.engine.beam import Sentence
+
+    def sentence(key: str, rows: int) -> Sentence:
+        s = Sentence(key, 0, 3, DecodingOptions(), 10)
+        s.scores = np.zeros(rows, np.float32)
+        return s
+
+    a, b, c, d = sentence("a", 4), sentence("b", 4), sentence("c", 1), sentence("d", 4)
+    assert [s.key for s in fill_holes([(a, 4), (None, 4), (b, 4), (d, 4)])] == ["a", "d", "b"]
+    # the last live sentence needs other rows than the hole freed: the rows after the hole shift, as before
+    assert [s.key for s in fill_holes([(None, 4), (a, 4), (c, 1)])] == ["a", "c"]
+    # holes at the end stay holes; several holes are filled from the back
+    assert [s.key for s in fill_holes([(None, 4), (a, 4), (None, 4), (b, 4), (d, 4), (None, 4)])] == ["d", "a", "b"]

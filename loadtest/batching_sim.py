@@ -1,0 +1,143 @@
+"""Continuous vs request-level batching on a clock made of the engine's own CPU time: latency without the noise.
+
+    python -m nmtserve.loadtest.batching_sim --model export/demo/fp32 --model /tmp/ragged-fp32 \\
+        --input data/corpus/dev.en --requests 300
+
+On a machine shared with other jobs, wall-clock latency percentiles move more between runs than between
+batching modes (docs/benchmarks.md). Here the real engine (``DecodingBatch``: real encoder and decoder-step
+calls) decodes a Poisson arrival sequence, but time advances by the CPU time each engine call took (thread CPU
+time, which other processes barely change), and arrivals are admitted by the rules of ``server/scheduler.py``:
+- ``request``: an idle engine takes up to ``max_batch_size`` waiting sentences; arrivals join during the batch's
+  first ``join_window_steps`` steps while it has room;
+- ``continuous``: between steps, waiting sentences join once they are ``join_fraction`` of the running batch or
+  ``max_join_steps`` steps after the last join, unless more wait than the batch has room for (then it drains).
+What is left out: gRPC, queueing delays of the real server (``max_queue_delay_ms``), length grouping of the
+backlog. The offered load is a fraction of the saturation rate measured the same way (a closed batch decoding
+every sentence, cohorts of ``max_batch_size``). Prints p50/p99 per mode, model and load; writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from nmtserve.engine import DecodingOptions, Engine
+from nmtserve.engine.batch import DecodingBatch
+
+FRACTIONS = (0.5, 0.75, 0.9)
+
+
+@dataclass(frozen=True)
+class Policy:
+    mode: str  # "continuous" or "request"
+    max_batch_size: int = 32
+    join_window_steps: int = 8
+    join_fraction: float = 0.25
+    max_join_steps: int = 8
+
+
+def _timed(call, clock: list[float]):
+    start = time.thread_time()
+    result = call()
+    clock[0] += time.thread_time() - start
+    return result
+
+
+def simulate(engine: Engine, sources: list[list[int]], arrivals: np.ndarray, policy: Policy) -> np.ndarray:
+    """Latency (s, simulated clock) of every source, arriving at ``arrivals`` (s), decoded under ``policy``."""
+    options = DecodingOptions(beam_size=4)
+    batch: DecodingBatch = engine.new_batch()
+    clock = [0.0]
+    done = np.full(len(sources), np.nan)
+    waiting: list[int] = []
+    following, live, steps_since_join, batch_steps = 0, 0, 0, 0
+    while following < len(sources) or waiting or live:
+        while following < len(sources) and arrivals[following] <= clock[0]:
+            waiting.append(following)
+            following += 1
+        if not live and not waiting:
+            clock[0] = float(arrivals[following])  # idle until the next arrival
+            continue
+        room = policy.max_batch_size - live
+        if not live:
+            join, batch_steps = True, 0
+        elif policy.mode == "request":
+            join = batch_steps < policy.join_window_steps and bool(waiting) and room > 0
+        else:
+            join = bool(waiting) and 0 < len(waiting) <= room
+            join = join and (
+                len(waiting) >= math.ceil(live * policy.join_fraction) or steps_since_join >= policy.max_join_steps
+            )
+        if join:
+            take, waiting = waiting[:room], waiting[room:]
+            take.sort(key=lambda i: len(sources[i]))
+            _timed(lambda take=take: batch.add([sources[i] for i in take], options, keys=take), clock)
+            live += len(take)
+            steps_since_join = 0
+        for finished in _timed(batch.step, clock):
+            done[finished.key] = clock[0] - arrivals[finished.key]
+            live -= 1
+        steps_since_join += 1
+        batch_steps += 1
+    return done
+
+
+def saturation_rate(engine: Engine, sources: list[list[int]], batch_size: int) -> float:
+    """Sentences per CPU second of the engine decoding every source in cohorts (its best batch throughput)."""
+    start = time.thread_time()
+    engine.translate_ids(sources, DecodingOptions(beam_size=4, return_scores=False), max_batch_size=batch_size)
+    return len(sources) / (time.thread_time() - start)
+
+
+def run(models: list[Path], lines_path: Path, requests: int, seed: int, out: Path) -> dict:
+    engines = {str(model): Engine.load(model, threads=1, spin=False) for model in models}
+    first = next(iter(engines.values()))
+    texts = [line for line in lines_path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rng = np.random.default_rng(seed)
+    sources = first.encode_texts([texts[i] for i in rng.permutation(len(texts))[:requests]])
+    rates = {name: saturation_rate(engine, sources, 32) for name, engine in engines.items()}
+    rate = max(rates.values())
+    print("saturation (sentences per CPU second): " + ", ".join(f"{n} {r:.1f}" for n, r in rates.items()))
+    gaps = rng.exponential(1.0, len(sources))
+    results: dict = {"requests": len(sources), "saturation": rates, "rate": rate, "runs": []}
+    print(f"{'load':>5}  {'model':32s} {'mode':10s}  p50 ms  p99 ms  p99/p50")
+    for fraction in FRACTIONS:
+        arrivals = np.cumsum(gaps) / (rate * fraction)
+        for name, engine in engines.items():
+            for mode in ("continuous", "request"):
+                latency = simulate(engine, sources, arrivals, Policy(mode)) * 1000
+                p50, p99 = (float(np.percentile(latency, q)) for q in (50, 99))
+                results["runs"].append(
+                    {"fraction": fraction, "model": name, "mode": mode, "p50_ms": p50, "p99_ms": p99}
+                )
+                print(
+                    f"{fraction:5.0%}  {name[-32:]:32s} {mode:10s} {p50:7.0f} {p99:7.0f} {p99 / p50:8.2f}", flush=True
+                )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "batching_sim.json").write_text(json.dumps(results, indent=2) + "\n")
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m nmtserve.loadtest.batching_sim", description=__doc__.split("\n")[0]
+    )
+    parser.add_argument("--model", type=Path, action="append", required=True, help="model directory (repeatable)")
+    parser.add_argument("--input", type=Path, default=Path("data/corpus/dev.en"))
+    parser.add_argument("--requests", type=int, default=300)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=Path("runs/bench/batching_sim"))
+    args = parser.parse_args(argv)
+    run(args.model, args.input, args.requests, args.seed, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
