@@ -150,12 +150,15 @@ def peak_memory(pid: int) -> int:
     raise RuntimeError(f"/proc/{pid}/status has no VmHWM")
 
 
+# VmHWM, not getrusage's ru_maxrss: Linux carries the parent's high-water mark across fork + exec into
+# ru_maxrss, so a child of this (multi-GB) process would report the parent's peak.
 CT2_PROCESS = """
-import ctranslate2, json, resource, sys
+import ctranslate2, json, sys
 translator = ctranslate2.Translator(sys.argv[1], intra_threads=1)
 tokens = json.loads(sys.argv[2])
 translator.translate_batch([tokens], target_prefix=[[sys.argv[3]]], beam_size=4, max_decoding_length=8)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+status = open("/proc/self/status").read().split("VmHWM:")[1]
+print(int(status.split()[0]) * 1024)
 """
 
 
