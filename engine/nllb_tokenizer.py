@@ -14,10 +14,7 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-try:
-    from tokenizers import Tokenizer as HFTokenizer
-except ImportError as error:  # an optional dependency: only NLLB models need it
-    raise ImportError("NLLB models need the tokenizers package: pip install 'nmtserve[nllb]'") from error
+from tokenizers import Tokenizer as HFTokenizer
 
 from nmtserve.engine.m2m100_tokenizer import TokenizerFileError, read_json
 
