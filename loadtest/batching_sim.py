@@ -50,9 +50,16 @@ def _timed(call, clock: list[float]):
     return result
 
 
-def simulate(engine: Engine, sources: list[list[int]], arrivals: np.ndarray, policy: Policy) -> np.ndarray:
-    """Latency (s, simulated clock) of every source, arriving at ``arrivals`` (s), decoded under ``policy``."""
-    options = DecodingOptions(beam_size=4)
+def simulate(
+    engine: Engine,
+    sources: list[list[int]],
+    arrivals: np.ndarray,
+    policy: Policy,
+    options: DecodingOptions | None = None,
+) -> np.ndarray:
+    """Latency (s, simulated clock) of every source, arriving at ``arrivals`` (s), decoded under ``policy`` with
+    ``options`` (default: beam 4)."""
+    options = options or DecodingOptions(beam_size=4)
     batch: DecodingBatch = engine.new_batch()
     clock = [0.0]
     done = np.full(len(sources), np.nan)

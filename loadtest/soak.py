@@ -460,10 +460,11 @@ def server_state(target: str, metrics_url: str | None, timeout: float = 60.0) ->
     end = time.monotonic() + timeout
     while True:
         text = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-        samples = {}
+        samples: dict[tuple[str, tuple], float] = {}
         for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+            for sample in family.samples:  # summed over models (sum without (model, version)): the whole server
+                labels = tuple(sorted((k, v) for k, v in sample.labels.items() if k not in ("model", "version")))
+                samples[(sample.name, labels)] = samples.get((sample.name, labels), 0.0) + sample.value
         gauges = {
             name: samples.get((f"nmtserve_{name}", ()), math.nan)
             for name in ("inflight_requests", "queue_depth", "running_sentences", "queue_tokens")

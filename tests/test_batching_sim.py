@@ -29,13 +29,14 @@ def test_request_mode_makes_a_late_arrival_wait_for_the_batch(engine: Engine) ->
     continuous mode it joins at once, so its latency is lower."""
     long_source = [5] * 30 + [3]
     sources = [long_source] * 4 + [[7, 8, 3]]
-    options_steps = DecodingOptions(beam_size=4).max_length_for(len(long_source))
-    assert options_steps > 20
-    # the short sentence arrives once the batch has run well past its 8-step join window; the clock is measured
-    # after a warm-up, since onnxruntime's first calls (allocations) cost more CPU time than the later ones
-    simulate(engine, sources[:4], np.zeros(4), Policy("request"))
-    first = simulate(engine, sources[:4], np.zeros(4), Policy("request"))
+    # min_length makes the long batch run at least 40 steps whatever the random model predicts (EOS is barred)
+    options = DecodingOptions(beam_size=4, min_length=40)
+    assert options.max_length_for(len(long_source)) > 40
+    # the short sentence arrives once the batch has run well past its 8-step join window (about 20 of its 40+
+    # steps); the clock is measured after a warm-up, since onnxruntime's first calls cost more CPU time
+    simulate(engine, sources[:4], np.zeros(4), Policy("request"), options)
+    first = simulate(engine, sources[:4], np.zeros(4), Policy("request"), options)
     arrivals = np.array([0, 0, 0, 0, float(np.min(first)) / 2])
-    waited = simulate(engine, sources, arrivals, Policy("request"))[-1]
-    joined = simulate(engine, sources, arrivals, Policy("continuous"))[-1]
+    waited = simulate(engine, sources, arrivals, Policy("request"), options)[-1]
+    joined = simulate(engine, sources, arrivals, Policy("continuous"), options)[-1]
     assert joined < waited

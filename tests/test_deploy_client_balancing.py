@@ -27,11 +27,13 @@ def answered(server: ServerProcess) -> float:
     """Translate requests the server has answered OK, from its own /metrics."""
     with urllib.request.urlopen(server.metrics_url, timeout=10) as response:
         text = response.read().decode()
+    total = 0.0  # summed over the served models (the series carry a model label)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "nmtserve_requests_total" and sample.labels == {"method": "Translate", "code": "OK"}:
-                return sample.value
-    return 0.0
+            labels = {k: v for k, v in sample.labels.items() if k != "model"}
+            if sample.name == "nmtserve_requests_total" and labels == {"method": "Translate", "code": "OK"}:
+                total += sample.value
+    return total
 
 
 def service_config(policy: str) -> str:

@@ -94,12 +94,12 @@ class FaultyBatch:
     def __len__(self) -> int:
         return len(self._inner)
 
-    def add(self, sources, options, keys=None):
+    def add(self, sources, options, keys=None, target_prefixes=None):
         poisoned = [list(source) == self._poison for source in sources]
         if self._stage == "add" and any(poisoned):
             self._failures.append(len(sources))
             raise RuntimeError("injected encoder failure")
-        result = self._inner.add(sources, options, keys)
+        result = self._inner.add(sources, options, keys, target_prefixes)
         for key, bad in zip(keys, poisoned, strict=True):
             self._live[key] = bad
         return result
