@@ -30,20 +30,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-FORMAT_OF_SUFFIX = {
-    ".txt": "text",
-    ".text": "text",
-    ".html": "html",
-    ".htm": "html",
-    ".md": "markdown",
-    ".markdown": "markdown",
-    ".srt": "srt",
-}
 MAX_FILE_BYTES = 16 * 1024 * 1024  # refused before reading: locally; a server applies its own max_request_bytes
 
 
 def _read_document(args: argparse.Namespace) -> tuple[str, str]:
     """(format, text) of ``--file``, or ValueError with a one-line reason."""
+    from nmtserve.server.documents.files import FORMAT_OF_SUFFIX
+
     path: Path = args.file
     format = args.format or FORMAT_OF_SUFFIX.get(path.suffix.lower())
     if format is None:

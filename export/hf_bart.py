@@ -25,9 +25,8 @@ from nmtserve.export.hf_convert import (
     ACTIVATION_NAMES,
     SUPPRESSED_LOGIT,
     ConversionError,
-    _attention,
-    _ffn,
     _getter,
+    _layer_weights,
     _norm,
     _require,
     suppressed_tokens,
@@ -166,20 +165,7 @@ class BartLoader:
             out |= _norm(get, f"model.{stack}.layernorm_embedding", f"{stack}_embedding_norm")
             if self.pre_norm:  # mBART closes each stack with a LayerNorm
                 out |= _norm(get, f"model.{stack}.layer_norm", f"{stack}_norm")
-        for i in range(config.n_encoder_layers):
-            hf_layer, layer = f"model.encoder.layers.{i}", f"encoder_layers.{i}"
-            out |= _attention(get, f"{hf_layer}.self_attn", f"{layer}.self_attention")
-            out |= _norm(get, f"{hf_layer}.self_attn_layer_norm", f"{layer}.attention_residual.norm")
-            out |= _ffn(get, hf_layer, f"{layer}.feed_forward")
-            out |= _norm(get, f"{hf_layer}.final_layer_norm", f"{layer}.feed_forward_residual.norm")
-        for i in range(config.n_decoder_layers):
-            hf_layer, layer = f"model.decoder.layers.{i}", f"decoder_layers.{i}"
-            out |= _attention(get, f"{hf_layer}.self_attn", f"{layer}.self_attention")
-            out |= _norm(get, f"{hf_layer}.self_attn_layer_norm", f"{layer}.self_residual.norm")
-            out |= _attention(get, f"{hf_layer}.encoder_attn", f"{layer}.cross_attention")
-            out |= _norm(get, f"{hf_layer}.encoder_attn_layer_norm", f"{layer}.cross_residual.norm")
-            out |= _ffn(get, hf_layer, f"{layer}.feed_forward")
-            out |= _norm(get, f"{hf_layer}.final_layer_norm", f"{layer}.feed_forward_residual.norm")
+        out |= _layer_weights(get, config)
         return out
 
 
