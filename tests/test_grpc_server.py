@@ -181,10 +181,11 @@ def test_invalid_argument(stub, texts: list[str], options: dict, message: str) -
 
 
 class SlowBatch:
-    """A DecodingBatch whose steps take at least ``delay`` seconds and fail while a poisoned sentence is in it."""
+    """A DecodingBatch whose steps take at least its engine's ``delay`` seconds (read at every step, so a test can
+    slow a phase down) and fail while a poisoned sentence is in it."""
 
-    def __init__(self, inner, delay: float, poison_len: int | None) -> None:
-        self._inner, self._delay, self._poison_len = inner, delay, poison_len
+    def __init__(self, inner, engine: SlowEngine, poison_len: int | None) -> None:
+        self._inner, self._engine, self._poison_len = inner, engine, poison_len
 
     def __getattr__(self, name: str):
         return getattr(self._inner, name)
@@ -193,7 +194,7 @@ class SlowBatch:
         return len(self._inner)
 
     def step(self):
-        time.sleep(self._delay)
+        time.sleep(self._engine.delay)
         if self._poison_len is not None and any(s.source_len == self._poison_len for s in self._inner._sentences):
             raise RuntimeError("injected engine failure")
         return self._inner.step()
@@ -201,13 +202,13 @@ class SlowBatch:
 
 class SlowEngine:
     def __init__(self, engine: Engine, delay: float = 0.0, poison_len: int | None = None) -> None:
-        self._engine, self._delay, self._poison_len = engine, delay, poison_len
+        self._engine, self.delay, self._poison_len = engine, delay, poison_len
 
     def __getattr__(self, name: str):
         return getattr(self._engine, name)
 
     def new_batch(self) -> SlowBatch:
-        return SlowBatch(self._engine.new_batch(), self._delay, self._poison_len)
+        return SlowBatch(self._engine.new_batch(), self, self._poison_len)
 
 
 def wait_for(predicate, timeout: float = 10.0) -> None:
@@ -227,7 +228,9 @@ def test_deadline_cancel_and_queue_full(model_dir: Path, engine: Engine) -> None
         with pytest.raises(grpc.RpcError) as caught:
             stub.Translate(pb.TranslateRequest(texts=[TEXTS[0]]), timeout=0.1)
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        # Cancellation: the client gives up; the server stops working on it.
+        # Cancellation: the client gives up; the server stops working on it. Steps of 0.5 s meanwhile, so that the
+        # translation cannot finish (OK) before the cancel arrives, however busy the machine is.
+        slow.delay = 0.5
         call = stub.Translate.future(pb.TranslateRequest(texts=[TEXTS[1]]))
         wait_for(lambda: server.server.state.inflight == 1)
         call.cancel()
@@ -237,6 +240,7 @@ def test_deadline_cancel_and_queue_full(model_dir: Path, engine: Engine) -> None
         wait_for(
             lambda: sum(v for (name, _), v in metrics(url).items() if name == "nmtserve_abandoned_sentences_total") >= 2
         )
+        slow.delay = 0.02
         # Queue full: one sentence decoding and one waiting leave no room for two more.
         busy = stub.Translate.future(pb.TranslateRequest(texts=TEXTS[2:4]))
         wait_for(lambda: server.server.state.inflight == 1 and server.server._scheduler.running == 1)
