@@ -31,6 +31,7 @@ from tqdm import tqdm
 
 from nmtserve.engine import DecodingOptions, Engine, Hypothesis
 from nmtserve.engine.model_dir import demo_export
+from nmtserve.loadtest.http_vs_grpc import SENTENCES  # the same 16 short UI sentences
 from nmtserve.server.batching import Budget
 from nmtserve.server.fairness import StepTurns
 from nmtserve.server.metrics import ModelMetrics, ServerMetrics
@@ -39,24 +40,6 @@ from nmtserve.server.work import Request, WorkItem
 from nmtserve.server.workqueue import WorkQueue
 
 SCENARIOS = ("alone", "shared cpu", "turns")
-SENTENCES = [
-    "The package contains the documentation.",
-    "Select the cells that you want to print.",
-    "Open the File menu and choose Print.",
-    "The server is running.",
-    "This file was removed from the system.",
-    "Click the button to save your changes.",
-    "The driver is installed, but the device does not respond.",
-    "You can change the settings at any time.",
-    "The window closes when you press Escape.",
-    "Enter your password and click OK.",
-    "The library provides functions for reading and writing files.",
-    "An error occurred while the program was updating the database.",
-    "Restart the computer to complete the installation.",
-    "The menu shows the most recently opened documents.",
-    "Use the search box to find a file by name.",
-    "The user account has been locked after three failed attempts.",
-]
 
 
 class TimedSink:
