@@ -61,6 +61,29 @@ def cmd_bleu(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+def cmd_shortlist(args: argparse.Namespace) -> int:
+    from nmtserve.engine.model_dir import ModelDirError
+    from nmtserve.export.shortlist import ShortlistParameters, build_shortlist_export
+    from nmtserve.export.verify import ExportVerificationError
+
+    given = {"per_source": args.per_source, "frequent": args.frequent, "min_count": args.min_count}
+    parameters = ShortlistParameters(**{key: value for key, value in given.items() if value is not None})
+    try:
+        out = build_shortlist_export(
+            args.model_dir,
+            args.out,
+            args.corpus,
+            parameters,
+            bleu_split=None if args.no_bleu_check else args.bleu_split,
+            bleu_tolerance=args.tolerance,
+        )
+    except (ExportVerificationError, ModelDirError, ValueError) as error:
+        print(f"nmtserve export shortlist: {error}", file=sys.stderr)
+        return 2
+    print(out)
+    return 0
+
+
 def register(commands: argparse._SubParsersAction) -> None:
     export = commands.add_parser(
         "export",
@@ -85,7 +108,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--no-bleu-check", action="store_true", help="int8/fp16: skip the BLEU check")
     export.set_defaults(func=cmd_export, parser=export)
 
-    checks = export.add_subparsers(dest="export_command", required=False, metavar="{compare,bleu}")
+    checks = export.add_subparsers(dest="export_command", required=False, metavar="{compare,bleu,shortlist}")
     compare = checks.add_parser("compare", help="token parity and speed of the engine vs the PyTorch reference")
     compare.add_argument("checkpoint", type=Path)
     compare.add_argument("model_dir", type=Path)
@@ -103,3 +126,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     bleu.add_argument("--split", default="dev")
     bleu.add_argument("--tolerance", type=float, default=0.5)
     bleu.set_defaults(func=cmd_bleu)
+    shortlist = checks.add_parser(
+        "shortlist", help="a copy of an export whose output projection covers only likely target tokens (gated)"
+    )
+    shortlist.add_argument("model_dir", type=Path, help="a verified export without a shortlist (fp32 or int8)")
+    shortlist.add_argument("--out", type=Path, required=True, help="the shortlist export to write")
+    shortlist.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS, help="its train split builds the table")
+    shortlist.add_argument("--per-source", type=int, help="target candidates per source token (default 20)")
+    shortlist.add_argument("--frequent", type=int, help="most frequent target tokens, always kept (default 300)")
+    shortlist.add_argument("--min-count", type=int, help="co-occurrences below this are dropped (default 2)")
+    shortlist.add_argument("--bleu-split", default="dev", help="refuse the export if it loses over --tolerance BLEU")
+    shortlist.add_argument("--tolerance", type=float, default=0.3)
+    shortlist.add_argument("--no-bleu-check", action="store_true")
+    shortlist.set_defaults(func=cmd_shortlist)

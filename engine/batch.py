@@ -32,6 +32,7 @@ from nmtserve.engine.model_dir import (
     GATHER_ROWS,
 )
 from nmtserve.engine.runtime import Runtime, strip_prefix
+from nmtserve.engine.shortlist import BatchVocabulary
 
 
 def cross_slots(rows_per_sentence: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -120,6 +121,8 @@ class DecodingBatch:
             self._cache = RaggedHostCache(runtime)
         else:
             self._cache = HostCache(runtime) if (on_cpu if in_place is None else in_place) else GraphCache(runtime)
+        shortlist = runtime.shortlist
+        self._vocabulary = BatchVocabulary(shortlist, runtime.upload) if shortlist is not None else None
 
     def __len__(self) -> int:
         return len(self._sentences)
@@ -193,6 +196,8 @@ class DecodingBatch:
             max_length = min(opts.max_length_for(len(ids)), info.max_positions)
             self._sentences.append(Sentence(key, serial, len(ids), opts, max_length, forced=forced))
             self._cross_rows.append(serial)
+            if self._vocabulary is not None:
+                self._vocabulary.add(serial, ids, forced)
         return keys
 
     def cancel(self, key: Hashable) -> bool:
@@ -208,6 +213,8 @@ class DecodingBatch:
     def _clear(self) -> None:
         self._cross, self._cross_rows = None, []
         self._cache.reset()
+        if self._vocabulary is not None:
+            self._vocabulary.keep([])
 
     def _align_cross(self) -> None:
         """Keep the cross K/V of the live sentences only (in row order), cut to the longest remaining source."""
@@ -245,7 +252,8 @@ class DecodingBatch:
         self._cache.trim(max(s.step for s in self._sentences))  # left-padded rows: older slots are unused
         k = max((s.options.candidates_per_row for s in self._sentences if not s.forcing), default=1)
         k += any(s.forbid_eos for s in self._sentences)  # one spare candidate to replace a banned EOS
-        k = min(info.vocab_size, k)
+        vocabulary = self._vocabulary.feeds() if self._vocabulary is not None else {}
+        k = min(self._vocabulary.size if self._vocabulary is not None else info.vocab_size, k)
         out = self._runtime.run(
             DECODER_STEP,
             {
@@ -255,6 +263,7 @@ class DecodingBatch:
                 "row_slots": row_slots,
                 **self._cache.feeds(),
                 **self._cross,
+                **vocabulary,
                 "k": np.array([k], np.int64),
             },
             host_outputs=("topk_log_probs", "topk_ids", *self._cache.host_outputs()),
@@ -281,4 +290,6 @@ class DecodingBatch:
         self._sentences = live = fill_holes(slots)
         if not live:
             self._clear()
+        elif finished and self._vocabulary is not None:
+            self._vocabulary.keep([s.serial for s in live])
         return finished

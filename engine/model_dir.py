@@ -167,6 +167,8 @@ def verify_files(directory: Path, manifest: dict[str, Any]) -> None:
     files: dict[str, str] = manifest.get("files", {})
     try:
         required = (*GRAPH_FILES, *tokenizer_files(manifest.get("tokenizer")))
+        if "shortlist" in manifest:  # a shortlist export cannot decode without its table (export/shortlist.py)
+            required += (manifest["shortlist"]["file"],)
     except ValueError as error:
         raise ModelDirError(f"{Path(directory) / MANIFEST}: {error}") from error
     for name in required:

@@ -26,6 +26,7 @@ from nmtserve.engine.model_dir import (
     TRIM_CACHE,
     ModelInfo,
 )
+from nmtserve.engine.shortlist import Shortlist
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +113,7 @@ class Runtime:
         self.sessions = {name: open_session(info.path(name), config, options, providers) for name in GRAPHS}
         self.outputs = {name: [o.name for o in s.get_outputs()] for name, s in self.sessions.items()}
         self.cache_dtype = np.dtype(info.cache_dtype)
+        self.shortlist = _load_shortlist(info)
 
     def upload(self, array: np.ndarray) -> ort.OrtValue:
         """A host array as an OrtValue on the device (on CPU it wraps the array without a copy)."""
@@ -148,3 +150,15 @@ class Runtime:
 def strip_prefix(outputs: dict[str, ort.OrtValue], prefix: str) -> dict[str, ort.OrtValue]:
     """Graph outputs named ``<prefix><input name>`` keyed by the input name they feed next time."""
     return {name.removeprefix(prefix): value for name, value in outputs.items() if name.startswith(prefix)}
+
+
+def _load_shortlist(info: ModelInfo) -> Shortlist | None:
+    """The export's vocabulary shortlist (``export/shortlist.py``), or None for a full-vocabulary export."""
+    spec = info.manifest.get("shortlist")
+    if spec is None:
+        return None
+    special = {info.pad_id, info.bos_id, info.eos_id, info.decoder_start_id, info.manifest["special_ids"]["unk"]}
+    try:
+        return Shortlist.load(info.directory, spec["inputs"], info.vocab_size, sorted(special))
+    except (KeyError, ValueError, OSError) as error:
+        raise EngineError(f"{info.directory}: the vocabulary shortlist cannot be read: {error}") from error
