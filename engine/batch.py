@@ -133,6 +133,11 @@ class DecodingBatch:
         return sum(s.rows for s in self._sentences)
 
     @property
+    def vocabulary_size(self) -> int:
+        """Target tokens the next step may produce: the shortlist union (0 before any step); else the vocabulary."""
+        return self._vocabulary.size if self._vocabulary is not None else self._info.vocab_size
+
+    @property
     def keys(self) -> list[Hashable]:
         return [s.key for s in self._sentences]
 
