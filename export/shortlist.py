@@ -104,16 +104,15 @@ def build_table(
 
     keep = pair_counts >= parameters.min_count
     pair_keys, pair_counts = pair_keys[keep], pair_counts[keep]
-    source, target = pair_keys // vocab, pair_keys % vocab
+    pair_source, pair_target = pair_keys // vocab, pair_keys % vocab
     # per source token, the most frequent partners first: sort by (source, -count)
-    order = np.lexsort((-pair_counts, source))
-    source, target = source[order], target[order]
-    starts = np.searchsorted(source, np.arange(vocab + 1))
-    rank = np.arange(len(source)) - starts[source]
-    kept = rank < parameters.per_source
-    source, target = source[kept], target[kept]
-    offsets = np.searchsorted(source, np.arange(vocab + 1)).astype(np.int64)
-    return LexicalTable(offsets, target.astype(np.int32), always)
+    order = np.lexsort((-pair_counts, pair_source))
+    pair_source, pair_target = pair_source[order], pair_target[order]
+    starts = np.searchsorted(pair_source, np.arange(vocab + 1))
+    kept = np.arange(len(pair_source)) - starts[pair_source] < parameters.per_source
+    pair_source, pair_target = pair_source[kept], pair_target[kept]
+    offsets = np.searchsorted(pair_source, np.arange(vocab + 1)).astype(np.int64)
+    return LexicalTable(offsets, pair_target.astype(np.int32), always)
 
 
 def build_table_from_corpus(model_dir: Path, corpus: Path, parameters: ShortlistParameters) -> LexicalTable:
@@ -183,7 +182,7 @@ def _check_full_subset(source_dir: Path, shortlist_dir: Path) -> float:
     pairs = [(a, b) for left, right in zip(base, other, strict=True) for a, b in zip(left, right, strict=True)]
     if any(a.token_ids != b.token_ids for a, b in pairs):
         raise ExportVerificationError("a whole-vocabulary shortlist changed the translations")
-    return max(abs(a.score - b.score) for a, b in pairs)
+    return max(abs(float(a.log_prob or 0.0) - float(b.log_prob or 0.0)) for a, b in pairs)
 
 
 def build_shortlist_export(
@@ -211,13 +210,9 @@ def build_shortlist_export(
     try:
         (staging / MANIFEST).unlink()
         columns = rewrite_step_graph(staging / DECODER_STEP, info.vocab_size)
-        np.savez(
-            staging / SHORTLIST_FILE,
-            offsets=table.offsets,
-            targets=table.targets,
-            always=table.always,
-            **{f"columns/{name}": array for name, array in columns.items()},
-        )
+        arrays = {"offsets": table.offsets, "targets": table.targets, "always": table.always}
+        arrays |= {f"columns/{name}": array for name, array in columns.items()}
+        np.savez(staging / SHORTLIST_FILE, allow_pickle=False, **arrays)
         step_io = manifest["io"][DECODER_STEP]
         step_io["inputs"] = [*step_io["inputs"], *columns, VOCAB_IDS]
         corpus_train = Path(corpus) / "train.en"
@@ -229,7 +224,8 @@ def build_shortlist_export(
             "corpus": {"path": str(corpus), "train_en_sha256": sha256_file(corpus_train)},
         }
         write_manifest(staging, manifest)
-        verification: dict[str, Any] = {"whole_vocabulary_score_max_abs_diff": _check_full_subset(source_dir, staging)}
+        difference = _check_full_subset(source_dir, staging)
+        verification: dict[str, Any] = {"whole_vocabulary_log_prob_max_abs_diff": difference}
         if bleu_split is not None:
             verification["bleu"] = _bleu_gate(source_dir, staging, corpus, bleu_split, bleu_tolerance, threads)
         manifest["verification"] = {**manifest.get("verification", {}), "shortlist": verification}

@@ -124,7 +124,7 @@ def test_the_manifest_lists_the_table_and_a_changed_table_is_refused(shortlist_d
         (copy / path.name).write_bytes(path.read_bytes())
     table = copy / SHORTLIST_FILE
     table.write_bytes(table.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(ModelDirError, match="sha256 mismatch for shortlist.npz"):
+    with pytest.raises(ModelDirError, match=r"sha256 mismatch for shortlist\.npz"):
         load_model_info(copy)
 
 
