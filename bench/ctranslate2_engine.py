@@ -14,6 +14,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from nmtserve.engine.decoding import DecodingOptions
+from nmtserve.engine.shortlist import Shortlist
+
+VMAP = "vmap.txt"  # CTranslate2 reads its vocabulary map from this file of the model directory
 
 # Our precision names -> CTranslate2 compute types, per device: the same arithmetic as our export of that name
 # (int8 weights with fp32 activations on CPU; fp16 on CUDA, with int8 weights there computed in fp16).
@@ -37,14 +40,25 @@ class Output:
 class CTranslate2Engine:
     """A ``ctranslate2.Translator`` that speaks token ids."""
 
-    def __init__(self, model_dir: Path | str, threads: int = 1, precision: str = "fp32", device: str = "cpu") -> None:
+    def __init__(
+        self,
+        model_dir: Path | str,
+        threads: int = 1,
+        precision: str = "fp32",
+        device: str = "cpu",
+        use_vmap: bool = False,
+    ) -> None:
+        """``use_vmap``: restrict the output layer to CTranslate2's vocabulary map (``vmap.txt`` in the model
+        directory), its counterpart of our shortlist."""
         import ctranslate2
 
         types = COMPUTE_TYPES.get(device)
         if types is None or precision not in types:
             choices = {d: sorted(t) for d, t in COMPUTE_TYPES.items()}
             raise ValueError(f"no CTranslate2 compute type for {precision!r} on {device!r} (have {choices})")
-        self.model_dir, self.precision = Path(model_dir), precision
+        self.model_dir, self.precision, self.use_vmap = Path(model_dir), precision, use_vmap
+        if use_vmap and not (self.model_dir / VMAP).is_file():
+            raise FileNotFoundError(f"{self.model_dir / VMAP}: no vocabulary map to use")
         self.translator = ctranslate2.Translator(
             str(model_dir),
             device=device,
@@ -76,6 +90,7 @@ class CTranslate2Engine:
             max_decoding_length=options.max_length,
             min_decoding_length=options.min_length,
             return_scores=True,
+            use_vmap=self.use_vmap,
         )
         return [Output([self.ids[p] for p in r.hypotheses[0]], r.scores[0] if r.scores else None) for r in results]
 
@@ -86,6 +101,25 @@ class CTranslate2Engine:
             [[self.pieces[i] for i in target] for target in targets],
         )
         return [list(r.log_probs) for r in results]
+
+
+def write_vmap(shortlist: Shortlist, model_dir: Path, out_dir: Path) -> Path:
+    """A copy of CTranslate2 model ``model_dir`` with our shortlist's table as its ``vmap.txt``: one line per source
+    piece with candidates, and the always-kept tokens on the line of the empty n-gram. The model files are linked,
+    not copied."""
+    pieces = _read_vocabulary(model_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in model_dir.iterdir():
+        target = out_dir / path.name
+        if path.is_file() and not target.exists():
+            target.symlink_to(path.resolve())
+    lines = ["\t" + " ".join(pieces[i] for i in shortlist.base)]
+    for source in range(shortlist.vocab_size):
+        candidates = shortlist.targets[shortlist.offsets[source] : shortlist.offsets[source + 1]]
+        if len(candidates):
+            lines.append(pieces[source] + "\t" + " ".join(pieces[i] for i in candidates))
+    (out_dir / VMAP).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return out_dir
 
 
 def _read_vocabulary(model_dir: Path) -> list[str]:

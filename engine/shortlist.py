@@ -11,7 +11,7 @@ CTranslate2 with a vocabulary map.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -30,22 +30,23 @@ class Shortlist:
     offsets: np.ndarray  # int64 [V + 1], CSR over source tokens
     targets: np.ndarray  # int32 [nnz]
     base: np.ndarray  # int64: in every sentence's list (frequent targets and special tokens), sorted
-    columns: dict[str, np.ndarray]  # graph input -> the full tensor, vocabulary on the last axis
+    columns: dict[str, tuple[np.ndarray, int]]  # graph input -> (the full tensor, the axis of the vocabulary)
     vocab_size: int
     whole_vocabulary: bool = False
 
     @classmethod
-    def load(cls, directory: Path, inputs: Sequence[str], vocab_size: int, special: Sequence[int]) -> Shortlist:
-        """``inputs``: the graph inputs the manifest lists. No pickle: ``allow_pickle=False``."""
+    def load(cls, directory: Path, inputs: Mapping[str, int], vocab_size: int, special: Sequence[int]) -> Shortlist:
+        """``inputs``: the graph inputs the manifest lists, each with the axis its vocabulary is on. No pickle:
+        ``allow_pickle=False``."""
         with np.load(Path(directory) / SHORTLIST_FILE, allow_pickle=False) as data:
             offsets, targets, always = data["offsets"], data["targets"], data["always"]
-            columns = {name: data[f"columns/{name}"] for name in inputs}
+            columns = {name: (data[f"columns/{name}"], axis) for name, axis in inputs.items()}
         if len(offsets) != vocab_size + 1 or (len(targets) and int(targets.max()) >= vocab_size):
             raise ValueError(f"{directory / SHORTLIST_FILE}: the table does not fit a {vocab_size}-token vocabulary")
-        for name, array in columns.items():
-            if array.shape[-1] != vocab_size:
+        for name, (array, axis) in columns.items():
+            if array.shape[axis] != vocab_size:
                 raise ValueError(
-                    f"{directory / SHORTLIST_FILE}: {name} has {array.shape[-1]} columns, not {vocab_size}"
+                    f"{SHORTLIST_FILE}: {name} has {array.shape[axis]} tokens on axis {axis}, not {vocab_size}"
                 )
         base = np.union1d(always.astype(np.int64), np.asarray(special, np.int64))
         return cls(offsets.astype(np.int64), targets, base, columns, vocab_size)
@@ -87,7 +88,8 @@ class BatchVocabulary:
         if self._feeds is None:
             ids = np.unique(np.concatenate(list(self._per_sentence.values())))
             self._feeds = {
-                name: self._upload(np.take(array, ids, axis=-1)) for name, array in self._shortlist.columns.items()
+                name: self._upload(np.take(array, ids, axis=axis))
+                for name, (array, axis) in self._shortlist.columns.items()
             }
             self._feeds[VOCAB_IDS] = self._upload(ids)
             self.size = len(ids)
