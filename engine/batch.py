@@ -180,8 +180,9 @@ class DecodingBatch:
                 raise ValueError(f"a source must have 1..{info.max_positions} tokens (EOS included), not {len(ids)}")
             if min(ids) < 0 or max(ids) >= info.vocab_size:
                 raise ValueError(f"source token ids must be in 0..{info.vocab_size - 1}")
+        decodable = info.vocab_size if self._vocabulary is None else min(info.vocab_size, self._vocabulary.smallest)
         for opts in set(per_sentence):
-            opts.validate(info.vocab_size)
+            opts.validate(decodable)
 
         length = max(len(ids) for ids in sources)
         source_ids = np.full((len(sources), length), info.pad_id, np.int64)

@@ -43,6 +43,13 @@ class Engine:
             raise ValueError(f"{model_dir}: tokenizer does not match the model (vocabulary or EOS id)")
         return cls(info, runtime, tokenizer)
 
+    @property
+    def decodable_vocabulary(self) -> int:
+        """Tokens every step can choose from: the vocabulary, or for a shortlist export the tokens in every
+        sentence's list (what a beam of 2 x beam_size candidates must fit in)."""
+        shortlist = self.runtime.shortlist
+        return self.info.vocab_size if shortlist is None else min(self.info.vocab_size, len(shortlist.base))
+
     def new_batch(self, in_place: bool | None = None) -> DecodingBatch:
         """An empty running batch for step-level (continuous-batching) use (``in_place``: see ``DecodingBatch``)."""
         return DecodingBatch(self.runtime, in_place)
@@ -72,7 +79,7 @@ class Engine:
         half empty. Sorted, a cohort's sentences finish at similar steps.
         """
         options = options or DecodingOptions()
-        options.validate(self.info.vocab_size)
+        options.validate(self.decodable_vocabulary)
         if target_prefixes is not None and len(target_prefixes) != len(sources):
             raise ValueError("one target prefix per source (empty for none), or None for all")
         order = sorted(range(len(sources)), key=lambda i: len(sources[i]))

@@ -72,6 +72,7 @@ class BatchVocabulary:
         self._per_sentence: dict[int, np.ndarray] = {}
         self._feeds: dict[str, ort.OrtValue] | None = None
         self.size = 0
+        self.smallest = len(shortlist.base)  # in every sentence's list: what 2 x beam_size must fit in
 
     def add(self, serial: int, source_ids: Sequence[int], forced: Sequence[int]) -> None:
         self._per_sentence[serial] = self._shortlist.candidates(source_ids, forced)

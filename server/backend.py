@@ -158,5 +158,5 @@ def build_backend(
         turn_key=(entry.model, entry.version),
     )
     scheduler.start()
-    checker = RequestChecker(config, engine.tokenizer, engine.info.vocab_size)
+    checker = RequestChecker(config, engine.tokenizer, engine.decodable_vocabulary)
     return Backend(engine, queue, checker, scheduler, config, metrics)

@@ -210,7 +210,7 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         prefix = languages.source
         document = progress = None
         if request.format:  # document mode: sentences are the work items (server/documents/)
-            options = resolve_options(request.options, config, backend.engine.info.vocab_size)
+            options = resolve_options(request.options, config, backend.engine.decodable_vocabulary)
             texts, form = list(request.texts), request.format
             del request
             # parsing a large page takes a while: off the event loop, so that other requests are not held up

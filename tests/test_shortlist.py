@@ -147,6 +147,21 @@ def test_a_shortlist_export_is_served_over_grpc(shortlist_dir: Path, shortlisted
     assert [t.hypotheses[0].text for t in reply.translations] == want
 
 
+def test_a_beam_wider_than_the_shortlist_can_hold_is_invalid_argument(shortlist_dir: Path, shortlisted: Engine):
+    """2 x beam_size candidates must fit in the tokens every sentence's list has (SMALL keeps very few)."""
+    fits = shortlisted.decodable_vocabulary
+    assert fits < shortlisted.info.vocab_size
+    config = ServerConfig(model=shortlist_dir, port=0, metrics_port=0, threads=1, warmup=False)
+    with BackgroundServer(config) as server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.TranslatorStub(channel)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Translate(pb.TranslateRequest(texts=TEXTS, options=pb.DecodingOptions(beam_size=fits // 2 + 1)))
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "beam_size" in refused.value.details() and str(fits) in refused.value.details()
+        ok = stub.Translate(pb.TranslateRequest(texts=TEXTS[:1], options=pb.DecodingOptions(beam_size=fits // 2)))
+    assert ok.translations[0].hypotheses[0].text
+
+
 def test_an_int8_shortlist_keeps_int8_layers_and_decodes_from_its_subset(corpus: Path, tmp_path: Path) -> None:
     """int8: the projection's ``MatMulInteger`` reads the fed int8 columns, scales and zero points; the build's own
     check (a whole-vocabulary shortlist against the int8 export) ran, and the translations use shortlist tokens
