@@ -79,6 +79,11 @@ class MarianTokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         return [self.encode(text) for text in texts]
 
+    def encode_target_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Target-side text as the decoder's ids (the target SentencePiece model; no EOS): what the vocabulary
+        shortlist's table counts on the target side (``export/shortlist.py``)."""
+        return [[self._ids.get(p, self.unk_id) for p in self._target.encode(text, out_type=str)] for text in texts]
+
     def decode(self, ids: Sequence[int]) -> str:
         specials = (self.pad_id, self.eos_id)
         pieces = [self._pieces.get(i, UNK) for i in ids if i not in specials]

@@ -228,3 +228,27 @@ def test_cli_convert_then_export(hf_dir: Path, tmp_path: Path, capsys) -> None:
     assert manifest["languages"] == {"source": "fr", "target": "en"}
     engine = Engine.load(out, threads=1)
     assert engine.translate(corpus_lines()[:2], OPTIONS)[0][0].token_ids
+
+
+def test_shortlist_table_counts_target_pieces_as_transformers_tokenizes_targets(
+    hf_dir: Path, hf, model_dir: Path, engine: Engine, tmp_path: Path
+) -> None:
+    """Marian has two SentencePiece models: the shortlist's table must read the target side with the target one
+    (transformers' ``text_target``), and a whole-vocabulary shortlist of the converted model decodes as it does."""
+    from nmtserve.export.shortlist import ShortlistParameters, build_shortlist_export
+
+    _, reference = hf
+    ours = MarianTokenizer(hf_dir)
+    texts = [t for t in varied_strings(300, seed=5) if not t.startswith(">>")]  # a language code is source-side
+    want = [reference(text_target=text)["input_ids"] for text in texts]
+    assert [[*ids, ours.eos_id] for ids in ours.encode_target_batch(texts)] == want
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "train.en").write_text("\n".join(varied_strings(200, seed=6)) + "\n")
+    (corpus / "train.de").write_text("\n".join(varied_strings(200, seed=7)) + "\n")
+    everything = ShortlistParameters(per_source=0, frequent=engine.info.vocab_size)
+    whole = Engine.load(build_shortlist_export(model_dir, tmp_path / "sl", corpus, everything, bleu_split=None))
+    sources = engine.encode_texts(texts[:12])
+    options = DecodingOptions(beam_size=4)
+    got, expected = whole.translate_ids(sources, options), engine.translate_ids(sources, options)
+    assert [n[0].token_ids for n in got] == [n[0].token_ids for n in expected]
