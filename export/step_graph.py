@@ -35,6 +35,7 @@ from nmtserve.model.transformer import Transformer
 MS_DOMAIN = "com.microsoft"
 IR_VERSION = 10
 LAYER_NORM_EPSILON = 1e-5  # torch.nn.LayerNorm's default, which the model uses
+SEPARATE_EMBEDDING_MAX = 2**23  # vocabulary x d_model (32 MiB of fp32) up to which the input embedding has a [V, d] copy
 
 
 class _Graph:
@@ -165,12 +166,16 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
     shared = _Shared(g, heads, self_mask, source_mask, axis_1, flat)
 
     # Section 3.4: embedding x sqrt(d_model) + positional encoding, as [R, 1, d] for the attention kernels.
-    # The shared embedding is stored once, in the output projection's [d, V] layout (a plain weight MatMul, which
-    # int8 quantization recognises); the input embedding gathers its columns (d strided reads per row, nothing
-    # beside the [R, d] x [d, V] product). A [V, d] copy for the Gather as well cost vocabulary x d_model floats
-    # more: 1 GB at NLLB-200's 256k x 1024.
+    # The shared embedding is stored in the output projection's [d, V] layout (a plain weight MatMul, which int8
+    # quantization recognises). The input embedding reads a [V, d] copy of it where that copy is small
+    # (``SEPARATE_EMBEDDING_MAX`` elements): onnxruntime's CPU Gather of [d, V] columns took 1.7 ms of a 20 ms
+    # step at 128 rows (d 256, V 8000), a row Gather next to nothing. Above that (NLLB-200's 256k x 1024: 1 GB
+    # more) the columns are gathered.
     projection = g.weight("output_projection", model.embedding.weight.t())
-    embedded = g.op("Transpose", [g.op("Gather", [projection, "token_ids"], axis=1)], perm=[1, 0])
+    if model.embedding.weight.numel() <= SEPARATE_EMBEDDING_MAX:
+        embedded = g.op("Gather", [g.weight("embedding", model.embedding.weight), "token_ids"])
+    else:
+        embedded = g.op("Transpose", [g.op("Gather", [projection, "token_ids"], axis=1)], perm=[1, 0])
     scaled = g.op("Mul", [embedded, g.weight("sqrt_d", np.array(model.embedding_scale, np.float32))])
     position = g.op("Gather", [g.weight("positions_table", model.position_table(decoder=True)), "positions"])
     embedded = g.op("Add", [scaled, position])

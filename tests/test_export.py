@@ -297,3 +297,42 @@ def test_fused_export_is_verified_and_serves(tiny_dir: Path, tmp_path: Path) -> 
     assert fusion[ENCODER]["max_abs_diff"] <= 1e-6 or not fusion[ENCODER]["kept"]
     nbest = Engine.load(out, threads=1).translate_ids([[5, 6, 7, 3]], DecodingOptions(beam_size=2))
     assert len(nbest) == 1 and nbest[0][0].log_prob < 0
+
+
+def test_the_input_embedding_reads_rows_of_its_own_copy_when_small(model, tmp_path: Path, monkeypatch) -> None:
+    """Small vocabularies get a [V, d] embedding for the step's Gather (onnxruntime's CPU Gather of [d, V] columns
+    is slow); above ``SEPARATE_EMBEDDING_MAX`` the step gathers the output projection's columns. Same outputs."""
+    from nmtserve.export import step_graph
+
+    config = model.config
+    rows_path = step_graph.build_decoder_step(model, tmp_path / "rows.onnx")
+    monkeypatch.setattr(step_graph, "SEPARATE_EMBEDDING_MAX", 0)
+    columns_path = step_graph.build_decoder_step(model, tmp_path / "columns.onnx")
+
+    def embedding_gathers(path: Path) -> list[tuple[str, list[int], int]]:
+        graph = onnx.load(str(path)).graph
+        shapes = {t.name: list(t.dims) for t in graph.initializer}
+        return [
+            (node.input[0], shapes[node.input[0]], next((a.i for a in node.attribute if a.name == "axis"), 0))
+            for node in graph.node
+            if node.op_type == "Gather" and node.input[1] == "token_ids"
+        ]
+
+    vocab, d = config.vocab_size, config.d_model
+    assert embedding_gathers(rows_path) == [("embedding", [vocab, d], 0)]
+    assert embedding_gathers(columns_path) == [("output_projection", [d, vocab], 1)]
+    batch, heads, d_head, layers = 3, config.n_heads, config.d_head, config.n_decoder_layers
+    rng = np.random.default_rng(1)
+    feeds = {
+        "token_ids": rng.integers(4, vocab, batch),
+        "positions": np.zeros(batch, np.int64),
+        "self_mask": np.zeros((batch, 0), bool),
+        "source_mask": np.ones((batch, 5), bool),
+        **dict(zip(("query_rows", "row_slots"), cross_slots([1] * batch), strict=True)),
+        "k": np.array([vocab]),
+        **_per_layer("self", [np.zeros((batch, heads, 0, d_head), np.float32)] * (2 * layers)),
+        **_per_layer("cross", [rng.standard_normal((batch, heads, 5, d_head)).astype(np.float32)] * (2 * layers)),
+    }
+    by_rows, by_columns = _session(rows_path).run(None, feeds), _session(columns_path).run(None, feeds)
+    for a, b in zip(by_rows, by_columns, strict=True):
+        np.testing.assert_array_equal(a, b)
