@@ -35,7 +35,7 @@ from nmtserve.model.transformer import Transformer
 MS_DOMAIN = "com.microsoft"
 IR_VERSION = 10
 LAYER_NORM_EPSILON = 1e-5  # torch.nn.LayerNorm's default, which the model uses
-SEPARATE_EMBEDDING_MAX = 2**23  # vocabulary x d_model (32 MiB of fp32) up to which the input embedding has a [V, d] copy
+SEPARATE_EMBEDDING_MAX = 2**23  # vocabulary x d_model (32 MiB fp32) up to which the input embedding has a [V, d] copy
 
 
 class _Graph:
@@ -168,9 +168,10 @@ def build_decoder_step(model: Transformer, path: Path) -> Path:
     # Section 3.4: embedding x sqrt(d_model) + positional encoding, as [R, 1, d] for the attention kernels.
     # The shared embedding is stored in the output projection's [d, V] layout (a plain weight MatMul, which int8
     # quantization recognises). The input embedding reads a [V, d] copy of it where that copy is small
-    # (``SEPARATE_EMBEDDING_MAX`` elements): onnxruntime's CPU Gather of [d, V] columns took 1.7 ms of a 20 ms
-    # step at 128 rows (d 256, V 8000), a row Gather next to nothing. Above that (NLLB-200's 256k x 1024: 1 GB
-    # more) the columns are gathered.
+    # (``SEPARATE_EMBEDDING_MAX`` elements, the demo's 8000 x 256: 8 MB more): onnxruntime's CPU Gather of [d, V]
+    # columns took 1.7 ms of a 20 ms step at 128 rows, a row Gather next to nothing (end to end, GPL-3 text:
+    # greedy fp32 1.06x, the rest within noise; docs/benchmarks.md). Above it (OPUS-MT's 58k x 512: 119 MB,
+    # NLLB-200's 256k x 1024: 1 GB) memory comes first and the columns are gathered.
     projection = g.weight("output_projection", model.embedding.weight.t())
     if model.embedding.weight.numel() <= SEPARATE_EMBEDDING_MAX:
         embedded = g.op("Gather", [g.weight("embedding", model.embedding.weight), "token_ids"])
