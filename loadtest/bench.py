@@ -32,7 +32,7 @@ from nmtserve.loadtest.run import LoadTestReport, LoadTestSpec, run_loadtest
 from nmtserve.loadtest.serverproc import ServerProcess
 from nmtserve.loadtest.stats import LevelResult, format_level
 from nmtserve.loadtest.workload import read_lines
-from nmtserve.server.config import ServerConfig
+from nmtserve.server.config import ServerConfig, batching_mode
 
 
 @dataclass
@@ -111,7 +111,9 @@ def run(bench: Bench) -> dict:
     """All measurements; the servers run side by side (idle ones cost nothing) and take turns, so that a change
     in the machine's load spreads over every configuration instead of favouring one."""
     bench.out.mkdir(parents=True, exist_ok=True)
-    default = ServerConfig().batching
+    from nmtserve.engine.model_dir import load_model_info
+
+    default = batching_mode(ServerConfig().batching, load_model_info(bench.model).cache_layout)
     results: dict = {"model": str(bench.model), "threads": bench.threads, "duration_s": bench.duration}
     results["default_batching"] = default
     print(f"engine alone on {bench.sentences} sentences ...", flush=True)

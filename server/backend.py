@@ -18,7 +18,7 @@ from pathlib import Path
 from nmtserve.engine import Engine
 from nmtserve.server.admission import RequestChecker
 from nmtserve.server.batching import Budget
-from nmtserve.server.config import ConfigError, ServerConfig
+from nmtserve.server.config import ConfigError, ServerConfig, batching_mode
 from nmtserve.server.fairness import StepTurns
 from nmtserve.server.metrics import EngineMetrics
 from nmtserve.server.repository import VersionEntry
@@ -149,7 +149,7 @@ def build_backend(
         queue,
         budget,
         metrics,
-        continuous=config.batching == "continuous",
+        continuous=batching_mode(config.batching, engine.info.cache_layout) == "continuous",
         max_delay_s=config.max_queue_delay_ms / 1000,
         join_fraction=config.join_fraction,
         max_join_steps=config.max_join_steps,

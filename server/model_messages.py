@@ -7,7 +7,7 @@ from importlib import metadata
 
 from nmtserve.engine import Engine
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
-from nmtserve.server.config import ServerConfig
+from nmtserve.server.config import ServerConfig, batching_mode
 from nmtserve.server.models import ModelRegistry, ModelVersion, State
 from nmtserve.server.validation import default_options
 
@@ -56,7 +56,7 @@ def model_info_message(engine: Engine, config: ServerConfig) -> pb.ModelInfo:
             num_hypotheses=defaults.num_hypotheses,
             return_scores=defaults.return_scores,
         ),
-        batching=config.batching,
+        batching=batching_mode(config.batching, engine.info.cache_layout),
         server_version=server_version(),
         state=State.READY.value,
     )

@@ -25,13 +25,14 @@ that takes every length carries the padding of its longest source. So, in contin
 A multi-batch variant (several running batches advanced in turn, newcomers starting their own) was measured and
 dropped: the rounds lengthen every sentence's steps, and its p99 was worse than either mode.
 
-Default: ``request`` with an 8-step join window. On CPU (docs/benchmarks.md) it has a lower median and p99 than
-continuous batching at every load measured, and the same saturation throughput: a decode step costs in
-proportion to its rows, so keeping the batch full slows every long sentence, and late joins carry the running
-batch's whole history as padding (left-padded exports; a ``--ragged`` export removes that padding, and there
-continuous batching had the lower median up to 75 % load but not a consistently lower p99: docs/benchmarks.md,
-issue 17). Where a step's cost hardly depends on its rows (a GPU), the balance may well flip: measure with
-``nmtserve bench server``.
+Default: ``auto`` (``config.batching_mode``): continuous for a ragged export, request-level with an 8-step join
+window otherwise. With left-padded rows (the shipped exports) request-level batching had the lower p99 at every
+load measured on CPU, and the same saturation throughput: late joins carry the running batch's whole history as
+padding, and a decode step costs in proportion to its rows, so keeping the batch full slows every long sentence.
+With ragged rows (``nmtserve export --ragged``) continuous batching had the lower median at nearly every load,
+and on a real server the lower p99 at 50 % and 90 % load and an equal one at 75 % (docs/benchmarks.md, issue 17;
+the CPU-time simulation lost at 75 % in 3 of 3 seeds). Where a step's cost hardly depends on its rows (a GPU), the
+balance may well flip: measure with ``nmtserve bench server``.
 
 The thread never touches the event loop: results go out through each request's sink (which hops threads). The
 engine releases the GIL inside onnxruntime, so the gRPC event loop keeps serving while a step runs. Between two

@@ -182,3 +182,30 @@ def test_ragged_fp16_is_refused_before_any_work(standard_dir: Path, tmp_path: Pa
     with pytest.raises(ValueError, match="CPU only"):
         export_model(standard_dir.parent / "checkpoint", tmp_path / "out", "fp16", ragged=True, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("export", "expected"), [("ragged", "continuous"), ("standard", "request")])
+def test_auto_batching_is_continuous_for_a_ragged_export_only(
+    ragged_dir: Path, standard_dir: Path, export: str, expected: str
+) -> None:
+    """The default ``batching = "auto"`` (server/config.py ``batching_mode``): a real server on each export
+    runs its engine thread in that mode and says so in GetModelInfo; translations are the engine's."""
+    import grpc
+
+    from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
+    from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
+    from nmtserve.server.background import BackgroundServer
+    from nmtserve.server.config import ServerConfig
+
+    model_dir = ragged_dir if export == "ragged" else standard_dir
+    config = ServerConfig(model=model_dir, port=0, metrics_port=0, threads=1, warmup=False)
+    assert config.batching == "auto"
+    with BackgroundServer(config) as server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.TranslatorStub(channel)
+        assert stub.GetModelInfo(pb.GetModelInfoRequest()).batching == expected
+        scheduler = server.server._scheduler
+        assert scheduler is not None and scheduler.continuous == (expected == "continuous")
+        texts = ["a b c", "d e f g h"]
+        reply = stub.Translate(pb.TranslateRequest(texts=texts), timeout=60)
+        engine = Engine.load(model_dir, threads=1)
+        assert [t.hypotheses[0].text for t in reply.translations] == [n[0].text for n in engine.translate(texts)]

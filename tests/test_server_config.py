@@ -21,7 +21,7 @@ def parse(*argv: str) -> dict:
 def test_defaults_serve_the_demo_on_the_documented_ports() -> None:
     config = load_config({}, environ={}).config
     assert (config.host, config.port, config.metrics_port, config.model) == ("127.0.0.1", 50051, 9090, None)
-    assert config.batching == "request"  # measured better on CPU: docs/benchmarks.md
+    assert config.batching == "auto"  # continuous for ragged exports, request-level otherwise: docs/benchmarks.md
 
 
 def test_precedence_file_env_flag(tmp_path: Path) -> None:
