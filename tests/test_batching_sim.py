@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.export.testing import tiny_export
-from nmtserve.loadtest.batching_sim import Policy, simulate
+from nmtserve.loadtest.batching_sim import POLICIES, Policy, p99_wins, simulate
 
 
 @pytest.fixture(scope="module")
@@ -15,12 +17,12 @@ def engine(tmp_path_factory: pytest.TempPathFactory) -> Engine:
     return Engine.load(tiny_export(tmp_path_factory.getbasetemp() / "tiny-model", "fp32"), threads=1)
 
 
-@pytest.mark.parametrize("mode", ["continuous", "request"])
-def test_every_arrival_is_answered_after_it_arrived(engine: Engine, mode: str) -> None:
+@pytest.mark.parametrize("policy", list(POLICIES))
+def test_every_arrival_is_answered_after_it_arrived(engine: Engine, policy: str) -> None:
     rng = np.random.default_rng(0)
     sources = [[int(t) for t in rng.integers(4, 64, n)] + [3] for n in rng.integers(1, 20, 40)]
-    arrivals = np.cumsum(rng.exponential(0.002, len(sources)))  # faster than the engine: a queue forms
-    latency = simulate(engine, sources, arrivals, Policy(mode, max_batch_size=8))
+    arrivals = np.cumsum(rng.exponential(0.002, len(sources)))  # faster than the engine: a backlog forms
+    latency = simulate(engine, sources, arrivals, replace(POLICIES[policy], max_batch_size=8))
     assert np.isfinite(latency).all() and (latency > 0).all()
 
 
@@ -40,3 +42,14 @@ def test_request_mode_makes_a_late_arrival_wait_for_the_batch(engine: Engine) ->
     waited = simulate(engine, sources, arrivals, Policy("request"), options)[-1]
     joined = simulate(engine, sources, arrivals, Policy("continuous"), options)[-1]
     assert joined < waited
+
+
+def test_wins_are_counted_per_model_load_and_policy() -> None:
+    def run(mode: str, p50: float, p99: float) -> dict:
+        return {"fraction": 0.5, "model": "m", "mode": mode, "p50_ms": p50, "p99_ms": p99}
+
+    seeds = [
+        {"runs": [run("request", 100, 500), run("continuous", 90, 400)]},
+        {"runs": [run("request", 100, 500), run("continuous", 120, 600)]},
+    ]
+    assert p99_wins(seeds) == ["m 50% continuous: lower p99 than request-level in 1/2 seeds, lower p50 in 1/2"]
