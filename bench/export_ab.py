@@ -3,17 +3,20 @@
     python -m nmtserve.bench.export_ab /tmp/emb-columns-fp32 /tmp/emb-rows-fp32 --source /tmp/legal.en --beam-size 1
 
 For a graph change that keeps the weights (an export option, a rewrite): the exports take turns within each
-repeat, and each keeps its best thread CPU time, which other processes on a shared machine move far less than
-wall time. One thread, batch 32, as ``nmtserve bench engine`` decodes. Prints one line per export.
+repeat, and each keeps its best CPU time (``bench/timing.py``), which other processes on a shared machine move far
+less than wall time. One thread, batch 32, through the same ``onnx_translate`` as ``nmtserve bench engine``.
+Prints one line per export.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
+from functools import partial
 from pathlib import Path
 
+from nmtserve.bench.engines import onnx_translate
+from nmtserve.bench.timing import Timing, measure
 from nmtserve.engine import DecodingOptions, Engine
 
 
@@ -21,24 +24,25 @@ def compare(models: list[Path], source: Path, beam_size: int, repeats: int = 3, 
     texts = [line for line in source.read_text(encoding="utf-8").splitlines() if line.strip()][:limit]
     engines = {model: Engine.load(model, threads=1, spin=False) for model in models}
     sources = engines[models[0]].encode_texts(texts)
-    options = DecodingOptions(beam_size=beam_size, return_scores=False)
-    best = dict.fromkeys(models, float("inf"))
+    decoders = {
+        model: partial(onnx_translate(engine), sources, DecodingOptions(beam_size=beam_size), 32)
+        for model, engine in engines.items()
+    }
+    timings: dict[Path, Timing] = {}
     outputs: dict[Path, list[list[int]]] = {}
     for _ in range(repeats):
-        for model, engine in engines.items():
-            start = time.thread_time()
-            results = engine.translate_ids(sources, options, max_batch_size=32)
-            best[model] = min(best[model], time.thread_time() - start)
-            outputs[model] = [hypotheses[0].token_ids for hypotheses in results]
+        for model, translate in decoders.items():
+            timing, outputs[model] = measure(translate, repeats=1, warmup=0)
+            timings[model] = timings[model].merged(timing) if model in timings else timing
     tokens = sum(len(ids) for ids in outputs[models[0]])
     rows = []
     for model in models:
         same = sum(a == b for a, b in zip(outputs[models[0]], outputs[model], strict=True))
         row = {
             "model": str(model),
-            "cpu_s": best[model],
-            "tokens_per_cpu_s": tokens / best[model],
-            "speed_vs_first": best[models[0]] / best[model],
+            "cpu_s": timings[model].best_cpu,
+            "tokens_per_cpu_s": tokens / timings[model].best_cpu,
+            "speed_vs_first": timings[models[0]].best_cpu / timings[model].best_cpu,
             "same_as_first": same,
             "sentences": len(sources),
         }
