@@ -444,6 +444,7 @@ def test_queue_full_is_429_with_retry_after_and_disconnect_cancels(model_dir: Pa
         # A deadline: X-Timeout-Ms plays grpc-timeout's part.
         status, _, body = http.call("POST", "/v1/translate", {"texts": [TEXTS[0]]}, headers={"X-Timeout-Ms": "50"})
         assert status == 504 and "deadline" in body["error"]
+        wait_for(lambda: server.server.state.inflight == 0)  # so that the "one in flight" below is the next request
         # A client that disconnects mid-request: its handler is cancelled and its sentences leave the engine.
         sock = socket.create_connection(("127.0.0.1", server.server.http_port))
         payload = json.dumps({"texts": [TEXTS[0]]}).encode()
