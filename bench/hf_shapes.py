@@ -3,7 +3,9 @@
 Speed does not depend on the weights' values, so the models are random, of a real model's shape (OPUS-MT's
 Marian by default; ``--family nllb``: NLLB-200-distilled-600M's M2M-100 with its 256k vocabulary), and both
 engines decode a fixed number of tokens per sentence (min = max length) so that they do the same work; NLLB's
-sentences start with the forced target-language token in both. One thread; tokens/s at each precision and beam,
+sentences start with the forced target-language token in both. One thread; tokens per CPU second at each
+precision and beam (best of ``--repeats`` rounds, the two engines in turn within each round: CPU time moves far
+less than wall time when something else shares the machine),
 and (``--family nllb``) the peak RSS of a server with each model loaded. Run it where the CPU is not shared:
 ``python -m nmtserve.bench.hf_shapes --out /tmp/hf-bench``.
 """
@@ -13,8 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import time
+from functools import partial
 from pathlib import Path
+
+from tqdm import tqdm
+
+from nmtserve.bench.timing import Timing, limit_threads, measure
 
 OPUS_MT = dict(
     d_model=512,
@@ -51,7 +57,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output-length", type=int, default=24)
     parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
     parser.add_argument("--beams", nargs="+", type=int, default=[4, 1])
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds per setting; the best CPU time is kept")
     args = parser.parse_args(argv)
+    limit_threads(1)
 
     import ctranslate2
     from ctranslate2.converters import TransformersConverter
@@ -108,31 +116,39 @@ def main(argv: list[str] | None = None) -> int:
         forced = [prefix] * len(sources)
         target_prefix = [[pieces[i] for i in prefix]] * len(sources) if prefix else None
         for beam in args.beams:
-            engine.translate_ids(sources[:2], options[beam], target_prefixes=forced[:2])  # warm-up
-            start = time.perf_counter()
-            ours = engine.translate_ids(sources, options[beam], max_batch_size=len(sources), target_prefixes=forced)
-            ours_s = time.perf_counter() - start
             ct2_options = dict(beam_size=beam, min_decoding_length=n, max_decoding_length=n)
-            translator.translate_batch(tokens[:2], target_prefix=target_prefix and target_prefix[:2], **ct2_options)
-            start = time.perf_counter()
-            theirs = translator.translate_batch(
-                tokens, target_prefix=target_prefix, max_batch_size=len(tokens), **ct2_options
+
+            ours = partial(
+                engine.translate_ids, sources, options[beam], max_batch_size=len(sources), target_prefixes=forced
             )
-            theirs_s = time.perf_counter() - start
-            produced = sum(len(nbest[0].token_ids) for nbest in ours)
-            produced_ct2 = sum(len(r.hypotheses[0]) for r in theirs)
+            theirs = partial(translator.translate_batch, tokens, target_prefix=target_prefix, **ct2_options)
+            ours(), theirs()  # warm-up: onnxruntime's arena and CTranslate2's caches grow to these shapes
+            timings: dict[str, Timing] = {}
+            last: dict[str, list] = {}
+            for _ in tqdm(range(args.repeats), desc=f"{precision} beam {beam}", unit="round"):
+                # In turns within each round, so that a spell of load from elsewhere lands on both engines.
+                for name, fn in (("nmtserve", ours), ("ctranslate2", theirs)):
+                    timing, last[name] = measure(fn, repeats=1, warmup=0)
+                    timings[name] = timings[name].merged(timing) if name in timings else timing
+            produced = sum(len(nbest[0].token_ids) for nbest in last["nmtserve"])
+            produced_ct2 = sum(len(r.hypotheses[0]) for r in last["ctranslate2"])
             row = {
                 "family": args.family,
                 "precision": precision,
                 "beam": beam,
                 "tokens": produced,
                 "tokens_ct2": produced_ct2,
-                "nmtserve_tokens_per_s": round(produced / ours_s, 1),
-                "ctranslate2_tokens_per_s": round(produced_ct2 / theirs_s, 1),
+                "nmtserve_tokens_per_cpu_s": round(produced / timings["nmtserve"].best_cpu, 1),
+                "ctranslate2_tokens_per_cpu_s": round(produced_ct2 / timings["ctranslate2"].best_cpu, 1),
+                "timings": {name: timing.to_dict() for name, timing in timings.items()},
             }
-            row["ratio"] = round(row["nmtserve_tokens_per_s"] / row["ctranslate2_tokens_per_s"], 3)
+            row["ratio"] = round(row["nmtserve_tokens_per_cpu_s"] / row["ctranslate2_tokens_per_cpu_s"], 3)
+            row["ratio_per_round"] = [
+                round((produced / a) / (produced_ct2 / b), 3)
+                for a, b in zip(timings["nmtserve"].cpu_seconds, timings["ctranslate2"].cpu_seconds, strict=True)
+            ]
             results.append(row)
-            print(json.dumps(row), flush=True)
+            print(json.dumps({k: v for k, v in row.items() if k != "timings"}), flush=True)
         del engine, translator
         if nllb:
             memory = peak_rss(model_dir, ct2_dir, source_code, target_code)

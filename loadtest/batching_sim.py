@@ -49,11 +49,19 @@ class Policy:
     def name(self) -> str:
         if self.mode == "request":
             return "request"
+        if self.max_join_steps <= 1:
+            return "continuous-eager"
         return "continuous" if self.drain_under_backlog else "continuous-fill"
 
 
 POLICIES = {
-    p.name: p for p in (Policy("request"), Policy("continuous"), Policy("continuous", drain_under_backlog=False))
+    p.name: p
+    for p in (
+        Policy("request"),
+        Policy("continuous"),
+        Policy("continuous", drain_under_backlog=False),
+        Policy("continuous", join_fraction=0.0, max_join_steps=1),  # newcomers join at the very next step
+    )
 }
 
 
