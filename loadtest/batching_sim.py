@@ -12,7 +12,7 @@ time, which other processes barely change), and arrivals are admitted by the rul
 - ``continuous``: between steps, waiting sentences join once they are ``join_fraction`` of the running batch or
   ``max_join_steps`` steps after the last join; when more wait than the batch has room for, the batch either
   drains (``drain_under_backlog``, the rule of session 4) or the oldest waiting fill its room (the batch stays
-  full).
+  full, ``continuous-fill``); ``continuous-eager`` joins newcomers at the very next step (no join threshold).
 What is left out: gRPC, queueing delays of the real server (``max_queue_delay_ms``), length grouping of the
 backlog. The offered load is a fraction of the saturation rate measured the same way (a closed batch decoding
 every sentence, cohorts of ``max_batch_size``). Prints p50/p99 per mode, model and load; writes JSON.
@@ -49,7 +49,7 @@ class Policy:
     def name(self) -> str:
         if self.mode == "request":
             return "request"
-        if self.max_join_steps <= 1:
+        if self.join_fraction == 0:
             return "continuous-eager"
         return "continuous" if self.drain_under_backlog else "continuous-fill"
 
@@ -60,7 +60,7 @@ POLICIES = {
         Policy("request"),
         Policy("continuous"),
         Policy("continuous", drain_under_backlog=False),
-        Policy("continuous", join_fraction=0.0, max_join_steps=1),  # newcomers join at the very next step
+        Policy("continuous", join_fraction=0.0),  # newcomers join at the very next step
     )
 }
 
