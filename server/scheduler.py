@@ -30,9 +30,10 @@ window otherwise. With left-padded rows (the shipped exports) request-level batc
 load measured on CPU, and the same saturation throughput: late joins carry the running batch's whole history as
 padding, and a decode step costs in proportion to its rows, so keeping the batch full slows every long sentence.
 With ragged rows (``nmtserve export --ragged``) continuous batching had the lower median at nearly every load,
-and on a real server the lower p99 at 50 % and 90 % load and an equal one at 75 % (docs/benchmarks.md, issue 17;
-the CPU-time simulation lost at 75 % in 3 of 3 seeds). Where a step's cost hardly depends on its rows (a GPU), the
-balance may well flip: measure with ``nmtserve bench server``.
+and on a real server the lower p99 in 3 of 4 runs at 50 % and at 90 % load, 1 of 4 at 75 % (docs/benchmarks.md,
+issue 17; the CPU-time simulation lost at 75 % in 3 of 3 seeds): mixed evidence, but more wins than losses.
+Where a step's cost hardly depends on its rows (a GPU), the balance may well flip: measure with
+``nmtserve bench server``.
 
 The thread never touches the event loop: results go out through each request's sink (which hops threads). The
 engine releases the GIL inside onnxruntime, so the gRPC event loop keeps serving while a step runs. Between two

@@ -230,10 +230,8 @@ def test_deadline_cancel_and_queue_full(model_dir: Path, engine: Engine) -> None
         assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # The client may hear of its deadline before the server's handler has ended: wait for the server's side, or
         # the "one in flight" below could be this request rather than the next one.
-        wait_for(
-            lambda: server.server.state.inflight == 0
-            and metrics(url).get(("nmtserve_requests_total", (("code", "DEADLINE_EXCEEDED"), ("method", "Translate"))))
-        )
+        expired = ("nmtserve_requests_total", (("code", "DEADLINE_EXCEEDED"), ("method", "Translate")))
+        wait_for(lambda: server.server.state.inflight == 0 and metrics(url).get(expired))
         # Cancellation: the client gives up; the server stops working on it. Steps of 0.5 s meanwhile, so that the
         # translation cannot finish (OK) before the cancel arrives, however busy the machine is.
         slow.delay = 0.5
