@@ -19,6 +19,7 @@ import statistics
 import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,9 @@ def _run(config: EngineBenchConfig, work_dir: Path) -> dict[str, Any]:
     precisions = config.precisions or DEFAULT_PRECISIONS[config.device]
     found = artifacts.prepare(config.checkpoint, list(config.model_dirs), list(precisions), work_dir, config.threads)
     model, _, _ = load_checkpoint(found.checkpoint)
-    engines = {p: Engine.load(d, device=config.device, threads=config.threads) for p, d in sorted(found.onnx.items())}
+    # spin=False, the server's default: with more than one thread see ``limit_threads``.
+    load = partial(Engine.load, device=config.device, threads=config.threads, spin=False)
+    engines = {p: load(d) for p, d in sorted(found.onnx.items())}
     needs_ct2 = {"decode", "ctranslate2"} & set(config.parts)  # part 2 alone runs where CTranslate2 cannot
     ct2 = {
         p: CTranslate2Engine(found.ctranslate2, threads=config.threads, precision=p, device=config.device)

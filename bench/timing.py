@@ -74,9 +74,16 @@ def measure(
 
 
 def limit_threads(threads: int) -> None:
-    """Pin torch and any OpenMP/BLAS pool to ``threads``: every engine gets the same number (fairness)."""
+    """Pin torch and any OpenMP/BLAS pool to ``threads``: every engine gets the same number (fairness).
+
+    With more than one thread, OpenMP's threads (CTranslate2's) wait passively, as onnxruntime's do in our
+    benchmarks (``spin=False``, the server's default): two pools in one process that spin between calls take the
+    cores from each other. Measured on 2 cores with both spinning, both engines ran slower at 2 threads than at
+    1, CTranslate2 greedy int8 at a third of its 1-thread speed."""
     for name in THREAD_VARIABLES:
         os.environ[name] = str(threads)
+    if threads > 1:
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         import torch
     except ImportError:  # the benchmark of the ONNX engine alone does not need torch

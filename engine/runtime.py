@@ -8,7 +8,6 @@ the host. On CPU the "device" is host memory and the same code path runs, which 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import TypeAlias
 import numpy as np
 import onnxruntime as ort
 
+from nmtserve.engine.cpu_budget import usable_cpus
 from nmtserve.engine.model_dir import (
     APPEND_ROWS,
     DECODER_STEP,
@@ -46,13 +46,13 @@ class EngineError(RuntimeError):
 class RuntimeConfig:
     device: str = "cpu"  # "cpu" or "cuda"
     device_id: int = 0
-    threads: int | None = None  # CPU intra-op threads; None: the cores this process may use, at most 8
+    threads: int | None = None  # CPU intra-op threads; None: the CPUs this process may use (quota too), at most 8
     spin: bool = True  # let idle ORT threads spin: lower latency, but burns CPU that a co-located job may want
 
     def intra_op_threads(self) -> int:
         if self.threads:
             return self.threads
-        return max(1, min(8, len(os.sched_getaffinity(0))))
+        return min(8, usable_cpus())
 
 
 def _providers(config: RuntimeConfig) -> list:

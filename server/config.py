@@ -104,7 +104,9 @@ class ServerConfig:
         },
     )
     device: str = _setting("cpu", "onnxruntime device: cpu or cuda")
-    threads: int = _setting(0, "CPU intra-op threads per graph call (0: the cores this process may use, at most 8)")
+    threads: int = _setting(
+        0, "CPU intra-op threads per graph call (0: the CPUs this process may use, cgroup quota included, at most 8)"
+    )
     spin: bool = _setting(False, "let idle onnxruntime threads spin (burns CPU that the gRPC thread and others need)")
     # Network
     host: str = _setting("127.0.0.1", "address the gRPC server binds")

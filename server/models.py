@@ -232,6 +232,7 @@ class ModelRegistry:
                     "fields": {
                         **fields,
                         "precision": info.precision,
+                        "intra_op_threads": held.backend.engine.runtime.config.intra_op_threads(),
                         "resident_mib": round(held.resident_bytes / MIB, 1),
                     }
                 },

@@ -11,7 +11,8 @@
    HTTPS proxy, without baking it into any layer;
 4. runs the container as ``deploy/k8s`` does: read-only root, tmpfs /tmp, every capability dropped,
    no-new-privileges, uid 10001, the memory limit, the overlay's config.toml mounted, ports on 127.0.0.1 only;
-5. CPU: through the published ports, health SERVING, a translation equal to ``nmtserve translate`` on the host,
+5. CPU: under ``--cpus 1`` the engine sizes its thread pool to one CPU (``engine/cpu_budget.py``); then through
+   the published ports, health SERVING, a translation equal to ``nmtserve translate`` on the host,
    /metrics scraped, then ``podman stop`` with a bounded load running: every in-flight request answered, exit code
    0, within the manifest's grace period. GPU: the image's onnxruntime lists the CUDA provider and, without a GPU,
    the server's health stays NOT_SERVING with the engine's log line.
@@ -381,10 +382,21 @@ def check(condition: bool, message: str) -> None:
         raise ImageTestError(message)
 
 
+def cpu_quota_seen(podman: Podman, tag: str, report: dict) -> None:
+    """Under ``--cpus 1`` (a CFS quota, which leaves the affinity mask at every host core) the engine sizes its
+    thread pool to one CPU: ``threads = 0`` must not mean all the host's cores in a CPU-limited container."""
+    probe = "from nmtserve.engine.cpu_budget import usable_cpus; print(usable_cpus())"
+    seen = podman("run", "--rm", "--cpus", "1", "--entrypoint", "python", tag, "-c", probe).stdout.strip()
+    report["usable_cpus_under_cpus_1"] = seen
+    check(seen == "1", f"under --cpus 1 the engine would use {seen} threads, not 1")
+    say("under --cpus 1 the engine sizes its pool to 1 CPU")
+
+
 def test_cpu(podman: Podman, tag: str, out: Path, report: dict, workers: int, per_worker: int) -> None:
     from nmtserve.loadtest.client import TranslatorClient
     from nmtserve.server.app import HEALTH_SERVICES
 
+    cpu_quota_seen(podman, tag, report)
     pod = pod_settings("cpu")
     beam_size = tomllib.loads(pod.config.read_text())["beam_size"]
     started = time.monotonic()
