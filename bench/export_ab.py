@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from nmtserve.bench.engines import onnx_translate
-from nmtserve.bench.timing import Timing, measure
+from nmtserve.bench.timing import measure_in_turns
 from nmtserve.engine import DecodingOptions, Engine
 
 
@@ -28,12 +28,7 @@ def compare(models: list[Path], source: Path, beam_size: int, repeats: int = 3, 
         model: partial(onnx_translate(engine), sources, DecodingOptions(beam_size=beam_size), 32)
         for model, engine in engines.items()
     }
-    timings: dict[Path, Timing] = {}
-    outputs: dict[Path, list[list[int]]] = {}
-    for _ in range(repeats):
-        for model, translate in decoders.items():
-            timing, outputs[model] = measure(translate, repeats=1, warmup=0)
-            timings[model] = timings[model].merged(timing) if model in timings else timing
+    timings, outputs = measure_in_turns(decoders, repeats)
     tokens = sum(len(ids) for ids in outputs[models[0]])
     rows = []
     for model in models:

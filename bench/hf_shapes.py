@@ -18,9 +18,7 @@ import random
 from functools import partial
 from pathlib import Path
 
-from tqdm import tqdm
-
-from nmtserve.bench.timing import Timing, limit_threads, measure
+from nmtserve.bench.timing import limit_threads, measure_in_turns
 
 OPUS_MT = dict(
     d_model=512,
@@ -123,13 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             )
             theirs = partial(translator.translate_batch, tokens, target_prefix=target_prefix, **ct2_options)
             ours(), theirs()  # warm-up: onnxruntime's arena and CTranslate2's caches grow to these shapes
-            timings: dict[str, Timing] = {}
-            last: dict[str, list] = {}
-            for _ in tqdm(range(args.repeats), desc=f"{precision} beam {beam}", unit="round"):
-                # In turns within each round, so that a spell of load from elsewhere lands on both engines.
-                for name, fn in (("nmtserve", ours), ("ctranslate2", theirs)):
-                    timing, last[name] = measure(fn, repeats=1, warmup=0)
-                    timings[name] = timings[name].merged(timing) if name in timings else timing
+            calls = {"nmtserve": ours, "ctranslate2": theirs}
+            timings, last = measure_in_turns(calls, args.repeats, f"{precision} beam {beam}")
             produced = sum(len(nbest[0].token_ids) for nbest in last["nmtserve"])
             produced_ct2 = sum(len(r.hypotheses[0]) for r in last["ctranslate2"])
             row = {

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from nmtserve.bench.artifacts import _cached_ctranslate2
 from nmtserve.bench.ctranslate2_engine import CTranslate2Engine, absolute_cap, write_vmap
 from nmtserve.bench.engine_bench import load_sources
 from nmtserve.bench.engines import TranslateFn, ctranslate2_translate, onnx_translate
-from nmtserve.bench.timing import Timing, limit_threads, measure
+from nmtserve.bench.timing import limit_threads, measure_in_turns
 from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.engine.model_dir import TOKENIZER, load_model_info
 from nmtserve.model.checkpoint import DEMO_CHECKPOINT
@@ -72,12 +71,8 @@ def run_pair(
         options = absolute_cap(DecodingOptions(beam_size=beam, max_length=256))
         for translate in decoders.values():
             translate(sources[:16], options, batch_size)
-        timings: dict[str, Timing] = {}
-        outputs: dict[str, list[list[int]]] = {}
-        for _ in tqdm(range(repeats), desc=f"{precision} beam {beam}", unit="round"):
-            for name, translate in decoders.items():
-                timing, outputs[name] = measure(partial(translate, sources, options, batch_size), repeats=1, warmup=0)
-                timings[name] = timings[name].merged(timing) if name in timings else timing
+        calls = {name: partial(translate, sources, options, batch_size) for name, translate in decoders.items()}
+        timings, outputs = measure_in_turns(calls, repeats, f"{precision} beam {beam}")
         row: dict[str, Any] = {"precision": precision, "beam": beam, "sentences": len(sources)}
         for name in DECODERS:
             tokens = sum(len(ids) for ids in outputs[name])

@@ -10,9 +10,13 @@ from __future__ import annotations
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+from tqdm import tqdm
+
+Key = TypeVar("Key", bound=Hashable)
 
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -71,6 +75,21 @@ def measure(
         seconds.append(time.perf_counter() - start)
         cpu_seconds.append(time.process_time() - cpu_start)
     return Timing(seconds, cpu_seconds), result
+
+
+def measure_in_turns(
+    calls: Mapping[Key, Callable[[], Any]], rounds: int, progress: str | None = None
+) -> tuple[dict[Key, Timing], dict[Key, Any]]:
+    """Time each of ``calls`` once per round, in turn within the round, for ``rounds`` rounds (no warm-up: the
+    caller's). Taking turns spreads a spell of load from elsewhere over every contestant instead of one. Returns
+    each call's timing over all rounds and its last result; ``progress`` labels a progress bar."""
+    timings: dict[Key, Timing] = {}
+    results: dict[Key, Any] = {}
+    for _ in tqdm(range(max(1, rounds)), desc=progress, unit="round", disable=progress is None):
+        for key, call in calls.items():
+            timing, results[key] = measure(call, repeats=1, warmup=0)
+            timings[key] = timings[key].merged(timing) if key in timings else timing
+    return timings, results
 
 
 def limit_threads(threads: int) -> None:

@@ -17,7 +17,7 @@ from functools import partial
 from typing import Any
 
 from nmtserve.bench.engines import TranslateFn
-from nmtserve.bench.timing import Timing, measure
+from nmtserve.bench.timing import measure_in_turns
 from nmtserve.engine.decoding import DecodingOptions
 
 
@@ -34,12 +34,8 @@ def compare(
     engines = {"ours": ours, "ctranslate2": theirs}
     for translate in engines.values():
         translate(sources[:warmup_sentences], options, batch_size)
-    timings: dict[str, Timing] = {}
-    outputs: dict[str, list[list[int]]] = {}
-    for _ in range(max(1, repeats)):
-        for name, translate in engines.items():
-            timing, outputs[name] = measure(partial(translate, sources, options, batch_size), repeats=1, warmup=0)
-            timings[name] = timings[name].merged(timing) if name in timings else timing
+    calls = {name: partial(translate, sources, options, batch_size) for name, translate in engines.items()}
+    timings, outputs = measure_in_turns(calls, repeats)
     result: dict[str, Any] = {"sentences": len(sources), "beam": options.beam_size, "batch_size": batch_size}
     for name, timing in timings.items():
         tokens = sum(len(ids) for ids in outputs[name])
