@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import time
 from dataclasses import dataclass
@@ -112,9 +111,11 @@ def run(bench: Bench) -> dict:
     in the machine's load spreads over every configuration instead of favouring one."""
     bench.out.mkdir(parents=True, exist_ok=True)
     from nmtserve.engine.model_dir import load_model_info
+    from nmtserve.engine.runtime import RuntimeConfig
 
     default = batching_mode(ServerConfig().batching, load_model_info(bench.model).cache_layout)
-    results: dict = {"model": str(bench.model), "threads": bench.threads, "duration_s": bench.duration}
+    threads = RuntimeConfig(threads=bench.threads or None).intra_op_threads()  # what the servers resolve it to
+    results: dict = {"model": str(bench.model), "threads": threads, "duration_s": bench.duration}
     results["default_batching"] = default
     print(f"engine alone on {bench.sentences} sentences ...", flush=True)
     results["device"] = bench.device
@@ -204,7 +205,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench/server"))
     parser.add_argument("--duration", type=float, default=15.0, help="seconds per load level")
     parser.add_argument("--sentences", type=int, default=300, help="sentences of the engine-vs-server comparison")
-    parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="onnxruntime threads")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="onnxruntime threads (0: the server's default, from the CPUs and quota)"
+    )
     parser.add_argument("--repeats", type=int, default=2, help="saturation runs per server (the median is kept)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the servers' engines run")
     parser.add_argument("--quiet", action="store_true")

@@ -13,7 +13,7 @@ from nmtserve.engine.runtime import RuntimeConfig
 
 def v2_tree(root: Path, own: str, limits: dict[str, str]) -> Path:
     """A unified hierarchy at ``root`` with ``cpu.max`` contents per cgroup path; returns a /proc/self/cgroup."""
-    (root / "cgroup.controllers").parent.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
     (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
     for path, text in limits.items():
         directory = root / path.lstrip("/")
