@@ -23,6 +23,7 @@ import contextlib
 import json
 import statistics
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from nmtserve.loadtest.run import LoadTestReport, LoadTestSpec, run_loadtest
 from nmtserve.loadtest.serverproc import ServerProcess
 from nmtserve.loadtest.stats import LevelResult, format_level
 from nmtserve.loadtest.workload import read_lines
-from nmtserve.server.config import ServerConfig, batching_mode
+from nmtserve.server.config import ServerConfig, batching_mode, engine_plan
 
 
 @dataclass
@@ -45,6 +46,7 @@ class Bench:
     repeats: int = 2
     progress: bool = True
     device: str = "cpu"  # the servers' and the engine's: "cpu" or "cuda"
+    workers: int = 0  # the servers' engine_workers (0: their default); the engine alone runs as many threads
 
     def load(self, server: ServerProcess, mode: str, level: float, once: bool = False) -> LoadTestReport:
         lines = self.lines[: self.sentences] if once else self.lines
@@ -62,30 +64,44 @@ SERVERS = {  # name -> flags; the default batching mode is ServerConfig's
 }
 
 
-def _engine_rate(engine, lines: list[str], batch_size: int) -> float:
-    """Sentences/s of ``Engine.translate`` (length-sorted inside) on ``lines``; best of two runs."""
+def _shares(engine, lines: list[str], batch_size: int, workers: int) -> list[list[str]]:
+    """``lines`` in length-sorted cohorts of ``batch_size``, dealt round robin to ``workers`` threads."""
+    lengths = [len(ids) for ids in engine.encode_texts(lines)]
+    ordered = [lines[i] for i in sorted(range(len(lines)), key=lengths.__getitem__)]
+    cohorts = [ordered[i : i + batch_size] for i in range(0, len(ordered), batch_size)]
+    return [[line for cohort in cohorts[w::workers] for line in cohort] for w in range(workers)]
+
+
+def _engine_rate(engine, lines: list[str], batch_size: int, workers: int = 1) -> float:
+    """Sentences/s of ``Engine.translate`` (length-sorted inside) on ``lines``, its cohorts shared among ``workers``
+    threads on the one engine as the server's engine threads share it; best of two runs."""
+    shares = [share for share in _shares(engine, lines, batch_size, workers) if share]
     best = float("inf")
     for _ in range(2):
         start = time.perf_counter()
-        engine.translate(lines, max_batch_size=batch_size)
+        with ThreadPoolExecutor(len(shares)) as pool:
+            list(pool.map(lambda share: engine.translate(share, max_batch_size=batch_size), shares))
         best = min(best, time.perf_counter() - start)
     return len(lines) / best
 
 
-def engine_alone(model: Path, lines: list[str], threads: int, ceiling_sentences: int = 60, device: str = "cpu") -> dict:
-    """The engine without a server, at the server's batch size; and how much batching can gain at all (the same
-    ``ceiling_sentences`` sentences at batch 1 and at the server's batch size)."""
+def engine_alone(
+    model: Path, lines: list[str], threads: int, ceiling_sentences: int = 60, device: str = "cpu", workers: int = 1
+) -> dict:
+    """The engine without a server, at the server's batch size and engine threads; and how much batching can gain
+    at all (the same ``ceiling_sentences`` sentences at batch 1 and at the server's batch size, one thread)."""
     from nmtserve.engine import Engine
 
     batch = ServerConfig().max_batch_size
     engine = Engine.load(model, device=device, threads=threads, spin=False)
     engine.translate(lines[:8])  # warm-up
-    rate = _engine_rate(engine, lines, batch)
+    rate = _engine_rate(engine, lines, batch, workers)
     few = lines[:ceiling_sentences]
     batched, single = _engine_rate(engine, few, batch), _engine_rate(engine, few, 1)
     return {
         "sentences": len(lines),
         "batch_size": batch,
+        "engine_threads": workers,
         "sentences_per_s": rate,
         "batching_ceiling": {"sentences": len(few), "batched": batched, "batch_1": single, "ratio": batched / single},
     }
@@ -111,16 +127,18 @@ def run(bench: Bench) -> dict:
     in the machine's load spreads over every configuration instead of favouring one."""
     bench.out.mkdir(parents=True, exist_ok=True)
     from nmtserve.engine.model_dir import load_model_info
-    from nmtserve.engine.runtime import RuntimeConfig
 
     default = batching_mode(ServerConfig().batching, load_model_info(bench.model).cache_layout)
-    threads = RuntimeConfig(threads=bench.threads or None).intra_op_threads()  # what the servers resolve it to
-    results: dict = {"model": str(bench.model), "threads": threads, "duration_s": bench.duration}
+    # what the servers resolve their settings to
+    plan = ServerConfig(device=bench.device, engine_workers=bench.workers, threads=bench.threads)
+    workers, threads = engine_plan(plan)
+    results: dict = {"model": str(bench.model), "engine_workers": workers, "threads": threads}
+    results["duration_s"] = bench.duration
     results["default_batching"] = default
     print(f"engine alone on {bench.sentences} sentences ...", flush=True)
     results["device"] = bench.device
     results["engine_alone"] = engine_alone(
-        bench.model, bench.lines[: bench.sentences], bench.threads, device=bench.device
+        bench.model, bench.lines[: bench.sentences], threads, device=bench.device, workers=workers
     )
     alone = results["engine_alone"]
     ceiling = alone["batching_ceiling"]
@@ -130,7 +148,11 @@ def run(bench: Bench) -> dict:
     with contextlib.ExitStack() as stack:
         servers = {
             name: stack.enter_context(
-                ServerProcess(bench.model, "--threads", str(bench.threads), "--device", bench.device, *flags)
+                ServerProcess(
+                    bench.model,
+                    *("--threads", str(threads), "--engine-workers", str(workers), "--device", bench.device),
+                    *flags,
+                )
             )
             for name, flags in SERVERS.items()
         }
@@ -208,6 +230,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="onnxruntime threads (0: the server's default, from the CPUs and quota)"
     )
+    parser.add_argument(
+        "--engine-workers",
+        type=int,
+        default=0,
+        help="the servers' engine threads per model, and the engine alone's (0: the server's default)",
+    )
     parser.add_argument("--repeats", type=int, default=2, help="saturation runs per server (the median is kept)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where the servers' engines run")
     parser.add_argument("--quiet", action="store_true")
@@ -226,6 +254,7 @@ def run_command(args: argparse.Namespace) -> int:
         args.repeats,
         not args.quiet,
         args.device,
+        args.engine_workers,
     )
     run(bench)
     return 0

@@ -39,7 +39,7 @@ from nmtserve.server.metrics import MetricsEndpoint, ServerMetrics, serve_metric
 from nmtserve.server.models import ModelRegistry
 from nmtserve.server.reflection import enable_reflection
 from nmtserve.server.repository import DirectoryRepository, Repository, SingleModel
-from nmtserve.server.scheduler import Scheduler
+from nmtserve.server.scheduler import EngineThreads
 from nmtserve.server.security import HEALTH_PREFIX, BearerTokenInterceptor, load_tokens, server_credentials
 from nmtserve.server.service import SERVICE_NAME, TranslatorService, add_translator_service
 from nmtserve.server.tracking import ServingState
@@ -96,8 +96,8 @@ class TranslationServer:
         return backend.engine if backend is not None else None
 
     @property
-    def _scheduler(self) -> Scheduler | None:
-        """The default model's engine thread (tests watch its running batch)."""
+    def _scheduler(self) -> EngineThreads | None:
+        """The default model's engine threads (tests watch their running batches)."""
         backend = self.service.backend
         return backend.scheduler if backend is not None else None
 

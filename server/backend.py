@@ -1,4 +1,4 @@
-"""One loaded model version's serving machinery: engine, bounded queue, engine thread and request checker
+"""One loaded model version's serving machinery: engine, bounded queue, engine threads and request checker
 (``Backend``), built by ``build_backend``; and the measures of its memory (``held_bytes``, ``files_bytes``).
 
 Each version has its own, so a flood of requests to one model fills that model's queue, never another's; the
@@ -13,16 +13,17 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from nmtserve.engine import Engine
 from nmtserve.server.admission import RequestChecker
 from nmtserve.server.batching import Budget
-from nmtserve.server.config import ConfigError, ServerConfig, batching_mode
+from nmtserve.server.config import ConfigError, ServerConfig, batching_mode, engine_plan
 from nmtserve.server.fairness import StepTurns
 from nmtserve.server.metrics import EngineMetrics
 from nmtserve.server.repository import VersionEntry
-from nmtserve.server.scheduler import Scheduler
+from nmtserve.server.scheduler import EngineThreads, Scheduler
 from nmtserve.server.validation import default_options
 from nmtserve.server.workqueue import WorkQueue
 
@@ -34,7 +35,7 @@ WARMUP_TEXTS = (
     "Select the cells that you want to print, then open the File menu and choose Print to print them.",
 )
 SELECTION_WINDOW_FACTOR = 4  # the batcher looks at 4 x max_batch_size waiting sentences, dealt round robin by request
-SCHEDULER_STOP_S = 5.0  # how long stopping waits for an engine thread to finish its step
+SCHEDULER_STOP_S = 5.0  # how long stopping waits for the engine threads to finish their steps
 
 
 @dataclass
@@ -44,12 +45,12 @@ class Backend:
     engine: Engine
     queue: WorkQueue
     checker: RequestChecker
-    scheduler: Scheduler | None = None
+    scheduler: EngineThreads | None = None
     config: ServerConfig | None = None  # the server's settings with the model's overrides
     metrics: EngineMetrics | None = None  # the version's own series (model and version labels)
 
     def stop(self) -> None:
-        """Stop the engine thread (after its step) and the checker's workers; blocking."""
+        """Stop the engine threads (after their steps) and the checker's workers; blocking."""
         if self.scheduler is not None:
             self.scheduler.stop(SCHEDULER_STOP_S)
         self.checker.close()
@@ -122,9 +123,9 @@ def build_backend(
     engine: Engine | None = None,
     turns: StepTurns | None = None,
 ) -> Backend:
-    """Load (unless given), check and warm one version and start its engine thread; blocking, raises on failure."""
+    """Load (unless given), check and warm one version and start its engine threads; blocking, raises on failure."""
     if engine is None:
-        engine = Engine.load(entry.path, config.device, config.threads or None, spin=config.spin)
+        engine = Engine.load(entry.path, config.device, engine_plan(config)[1], spin=config.spin)
     if config.max_input_tokens + 1 > engine.info.max_positions:
         raise ConfigError(
             f"max_input_tokens {config.max_input_tokens} exceeds what the model can encode "
@@ -144,18 +145,23 @@ def build_backend(
     metrics.queue_capacity.labels("sentences").set(config.max_queue_size)
     metrics.queue_capacity.labels("tokens").set(config.max_queue_tokens)
     budget = Budget(config.max_batch_size, config.max_batch_tokens, SELECTION_WINDOW_FACTOR * config.max_batch_size)
-    scheduler = Scheduler(
-        engine,
-        queue,
-        budget,
-        metrics,
-        continuous=batching_mode(config.batching, engine.info.cache_layout) == "continuous",
-        max_delay_s=config.max_queue_delay_ms / 1000,
-        join_fraction=config.join_fraction,
-        max_join_steps=config.max_join_steps,
-        join_window_steps=config.join_window_steps,
-        turns=turns,
-        turn_key=(entry.model, entry.version),
+    workers, _ = engine_plan(config)
+    scheduler = EngineThreads(
+        partial(
+            Scheduler,
+            engine,
+            queue,
+            budget,
+            metrics,
+            continuous=batching_mode(config.batching, engine.info.cache_layout) == "continuous",
+            max_delay_s=config.max_queue_delay_ms / 1000,
+            join_fraction=config.join_fraction,
+            max_join_steps=config.max_join_steps,
+            join_window_steps=config.join_window_steps,
+            turns=turns,
+            turn_key=(entry.model, entry.version),
+        ),
+        workers,
     )
     scheduler.start()
     checker = RequestChecker(config, engine.tokenizer, engine.decodable_vocabulary)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from nmtserve.engine.cpu_budget import usable_cpus
 from nmtserve.engine.model_dir import MANIFEST, demo_export
 
 ENV_PREFIX = "NMTSERVE_"
@@ -36,6 +37,24 @@ def batching_mode(setting: str, cache_layout: str) -> str:
     if setting != "auto":
         return setting
     return "continuous" if cache_layout == "ragged" else "request"
+
+
+MAX_AUTO_WORKERS = 4  # more engine threads than this take turns on the GIL for the beam logic (11-15 % of a step)
+
+
+def engine_plan(config: ServerConfig, cpus: int | None = None) -> tuple[int, int]:
+    """(engine threads per model, intra-op threads per graph call) for ``cpus`` (default: the CPUs this process may
+    use, cgroup quota included).
+
+    Why several engine threads by default: on the demo model, two batches decoded side by side on two cores gave
+    1.6-1.8x the tokens/s of one, where one batch with two intra-op threads gave 1.0-1.2x (docs/benchmarks.md,
+    issue 17): a step is hundreds of small kernels, and splitting each of them costs about what it saves. A GPU
+    runs one stream of steps, so it keeps one engine thread.
+    """
+    cpus = cpus or usable_cpus()
+    workers = config.engine_workers or (1 if config.device == "cuda" else max(1, min(MAX_AUTO_WORKERS, cpus)))
+    threads = config.threads or max(1, min(8, cpus // workers))
+    return workers, threads
 
 
 # Upper bounds. The limits travel in ModelInfo.limits as uint32; gRPC takes message sizes as a C int; a queue
@@ -104,8 +123,15 @@ class ServerConfig:
         },
     )
     device: str = _setting("cpu", "onnxruntime device: cpu or cuda")
+    engine_workers: int = _setting(
+        0,
+        "engine threads per model, each decoding its own batch on the model's one set of sessions (0: on CPU one "
+        f"per CPU this process may use, cgroup quota included, at most {MAX_AUTO_WORKERS}; on CUDA 1)",
+    )
     threads: int = _setting(
-        0, "CPU intra-op threads per graph call (0: the CPUs this process may use, cgroup quota included, at most 8)"
+        0,
+        "CPU intra-op threads per graph call (0: the CPUs this process may use, cgroup quota included, shared out "
+        "among engine_workers, at most 8 each)",
     )
     spin: bool = _setting(False, "let idle onnxruntime threads spin (burns CPU that the gRPC thread and others need)")
     # Network
@@ -320,6 +346,7 @@ def validate(config: ServerConfig) -> ServerConfig:
     for name in LIMIT_FIELDS:  # ModelInfo.limits carries them as uint32
         need(getattr(c, name) <= UINT32_MAX, f"{name} must be <= {UINT32_MAX} (uint32)")
     need(0 <= c.threads <= MAX_THREADS, f"threads must be in 0..{MAX_THREADS}")
+    need(0 <= c.engine_workers <= MAX_THREADS, f"engine_workers must be in 0..{MAX_THREADS}")
     for name in ("port", "metrics_port"):
         need(0 <= getattr(c, name) <= 65535, f"{name} must be in 0..65535")
     need(c.port == 0 or c.port != c.metrics_port or c.host != c.metrics_host, "port and metrics_port must differ")

@@ -30,7 +30,7 @@ import grpc
 from nmtserve.engine import Engine
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server.backend import Backend, build_backend, files_bytes, held_bytes
-from nmtserve.server.config import ConfigError, ServerConfig
+from nmtserve.server.config import ConfigError, ServerConfig, engine_plan
 from nmtserve.server.fairness import StepTurns
 from nmtserve.server.metrics import ServerMetrics
 from nmtserve.server.repository import ModelEntry, Repository, VersionEntry, version_key
@@ -104,7 +104,8 @@ class ModelRegistry:
     ) -> None:
         self.config, self.repository = config, repository
         self.metrics = metrics  # each version records into metrics.for_model(name, version)
-        self.turns = StepTurns()  # one for every engine thread: the models take fair turns on the CPU
+        # one for every engine thread, a slot per engine worker: the models take fair turns on the CPU
+        self.turns = StepTurns(slots=engine_plan(config)[0])
         self.on_change = on_change
         self.entries: dict[str, ModelEntry] = {}  # the last scan
         self.loaded: dict[str, dict[str, ModelVersion]] = {}  # model -> version -> what is held
@@ -232,6 +233,7 @@ class ModelRegistry:
                     "fields": {
                         **fields,
                         "precision": info.precision,
+                        "engine_workers": len(held.backend.scheduler.schedulers) if held.backend.scheduler else 0,
                         "intra_op_threads": held.backend.engine.runtime.config.intra_op_threads(),
                         "resident_mib": round(held.resident_bytes / MIB, 1),
                     }

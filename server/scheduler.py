@@ -40,8 +40,14 @@ engine releases the GIL inside onnxruntime, so the gRPC event loop keeps serving
 steps the thread drops sentences whose request was cancelled, timed out or failed, so no further work is spent
 on them.
 
-Several models: each has its own Scheduler (queue, batches, thread); their encodes and steps take turns on the
-CPU through a shared ``StepTurns`` (server/fairness.py), so a flood to one model cannot starve another.
+Several engine threads per model (``EngineThreads``, ``engine_workers``): Schedulers on one queue and one engine's
+sessions (onnxruntime's ``run`` may be called concurrently), each with its own batch. A sentence arriving while
+one thread's batch runs is taken by an idle one instead of waiting for that batch, and on a CPU two batches side
+by side use two cores better than one batch split over them (``config.engine_plan``).
+
+Several models: each has its own engine threads and queue; their encodes and steps take turns on the CPU through
+a shared ``StepTurns`` (server/fairness.py) of one slot per engine worker, so a flood to one model cannot starve
+another.
 
 Failure isolation: an exception while encoding new sentences retries them one by one; an exception in a decode
 step re-runs every sentence of the batch alone, so only the sentences that fail on their own fail their
@@ -54,7 +60,7 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import cast
 
@@ -92,6 +98,8 @@ class Scheduler:
         join_window_steps: int = 0,
         turns: StepTurns | None = None,
         turn_key: Hashable | None = None,
+        name: str = "nmtserve-engine",
+        report_running: Callable[[], None] | None = None,
     ) -> None:
         self.engine, self.queue, self.budget, self.metrics = engine, queue, budget, metrics
         # Several models' engine threads share one StepTurns (server/fairness.py); alone, a private one never waits.
@@ -105,7 +113,9 @@ class Scheduler:
         self._steps_since_join = 0
         self._batch_steps = 0  # decode steps since the running batch was formed from an empty one
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="nmtserve-engine", daemon=True)
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        # EngineThreads sums its threads' batches into the one gauge; alone, a Scheduler sets its own
+        self._report_running = report_running or (lambda: self.metrics.running.set(len(self._live)))
 
     # -- lifecycle ---------------------------------------------------------------------------------------------
 
@@ -114,10 +124,17 @@ class Scheduler:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop after the current step; sentences still running are abandoned (their requests are told)."""
+        self.request_stop()
+        self.join(timeout)
+        self.turns.forget(self.turn_key)
+
+    def request_stop(self) -> None:
+        """Ask the thread to stop after its current step, without waiting (``join`` waits)."""
         self._stop.set()
         self.queue.close()
+
+    def join(self, timeout: float) -> None:
         self._thread.join(timeout)
-        self.turns.forget(self.turn_key)
 
     @property
     def running(self) -> int:
@@ -151,7 +168,7 @@ class Scheduler:
             self._admit(wait_s=None)
         if self._live:
             self._step()
-        self.metrics.running.set(len(self._live))
+        self._report_running()
 
     def _worth_joining(self) -> bool:
         """Should the waiting sentences join the running batch now (see the module doc)?"""
@@ -285,3 +302,44 @@ class Scheduler:
             item.request.cancel()
             item.request.sink.failed(error)
         self._batch, self._live = self.engine.new_batch(), {}
+
+
+class EngineThreads:
+    """One model version's engine threads: Schedulers sharing its queue, engine and turn key, each decoding its own
+    batch (see the module doc). Stops them together, and reports their running sentences as one sum."""
+
+    def __init__(self, make: Callable[..., Scheduler], workers: int) -> None:
+        """``make(name=..., report_running=...)`` builds one Scheduler; ``workers`` of them are made."""
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, not {workers}")
+        self.schedulers: Sequence[Scheduler] = [
+            make(name=f"nmtserve-engine-{index}", report_running=self._report_running) for index in range(workers)
+        ]
+
+    def _report_running(self) -> None:
+        first = self.schedulers[0]
+        first.metrics.running.set(self.running)
+
+    @property
+    def running(self) -> int:
+        """Sentences in the running batches of every thread."""
+        return sum(scheduler.running for scheduler in self.schedulers)
+
+    @property
+    def continuous(self) -> bool:
+        return self.schedulers[0].continuous
+
+    def start(self) -> None:
+        for scheduler in self.schedulers:
+            scheduler.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop every thread after its current step (all asked first, so none spins on the closed queue while
+        another finishes); their running sentences' requests are told."""
+        for scheduler in self.schedulers:
+            scheduler.request_stop()
+        deadline = time.monotonic() + timeout
+        for scheduler in self.schedulers:
+            scheduler.join(max(0.0, deadline - time.monotonic()))
+        first = self.schedulers[0]
+        first.turns.forget(first.turn_key)

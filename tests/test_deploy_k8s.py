@@ -149,7 +149,8 @@ def test_gpu_overlay_asks_for_one_gpu_on_gpu_nodes(rendered) -> None:
     cpu = rendered["overlays/cpu"]
     assert "nvidia.com/gpu" not in str(one(cpu, "Deployment")), "the CPU overlay must not ask for a GPU"
     assert container(cpu)["image"].endswith(":0.1.0-cpu")
-    threads = config_toml(cpu)["threads"]
+    settings = config_toml(cpu)
+    threads = settings["engine_workers"] * settings["threads"]
     assert str(threads) == container(cpu)["resources"]["requests"]["cpu"], "engine threads = the CPU request"
 
 

@@ -220,7 +220,9 @@ def wait_for(predicate, timeout: float = 10.0) -> None:
 
 def test_deadline_cancel_and_queue_full(model_dir: Path, engine: Engine) -> None:
     slow = SlowEngine(engine, delay=0.02)
-    cfg = config(model_dir, max_batch_size=1, max_queue_size=2, max_texts_per_request=2, batching="request")
+    cfg = config(  # one engine thread: a second would take the waiting sentence this test counts on
+        model_dir, max_batch_size=1, max_queue_size=2, max_texts_per_request=2, batching="request", engine_workers=1
+    )
     with BackgroundServer(cfg, engine=slow) as server, grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.TranslatorStub(channel)
         url = server.metrics_url
@@ -324,7 +326,9 @@ def test_request_batching_join_window(model_dir: Path, engine: Engine, window: i
     """Request-level batching: a sentence that arrives while a batch decodes joins it during the batch's first
     ``join_window_steps`` steps (and, short, finishes first); with no window it waits for the whole batch."""
     slow = SlowEngine(engine, delay=0.005)  # 5 ms a step: the first request decodes for about a second
-    with BackgroundServer(config(model_dir, batching="request", join_window_steps=window), engine=slow) as server:
+    # one engine thread: with two, the second sentence would start its own batch on the idle one
+    cfg = config(model_dir, batching="request", join_window_steps=window, engine_workers=1)
+    with BackgroundServer(cfg, engine=slow) as server:
         with TranslatorClient(server.address) as client, ThreadPoolExecutor(2) as pool:
             # A long source (output cap 2 x source + 10) and the tiny random model, which loops rather than ending.
             first = pool.submit(client.translate_texts, [" ".join(TEXTS * 2)], pb.DecodingOptions(max_length=400))
@@ -340,6 +344,31 @@ def test_request_batching_join_window(model_dir: Path, engine: Engine, window: i
         assert not first_finished_before_second and shared_steps > 0
     else:  # no decode step ever held both sentences: the second waited for the first batch to end
         assert shared_steps == 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_engine_workers_decode_batches_side_by_side(model_dir: Path, engine: Engine, workers: int) -> None:
+    """``engine_workers``: two engine threads on one queue and one engine's sessions. With batches of one sentence,
+    two sentences running at once means two batches at once: with two threads the second request starts on the
+    idle one (the gauge sums both), with one thread it waits. Either way the answers are the engine's own."""
+    slow = SlowEngine(engine, delay=0.02)  # the tiny random model loops to max_length: 60 steps, over a second
+    cfg = config(model_dir, batching="request", max_batch_size=1, join_window_steps=0, engine_workers=workers)
+    texts = [" ".join(TEXTS * 2), " ".join(TEXTS[::-1] * 2)]
+    with BackgroundServer(cfg, engine=slow) as server, TranslatorClient(server.address) as client:
+        threads = {t.name for t in threading.enumerate() if t.name.startswith("nmtserve-engine-")}
+        with ThreadPoolExecutor(2) as pool:
+            calls = [pool.submit(client.translate_texts, [text], pb.DecodingOptions(max_length=60)) for text in texts]
+            most, gauge = 0, 0.0
+            while not all(call.done() for call in calls):
+                most = max(most, server.server._scheduler.running)
+                if most == 2:  # the gauge is set after each step: look until it shows both batches
+                    gauge = max(gauge, metrics(server.metrics_url)[("nmtserve_running_sentences", ())])
+                time.sleep(0.002)
+            got = [call.result()[0] for call in calls]
+    assert len(threads) == workers
+    assert most == workers, f"at most {most} sentences ran at once with {workers} engine threads"
+    assert workers == 1 or gauge == 2, "the running-sentences gauge is not the sum over the engine threads"
+    assert got == [nbest[0][0] for nbest in expected(engine, texts, DecodingOptions(max_length=60))]
 
 
 def test_reflection_v1_and_v1alpha(server: BackgroundServer) -> None:

@@ -140,7 +140,10 @@ def engine(demo_model_dir: Path) -> Engine:
 
 
 def config(model: Path, **overrides) -> ServerConfig:
-    settings = dict(model=model, port=0, metrics_port=0, threads=1, warmup=False, max_queue_delay_ms=2.0)
+    # One engine thread: these tests hold it at a gate and count what waits behind it in the queue.
+    settings = dict(
+        model=model, port=0, metrics_port=0, threads=1, engine_workers=1, warmup=False, max_queue_delay_ms=2.0
+    )
     return ServerConfig(**(settings | overrides))
 
 

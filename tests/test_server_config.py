@@ -9,7 +9,7 @@ import pytest
 
 from nmtserve.engine.model_dir import demo_export
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
-from nmtserve.server.config import ConfigError, ServerConfig, add_flags, load_config, resolve_model_dir
+from nmtserve.server.config import ConfigError, ServerConfig, add_flags, engine_plan, load_config, resolve_model_dir
 
 
 def parse(*argv: str) -> dict:
@@ -80,6 +80,8 @@ def test_invalid_settings_are_refused(tmp_path: Path, flags: dict, environ: dict
         (["--max-queue-tokens", "4294967296"], {}, "max_queue_tokens must be <= 4294967295 (uint32)"),
         (["--max-inflight-per-connection", "4294967296"], {}, "max_inflight_per_connection must be <= 4294967295"),
         (["--threads", "100000"], {}, "threads must be in 0..256"),
+        (["--engine-workers", "-1"], {}, "engine_workers must be in 0..256"),
+        ([], {"NMTSERVE_ENGINE_WORKERS": "1000"}, "engine_workers must be in 0..256"),
     ],
 )
 def test_settings_that_would_break_the_server_are_refused(argv: list[str], environ: dict, message: str) -> None:
@@ -131,3 +133,20 @@ def test_serve_without_a_model_fails_before_binding(tmp_path: Path, monkeypatch:
 
     monkeypatch.setattr("nmtserve.server.config.demo_export", lambda precision: tmp_path / "nothing")
     assert asyncio.run(serve(ServerConfig(port=0, metrics_port=0))) == 2
+
+
+@pytest.mark.parametrize(
+    ("settings", "cpus", "plan"),
+    [
+        ({}, 1, (1, 1)),
+        ({}, 2, (2, 1)),  # two batches side by side, not one split over two cores
+        ({}, 3, (3, 1)),
+        ({}, 16, (4, 4)),  # at most MAX_AUTO_WORKERS threads, the CPUs shared out among them
+        ({}, 64, (4, 8)),  # at most 8 intra-op threads each
+        ({"device": "cuda"}, 16, (1, 8)),  # one stream of steps on a GPU
+        ({"engine_workers": 1}, 2, (1, 2)),  # one engine thread takes every CPU, as before engine_workers
+        ({"engine_workers": 3, "threads": 2}, 2, (3, 2)),  # explicit settings are taken as given
+    ],
+)
+def test_engine_plan_shares_the_cpus_among_engine_threads(settings: dict, cpus: int, plan: tuple[int, int]) -> None:
+    assert engine_plan(ServerConfig(**settings), cpus=cpus) == plan

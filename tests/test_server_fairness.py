@@ -1,11 +1,13 @@
-"""StepTurns (server/fairness.py) with real threads: one turn at a time, a lone model never waits, CPU shared by
-time (not by turns) among busy models, an idle model banks no credit, and a light model's burst is not
-interleaved with a flooded model's steps. Turn bodies sleep for a step's cost: what is tested is the policy
-deciding who goes next, on real threads and a real clock. Bounds are loose (the machine is shared); each
-fails under the policy it rules out (round robin, or no floor on idle credit), as the comments say."""
+"""StepTurns (server/fairness.py) with real threads: one turn per slot at a time, a lone model never waits (with
+two slots its two engine threads run side by side), CPU shared by time (not by turns) among busy models, an idle
+model banks no credit, and a light model's burst is not interleaved with a flooded model's steps. Turn bodies
+sleep for a step's cost: what is tested is the policy deciding who goes next, on real threads and a real clock.
+Bounds are loose (the machine is shared); each fails under the policy it rules out (round robin, or no floor on
+idle credit), as the comments say."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -20,17 +22,22 @@ class Recorder:
         self.turns = turns
         self.log: list[tuple[str, float, float]] = []
         self.inside = 0
-        self.overlaps = 0
+        self.most_inside = 0  # the most turns seen running at once
+        self.overlaps = 0  # turns that started while more than the slots were running (never, if turns work)
+        self._lock = threading.Lock()
 
     def step(self, key: str, seconds: float) -> None:
         with self.turns.turn(key):
-            self.inside += 1
-            if self.inside > 1:
-                self.overlaps += 1
+            with self._lock:
+                self.inside += 1
+                self.most_inside = max(self.most_inside, self.inside)
+                if self.inside > self.turns.slots:
+                    self.overlaps += 1
             start = time.perf_counter()
             time.sleep(seconds)
             end = time.perf_counter()
-            self.inside -= 1
+            with self._lock:
+                self.inside -= 1
         self.log.append((key, start, end))
 
 
@@ -123,3 +130,65 @@ def test_a_light_burst_is_not_interleaved_with_a_flooded_models_steps() -> None:
         light_turns = [start for key, start, _ in recorder.log if key == "light" and asked <= start <= done]
         interleaved = [s for key, s, _ in recorder.log if key == "flood" and light_turns[0] < s < light_turns[-1]]
         assert len(light_turns) == 10 and len(interleaved) <= 1, (len(light_turns), len(interleaved))
+
+
+def test_two_slots_run_two_steps_at_once_and_never_three() -> None:
+    """A model's three engine threads on two slots: two of its steps overlap (one slot would serialise them: the
+    most inside would be 1), a third never joins them."""
+    turns = StepTurns(slots=2)
+    recorder = Recorder(turns)
+    stop = threading.Event()
+    threading.Timer(0.5, stop.set).start()
+    run_threads(*(busy(recorder, "m", 0.002, stop) for _ in range(3)))
+    assert recorder.most_inside == 2 and recorder.overlaps == 0, (recorder.most_inside, recorder.overlaps)
+    spans = sorted((start, end) for _, start, end in recorder.log)
+    overlapping = sum(1 for (_, end), (start, _) in itertools.pairwise(spans) if start < end)
+    assert overlapping > len(spans) / 4, (overlapping, len(spans))
+
+
+def test_a_lone_model_on_two_slots_never_waits_for_itself() -> None:
+    """Two threads of one model, two slots: each turn is granted at once (no hand-over, no kept-slot timeout), so
+    2 x 300 empty turns take about as long as the lock does, far below 300 x KEEP_S."""
+    turns = StepTurns(slots=2, keep_s=0.05)
+    recorder = Recorder(turns)
+    start = time.perf_counter()
+    run_threads(*(lambda: [recorder.step("only", 0) for _ in range(300)] for _ in range(2)), timeout=10)
+    assert len(recorder.log) == 600 and time.perf_counter() - start < 5.0
+
+
+def test_two_busy_models_share_two_slots_by_time() -> None:
+    """Two threads each of a heavy (10 ms) and a light (1 ms) model on two slots: about half the time each (by
+    turns the heavy model would take about 10/11 of it), the light model many more turns."""
+    turns = StepTurns(slots=2)
+    recorder = Recorder(turns)
+    stop = threading.Event()
+    threading.Timer(1.5, stop.set).start()
+    run_threads(*(busy(recorder, key, seconds, stop) for key, seconds in (("heavy", 0.010), ("light", 0.001)) * 2))
+    assert recorder.overlaps == 0 and recorder.most_inside == 2
+    heavy, light = turns.used_s("heavy"), turns.used_s("light")
+    assert 0.5 < light / heavy < 2.0, (light, heavy)
+    heavy_turns = sum(1 for k, _, _ in recorder.log if k == "heavy")
+    light_turns = sum(1 for k, _, _ in recorder.log if k == "light")
+    assert light_turns > 4 * heavy_turns, (light_turns, heavy_turns)
+
+
+def test_a_forgotten_models_kept_slot_goes_to_a_waiter() -> None:
+    """A model unloaded while a slot is kept for it (its last turn ended owing time): the waiter gets the slot at
+    forget, not once the keep expires (here an hour)."""
+    turns = StepTurns(slots=1, keep_s=3600)
+    with turns.turn("next"):
+        time.sleep(0.3)  # "next" has used 0.3 s; "gone", new and alone, starts at 0 and is owed time
+    got = threading.Event()
+
+    def waiter() -> None:
+        with turns.turn("next"):
+            got.set()
+
+    with turns.turn("gone"):
+        thread = threading.Thread(target=waiter, daemon=True)
+        thread.start()
+        time.sleep(0.05)  # the waiter is queued behind "gone"
+    time.sleep(0.2)
+    assert not got.is_set(), "the slot was not kept for the model still owed time"
+    turns.forget("gone")
+    assert got.wait(5), "the waiter never got the forgotten model's slot"
