@@ -43,7 +43,8 @@ on them.
 Several engine threads per model (``EngineThreads``, ``engine_workers``): Schedulers on one queue and one engine's
 sessions (onnxruntime's ``run`` may be called concurrently), each with its own batch. A sentence arriving while
 one thread's batch runs is taken by an idle one instead of waiting for that batch, and on a CPU two batches side
-by side use two cores better than one batch split over them (``config.engine_plan``).
+by side use two cores better than one batch split over them (``config.engine_plan``). Newcomers join a running
+batch (either mode's rule above) only if no other thread runs fewer sentences: the lightest batch takes them.
 
 Several models: each has its own engine threads and queue; their encodes and steps take turns on the CPU through
 a shared ``StepTurns`` (server/fairness.py) of one slot per engine worker, so a flood to one model cannot starve
@@ -112,6 +113,7 @@ class Scheduler:
         self._live: dict[int, WorkItem] = {}  # key -> item: the sentences in the running batch
         self._steps_since_join = 0
         self._batch_steps = 0  # decode steps since the running batch was formed from an empty one
+        self.peers: Sequence[Scheduler] = ()  # the model's other engine threads (EngineThreads sets them)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         # EngineThreads sums its threads' batches into the one gauge; alone, a Scheduler sets its own
@@ -170,8 +172,17 @@ class Scheduler:
             self._step()
         self._report_running()
 
+    def _a_lighter_peer(self) -> bool:
+        """Does another engine thread of this model run fewer sentences (an idle one: none)? Newcomers are cheaper
+        there: a step costs about in proportion to its rows, and a fresh batch carries no other history."""
+        mine = len(self._live)
+        return any(peer.running < mine for peer in self.peers if peer is not self)
+
     def _worth_joining(self) -> bool:
-        """Should the waiting sentences join the running batch now (see the module doc)?"""
+        """Should the waiting sentences join the running batch now (see the module doc)? Not while a lighter
+        peer could take them: an idle one is waiting on the queue and takes them at once."""
+        if self._a_lighter_peer():
+            return False
         if not self.continuous:
             return self._batch_steps < self.join_window_steps and len(self.queue) > 0
         waiting, room = len(self.queue), self.budget.max_sentences - len(self._live)
@@ -315,6 +326,8 @@ class EngineThreads:
         self.schedulers: Sequence[Scheduler] = [
             make(name=f"nmtserve-engine-{index}", report_running=self._report_running) for index in range(workers)
         ]
+        for scheduler in self.schedulers:
+            scheduler.peers = self.schedulers
 
     def _report_running(self) -> None:
         first = self.schedulers[0]

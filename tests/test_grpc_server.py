@@ -371,6 +371,30 @@ def test_engine_workers_decode_batches_side_by_side(model_dir: Path, engine: Eng
     assert got == [nbest[0][0] for nbest in expected(engine, texts, DecodingOptions(max_length=60))]
 
 
+@pytest.mark.parametrize("batching", ["continuous", "request"])
+def test_a_newcomer_starts_on_the_idle_engine_thread_not_in_the_running_batch(
+    model_dir: Path, engine: Engine, batching: str
+) -> None:
+    """Two engine threads, one running a sentence: a second sentence goes to the idle thread (a batch of its own)
+    rather than joining the running batch, though both modes' join rules would let it join (continuous: one
+    waiting is a quarter of one running; request-level: within the first join_window_steps). The idle thread
+    waits max_queue_delay_ms (here 200 ms, ten steps) for its batch to fill, so a running batch that joined
+    newcomers whenever its own rule allowed would have taken it first."""
+    slow = SlowEngine(engine, delay=0.02)
+    cfg = config(model_dir, batching=batching, engine_workers=2, max_queue_delay_ms=200.0, join_window_steps=1000)
+    with BackgroundServer(cfg, engine=slow) as server, TranslatorClient(server.address) as client:
+        threads = server.server._scheduler
+        with ThreadPoolExecutor(2) as pool:
+            options = pb.DecodingOptions(max_length=80)
+            first = pool.submit(client.translate_texts, [" ".join(TEXTS * 2)], options)
+            wait_for(lambda: threads.running == 1)
+            second = pool.submit(client.translate_texts, [" ".join(TEXTS[::-1] * 2)], options)
+            wait_for(lambda: threads.running == 2)
+            shares = sorted(scheduler.running for scheduler in threads.schedulers)
+            first.result(timeout=60), second.result(timeout=60)
+    assert shares == [1, 1], f"sentences per engine thread {shares}: the newcomer joined the running batch"
+
+
 def test_reflection_v1_and_v1alpha(server: BackgroundServer) -> None:
     """Both reflection protocols list the services, and v1 describes itself and the Translator as v1 files."""
     requests = [
