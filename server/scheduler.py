@@ -44,7 +44,8 @@ Several engine threads per model (``EngineThreads``, ``engine_workers``): Schedu
 sessions (onnxruntime's ``run`` may be called concurrently), each with its own batch. A sentence arriving while
 one thread's batch runs is taken by an idle one instead of waiting for that batch, and on a CPU two batches side
 by side use two cores better than one batch split over them (``config.engine_plan``). Newcomers join a running
-batch (either mode's rule above) only if no other thread runs fewer sentences: the lightest batch takes them.
+batch (either mode's rule above) only if no idle thread, and in continuous mode no thread running fewer sentences,
+would take them: the lightest batch gets them.
 
 Several models: each has its own engine threads and queue; their encodes and steps take turns on the CPU through
 a shared ``StepTurns`` (server/fairness.py) of one slot per engine worker, so a flood to one model cannot starve
@@ -173,10 +174,14 @@ class Scheduler:
         self._report_running()
 
     def _a_lighter_peer(self) -> bool:
-        """Does another engine thread of this model run fewer sentences (an idle one: none)? Newcomers are cheaper
-        there: a step costs about in proportion to its rows, and a fresh batch carries no other history."""
+        """Would another engine thread of this model take the waiting sentences into fewer sentences than ours?
+        Newcomers are cheaper there: a step costs about in proportion to its rows, and a fresh batch carries no
+        other history. An idle thread always takes them; in continuous mode a running one with fewer sentences
+        does too (its join rule is the easier one); in request mode a running one may be past its join window."""
         mine = len(self._live)
-        return any(peer.running < mine for peer in self.peers if peer is not self)
+        return any(
+            peer.running == 0 or (self.continuous and peer.running < mine) for peer in self.peers if peer is not self
+        )
 
     def _worth_joining(self) -> bool:
         """Should the waiting sentences join the running batch now (see the module doc)? Not while a lighter
