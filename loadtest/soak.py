@@ -15,7 +15,7 @@ Phases:
    client at a random point (0 to 2x the median latency of the probe), ``--deadline-fraction`` get a short
    deadline (uniform in ``--short-deadline-ms``), ``--stream-fraction`` of the others go over TranslateStream
    (with partial output); each request has 1-4 texts and one of several decoding-option sets; a burst of
-   ``--burst`` extra requests (default: twice the server's queue capacity) is sent at once when ``--burst-at``
+   ``--burst`` extra requests (default: four times the server's queue capacity) is sent at once when ``--burst-at``
    of the phase has been sent, and must be partly refused with RESOURCE_EXHAUSTED;
 4. checks: every request got exactly one answer (none lost, none answered twice) before a watchdog expired;
    every successful answer equals the offline engine's translation of its own texts with its own options (text
@@ -119,7 +119,7 @@ class SoakSpec:
     deadline_fraction: float = 0.1
     short_deadline_ms: tuple[float, float] = (20.0, 500.0)
     stream_fraction: float = 0.1
-    burst: int | None = None  # None: twice the server's queue capacity
+    burst: int | None = None  # None: four times the server's queue capacity
     burst_at: float = 0.5
     warmup_requests: int = 5000
     rss_bound_mib: float = 64.0
@@ -529,7 +529,9 @@ def run_soak(
     """Run against ``target`` (HOST:PORT); ``rss``: a callable returning the server's RSS in bytes, or None."""
     rng = random.Random(spec.seed)
     sentences = sentences or SENTENCES
-    burst_size = spec.burst if spec.burst is not None else 2 * (queue_capacity or 256)
+    # four times the queue: above what the queue and the engine threads' running batches hold together (with
+    # 2 engine threads of 32 sentences a queue of 64 takes a burst of 2 x 64 whole)
+    burst_size = spec.burst if spec.burst is not None else 4 * (queue_capacity or 256)
     phases, next_id = [], 0
     for name, count in (("warmup", spec.warmup_requests), ("main", spec.requests)):
         if count == 0:
@@ -673,7 +675,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--deadline-fraction", type=float, default=0.1)
     parser.add_argument("--short-deadline-ms", type=float, nargs=2, default=(20.0, 500.0), metavar=("MIN", "MAX"))
     parser.add_argument("--stream-fraction", type=float, default=0.1)
-    parser.add_argument("--burst", type=int, default=None, help="burst size (default: twice the queue capacity)")
+    parser.add_argument("--burst", type=int, default=None, help="burst size (default: four times the queue capacity)")
     parser.add_argument("--burst-at", type=float, default=0.5)
     parser.add_argument("--warmup-requests", type=int, default=5000, help="before the main phase (0: none)")
     parser.add_argument("--rss-bound-mib", type=float, default=64.0)

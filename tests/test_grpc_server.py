@@ -354,8 +354,9 @@ def test_engine_workers_decode_batches_side_by_side(model_dir: Path, engine: Eng
     slow = SlowEngine(engine, delay=0.02)  # the tiny random model loops to max_length: 60 steps, over a second
     cfg = config(model_dir, batching="request", max_batch_size=1, join_window_steps=0, engine_workers=workers)
     texts = [" ".join(TEXTS * 2), " ".join(TEXTS[::-1] * 2)]
+    earlier = set(threading.enumerate())  # other tests' servers may still be winding down
     with BackgroundServer(cfg, engine=slow) as server, TranslatorClient(server.address) as client:
-        threads = {t.name for t in threading.enumerate() if t.name.startswith("nmtserve-engine-")}
+        threads = {t for t in threading.enumerate() if t.name.startswith("nmtserve-engine-") and t not in earlier}
         with ThreadPoolExecutor(2) as pool:
             calls = [pool.submit(client.translate_texts, [text], pb.DecodingOptions(max_length=60)) for text in texts]
             most, gauge = 0, 0.0
