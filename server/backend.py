@@ -124,8 +124,9 @@ def build_backend(
     turns: StepTurns | None = None,
 ) -> Backend:
     """Load (unless given), check and warm one version and start its engine threads; blocking, raises on failure."""
+    workers, threads = engine_plan(config)
     if engine is None:
-        engine = Engine.load(entry.path, config.device, engine_plan(config)[1], spin=config.spin)
+        engine = Engine.load(entry.path, config.device, threads, spin=config.spin)
     if config.max_input_tokens + 1 > engine.info.max_positions:
         raise ConfigError(
             f"max_input_tokens {config.max_input_tokens} exceeds what the model can encode "
@@ -145,7 +146,6 @@ def build_backend(
     metrics.queue_capacity.labels("sentences").set(config.max_queue_size)
     metrics.queue_capacity.labels("tokens").set(config.max_queue_tokens)
     budget = Budget(config.max_batch_size, config.max_batch_tokens, SELECTION_WINDOW_FACTOR * config.max_batch_size)
-    workers, _ = engine_plan(config)
     scheduler = EngineThreads(
         partial(
             Scheduler,

@@ -12,6 +12,8 @@ import threading
 import time
 from collections.abc import Callable
 
+import pytest
+
 from nmtserve.server.fairness import StepTurns
 
 
@@ -74,21 +76,6 @@ def test_one_turn_at_a_time_and_everyone_gets_turns() -> None:
     assert recorder.overlaps == 0
     counts = {key: sum(1 for k, _, _ in recorder.log if k == key) for key in ("m0", "m1", "m2", "m3")}
     assert min(counts.values()) > 0.5 * max(counts.values()), counts  # equal steps: equal turns
-
-
-def test_busy_models_share_the_time_not_the_turns() -> None:
-    """Steps of 10 ms against steps of 1 ms: each gets about half the time (round robin by turns: 10/11 vs
-    1/11), so the cheap model takes about 10x the turns."""
-    turns = StepTurns()
-    recorder = Recorder(turns)
-    stop = threading.Event()
-    threading.Timer(1.5, stop.set).start()
-    run_threads(busy(recorder, "heavy", 0.010, stop), busy(recorder, "light", 0.001, stop))
-    heavy, light = turns.used_s("heavy"), turns.used_s("light")
-    assert 0.5 < light / heavy < 2.0, (light, heavy)
-    heavy_turns = sum(1 for k, _, _ in recorder.log if k == "heavy")
-    light_turns = sum(1 for k, _, _ in recorder.log if k == "light")
-    assert light_turns > 4 * heavy_turns, (light_turns, heavy_turns)
 
 
 def test_a_model_back_from_idle_banks_no_more_than_the_credit() -> None:
@@ -156,15 +143,17 @@ def test_a_lone_model_on_two_slots_never_waits_for_itself() -> None:
     assert len(recorder.log) == 600 and time.perf_counter() - start < 5.0
 
 
-def test_two_busy_models_share_two_slots_by_time() -> None:
-    """Two threads each of a heavy (10 ms) and a light (1 ms) model on two slots: about half the time each (by
-    turns the heavy model would take about 10/11 of it), the light model many more turns."""
-    turns = StepTurns(slots=2)
+@pytest.mark.parametrize("slots", [1, 2])
+def test_busy_models_share_the_time_not_the_turns(slots: int) -> None:
+    """Steps of 10 ms against steps of 1 ms, each model with one engine thread per slot: each gets about half the
+    time (round robin by turns: 10/11 vs 1/11), so the cheap model takes about 10x the turns."""
+    turns = StepTurns(slots=slots)
     recorder = Recorder(turns)
     stop = threading.Event()
     threading.Timer(1.5, stop.set).start()
-    run_threads(*(busy(recorder, key, seconds, stop) for key, seconds in (("heavy", 0.010), ("light", 0.001)) * 2))
-    assert recorder.overlaps == 0 and recorder.most_inside == 2
+    models = (("heavy", 0.010), ("light", 0.001)) * slots
+    run_threads(*(busy(recorder, key, seconds, stop) for key, seconds in models))
+    assert recorder.overlaps == 0 and recorder.most_inside == slots
     heavy, light = turns.used_s("heavy"), turns.used_s("light")
     assert 0.5 < light / heavy < 2.0, (light, heavy)
     heavy_turns = sum(1 for k, _, _ in recorder.log if k == "heavy")
