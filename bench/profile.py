@@ -26,6 +26,7 @@ import onnxruntime as ort
 
 from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.engine.cache import HostCache
+from nmtserve.engine.int8_kernels import session_source
 from nmtserve.engine.runtime import _session_options, open_session
 
 
@@ -121,7 +122,8 @@ def _operator_profile(
         session_options = _session_options(runtime.config)
         session_options.enable_profiling = True
         session_options.profile_file_prefix = str(work_dir / graph.removesuffix(".onnx"))
-        profiled[graph] = open_session(runtime.info.path(graph), runtime.config, session_options)
+        model, _ = session_source(runtime.info.path(graph), runtime.int8_kernels)  # as the engine runs it
+        profiled[graph] = open_session(model, runtime.config, session_options)
     runtime.sessions = profiled
     try:
         _translate(engine, sources, options, batch_size)

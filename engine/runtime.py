@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TypeAlias
 
@@ -17,6 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from nmtserve.engine.cpu_budget import usable_cpus
+from nmtserve.engine.int8_kernels import resolve_int8_kernels, session_source, shift_columns
 from nmtserve.engine.model_dir import (
     APPEND_ROWS,
     DECODER_STEP,
@@ -48,6 +49,7 @@ class RuntimeConfig:
     device_id: int = 0
     threads: int | None = None  # CPU intra-op threads; None: the CPUs this process may use (quota too), at most 8
     spin: bool = True  # let idle ORT threads spin: lower latency, but burns CPU that a co-located job may want
+    int8_kernels: str = "auto"  # int8 exports on CPU: u8s8, u8u8 or auto (engine/int8_kernels.py)
 
     def intra_op_threads(self) -> int:
         if self.threads:
@@ -82,12 +84,16 @@ def _session_options(config: RuntimeConfig) -> ort.SessionOptions:
 
 
 def open_session(
-    path: Path, config: RuntimeConfig, options: ort.SessionOptions | None = None, providers: list | None = None
+    model: Path | str | bytes,
+    config: RuntimeConfig,
+    options: ort.SessionOptions | None = None,
+    providers: list | None = None,
 ) -> ort.InferenceSession:
-    """One graph's session as the engine runs it (``options``: e.g. ``_session_options(config)`` plus profiling)."""
+    """One graph's session as the engine runs it (``model``: its file, or a rewritten graph serialized;
+    ``options``: e.g. ``_session_options(config)`` plus profiling)."""
     disabled = list(CPU_DISABLED_FUSIONS) if config.device == "cpu" else []
     return ort.InferenceSession(
-        str(path),
+        model if isinstance(model, bytes) else str(model),
         options or _session_options(config),
         providers=providers or _providers(config),
         disabled_optimizers=disabled,
@@ -110,10 +116,12 @@ class Runtime:
         if config.device == "cpu" and info.precision == "fp16":
             log.warning("fp16 models are meant for CUDA; on CPU prefer the fp32 or int8 export")
         options = _session_options(config)
-        self.sessions = {name: open_session(info.path(name), config, options, providers) for name in GRAPHS}
+        self.int8_kernels = _int8_kernels(info, config)
+        sources = {name: session_source(info.path(name), self.int8_kernels) for name in GRAPHS}
+        self.sessions = {name: open_session(model, config, options, providers) for name, (model, _) in sources.items()}
         self.outputs = {name: [o.name for o in s.get_outputs()] for name, s in self.sessions.items()}
         self.cache_dtype = np.dtype(info.cache_dtype)
-        self.shortlist = _load_shortlist(info)
+        self.shortlist = _load_shortlist(info, set().union(*(fed for _, fed in sources.values())))
 
     def upload(self, array: np.ndarray) -> ort.OrtValue:
         """A host array as an OrtValue on the device (on CPU it wraps the array without a copy)."""
@@ -152,13 +160,28 @@ def strip_prefix(outputs: dict[str, ort.OrtValue], prefix: str) -> dict[str, ort
     return {name.removeprefix(prefix): value for name, value in outputs.items() if name.startswith(prefix)}
 
 
-def _load_shortlist(info: ModelInfo) -> Shortlist | None:
-    """The export's vocabulary shortlist (``export/shortlist.py``), or None for a full-vocabulary export."""
+def _int8_kernels(info: ModelInfo, config: RuntimeConfig) -> str:
+    """The int8 format an int8 export runs in on CPU (other precisions and devices: as exported, u8s8)."""
+    if info.precision != "int8" or config.device != "cpu":
+        return "u8s8"
+    try:
+        kernels = resolve_int8_kernels(config.int8_kernels)
+    except ValueError as error:
+        raise EngineError(str(error)) from error
+    if kernels == "u8u8":
+        log.info("int8 weights shifted to u8u8: this CPU's u8s8 kernels would saturate (no VNNI)")
+    return kernels
+
+
+def _load_shortlist(info: ModelInfo, unsigned: set[str]) -> Shortlist | None:
+    """The export's vocabulary shortlist (``export/shortlist.py``), or None for a full-vocabulary export
+    (``unsigned``: the step graph's inputs shifted to u8u8, whose columns are shifted to match)."""
     spec = info.manifest.get("shortlist")
     if spec is None:
         return None
     special = {info.pad_id, info.bos_id, info.eos_id, info.decoder_start_id, info.manifest["special_ids"]["unk"]}
     try:
-        return Shortlist.load(info.directory, spec["inputs"], info.vocab_size, sorted(special))
+        shortlist = Shortlist.load(info.directory, spec["inputs"], info.vocab_size, sorted(special))
     except (KeyError, ValueError, OSError) as error:
         raise EngineError(f"{info.directory}: the vocabulary shortlist cannot be read: {error}") from error
+    return replace(shortlist, columns=shift_columns(shortlist.columns, unsigned)) if unsigned else shortlist

@@ -17,6 +17,7 @@ import onnxruntime as ort
 import torch
 
 from nmtserve.engine.batch import cross_slots
+from nmtserve.engine.int8_kernels import resolve_int8_kernels, session_source
 from nmtserve.engine.model_dir import CROSS_KV, DECODER_STEP, ENCODER, REORDER_CACHE, SELF_KV, per_layer
 from nmtserve.model.transformer import Transformer
 
@@ -35,17 +36,20 @@ class VerificationReport:
     log_prob_max_abs_diff: float = 0.0  # over the whole vocabulary
     top_log_prob_max_abs_diff: float = 0.0  # over each row's 8 most likely tokens (what beam search looks at)
     top1_agreement: float = 1.0  # fraction of steps whose arg-max token matches PyTorch's
+    int8_kernels: str = ""  # int8: the format it was measured in on the exporting CPU (engine/int8_kernels.py)
     cases: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
         return asdict(self)
 
 
-def _session(path: Path, threads: int) -> ort.InferenceSession:
+def _session(path: Path, threads: int, int8_kernels: str = "u8s8") -> ort.InferenceSession:
+    """``int8_kernels``: resolved, as the engine would run the graph on this CPU."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    model, _ = session_source(path, int8_kernels)
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def _random_sources(model: Transformer, lengths: list[int], rng: np.random.Generator) -> torch.Tensor:
@@ -198,9 +202,12 @@ def verify_export(
     """Compare the graphs in ``directory`` with ``model``; raise if fp32 (or ``tolerance``, when given) is exceeded."""
     directory = Path(directory)
     cache_dtype = np.dtype(np.float16 if precision == "fp16" else np.float32)
-    report = VerificationReport()
-    verify_encoder(model, _session(directory / ENCODER, threads), report)
-    graphs = _StepGraphs(_session(directory / DECODER_STEP, threads), _session(directory / REORDER_CACHE, threads))
+    kernels = resolve_int8_kernels("auto") if precision == "int8" else ""
+    report = VerificationReport(int8_kernels=kernels)
+    verify_encoder(model, _session(directory / ENCODER, threads, kernels), report)
+    graphs = _StepGraphs(
+        _session(directory / DECODER_STEP, threads, kernels), _session(directory / REORDER_CACHE, threads, kernels)
+    )
     verify_step(model, graphs, cache_dtype, report)
     limit = tolerance if tolerance is not None else (FP32_TOLERANCE if precision == "fp32" else None)
     worst = max(report.cross_kv_max_abs_diff, report.log_prob_max_abs_diff)

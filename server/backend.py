@@ -126,7 +126,7 @@ def build_backend(
     """Load (unless given), check and warm one version and start its engine threads; blocking, raises on failure."""
     workers, threads = engine_plan(config)
     if engine is None:
-        engine = Engine.load(entry.path, config.device, threads, spin=config.spin)
+        engine = Engine.load(entry.path, config.device, threads, spin=config.spin, int8_kernels=config.int8_kernels)
     if config.max_input_tokens + 1 > engine.info.max_positions:
         raise ConfigError(
             f"max_input_tokens {config.max_input_tokens} exceeds what the model can encode "

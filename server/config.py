@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from nmtserve.engine.cpu_budget import usable_cpus
+from nmtserve.engine.int8_kernels import INT8_KERNELS
 from nmtserve.engine.model_dir import MANIFEST, demo_export
 
 ENV_PREFIX = "NMTSERVE_"
@@ -26,7 +27,13 @@ CONFIG_ENV = "NMTSERVE_CONFIG"  # path of the TOML file, when --config is not gi
 BATCHING_MODES = ("auto", "continuous", "request")
 LOG_FORMATS = ("text", "json")
 LOG_LEVELS = ("debug", "info", "warning", "error")
-CHOICES = {"device": ("cpu", "cuda"), "batching": BATCHING_MODES, "log_format": LOG_FORMATS, "log_level": LOG_LEVELS}
+CHOICES = {
+    "device": ("cpu", "cuda"),
+    "batching": BATCHING_MODES,
+    "int8_kernels": INT8_KERNELS,
+    "log_format": LOG_FORMATS,
+    "log_level": LOG_LEVELS,
+}
 
 
 def batching_mode(setting: str, cache_layout: str) -> str:
@@ -134,6 +141,11 @@ class ServerConfig:
         "among engine_workers, at most 8 each)",
     )
     spin: bool = _setting(False, "let idle onnxruntime threads spin (burns CPU that the gRPC thread and others need)")
+    int8_kernels: str = _setting(
+        "auto",
+        "int8 exports on CPU: u8s8 (as exported; fastest with VNNI), u8u8 (weights shifted at load: exact where "
+        "u8s8 sums saturate, x86 without VNNI), or auto: u8u8 exactly where u8s8 would saturate",
+    )
     # Network
     host: str = _setting("127.0.0.1", "address the gRPC server binds")
     port: int = _setting(50051, "gRPC port (0: any free port)")
@@ -359,6 +371,10 @@ def validate(config: ServerConfig) -> ServerConfig:
     need(c.http_slow_reader_timeout_s > 0, "http_slow_reader_timeout_s must be > 0")
     need(c.http_max_connections >= 0, "http_max_connections must be >= 0 (0: no limit)")
     need(c.batching in BATCHING_MODES, f"batching must be one of {', '.join(BATCHING_MODES)}, not {c.batching!r}")
+    need(
+        c.int8_kernels in INT8_KERNELS,
+        f"int8_kernels must be one of {', '.join(INT8_KERNELS)}, not {c.int8_kernels!r}",
+    )
     for name in ("max_batch_size", "max_batch_tokens", "max_queue_size", "max_texts_per_request", "max_input_tokens"):
         need(getattr(c, name) >= 1, f"{name} must be >= 1")
     need(c.max_queue_delay_ms >= 0, "max_queue_delay_ms must be >= 0")

@@ -225,7 +225,7 @@ class ModelRegistry:
             held.backend = await asyncio.to_thread(build_backend, entry, config, metrics, engine, self.turns)
             held.resident_bytes = max(0, held_bytes() - before) if engine is None else 0
             held.state = State.READY
-            info = held.backend.engine.info
+            info, runtime = held.backend.engine.info, held.backend.engine.runtime
             self.metrics.describe_model(entry.model, entry.version, info.precision, config.device)
             log.info(
                 "model ready",
@@ -234,7 +234,8 @@ class ModelRegistry:
                         **fields,
                         "precision": info.precision,
                         "engine_workers": len(held.backend.scheduler.schedulers) if held.backend.scheduler else 0,
-                        "intra_op_threads": held.backend.engine.runtime.config.intra_op_threads(),
+                        "intra_op_threads": runtime.config.intra_op_threads(),
+                        **({"int8_kernels": runtime.int8_kernels} if info.precision == "int8" else {}),
                         "resident_mib": round(held.resident_bytes / MIB, 1),
                     }
                 },

@@ -1,0 +1,151 @@
+"""int8 weights in the form whose kernels compute exactly on this CPU.
+
+An int8 export stores its ``MatMulInteger`` weights as signed int8 with zero point 0 (symmetric, per output
+column) and its activations are quantized to uint8 per call: onnxruntime's u8s8 format. On x86-64 CPUs without
+VNNI, onnxruntime computes u8s8 with ``VPMADDUBSW``, which adds pairs of u8 x s8 products into 16 bits and
+saturates: 255 x 127 x 2 = 64770 does not fit. onnxruntime's quantization guide names the remedies (7-bit weights, or
+the u8u8 format). The tiny test model's int8 log-probabilities were 3.6 off fp32 on such a CPU, against 0.5 allowed
+and well under that on CPUs with VNNI, whose ``VPDPBUSD`` sums into 32 bits.
+
+The same products in u8u8 are exact everywhere: a weight w in -128..127 is stored as w + 128 with zero point 128, so
+``(a - za) x (b - zb)`` is unchanged term for term, and the u8u8 kernels widen to 16-bit operands with 32-bit sums.
+So the export keeps one format and the engine shifts the weights when it loads the model on a CPU that needs it
+(``auto``); the u8u8 kernels are slower than u8s8 with VNNI, which is why the shift is not made everywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+log = logging.getLogger(__name__)
+
+INT8_KERNELS = ("auto", "u8s8", "u8u8")
+VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
+X86 = frozenset({"x86_64", "amd64", "i386", "i686"})
+PROTOBUF_LIMIT = 2**31 - 2**24  # a graph shifted in memory is handed to onnxruntime as one serialized protobuf
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> frozenset[str]:
+    """The first processor's feature flags (Linux); empty where the file cannot be read."""
+    try:
+        for line in cpuinfo.read_text(errors="replace").splitlines():
+            if line.startswith(("flags", "Features")):
+                return frozenset(line.partition(":")[2].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def u8s8_saturates(machine: str | None = None, flags: Iterable[str] | None = None) -> bool:
+    """True on x86 CPUs without a VNNI dot product (and on x86 whose flags cannot be read: u8u8 is exact on any).
+    Arm's kernels sum into 32 bits, with or without its dot-product instructions."""
+    machine = (machine or platform.machine()).lower()
+    if machine not in X86:
+        return False
+    return not (VNNI_FLAGS & frozenset(cpu_flags() if flags is None else flags))
+
+
+def resolve_int8_kernels(setting: str) -> str:
+    """``auto`` becomes the exact format for this CPU; ``u8s8`` and ``u8u8`` are taken as given."""
+    if setting not in INT8_KERNELS:
+        raise ValueError(f"int8_kernels must be one of {', '.join(INT8_KERNELS)}, not {setting!r}")
+    if setting != "auto":
+        return setting
+    return "u8u8" if u8s8_saturates() else "u8s8"
+
+
+def _shift(array: np.ndarray) -> np.ndarray:
+    """int8 values as uint8 values 128 higher (the difference to the zero point is unchanged)."""
+    return (array.astype(np.int16) + 128).astype(np.uint8)
+
+
+def shift_to_unsigned(model: onnx.ModelProto) -> set[str]:
+    """Rewrite ``model`` in place so that every ``MatMulInteger`` reads uint8 weights and zero points; returns the
+    graph inputs that now take uint8 (the shortlist feeds the projection's columns: the caller shifts those).
+
+    A shifted tensor may also be read by a Gather that a DequantizeLinear dequantizes (the input embedding reads
+    the projection's int8 columns): a DequantizeLinear subtracts its zero point, so it agrees with the shift. A
+    weight read by anything else stays signed, with its MatMulIntegers."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    inputs = {i.name: i for i in graph.input}
+    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, position))
+
+    def int8(name: str) -> bool:
+        if name in initializers:
+            return initializers[name].data_type == TensorProto.INT8
+        return name in inputs and inputs[name].type.tensor_type.elem_type == TensorProto.INT8
+
+    def readers_agree(name: str) -> bool:
+        for node, position in consumers.get(name, []):
+            if node.op_type == "MatMulInteger" and position in (1, 3):
+                continue
+            if node.op_type == "DequantizeLinear" and position in (0, 2):
+                continue
+            if node.op_type == "Gather" and position == 0 and readers_agree(node.output[0]):
+                continue
+            return False
+        return True
+
+    pairs = []
+    for node in graph.node:
+        if node.op_type != "MatMulInteger" or len(node.input) < 2:
+            continue
+        weight = node.input[1]
+        zero = node.input[3] if len(node.input) > 3 and node.input[3] else ""
+        if int8(weight) and (not zero or int8(zero)) and readers_agree(weight) and (not zero or readers_agree(zero)):
+            pairs.append((node, weight, zero))
+    shifted: set[str] = set()
+    for node, weight, zero in pairs:
+        if not zero:  # no zero point is zero: shifted, it is 128
+            zero = f"{weight}_u8_zero_point"
+            graph.initializer.append(numpy_helper.from_array(np.array(128, np.uint8), zero))
+            while len(node.input) < 4:
+                node.input.append("")
+            node.input[3] = zero
+            shifted.add(zero)
+        shifted |= {weight, zero}
+    fed: set[str] = set()
+    for name in shifted:
+        tensor = initializers.get(name)
+        if tensor is not None and tensor.data_type == TensorProto.INT8:
+            tensor.CopyFrom(numpy_helper.from_array(_shift(numpy_helper.to_array(tensor)), name))
+        elif name in inputs:
+            inputs[name].type.tensor_type.elem_type = TensorProto.UINT8
+            fed.add(name)
+    # Intermediate types recorded for Gathers of shifted tensors are stale: let onnxruntime infer them again.
+    stale = [v for v in graph.value_info if v.type.tensor_type.elem_type == TensorProto.INT8]
+    for value in stale:
+        graph.value_info.remove(value)
+    return fed
+
+
+def session_source(path: Path, kernels: str) -> tuple[str | bytes, set[str]]:
+    """What to open an int8 graph's session from under ``kernels`` (resolved): its path, or the shifted graph as
+    bytes, with the graph inputs that now take uint8. A graph too large for one protobuf keeps u8s8, with a
+    warning."""
+    if kernels != "u8u8":
+        return str(path), set()
+    model = onnx.load(str(path))
+    if not any(node.op_type == "MatMulInteger" for node in model.graph.node):
+        return str(path), set()
+    fed = shift_to_unsigned(model)
+    if model.ByteSize() > PROTOBUF_LIMIT:
+        log.warning("%s is too large to shift to u8u8 in memory; it runs u8s8, which may saturate here", path)
+        return str(path), set()
+    return model.SerializeToString(), fed
+
+
+def shift_columns(columns: dict[str, tuple[np.ndarray, int]], fed: set[str]) -> dict[str, tuple[np.ndarray, int]]:
+    """The shortlist's full tensors with those the step graph now takes as uint8 shifted to match."""
+    return {name: (_shift(array) if name in fed else array, axis) for name, (array, axis) in columns.items()}

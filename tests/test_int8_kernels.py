@@ -1,0 +1,156 @@
+"""int8 weights shifted to u8u8 (engine/int8_kernels.py), run by real onnxruntime sessions against integer
+arithmetic in numpy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from nmtserve.engine import DecodingOptions, Engine
+from nmtserve.engine.int8_kernels import (
+    resolve_int8_kernels,
+    session_source,
+    shift_columns,
+    shift_to_unsigned,
+    u8s8_saturates,
+)
+
+M, K, N, V = 4, 64, 8, 6
+
+
+def _worst_case() -> tuple[np.ndarray, np.ndarray]:
+    """Activations and weights at the ends of their ranges: every pair of products sums to 255 x 127 x 2 = 64770,
+    past the 16 bits a ``VPMADDUBSW`` sum saturates at."""
+    rng = np.random.default_rng(0)
+    activations = rng.choice(np.array([250, 255], np.uint8), size=(M, K))
+    weights = rng.choice(np.array([-128, 127, 126], np.int8), size=(K, N))
+    weights[:, 0] = 127  # one column all +127: the worst case exactly
+    return activations, weights
+
+
+def _graph(weights: np.ndarray, *, weight_as_input: bool = False, extra_reader: bool = False) -> onnx.ModelProto:
+    """y = MatMulInteger(a, W, 0, zero point 0 per column), and the embedding's read of the same weight: columns of
+    W gathered and dequantized (as the int8 step graph's input embedding does)."""
+    zero = numpy_helper.from_array(np.zeros(N, np.int8), "W_zero_point")
+    scale = numpy_helper.from_array(np.full(N, 0.5, np.float32), "W_scale")
+    nodes = [
+        helper.make_node("MatMulInteger", ["a", "W", "a_zero", "W_zero_point"], ["y"]),
+        helper.make_node("Gather", ["W", "ids"], ["W_columns"], axis=1),
+        helper.make_node("Gather", ["W_scale", "ids"], ["columns_scale"], axis=0),
+        helper.make_node("Gather", ["W_zero_point", "ids"], ["columns_zero"], axis=0),
+        helper.make_node("DequantizeLinear", ["W_columns", "columns_scale", "columns_zero"], ["embedded"], axis=1),
+    ]
+    outputs = [
+        helper.make_tensor_value_info("y", TensorProto.INT32, [M, N]),
+        helper.make_tensor_value_info("embedded", TensorProto.FLOAT, [K, None]),
+    ]
+    if extra_reader:  # something that reads the raw int8 values: the shift would change its result
+        nodes.append(helper.make_node("Cast", ["W"], ["W_raw"], to=TensorProto.INT32))
+        outputs.append(helper.make_tensor_value_info("W_raw", TensorProto.INT32, [K, N]))
+    inputs = [
+        helper.make_tensor_value_info("a", TensorProto.UINT8, [M, K]),
+        helper.make_tensor_value_info("ids", TensorProto.INT64, [None]),
+    ]
+    initializers = [zero, scale, numpy_helper.from_array(np.array(0, np.uint8), "a_zero")]
+    if weight_as_input:  # the shortlist feeds the projection's columns as graph inputs
+        inputs.append(helper.make_tensor_value_info("W", TensorProto.INT8, [K, N]))
+    else:
+        initializers.append(numpy_helper.from_array(weights, "W"))
+    graph = helper.make_graph(nodes, "int8", inputs, outputs, initializers)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return session.run(None, feeds)
+
+
+def test_shifted_weights_give_the_exact_integer_products() -> None:
+    activations, weights = _worst_case()
+    ids = np.array([0, 3, 5], np.int64)
+    exact = activations.astype(np.int32) @ weights.astype(np.int32)
+    model = _graph(weights)
+    signed_y, signed_embedded = _run(model, {"a": activations, "ids": ids})
+    assert shift_to_unsigned(model) == set()  # initializers only: nothing for the caller to feed differently
+    kinds = {t.name: t.data_type for t in model.graph.initializer}
+    assert kinds["W"] == kinds["W_zero_point"] == TensorProto.UINT8
+    unsigned_y, unsigned_embedded = _run(model, {"a": activations, "ids": ids})
+    np.testing.assert_array_equal(unsigned_y, exact)
+    np.testing.assert_array_equal(unsigned_embedded, weights[:, ids].astype(np.float32) * 0.5)
+    np.testing.assert_array_equal(signed_embedded, unsigned_embedded)
+    if u8s8_saturates():  # the premise, where this CPU shows it: u8s8 loses what u8u8 keeps
+        assert not np.array_equal(signed_y, exact)
+
+
+def test_a_weight_fed_as_an_input_is_shifted_by_the_caller() -> None:
+    activations, weights = _worst_case()
+    model = _graph(weights, weight_as_input=True)
+    fed = shift_to_unsigned(model)
+    assert fed == {"W"}
+    columns = shift_columns({"W": (weights, 1), "W_bias": (np.ones(N, np.float32), 0)}, fed)
+    assert columns["W"][0].dtype == np.uint8 and columns["W_bias"][0].dtype == np.float32
+    (y, _) = _run(model, {"a": activations, "ids": np.array([1], np.int64), "W": columns["W"][0]})
+    np.testing.assert_array_equal(y, activations.astype(np.int32) @ weights.astype(np.int32))
+
+
+def test_a_weight_with_another_reader_stays_signed() -> None:
+    activations, weights = _worst_case()
+    model = _graph(weights, extra_reader=True)
+    shift_to_unsigned(model)
+    assert {t.name: t.data_type for t in model.graph.initializer}["W"] == TensorProto.INT8
+    *_, raw = _run(model, {"a": activations, "ids": np.array([0], np.int64)})
+    np.testing.assert_array_equal(raw, weights.astype(np.int32))
+
+
+@pytest.mark.parametrize(
+    ("machine", "flags", "saturates"),
+    [
+        ("x86_64", {"avx2", "fma"}, True),  # AVX2 only: VPMADDUBSW
+        ("x86_64", {"avx2", "avx512f", "avx512bw"}, True),  # AVX-512 without VNNI saturates too
+        ("x86_64", {"avx2", "avx512f", "avx512_vnni"}, False),
+        ("x86_64", {"avx2", "avx_vnni"}, False),
+        ("AMD64", set(), True),  # flags unknown: the exact format
+        ("aarch64", {"asimd"}, False),
+    ],
+)
+def test_which_cpus_need_the_shift(machine: str, flags: set[str], saturates: bool) -> None:
+    assert u8s8_saturates(machine, flags) is saturates
+
+
+def test_an_unknown_setting_is_refused_by_name() -> None:
+    with pytest.raises(ValueError, match="int8_kernels must be one of auto, u8s8, u8u8, not 's8s8'"):
+        resolve_int8_kernels("s8s8")
+    assert resolve_int8_kernels("u8s8") == "u8s8" and resolve_int8_kernels("u8u8") == "u8u8"
+    assert resolve_int8_kernels("auto") == ("u8u8" if u8s8_saturates() else "u8s8")
+
+
+def test_graphs_without_integer_matmuls_open_from_their_file(tmp_path: Path) -> None:
+    path = tmp_path / "plain.onnx"
+    node = helper.make_node("Identity", ["x"], ["y"])
+    value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
+    onnx.save(helper.make_model(helper.make_graph([node], "g", value[:1], value[1:])), str(path))
+    assert session_source(path, "u8u8") == (str(path), set())
+    assert session_source(path, "u8s8") == (str(path), set())
+
+
+def test_the_demo_int8_export_under_either_format_translates_as_fp32_does_mostly() -> None:
+    """The shipped int8 export in both formats, against fp32: u8u8 is exact integer arithmetic on any CPU, so it
+    must stay close to fp32 everywhere (u8s8 only where its sums do not saturate)."""
+    from nmtserve.engine.model_dir import demo_export
+
+    texts = ["The file could not be opened.", "Click here to install the package, then restart the computer."]
+    options = DecodingOptions(beam_size=4)
+    reference = Engine.load(demo_export("fp32"), threads=1).translate(texts, options)
+    for kernels in ("u8u8", "u8s8"):
+        engine = Engine.load(demo_export("int8"), threads=1, int8_kernels=kernels)
+        assert engine.runtime.int8_kernels == kernels
+        if kernels == "u8s8" and u8s8_saturates():
+            continue
+        got = engine.translate(texts, options)
+        for ours, theirs in zip(got, reference, strict=True):
+            assert abs(float(ours[0].score) - float(theirs[0].score)) < 0.1, (ours[0].text, theirs[0].text)
