@@ -19,10 +19,12 @@ import logging
 import platform
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import onnx
-from onnx import TensorProto, numpy_helper
+
+if TYPE_CHECKING:
+    import onnx
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +75,8 @@ def shift_to_unsigned(model: onnx.ModelProto) -> set[str]:
     A shifted tensor may also be read by a Gather that a DequantizeLinear dequantizes (the input embedding reads
     the projection's int8 columns): a DequantizeLinear subtracts its zero point, so it agrees with the shift. A
     weight read by anything else stays signed, with its MatMulIntegers."""
+    from onnx import TensorProto, numpy_helper  # imported here: 1.3 s, paid only where a graph is shifted
+
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     inputs = {i.name: i for i in graph.input}
@@ -136,6 +140,8 @@ def session_source(path: Path, kernels: str) -> tuple[str | bytes, set[str]]:
     warning."""
     if kernels != "u8u8":
         return str(path), set()
+    import onnx
+
     model = onnx.load(str(path))
     if not any(node.op_type == "MatMulInteger" for node in model.graph.node):
         return str(path), set()

@@ -22,6 +22,7 @@ transformers = pytest.importorskip("transformers")
 
 from nmtserve.engine import DecodingOptions, Engine  # noqa: E402
 from nmtserve.engine.bart_tokenizer import BartTokenizer  # noqa: E402
+from nmtserve.engine.int8_kernels import resolve_int8_kernels  # noqa: E402
 from nmtserve.export.exporter import export_model  # noqa: E402
 from nmtserve.export.hf_convert import convert_hf  # noqa: E402
 from nmtserve.export.hf_testing import corpus_lines  # noqa: E402
@@ -352,6 +353,8 @@ def test_reduced_precision_export_translates(checkpoint: Path, engine: Engine, f
     directory = export_model(checkpoint, checkpoint.parent / precision, precision, progress=False)
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["verification"][precision]["top1_agreement"] >= 0.9
+    if precision == "int8":  # measured in the format the engine runs on this CPU (engine/int8_kernels.py)
+        assert manifest["verification"]["int8"]["int8_kernels"] == resolve_int8_kernels("auto")
     reduced = Engine.load(directory, threads=1)
     texts = corpus_lines()[:40]
     sources, prefixes = requests(engine, texts, family)
