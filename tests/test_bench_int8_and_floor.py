@@ -1,0 +1,41 @@
+"""``bench/int8_kernels.py`` and ``bench/latency_floor.py`` end to end on the tiny exports, by the real engine."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from nmtserve.bench import int8_kernels, latency_floor
+from nmtserve.export.testing import tiny_export
+
+LINES = ["a b c d", "", "e f g h", "i j k l", "m n o p", "q r s t u v w x y z", "b c d e"]
+
+
+def test_both_int8_formats_are_measured_against_fp32(tmp_path_factory: pytest.TempPathFactory) -> None:
+    base = tmp_path_factory.getbasetemp() / "tiny-model"
+    fp32, int8 = tiny_export(base, "fp32"), tiny_export(base, "int8")
+    work = tmp_path_factory.mktemp("int8-kernels")
+    (work / "src.txt").write_text("\n".join(LINES) + "\n")
+    (work / "ref.txt").write_text("\n".join(line[::-1] for line in LINES) + "\n")
+    out = work / "report.json"
+    argv = ["--fp32", str(fp32), "--int8", str(int8), "--source", str(work / "src.txt"), "--reference"]
+    int8_kernels.main([*argv, str(work / "ref.txt"), "--repeats", "1", "--beam-size", "2", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["sentences"] == 6  # the blank line is skipped, with its reference
+    runs = report["runs"]
+    assert set(runs) == {"fp32", "u8s8", "u8u8"}
+    assert runs["fp32"]["identical_to_fp32"] == 6  # fp32 against itself (the tiny outputs are too short for BLEU)
+    assert all(run["sentences_per_s"] > 0 and 0 <= run["bleu"] <= 100 for run in runs.values())
+
+
+def test_the_latency_floor_decodes_the_equal_length_set_one_by_one(tmp_path_factory: pytest.TempPathFactory) -> None:
+    fp32 = tiny_export(tmp_path_factory.getbasetemp() / "tiny-model", "fp32")
+    source = tmp_path_factory.mktemp("floor") / "src.txt"
+    source.write_text("\n".join(LINES) + "\n")
+    out = source.with_suffix(".json")
+    latency_floor.main(["--model", str(fp32), "--input", str(source), "--out", str(out)])
+    report = json.loads(out.read_text())
+    low, high = report["source_tokens_min_max"]
+    assert report["sentences"] >= 4 and high - low <= 2  # the median length, within one token either side
+    assert report["batch_1_ms_p99"] >= report["batch_1_ms_p50"] > 0 and report["p99_over_p50"] >= 1
