@@ -101,14 +101,15 @@ def shift_to_unsigned(model: onnx.ModelProto) -> set[str]:
             return False
         return True
 
-    pairs = []
+    candidates = []
     for node in graph.node:
         if node.op_type != "MatMulInteger" or len(node.input) < 2:
             continue
         weight = node.input[1]
         zero = node.input[3] if len(node.input) > 3 and node.input[3] else ""
         if int8(weight) and (not zero or int8(zero)) and readers_agree(weight) and (not zero or readers_agree(zero)):
-            pairs.append((node, weight, zero))
+            candidates.append((node, weight, zero))
+    pairs = _consistent(candidates, [n for n in graph.node if n.op_type == "MatMulInteger"])
     shifted: set[str] = set()
     for node, weight, zero in pairs:
         if not zero:  # no zero point is zero: shifted, it is 128
@@ -132,6 +133,19 @@ def shift_to_unsigned(model: onnx.ModelProto) -> set[str]:
     for value in stale:
         graph.value_info.remove(value)
     return fed
+
+
+def _consistent(candidates: list, matmuls: list) -> list:
+    """The candidates whose weight and zero point no unshifted ``MatMulInteger`` also reads (a weight or zero point
+    shared with one that stays signed must stay signed too), to a fixed point."""
+    pairs = list(candidates)
+    while True:
+        kept = {id(node) for node, _, _ in pairs}
+        signed = {name for node in matmuls if id(node) not in kept for name in node.input[1:4:2] if name}
+        narrowed = [(node, weight, zero) for node, weight, zero in pairs if not {weight, zero} & signed]
+        if len(narrowed) == len(pairs):
+            return pairs
+        pairs = narrowed
 
 
 def session_source(path: Path, kernels: str) -> tuple[str | bytes, set[str]]:

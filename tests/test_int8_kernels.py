@@ -154,3 +154,34 @@ def test_the_demo_int8_export_under_either_format_translates_as_fp32_does_mostly
         got = engine.translate(texts, options)
         for ours, theirs in zip(got, reference, strict=True):
             assert abs(float(ours[0].score) - float(theirs[0].score)) < 0.1, (ours[0].text, theirs[0].text)
+
+
+def test_a_zero_point_shared_with_a_signed_weight_keeps_both_matmuls_signed() -> None:
+    """W1 alone could be shifted, but its zero point is also W2's, and W2 has a reader that needs raw int8 values:
+    shifting the shared zero point would shift W2's result, so neither moves."""
+    activations, weights = _worst_case()
+    nodes = [
+        helper.make_node("MatMulInteger", ["a", "W1", "a_zero", "Z"], ["y1"]),
+        helper.make_node("MatMulInteger", ["a", "W2", "a_zero", "Z"], ["y2"]),
+        helper.make_node("Cast", ["W2"], ["W2_raw"], to=TensorProto.INT32),
+    ]
+    initializers = [
+        numpy_helper.from_array(weights, "W1"),
+        numpy_helper.from_array(weights[::-1].copy(), "W2"),
+        numpy_helper.from_array(np.zeros(N, np.int8), "Z"),
+        numpy_helper.from_array(np.array(0, np.uint8), "a_zero"),
+    ]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.INT32, None) for n in ("y1", "y2", "W2_raw")]
+    inputs = [helper.make_tensor_value_info("a", TensorProto.UINT8, [M, K])]
+    graph = helper.make_graph(nodes, "shared", inputs, outputs, initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    before = _run(model, {"a": activations})
+    shift_to_unsigned(model)
+    assert {t.name: t.data_type for t in model.graph.initializer} == {
+        "W1": TensorProto.INT8,
+        "W2": TensorProto.INT8,
+        "Z": TensorProto.INT8,
+        "a_zero": TensorProto.UINT8,
+    }
+    for was, now in zip(before, _run(model, {"a": activations}), strict=True):
+        np.testing.assert_array_equal(was, now)
