@@ -37,7 +37,7 @@ class Engine:
         """Check every file against the manifest's sha256, then create the sessions (raises ModelDirError,
         EngineError)."""
         info = load_model_info(Path(model_dir))
-        runtime = Runtime(info, RuntimeConfig(device, device_id, threads, spin, int8_kernels))
+        runtime = Runtime(info, RuntimeConfig(device, device_id, threads, spin=spin, int8_kernels=int8_kernels))
         tokenizer = load_tokenizer(info.directory, info.manifest.get("tokenizer"))
         # A model may have embedding rows no text maps to (NLLB-200 has 2), never the other way round.
         if tokenizer.vocab_size > info.vocab_size or tokenizer.eos_id != info.eos_id:

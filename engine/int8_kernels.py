@@ -114,7 +114,8 @@ def shift_to_unsigned(model: onnx.ModelProto) -> set[str]:
     for node, weight, zero in pairs:
         if not zero:  # no zero point is zero: shifted, it is 128
             zero = f"{weight}_u8_zero_point"
-            graph.initializer.append(numpy_helper.from_array(np.array(128, np.uint8), zero))
+            if zero not in shifted:  # one per weight, however many MatMulIntegers read it
+                graph.initializer.append(numpy_helper.from_array(np.array(128, np.uint8), zero))
             while len(node.input) < 4:
                 node.input.append("")
             node.input[3] = zero
@@ -159,10 +160,10 @@ def session_source(path: Path, kernels: str) -> tuple[str | bytes, set[str]]:
     model = onnx.load(str(path))
     if not any(node.op_type == "MatMulInteger" for node in model.graph.node):
         return str(path), set()
-    fed = shift_to_unsigned(model)
-    if model.ByteSize() > PROTOBUF_LIMIT:
+    if model.ByteSize() > PROTOBUF_LIMIT:  # the shift keeps every tensor's size
         log.warning("%s is too large to shift to u8u8 in memory; it runs u8s8, which may saturate here", path)
         return str(path), set()
+    fed = shift_to_unsigned(model)
     return model.SerializeToString(), fed
 
 

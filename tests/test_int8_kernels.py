@@ -185,3 +185,18 @@ def test_a_zero_point_shared_with_a_signed_weight_keeps_both_matmuls_signed() ->
     }
     for was, now in zip(before, _run(model, {"a": activations}), strict=True):
         np.testing.assert_array_equal(was, now)
+
+
+def test_a_weight_without_a_zero_point_read_twice_gets_one_zero_point() -> None:
+    activations, weights = _worst_case()
+    nodes = [helper.make_node("MatMulInteger", ["a", "W"], [name]) for name in ("y1", "y2")]
+    outputs = [helper.make_tensor_value_info(n, TensorProto.INT32, None) for n in ("y1", "y2")]
+    inputs = [helper.make_tensor_value_info("a", TensorProto.UINT8, [M, K])]
+    graph = helper.make_graph(nodes, "twice", inputs, outputs, [numpy_helper.from_array(weights, "W")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    shift_to_unsigned(model)
+    names = [t.name for t in model.graph.initializer]
+    assert sorted(names) == ["W", "W_u8_zero_point"]
+    exact = activations.astype(np.int32) @ weights.astype(np.int32)
+    for y in _run(model, {"a": activations}):
+        np.testing.assert_array_equal(y, exact)
