@@ -351,7 +351,9 @@ def validate(config: ServerConfig) -> ServerConfig:
     )
     need(0 <= c.repository_poll_s <= MAX_DRAIN_TIMEOUT_S, f"repository_poll_s must be in 0..{MAX_DRAIN_TIMEOUT_S:g}")
     need(c.memory_budget_bytes >= 0, "memory_budget_bytes must be >= 0 (0: no budget)")
-    need(c.device in ("cpu", "cuda"), f"device must be cpu or cuda, not {c.device!r}")
+    for name, allowed in CHOICES.items():  # the flags' choices, for the TOML file and the variables too
+        value = getattr(c, name)
+        need(value in allowed, f"{name} must be one of {', '.join(allowed)}, not {value!r}")
     for f in dataclasses.fields(c):  # inf and nan pass most comparisons below; no setting means either
         value = getattr(c, f.name)
         need(not isinstance(value, float) or math.isfinite(value), f"{f.name} must be a finite number, not {value}")
@@ -370,11 +372,6 @@ def validate(config: ServerConfig) -> ServerConfig:
     )
     need(c.http_slow_reader_timeout_s > 0, "http_slow_reader_timeout_s must be > 0")
     need(c.http_max_connections >= 0, "http_max_connections must be >= 0 (0: no limit)")
-    need(c.batching in BATCHING_MODES, f"batching must be one of {', '.join(BATCHING_MODES)}, not {c.batching!r}")
-    need(
-        c.int8_kernels in INT8_KERNELS,
-        f"int8_kernels must be one of {', '.join(INT8_KERNELS)}, not {c.int8_kernels!r}",
-    )
     for name in ("max_batch_size", "max_batch_tokens", "max_queue_size", "max_texts_per_request", "max_input_tokens"):
         need(getattr(c, name) >= 1, f"{name} must be >= 1")
     need(c.max_queue_delay_ms >= 0, "max_queue_delay_ms must be >= 0")
@@ -418,8 +415,6 @@ def validate(config: ServerConfig) -> ServerConfig:
         f"stream_stall_timeout_s must be in (0, {MAX_DRAIN_TIMEOUT_S:g}]",
     )
     need(0 <= c.drain_timeout_s <= MAX_DRAIN_TIMEOUT_S, f"drain_timeout_s must be in 0..{MAX_DRAIN_TIMEOUT_S:g}")
-    need(c.log_format in LOG_FORMATS, f"log_format must be one of {', '.join(LOG_FORMATS)}")
-    need(c.log_level in LOG_LEVELS, f"log_level must be one of {', '.join(LOG_LEVELS)}")
     if problems:
         raise ConfigError("invalid configuration: " + "; ".join(problems))
     return config
