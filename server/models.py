@@ -11,7 +11,9 @@ when the requests it holds are answered (each request holds its version from rou
 is ``failed`` with its reason and the old one keeps serving; it is retried when its manifest changes.
 
 Loads run one at a time so that the growth of the process's C heap across one load and warm-up is that version's
-own size (``resident_bytes``, see ``held_bytes``; noisy by the few MiB other threads allocate meanwhile).
+own size (``resident_bytes``, see ``held_bytes``). That growth is noisy both ways: other threads allocate meanwhile,
+and their frees can cancel most of a small model's growth. So it is floored at the version's files, since a loaded
+version holds at least its weights, which are nearly all of its files.
 ``memory_budget_bytes`` refuses a load when the versions already loaded plus the new one's files (the weights
 dominate them: a pre-load estimate) would exceed it.
 """
@@ -223,7 +225,7 @@ class ModelRegistry:
             before = held_bytes()
             metrics = self.metrics.for_model(entry.model, entry.version)
             held.backend = await asyncio.to_thread(build_backend, entry, config, metrics, engine, self.turns)
-            held.resident_bytes = max(0, held_bytes() - before) if engine is None else 0
+            held.resident_bytes = max(held_bytes() - before, files_bytes(entry.path)) if engine is None else 0
             held.state = State.READY
             info, runtime = held.backend.engine.info, held.backend.engine.runtime
             self.metrics.describe_model(entry.model, entry.version, info.precision, config.device)

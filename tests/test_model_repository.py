@@ -225,7 +225,7 @@ def test_list_models_and_model_info(stub, served: BackgroundServer) -> None:
         assert model.serving_version == "1" and [v.version for v in model.versions] == ["1"]
         version = model.versions[0]
         assert version.state == READY and version.serving and version.precision == "fp32" and version.device == "cpu"
-        assert version.resident_bytes > 0  # the growth of the C heap across its load
+        assert version.resident_bytes > 0  # its C heap's growth across the load, and at least its files
     assert demo.versions[0].resident_bytes > rev.versions[0].resident_bytes  # 50 MB of weights against < 1 MB
     info = stub.GetModelInfo(pb.GetModelInfoRequest(model="rev"))
     assert (info.name, info.version, info.source_language, info.target_language) == ("rev", "1", "de", "en")
