@@ -210,8 +210,9 @@ class BartTokenizer:
         return self.unk_id if found is None else int(found)
 
     def text_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        """The text's own ids, with no special tokens around them."""
-        return [encoding.ids for encoding in self._backend.encode_batch(list(texts), add_special_tokens=False)]
+        """The text's own ids, with no special tokens around them. One text at a time: ``encode_batch`` fans out
+        to a Rust thread pool that takes every core from the engine threads for a few microseconds of work."""
+        return [self._backend.encode(text, add_special_tokens=False).ids for text in texts]
 
     def pieces(self, text: str) -> list[str]:
         return self._backend.encode(text, add_special_tokens=False).tokens

@@ -85,7 +85,8 @@ class NllbTokenizer:
         return self._tokenizer.encode(text, add_special_tokens=False).ids
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return [e.ids for e in self._tokenizer.encode_batch(list(texts), add_special_tokens=False)]
+        """One text at a time (as ``BartTokenizer.text_ids``): no Rust thread pool on the event loop."""
+        return [self.encode(text) for text in texts]
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids`` without special tokens and language codes (as ``skip_special_tokens=True``)."""

@@ -34,7 +34,9 @@ class Tokenizer:
         return self._sp.encode(text)
 
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
-        return self._sp.encode(list(texts))
+        """One text at a time: SentencePiece's list form starts a thread pool on every call, which costs 100-300 us
+        of CPU (6 us a sentence this way) on the server's event loop, where requests are tokenised."""
+        return [self._sp.encode(text) for text in texts]
 
     def decode(self, ids: Sequence[int]) -> str:
         specials = (self.pad_id, self.bos_id, self.eos_id)

@@ -8,7 +8,9 @@ the machine's load (a training run shares it) spreads over all of them. The engi
 Measured:
 1. engine alone: ``Engine.translate`` on the first N sentences (length-sorted inside, the server's batch size);
 2. the servers on the same N sentences, each sentence its own request, all sent at once (the better of two
-   bursts, as the engine's figure is the better of two runs);
+   bursts, as the engine's figure is the better of two runs). Besides wall-clock rates, both sides' CPU time:
+   sentences per CPU second of the server process against the engine's is what the server costs on top of the
+   engine, and it holds still where this shared machine's wall-clock rates move by 15 % between runs;
 3. saturation throughput (closed loop, cycling through the input), median of ``--repeats`` runs per server;
 4. continuous vs request-level batching under open-loop Poisson arrivals at 25/50/75/90 % of the default
    server's saturation rate: latency percentiles, throughput, a latency CDF and load curves;
@@ -29,7 +31,7 @@ from pathlib import Path
 
 from nmtserve.loadtest.plots import latency_cdf, load_curves
 from nmtserve.loadtest.run import LoadTestReport, LoadTestSpec, run_loadtest
-from nmtserve.loadtest.serverproc import ServerProcess
+from nmtserve.loadtest.serverproc import ServerProcess, cpu_seconds_of
 from nmtserve.loadtest.stats import LevelResult, format_level
 from nmtserve.loadtest.workload import read_lines
 from nmtserve.server.config import ServerConfig, batching_mode, engine_plan
@@ -72,17 +74,23 @@ def _shares(engine, lines: list[str], batch_size: int, workers: int) -> list[lis
     return [[line for cohort in cohorts[w::workers] for line in cohort] for w in range(workers)]
 
 
-def _engine_rate(engine, lines: list[str], batch_size: int, workers: int = 1) -> float:
-    """Sentences/s of ``Engine.translate`` (length-sorted inside) on ``lines``, its cohorts shared among ``workers``
-    threads on the one engine as the server's engine threads share it; best of two runs."""
+@dataclass(frozen=True)
+class EngineRate:
+    sentences_per_s: float  # the faster of the runs
+    sentences_per_cpu_s: float  # the cheaper of the runs in the process's CPU time (every thread)
+
+
+def engine_rate(engine, lines: list[str], batch_size: int, workers: int = 1, runs: int = 2) -> EngineRate:
+    """``Engine.translate`` (length-sorted inside) on ``lines``, its cohorts shared among ``workers`` threads on the
+    one engine as the server's engine threads share it."""
     shares = [share for share in _shares(engine, lines, batch_size, workers) if share]
-    best = float("inf")
-    for _ in range(2):
-        start = time.perf_counter()
+    wall, cpu = float("inf"), float("inf")
+    for _ in range(runs):
+        start, start_cpu = time.perf_counter(), time.process_time()
         with ThreadPoolExecutor(len(shares)) as pool:
             list(pool.map(lambda share: engine.translate(share, max_batch_size=batch_size), shares))
-        best = min(best, time.perf_counter() - start)
-    return len(lines) / best
+        wall, cpu = min(wall, time.perf_counter() - start), min(cpu, time.process_time() - start_cpu)
+    return EngineRate(len(lines) / wall, len(lines) / cpu)
 
 
 def engine_alone(
@@ -95,14 +103,15 @@ def engine_alone(
     batch = ServerConfig().max_batch_size
     engine = Engine.load(model, device=device, threads=threads, spin=False)
     engine.translate(lines[:8])  # warm-up
-    rate = _engine_rate(engine, lines, batch, workers)
+    rate = engine_rate(engine, lines, batch, workers)
     few = lines[:ceiling_sentences]
-    batched, single = _engine_rate(engine, few, batch), _engine_rate(engine, few, 1)
+    batched, single = (engine_rate(engine, few, size).sentences_per_s for size in (batch, 1))
     return {
         "sentences": len(lines),
         "batch_size": batch,
         "engine_threads": workers,
-        "sentences_per_s": rate,
+        "sentences_per_s": rate.sentences_per_s,
+        "sentences_per_cpu_s": rate.sentences_per_cpu_s,
         "batching_ceiling": {"sentences": len(few), "batched": batched, "batch_1": single, "ratio": batched / single},
     }
 
@@ -143,7 +152,9 @@ def run(bench: Bench) -> dict:
     alone = results["engine_alone"]
     ceiling = alone["batching_ceiling"]
     print(
-        f"  {alone['sentences_per_s']:.1f} sentences/s; batching gains the engine {ceiling['ratio']:.2f}x", flush=True
+        f"  {alone['sentences_per_s']:.1f} sentences/s, {alone['sentences_per_cpu_s']:.1f} per CPU second; batching"
+        f" gains the engine {ceiling['ratio']:.2f}x",
+        flush=True,
     )
     with contextlib.ExitStack() as stack:
         servers = {
@@ -161,10 +172,19 @@ def run(bench: Bench) -> dict:
             # and like the engine's figure (the better of two runs), the server's is the better of two bursts: the
             # first burst after start-up also pays for growing onnxruntime's memory arena to the batch's shapes.
             print(f"{name}: the same {bench.sentences} sentences, one request each, all in flight (twice)", flush=True)
-            bursts = [bench.load(servers[name], "concurrency", bench.sentences, True) for _ in range(2)]
+            bursts, per_cpu_s = [], []
+            for _ in range(2):
+                start_cpu = cpu_seconds_of(servers[name].pid) or 0.0
+                report = bench.load(servers[name], "concurrency", bench.sentences, True)
+                used = (cpu_seconds_of(servers[name].pid) or 0.0) - start_cpu
+                level = report.results[0]
+                bursts.append(report)
+                per_cpu_s.append(level.sentences_per_s * level.duration_s / used if used > 0 else 0.0)
             same = max(bursts, key=lambda report: report.results[0].sentences_per_s)
             results.setdefault(name, {})["same_sentences"] = same
             results[name]["same_sentences_runs"] = [r.results[0].sentences_per_s for r in bursts]
+            results[name]["same_sentences_per_cpu_s_runs"] = per_cpu_s
+            results[name]["same_sentences_per_cpu_s"] = max(per_cpu_s)
         saturation: dict[str, list[LevelResult]] = {name: [] for name in SERVERS}
         for repeat in range(bench.repeats):
             for name, server in servers.items():
@@ -207,6 +227,8 @@ def run(bench: Bench) -> dict:
         / results["batch_1"]["saturation_sentences_per_s"],
         "server_vs_engine": max(results[n]["same_sentences"]["sentences_per_s"] for n in ("continuous", "request"))
         / results["engine_alone"]["sentences_per_s"],
+        "server_vs_engine_cpu": max(results[n]["same_sentences_per_cpu_s"] for n in ("continuous", "request"))
+        / results["engine_alone"]["sentences_per_cpu_s"],
         "p99_over_p50_at_half_saturation": half["p99"] / half["p50"],
         "p99_over_p50_at_half_saturation_equal_length": equal_latency["p99"] / equal_latency["p50"],
     }

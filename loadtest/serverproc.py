@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -29,6 +30,15 @@ def rss_of(pid: int) -> int | None:
     except (OSError, ValueError):
         return None
     return None
+
+
+def cpu_seconds_of(pid: int) -> float | None:
+    """User plus system CPU time process ``pid`` has used so far, all its threads (Linux /proc), or None."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 class ServerProcess:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -11,9 +12,9 @@ import numpy as np
 import pytest
 
 from nmtserve.engine import DecodingOptions, Engine, EngineError, Hypothesis, ModelDirError
-from nmtserve.engine.batch import cross_slots
+from nmtserve.engine.batch import ENCODER_CALL_TOKENS, cross_slots, encoder_calls
 from nmtserve.engine.beam import stable_slots
-from nmtserve.engine.model_dir import DECODER_STEP, MANIFEST, TOKENIZER
+from nmtserve.engine.model_dir import DECODER_STEP, ENCODER, MANIFEST, TOKENIZER
 from nmtserve.export.testing import tiny_export
 from nmtserve.model.beam_search import beam_search, greedy_search
 from nmtserve.model.checkpoint import load_checkpoint
@@ -290,3 +291,53 @@ def test_fill_holes_moves_the_last_sentence_into_a_hole_of_its_size() -> None:
     assert [s.key for s in fill_holes([(None, 4), (a, 4), (c, 1)])] == ["a", "c"]
     # holes at the end stay holes; several holes are filled from the back
     assert [s.key for s in fill_holes([(None, 4), (a, 4), (None, 4), (b, 4), (d, 4), (None, 4)])] == ["d", "a", "b"]
+
+
+def test_encoder_calls_minimise_padded_tokens_plus_a_cost_per_call() -> None:
+    """Against every split of consecutive runs (brute force): the chosen one is never dearer, covers the sources in
+    order, and a GPU (no call cost given) or lengths close enough keep one call."""
+    rng = np.random.default_rng(0)
+
+    def cost(lengths: list[int], calls: list[slice], call_tokens: int) -> int:
+        return sum(call_tokens + (c.stop - c.start) * max(lengths[c]) for c in calls)
+
+    for _ in range(200):
+        lengths = [int(n) for n in rng.integers(1, 80, rng.integers(1, 9))]
+        calls = encoder_calls(lengths, 24)
+        assert [i for c in calls for i in range(c.start, c.stop)] == list(range(len(lengths)))
+        cheapest = min(
+            cost(lengths, [slice(a, b) for a, b in zip((0, *cuts), (*cuts, len(lengths)), strict=True)], 24)
+            for k in range(len(lengths))
+            for cuts in itertools.combinations(range(1, len(lengths)), k)
+        )
+        assert cost(lengths, calls, 24) == cheapest
+    assert encoder_calls([3, 70, 4], None) == [slice(0, 3)]
+    assert encoder_calls([10, 11, 12], 24) == [slice(0, 3)]
+    assert len(encoder_calls([2, 3, 60, 61], 24)) == 2
+
+
+def test_sentences_of_mixed_lengths_joining_together_are_encoded_in_runs_with_unchanged_results(engine: Engine) -> None:
+    """One ``add`` of short and long sources encodes them in several calls (counted on the real runtime), and every
+    sentence decodes as it does alone."""
+    sources = sorted(_sources(10, seed=6), key=len)
+    options = DecodingOptions(beam_size=4, num_hypotheses=2)
+    singles = [engine.translate_ids([s], options)[0] for s in sources]
+    calls: list[int] = []
+    run = engine.runtime.run
+
+    def counting_run(graph: str, *args, **kwargs):
+        if graph == ENCODER:
+            calls.append(graph)
+        return run(graph, *args, **kwargs)
+
+    batch = engine.new_batch()
+    engine.runtime.run = counting_run  # type: ignore[method-assign]
+    try:
+        batch.add(sources, options, keys=list(range(len(sources))))
+    finally:
+        del engine.runtime.run  # back to the class's method
+    assert len(calls) == len(encoder_calls([len(s) for s in sources], ENCODER_CALL_TOKENS)) > 1
+    results = {}
+    while len(batch):
+        results.update({done.key: done.hypotheses for done in batch.step()})
+    _assert_same(singles, [results[i] for i in range(len(sources))])

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from nmtserve.cli.main import main
 from nmtserve.export.testing import tiny_export
+from nmtserve.loadtest.bench import engine_rate
+from nmtserve.loadtest.serverproc import cpu_seconds_of
 from nmtserve.loadtest.stats import Sample, summarize
 from nmtserve.loadtest.workload import Workload, read_lines
 from nmtserve.server.background import BackgroundServer
@@ -85,3 +90,32 @@ def test_open_loop_throughput_counts_answers_within_the_window() -> None:
     samples.append(Sample(due=9.8, latency=1.0, code="OK", texts=1))  # answered after the 10 s window
     result = summarize("rate", 1.0, samples, window=10.0)
     assert result.throughput_rps == pytest.approx(1.0) and result.ok == 11
+
+
+def test_cpu_seconds_of_counts_a_busy_process_and_not_an_idle_one() -> None:
+    """The server benchmark's CPU figure: a child that spins 0.6 s then sleeps has used about 0.6 s, one that only
+    sleeps about none; a process that is gone reads None rather than a number."""
+    busy = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\ntime.sleep(30)"
+    children = [subprocess.Popen([sys.executable, "-c", code]) for code in (busy, "import time; time.sleep(30)")]
+    try:
+        time.sleep(2.5)
+        spinning, sleeping = (cpu_seconds_of(child.pid) for child in children)
+        assert spinning is not None and sleeping is not None
+        assert 0.55 <= spinning - sleeping <= 1.0  # both paid the interpreter's start-up
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+    assert cpu_seconds_of(children[0].pid) is None
+
+
+def test_engine_rate_reports_wall_and_cpu_rates(model_dir: Path) -> None:
+    """Two engine threads on one engine: the CPU rate counts every thread's time, so it is at least the wall rate
+    shared over the busy threads, and both are real rates of the same work."""
+    from nmtserve.engine import Engine
+
+    engine = Engine.load(model_dir, "cpu", 1, spin=False)
+    lines = ["the cat sat on the mat", "open the file", "save it", "a package manager installs software"] * 4
+    rate = engine_rate(engine, lines, batch_size=4, workers=2)
+    assert 0 < rate.sentences_per_s < math.inf and 0 < rate.sentences_per_cpu_s < math.inf
+    assert rate.sentences_per_cpu_s >= rate.sentences_per_s / 3  # two engine threads and the caller at most
