@@ -152,6 +152,7 @@ class DecodingBatch:
             self._cache = RaggedHostCache(runtime)
         else:
             self._cache = HostCache(runtime) if (on_cpu if in_place is None else in_place) else GraphCache(runtime)
+        self.encoder_call_tokens = ENCODER_CALL_TOKENS if on_cpu else None  # see encoder_calls
         shortlist = runtime.shortlist
         self._vocabulary = BatchVocabulary(shortlist, runtime.upload) if shortlist is not None else None
 
@@ -215,9 +216,8 @@ class DecodingBatch:
         for opts in set(per_sentence):
             opts.validate(decodable)
 
-        on_cpu = self._runtime.config.device == "cpu"
         listed = list(sources)
-        for call in encoder_calls([len(ids) for ids in listed], ENCODER_CALL_TOKENS if on_cpu else None):
+        for call in encoder_calls([len(ids) for ids in listed], self.encoder_call_tokens):
             self._encode(listed[call])
         for ids, opts, key, forced in zip(sources, per_sentence, keys, prefixes, strict=True):
             serial = next(self._serials)

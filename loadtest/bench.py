@@ -177,9 +177,9 @@ def run(bench: Bench) -> dict:
                 start_cpu = cpu_seconds_of(servers[name].pid) or 0.0
                 report = bench.load(servers[name], "concurrency", bench.sentences, True)
                 used = (cpu_seconds_of(servers[name].pid) or 0.0) - start_cpu
-                level = report.results[0]
+                burst = report.results[0]
                 bursts.append(report)
-                per_cpu_s.append(level.sentences_per_s * level.duration_s / used if used > 0 else 0.0)
+                per_cpu_s.append(burst.sentences_per_s * burst.duration_s / used if used > 0 else 0.0)
             same = max(bursts, key=lambda report: report.results[0].sentences_per_s)
             results.setdefault(name, {})["same_sentences"] = same
             results[name]["same_sentences_runs"] = [r.results[0].sentences_per_s for r in bursts]

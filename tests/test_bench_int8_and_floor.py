@@ -1,4 +1,5 @@
-"""``bench/int8_kernels.py`` and ``bench/latency_floor.py`` end to end on the tiny exports, by the real engine."""
+"""``bench/int8_kernels.py``, ``bench/latency_floor.py`` and ``bench/encoder_runs.py`` end to end on the tiny
+exports, by the real engine."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import json
 
 import pytest
 
-from nmtserve.bench import int8_kernels, latency_floor
+from nmtserve.bench import encoder_runs, int8_kernels, latency_floor
 from nmtserve.export.testing import tiny_export
 
 LINES = ["a b c d", "", "e f g h", "i j k l", "m n o p", "q r s t u v w x y z", "b c d e"]
@@ -39,3 +40,19 @@ def test_the_latency_floor_decodes_the_equal_length_set_one_by_one(tmp_path_fact
     low, high = report["source_tokens_min_max"]
     assert report["sentences"] >= 4 and high - low <= 2  # the median length, within one token either side
     assert report["batch_1_ms_p99"] >= report["batch_1_ms_p50"] > 0 and report["p99_over_p50"] >= 1
+
+
+def test_encoder_runs_are_timed_against_one_call_on_the_same_admissions(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    fp32 = tiny_export(tmp_path_factory.getbasetemp() / "tiny-model", "fp32")
+    source = tmp_path_factory.mktemp("encoder-runs") / "src.txt"
+    source.write_text("\n".join(["a", "b c d e f g h i j k l m n o p q r s t u v w x y z a b c d e f"] * 8) + "\n")
+    out = source.with_suffix(".json")
+    encoder_runs.main(["--model", str(fp32), "--input", str(source), "--repeats", "1", "--out", str(out)])
+    report = json.loads(out.read_text())
+    assert report["sentences"] == 16 and report["admissions"] == 4  # 2 + 4 + 8, then the 2 left
+    padded, calls = report["padded_tokens"], report["encoder_calls"]
+    assert report["source_tokens"] <= padded["runs"] < padded["one_call"]  # one-token and 31-token lines split
+    assert calls["runs"] > calls["one_call"] == 4
+    assert report["cpu_ms"]["runs"] > 0 and report["cpu_ms"]["one_call"] > 0
