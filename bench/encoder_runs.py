@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import time
 from pathlib import Path
 
+from nmtserve.bench.report import print_and_write
 from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.engine.batch import ENCODER_CALL_TOKENS, encoder_calls
 
@@ -84,10 +84,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     lines = [line for line in args.input.read_text().splitlines() if line.strip()][: args.sentences]
     report = measure(args.model, lines, args.repeats)
-    print(json.dumps(report))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_and_write(report, args.out)
 
 
 if __name__ == "__main__":

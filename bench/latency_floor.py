@@ -8,12 +8,12 @@ The server's p99/p50 at half load (``nmtserve bench server``, target <= 2) is me
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 
+from nmtserve.bench.report import print_and_write
 from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.loadtest.bench import equal_length_lines
 
@@ -50,10 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     lines = [line for line in args.input.read_text().splitlines() if line.strip()]
     report = latency_floor(args.model, lines)
-    print(json.dumps(report))
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print_and_write(report, args.out)
 
 
 if __name__ == "__main__":

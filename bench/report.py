@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import platform
 from importlib import metadata
+from pathlib import Path
 from typing import Any
+
+
+def print_and_write(report: dict[str, Any], out: Path | None) -> None:
+    """A small benchmark's figures: one JSON line on stdout, and indented JSON at ``out`` when given."""
+    print(json.dumps(report))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _cpu_model() -> str:

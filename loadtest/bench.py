@@ -10,7 +10,8 @@ Measured:
 2. the servers on the same N sentences, each sentence its own request, all sent at once (the better of two
    bursts, as the engine's figure is the better of two runs). Besides wall-clock rates, both sides' CPU time:
    sentences per CPU second of the server process against the engine's is what the server costs on top of the
-   engine, and it holds still where this shared machine's wall-clock rates move by 15 % between runs;
+   engine, without the time either waited for a core (on a shared machine CPU time still moves between runs,
+   with cache and memory contention, but less than wall-clock rates);
 3. saturation throughput (closed loop, cycling through the input), median of ``--repeats`` runs per server;
 4. continuous vs request-level batching under open-loop Poisson arrivals at 25/50/75/90 % of the default
    server's saturation rate: latency percentiles, throughput, a latency CDF and load curves;
