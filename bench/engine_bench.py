@@ -43,6 +43,7 @@ class EngineBenchConfig:
     precisions: tuple[str, ...] | None = None  # used when no model_dirs are given; None: DEFAULT_PRECISIONS[device]
     device: str = "cpu"  # "cpu" or "cuda", for our engine and CTranslate2 alike
     threads: int = 1
+    int8_kernels: str = "auto"  # our int8 format on CPU (engine/int8_kernels.py); u8s8 is CTranslate2's arithmetic
     out: Path = Path("runs/bench/engine")
     source_file: Path = Path("data/corpus/dev.en")
     sentences: int = 500  # part 3 (and the pool parts 1 and 2 draw from)
@@ -126,7 +127,9 @@ def _run(config: EngineBenchConfig, work_dir: Path) -> dict[str, Any]:
     found = artifacts.prepare(config.checkpoint, list(config.model_dirs), list(precisions), work_dir, config.threads)
     model, _, _ = load_checkpoint(found.checkpoint)
     # spin=False, the server's default: with more than one thread see ``limit_threads``.
-    load = partial(Engine.load, device=config.device, threads=config.threads, spin=False)
+    load = partial(
+        Engine.load, device=config.device, threads=config.threads, spin=False, int8_kernels=config.int8_kernels
+    )
     engines = {p: load(d) for p, d in sorted(found.onnx.items())}
     needs_ct2 = {"decode", "ctranslate2"} & set(config.parts)  # part 2 alone runs where CTranslate2 cannot
     ct2 = {
@@ -147,6 +150,7 @@ def _run(config: EngineBenchConfig, work_dir: Path) -> dict[str, Any]:
             "onnx": {p: str(d) for p, d in found.onnx.items()},
             "ctranslate2": str(found.ctranslate2),
         },
+        "int8_kernels_resolved": {p: e.runtime.int8_kernels for p, e in engines.items() if p == "int8"},
         "decoding": _jsonable(asdict(options)),
     }
     title = f"{found.checkpoint.name} ({model.config.d_model}d), {config.threads} thread(s)"

@@ -20,6 +20,7 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
         precisions=tuple(args.precisions.split(",")) if args.precisions else None,
         device=args.device,
         threads=args.threads,
+        int8_kernels=args.int8_kernels,
         out=args.out,
         source_file=args.source,
         sentences=args.sentences,
@@ -52,6 +53,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     engine.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="where both engines run")
     engine.add_argument("--threads", type=int, default=1, help="threads of every engine (the same for all)")
+    engine.add_argument(
+        "--int8-kernels",
+        default="auto",
+        choices=["auto", "u8s8", "u8u8"],
+        help="our int8 format on CPU (auto: u8u8 where u8s8 would saturate; CTranslate2 computes u8s8 there)",
+    )
     engine.add_argument("--out", type=Path, default=Path("runs/bench/engine"), help="JSON and PNG results")
     engine.add_argument("--source", type=Path, default=DEFAULT_CORPUS / "dev.en", help="sentences to translate")
     engine.add_argument("--sentences", type=int, default=500, help="first N non-empty lines of --source")

@@ -151,3 +151,48 @@ def test_ctranslate2_compute_types_follow_the_device() -> None:
     assert COMPUTE_TYPES["cuda"]["fp16"] == "float16"
     with pytest.raises(ValueError, match="fp16"):
         CTranslate2Engine("unused", precision="fp16", device="cpu")
+
+
+def test_fit_line_recovers_fixed_and_per_row_costs() -> None:
+    from nmtserve.bench.step_cost import fit_line
+
+    rows = [1, 2, 4, 8, 16, 32]
+    exact = fit_line(rows, [0.4 + 0.14 * r for r in rows])
+    assert exact["fixed_ms"] == pytest.approx(0.4) and exact["per_row_ms"] == pytest.approx(0.14)
+    assert exact["worst_relative_miss"] < 1e-9
+    bent = fit_line(rows, [0.4 + 0.14 * r + (0.5 if r == 32 else 0.0) for r in rows])
+    assert bent["worst_relative_miss"] > 0.01  # a step that is not linear in its rows shows in the miss
+
+
+def test_step_cost_times_both_engines_at_forced_lengths(tiny_dir: Path, source_file: Path, tmp_path: Path) -> None:
+    """``bench/step_cost.py`` end to end: ours and CTranslate2, fp32 and int8, rows = sentences x beam."""
+    from nmtserve.bench import step_cost
+
+    int8 = tiny_export(tiny_dir.parent, "int8")
+    out = tmp_path / "step_cost.json"
+    argv = ["--input", str(source_file), "--checkpoint", str(tiny_dir.parent / "checkpoint")]
+    argv += ["--model-dir", str(tiny_dir), "--model-dir", str(int8), "--work-dir", str(tmp_path / "work")]
+    argv += ["--sentences", "1", "3", "--beams", "1", "2", "--length", "5", "--rounds", "1", "--out", str(out)]
+    step_cost.main(argv)
+    report = json.loads(out.read_text())
+    engines = report["engines"]
+    assert {"ours fp32", "ctranslate2 fp32", "ctranslate2 int8"} <= engines.keys()
+    assert any(name.startswith("ours int8 u8") for name in engines)  # the int8 format that ran is named
+    for per_beam in engines.values():
+        assert per_beam["1"]["rows"] == [1, 3] and per_beam["2"]["rows"] == [2, 6]
+        assert all(ms >= 0 for row in per_beam.values() for ms in row["step_ms"])
+    pairs = report["cost_ours_over_ctranslate2"]
+    assert len(pairs) == 2 and all(set(r) == {"1", "2"} for r in pairs.values())
+
+
+def test_bench_engine_runs_our_int8_in_the_format_asked(tiny_dir: Path, source_file: Path, tmp_path: Path) -> None:
+    """``--int8-kernels u8s8`` runs CTranslate2's arithmetic on a CPU where ``auto`` picks u8u8; the JSON says which."""
+    int8 = tiny_export(tiny_dir.parent, "int8")
+    for kernels in ("u8s8", "u8u8"):
+        out = tmp_path / kernels
+        argv = ["bench", "engine", "--checkpoint", str(tiny_dir.parent / "checkpoint"), "--model-dir", str(int8)]
+        argv += ["--source", str(source_file), "--out", str(out), "--quick", "--parts", "ctranslate2"]
+        assert main([*argv, "--profile", "never", "--int8-kernels", kernels]) == 0
+        results = json.loads((out / RESULTS_JSON).read_text())
+        assert results["int8_kernels_resolved"] == {"int8": kernels}
+        assert results["config"]["int8_kernels"] == kernels
