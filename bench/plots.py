@@ -68,6 +68,27 @@ def plot_versus(results: list[dict[str, Any]], path: Path, title: str) -> Path:
     return _save(plt, figure, path)
 
 
+def plot_step_cost(results: dict[str, Any], path: Path, title: str) -> Path:
+    """Measured step cost against rows (points) and the fitted fixed + per-row line, per engine and beam."""
+    plt, figure, axes = _figure()
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for index, (name, per_beam) in enumerate(results["engines"].items()):
+        color = colors[index % len(colors)]
+        for beam, row in per_beam.items():
+            style = "-" if beam == "1" else "--"
+            axes.plot(row["rows"], row["step_ms"], "o", color=color, markersize=4)
+            ends = [min(row["rows"]), max(row["rows"])]
+            fitted = [row["fixed_ms"] + row["per_row_ms"] * r for r in ends]
+            label = f"{name}, beam {beam}: {row['fixed_ms']:.2f} + {row['per_row_ms']:.3f}/row"
+            axes.plot(ends, fitted, style, color=color, linewidth=1, label=label)
+    axes.set_xlabel("rows per step (sentences x beam)")
+    axes.set_ylabel("ms per decode step (CPU time)")
+    axes.set_title(title, fontsize=10)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=6, loc="upper left", framealpha=0.8)
+    return _save(plt, figure, path)
+
+
 def _save(plt, figure, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from nmtserve.bench.engines import TranslateFn
+from nmtserve.bench.plots import plot_step_cost
 from nmtserve.bench.report import machine_info, print_and_write
 from nmtserve.bench.timing import limit_threads, measure_in_turns
 from nmtserve.engine.decoding import DecodingOptions
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-ctranslate2", action="store_true", help="our engine alone")
     parser.add_argument("--work-dir", type=Path, default=Path("runs/bench/work"), help="cached conversions")
-    parser.add_argument("--out", type=Path, default=None, help="also write the figures here (JSON)")
+    parser.add_argument("--out", type=Path, default=None, help="also write the figures here (JSON, and a PNG beside)")
     args = parser.parse_args(argv)
     limit_threads(1)
     found = artifacts.prepare(args.checkpoint, list(args.model_dir or ()), ["fp32", "int8"], args.work_dir)
@@ -162,6 +163,9 @@ def main(argv: list[str] | None = None) -> None:
     results["machine"] = machine_info(1)
     print(format_table(results))
     print_and_write(results, args.out)
+    if args.out is not None:
+        title = f"decode step cost, source of {len(source)} tokens, 1 thread"
+        plot_step_cost(results, args.out.with_suffix(".png"), title)
 
 
 if __name__ == "__main__":

@@ -183,6 +183,7 @@ def test_step_cost_times_both_engines_at_forced_lengths(tiny_dir: Path, source_f
         assert all(ms >= 0 for row in per_beam.values() for ms in row["step_ms"])
     pairs = report["cost_ours_over_ctranslate2"]
     assert len(pairs) == 2 and all(set(r) == {"1", "2"} for r in pairs.values())
+    assert out.with_suffix(".png").read_bytes().startswith(PNG_MAGIC)
 
 
 def test_bench_engine_runs_our_int8_in_the_format_asked(tiny_dir: Path, source_file: Path, tmp_path: Path) -> None:
