@@ -30,6 +30,7 @@ from nmtserve.bench.plots import plot_step_cost
 from nmtserve.bench.report import machine_info, print_and_write
 from nmtserve.bench.timing import limit_threads, measure_in_turns
 from nmtserve.engine.decoding import DecodingOptions
+from nmtserve.engine.int8_kernels import INT8_KERNELS
 
 SENTENCES = (1, 2, 4, 8, 16, 32)
 BEAMS = (1, 4)
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input", type=Path, required=True, help="sentences; the median-length one is decoded")
     parser.add_argument("--model-dir", type=Path, action="append", help="exports (default: shipped fp32 and int8)")
     parser.add_argument("--checkpoint", type=Path, default=DEMO_CHECKPOINT, help="weights of every engine")
-    parser.add_argument("--int8-kernels", default="auto", help="our int8 format on CPU: auto, u8s8 or u8u8")
+    parser.add_argument("--int8-kernels", default="auto", choices=INT8_KERNELS, help="our int8 format on CPU")
     parser.add_argument("--sentences", type=int, nargs="+", default=list(SENTENCES))
     parser.add_argument("--beams", type=int, nargs="+", default=list(BEAMS))
     parser.add_argument("--length", type=int, default=LENGTH)

@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from nmtserve.cli.common import DEFAULT_CORPUS
+from nmtserve.engine.int8_kernels import INT8_KERNELS
 
 
 def cmd_bench_engine(args: argparse.Namespace) -> int:
@@ -56,7 +57,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     engine.add_argument(
         "--int8-kernels",
         default="auto",
-        choices=["auto", "u8s8", "u8u8"],
+        choices=INT8_KERNELS,
         help="our int8 format on CPU (auto: u8u8 where u8s8 would saturate; CTranslate2 computes u8s8 there)",
     )
     engine.add_argument("--out", type=Path, default=Path("runs/bench/engine"), help="JSON and PNG results")
