@@ -1,4 +1,4 @@
-"""One int8 export in both of its CPU formats (engine/int8_kernels.py) against its fp32 export: speed, BLEU against
+"""One int8 export in each of its CPU formats (engine/int8_kernels.py) against its fp32 export: speed, BLEU against
 references where there are any, and agreement with fp32's own output (the quality figure for text without
 references).
 
@@ -41,6 +41,7 @@ def measure(
         ("fp32", fp32_dir, "u8s8"),
         ("u8s8", int8_dir, "u8s8"),
         ("u8u8", int8_dir, "u8u8"),
+        ("u8s7", int8_dir, "u8s7"),
     ):
         engine = Engine.load(directory, threads=1, spin=False, int8_kernels=kernels)
         speed, hypotheses = _best_of(engine, texts, options, repeats)

@@ -11,13 +11,23 @@ The same products in u8u8 are exact everywhere: a weight w in -128..127 is store
 ``(a - za) x (b - zb)`` is unchanged term for term, and the u8u8 kernels widen to 16-bit operands with 32-bit sums.
 So the export keeps one format and the engine shifts the weights when it loads the model on a CPU that needs it
 (``auto``); the u8u8 kernels are slower than u8s8 with VNNI, which is why the shift is not made everywhere.
+
+u8u8 costs speed on the CPUs that need it: it widens both operands to 16 bits, and a decode row cost 1.20-1.45x
+what it costs in u8s8 on the demo model (docs/benchmarks.md, issue 17 session 13). ``u8s7`` (asked for, never
+``auto``) keeps the fast u8s8 kernels and makes them exact instead, onnxruntime's other remedy: each weight column
+is requantized to 7 bits (-64..64, its scale times peak / 64), so a pair of products is at most 255 x 64 x 2 =
+32640 and fits the 16 bits. The arithmetic is exact but the weights are coarser (a second rounding, at twice the
+step), which moved more outputs away from fp32's than u8u8 does (session 14's figures), so ``auto`` keeps all 8
+bits. A weight whose scale cannot be found (not ``quantize_dynamic``'s symmetric ``<name>_quantized`` /
+``<name>_scale`` pair) is shifted to u8u8 instead.
 """
 
 from __future__ import annotations
 
 import logging
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -28,7 +38,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-INT8_KERNELS = ("auto", "u8s8", "u8u8")
+INT8_KERNELS = ("auto", "u8s8", "u8u8", "u8s7")
+SEVEN_BIT_PEAK = 64  # |w| <= 64: 255 x 64 x 2 = 32640 fits VPMADDUBSW's 16-bit sums
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni", "amx_int8"})
 X86 = frozenset({"x86_64", "amd64", "i386", "i686"})
 PROTOBUF_LIMIT = 2**31 - 2**24  # a graph shifted in memory is handed to onnxruntime as one serialized protobuf
@@ -55,7 +66,7 @@ def u8s8_saturates(machine: str | None = None, flags: Iterable[str] | None = Non
 
 
 def resolve_int8_kernels(setting: str) -> str:
-    """``auto`` becomes the exact format for this CPU; ``u8s8`` and ``u8u8`` are taken as given."""
+    """``auto`` becomes the exact 8-bit format for this CPU; the others are taken as given."""
     if setting not in INT8_KERNELS:
         raise ValueError(f"int8_kernels must be one of {', '.join(INT8_KERNELS)}, not {setting!r}")
     if setting != "auto":
@@ -68,9 +79,10 @@ def _shift(array: np.ndarray) -> np.ndarray:
     return (array.astype(np.int16) + 128).astype(np.uint8)
 
 
-def shift_to_unsigned(model: onnx.ModelProto) -> set[str]:
+def shift_to_unsigned(model: onnx.ModelProto, skip: Iterable[str] = ()) -> set[str]:
     """Rewrite ``model`` in place so that every ``MatMulInteger`` reads uint8 weights and zero points; returns the
     graph inputs that now take uint8 (the shortlist feeds the projection's columns: the caller shifts those).
+    Weights in ``skip`` (made exact otherwise: ``narrow_to_7bit``) stay as they are.
 
     A shifted tensor may also be read by a Gather that a DequantizeLinear dequantizes (the input embedding reads
     the projection's int8 columns): a DequantizeLinear subtracts its zero point, so it agrees with the shift. A
@@ -107,6 +119,8 @@ def shift_to_unsigned(model: onnx.ModelProto) -> set[str]:
             continue
         weight = node.input[1]
         zero = node.input[3] if len(node.input) > 3 and node.input[3] else ""
+        if weight in skip:
+            continue
         if int8(weight) and (not zero or int8(zero)) and readers_agree(weight) and (not zero or readers_agree(zero)):
             candidates.append((node, weight, zero))
     pairs = _consistent(candidates, [n for n in graph.node if n.op_type == "MatMulInteger"])
@@ -149,24 +163,115 @@ def _consistent(candidates: list, matmuls: list) -> list:
         pairs = narrowed
 
 
-def session_source(path: Path, kernels: str) -> tuple[str | bytes, set[str]]:
-    """What to open an int8 graph's session from under ``kernels`` (resolved): its path, or the shifted graph as
-    bytes, with the graph inputs that now take uint8. A graph too large for one protobuf keeps u8s8, with a
+@dataclass(frozen=True)
+class FedWeights:
+    """Graph inputs whose values the caller converts to the format the graph now runs: the shortlist feeds the
+    output projection's columns, so its tensors are converted where they are gathered from, not in the graph."""
+
+    shifted: frozenset[str] = frozenset()  # int8 -> uint8, 128 higher (u8u8)
+    narrowed: Mapping[str, str] = field(default_factory=dict)  # 7-bit weight -> the scale input it is rescaled with
+
+    def __bool__(self) -> bool:
+        return bool(self.shifted or self.narrowed)
+
+
+def _narrow(weight: np.ndarray, scale: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A symmetric int8 weight [.., K, N] and its scale (per column [N], or one) as 7 bits: a column whose peak is
+    above 64 is scaled to it (scale x peak / 64), others are unchanged."""
+    values = weight.astype(np.float32)
+    per_column = scale.size > 1
+    peak = np.abs(values).max(axis=tuple(range(values.ndim - 1))) if per_column else np.abs(values).max()
+    factor = np.minimum(1.0, SEVEN_BIT_PEAK / np.maximum(peak, 1.0)).astype(np.float32)
+    narrowed = np.clip(np.rint(values * factor), -SEVEN_BIT_PEAK, SEVEN_BIT_PEAK).astype(np.int8)
+    return narrowed, (scale / factor.reshape(scale.shape) if per_column else scale / factor).astype(scale.dtype)
+
+
+def narrow_to_7bit(model: onnx.ModelProto) -> tuple[set[str], dict[str, str]]:
+    """Rewrite ``model`` in place so that each ``MatMulInteger`` weight that can be has 7-bit values (see the module
+    doc); returns the weights made exact that way, and those of them that are graph inputs with their scale inputs
+    (``FedWeights.narrowed``: the caller narrows what it feeds).
+
+    A weight qualifies when it is ``quantize_dynamic``'s ``<name>_quantized`` with its ``<name>_scale`` beside it,
+    both initializers or both graph inputs, symmetric (no zero point, or an all-zero initializer), and read only
+    where a rescale agrees: its ``MatMulInteger``s and the embedding's Gather + DequantizeLinear; its scale only by
+    the Mul that rescales the product, or that Gather and DequantizeLinear."""
+    from onnx import TensorProto, numpy_helper
+
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    inputs = {i.name for i in graph.input}
+    readers: dict[str, set[tuple[str, int]]] = {}
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            readers.setdefault(name, set()).add((node.op_type, position))
+    weight_readers = {("MatMulInteger", 1), ("Gather", 0), ("DequantizeLinear", 0)}
+
+    def scale_read_well(name: str) -> bool:
+        return all(op in ("Mul", "Gather") or (op, at) == ("DequantizeLinear", 1) for op, at in readers[name])
+
+    def symmetric(node: onnx.NodeProto) -> bool:
+        zero = node.input[3] if len(node.input) > 3 else ""
+        if not zero or zero in inputs:  # fed: ``convert_columns`` checks the values it narrows with
+            return True
+        tensor = initializers.get(zero)
+        return tensor is not None and tensor.data_type == TensorProto.INT8 and not numpy_helper.to_array(tensor).any()
+
+    narrowed: set[str] = set()
+    fed: dict[str, str] = {}
+    for node in graph.node:
+        if node.op_type != "MatMulInteger" or len(node.input) < 2 or node.input[1] in narrowed:
+            continue
+        weight = node.input[1]
+        scale = weight.removesuffix("_quantized") + "_scale"
+        if not weight.endswith("_quantized") or scale not in readers or not readers[weight] <= weight_readers:
+            continue
+        if not scale_read_well(scale):
+            continue
+        users = [n for n in graph.node if n.op_type == "MatMulInteger" and len(n.input) > 1 and n.input[1] == weight]
+        if not all(symmetric(n) for n in users):
+            continue
+        if weight in initializers and scale in initializers:
+            tensor, scale_tensor = initializers[weight], initializers[scale]
+            if tensor.data_type != TensorProto.INT8:
+                continue
+            values, scales = _narrow(numpy_helper.to_array(tensor), numpy_helper.to_array(scale_tensor))
+            tensor.CopyFrom(numpy_helper.from_array(values, weight))
+            scale_tensor.CopyFrom(numpy_helper.from_array(scales, scale))
+        elif weight in inputs and scale in inputs:
+            fed[weight] = scale
+        else:
+            continue
+        narrowed.add(weight)
+    return narrowed, fed
+
+
+def session_source(path: Path, kernels: str) -> tuple[str | bytes, FedWeights]:
+    """What to open an int8 graph's session from under ``kernels`` (resolved): its path, or the rewritten graph as
+    bytes, with the graph inputs the caller converts. A graph too large for one protobuf keeps u8s8, with a
     warning."""
-    if kernels != "u8u8":
-        return str(path), set()
+    if kernels not in ("u8u8", "u8s7"):
+        return str(path), FedWeights()
     import onnx
 
     model = onnx.load(str(path))
     if not any(node.op_type == "MatMulInteger" for node in model.graph.node):
-        return str(path), set()
-    if model.ByteSize() > PROTOBUF_LIMIT:  # the shift keeps every tensor's size
-        log.warning("%s is too large to shift to u8u8 in memory; it runs u8s8, which may saturate here", path)
-        return str(path), set()
-    fed = shift_to_unsigned(model)
-    return model.SerializeToString(), fed
+        return str(path), FedWeights()
+    if model.ByteSize() > PROTOBUF_LIMIT:  # the rewrite keeps every tensor's size
+        log.warning("%s is too large to rewrite for %s in memory; it runs u8s8, which may saturate here", path, kernels)
+        return str(path), FedWeights()
+    narrowed, fed_narrowed = narrow_to_7bit(model) if kernels == "u8s7" else (set(), {})
+    shifted = shift_to_unsigned(model, skip=narrowed)  # u8s7: what could not be narrowed is made exact this way
+    return model.SerializeToString(), FedWeights(frozenset(shifted), fed_narrowed)
 
 
-def shift_columns(columns: dict[str, tuple[np.ndarray, int]], fed: set[str]) -> dict[str, tuple[np.ndarray, int]]:
-    """The shortlist's full tensors with those the step graph now takes as uint8 shifted to match."""
-    return {name: (_shift(array) if name in fed else array, axis) for name, (array, axis) in columns.items()}
+def convert_columns(columns: dict[str, tuple[np.ndarray, int]], fed: FedWeights) -> dict[str, tuple[np.ndarray, int]]:
+    """The shortlist's full tensors converted as the step graph's fed inputs now expect (``session_source``)."""
+    converted = {name: (_shift(a) if name in fed.shifted else a, axis) for name, (a, axis) in columns.items()}
+    for weight, scale in fed.narrowed.items():
+        (values, axis), (scales, scale_axis) = columns[weight], columns[scale]
+        zero = columns.get(weight.removesuffix("_quantized") + "_zero_point")
+        if zero is not None and zero[0].any():
+            raise ValueError(f"{weight} is not symmetric (its zero point is not 0): it cannot be narrowed to 7 bits")
+        narrowed, rescaled = _narrow(values, scales)
+        converted[weight], converted[scale] = (narrowed, axis), (rescaled, scale_axis)
+    return converted

@@ -17,7 +17,7 @@ import numpy as np
 import onnxruntime as ort
 
 from nmtserve.engine.cpu_budget import usable_cpus
-from nmtserve.engine.int8_kernels import resolve_int8_kernels, session_source, shift_columns
+from nmtserve.engine.int8_kernels import FedWeights, convert_columns, resolve_int8_kernels, session_source
 from nmtserve.engine.model_dir import (
     APPEND_ROWS,
     DECODER_STEP,
@@ -49,7 +49,7 @@ class RuntimeConfig:
     device_id: int = 0
     threads: int | None = None  # CPU intra-op threads; None: the CPUs this process may use (quota too), at most 8
     spin: bool = True  # let idle ORT threads spin: lower latency, but burns CPU that a co-located job may want
-    int8_kernels: str = "auto"  # int8 exports on CPU: u8s8, u8u8 or auto (engine/int8_kernels.py)
+    int8_kernels: str = "auto"  # int8 exports on CPU: u8s8, u8u8, u8s7 or auto (engine/int8_kernels.py)
 
     def intra_op_threads(self) -> int:
         if self.threads:
@@ -121,7 +121,7 @@ class Runtime:
         self.sessions = {name: open_session(model, config, options, providers) for name, (model, _) in sources.items()}
         self.outputs = {name: [o.name for o in s.get_outputs()] for name, s in self.sessions.items()}
         self.cache_dtype = np.dtype(info.cache_dtype)
-        self.shortlist = _load_shortlist(info, set().union(*(fed for _, fed in sources.values())))
+        self.shortlist = _load_shortlist(info, sources[DECODER_STEP][1])  # the one graph with fed weights
 
     def upload(self, array: np.ndarray) -> ort.OrtValue:
         """A host array as an OrtValue on the device (on CPU it wraps the array without a copy)."""
@@ -168,14 +168,14 @@ def _int8_kernels(info: ModelInfo, config: RuntimeConfig) -> str:
         kernels = resolve_int8_kernels(config.int8_kernels)
     except ValueError as error:
         raise EngineError(str(error)) from error
-    if kernels == "u8u8":
-        log.info("int8 weights shifted to u8u8: this CPU's u8s8 kernels would saturate (no VNNI)")
+    if kernels in ("u8u8", "u8s7"):
+        log.info("int8 weights rewritten for %s: exact where u8s8 kernels saturate 8-bit weights (no VNNI)", kernels)
     return kernels
 
 
-def _load_shortlist(info: ModelInfo, unsigned: set[str]) -> Shortlist | None:
+def _load_shortlist(info: ModelInfo, fed: FedWeights) -> Shortlist | None:
     """The export's vocabulary shortlist (``export/shortlist.py``), or None for a full-vocabulary export
-    (``unsigned``: the step graph's inputs shifted to u8u8, whose columns are shifted to match)."""
+    (``fed``: the step graph's inputs rewritten for the int8 format, whose columns are converted to match)."""
     spec = info.manifest.get("shortlist")
     if spec is None:
         return None
@@ -184,4 +184,4 @@ def _load_shortlist(info: ModelInfo, unsigned: set[str]) -> Shortlist | None:
         shortlist = Shortlist.load(info.directory, spec["inputs"], info.vocab_size, sorted(special))
     except (KeyError, ValueError, OSError) as error:
         raise EngineError(f"{info.directory}: the vocabulary shortlist cannot be read: {error}") from error
-    return replace(shortlist, columns=shift_columns(shortlist.columns, unsigned)) if unsigned else shortlist
+    return replace(shortlist, columns=convert_columns(shortlist.columns, fed)) if fed else shortlist

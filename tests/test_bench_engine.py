@@ -189,7 +189,7 @@ def test_step_cost_times_both_engines_at_forced_lengths(tiny_dir: Path, source_f
 def test_bench_engine_runs_our_int8_in_the_format_asked(tiny_dir: Path, source_file: Path, tmp_path: Path) -> None:
     """``--int8-kernels u8s8`` runs CTranslate2's arithmetic on a CPU where ``auto`` picks u8u8; the JSON says which."""
     int8 = tiny_export(tiny_dir.parent, "int8")
-    for kernels in ("u8s8", "u8u8"):
+    for kernels in ("u8s8", "u8u8", "u8s7"):
         out = tmp_path / kernels
         argv = ["bench", "engine", "--checkpoint", str(tiny_dir.parent / "checkpoint"), "--model-dir", str(int8)]
         argv += ["--source", str(source_file), "--out", str(out), "--quick", "--parts", "ctranslate2"]

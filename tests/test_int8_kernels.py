@@ -1,5 +1,5 @@
-"""int8 weights shifted to u8u8 (engine/int8_kernels.py), run by real onnxruntime sessions against integer
-arithmetic in numpy."""
+"""int8 weights shifted to u8u8 or narrowed to 7 bits (engine/int8_kernels.py), run by real onnxruntime sessions
+against integer arithmetic in numpy."""
 
 from __future__ import annotations
 
@@ -13,9 +13,12 @@ from onnx import TensorProto, helper, numpy_helper
 
 from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.engine.int8_kernels import (
+    SEVEN_BIT_PEAK,
+    FedWeights,
+    convert_columns,
+    narrow_to_7bit,
     resolve_int8_kernels,
     session_source,
-    shift_columns,
     shift_to_unsigned,
     u8s8_saturates,
 )
@@ -33,14 +36,25 @@ def _worst_case() -> tuple[np.ndarray, np.ndarray]:
     return activations, weights
 
 
-def _graph(weights: np.ndarray, *, weight_as_input: bool = False, extra_reader: bool = False) -> onnx.ModelProto:
+def _graph(
+    weights: np.ndarray,
+    *,
+    weight_as_input: bool = False,
+    extra_reader: bool = False,
+    name: str = "W",
+    scales: np.ndarray | None = None,
+    fed_scale: bool = False,
+) -> onnx.ModelProto:
     """y = MatMulInteger(a, W, 0, zero point 0 per column), and the embedding's read of the same weight: columns of
-    W gathered and dequantized (as the int8 step graph's input embedding does)."""
+    W gathered and dequantized (as the int8 step graph's input embedding does). ``name``: the weight's name
+    (``quantize_dynamic`` calls it ``<x>_quantized`` beside ``<x>_scale``); ``fed_scale``: the scale is a graph
+    input too, as the shortlist feeds it."""
+    W = name
     zero = numpy_helper.from_array(np.zeros(N, np.int8), "W_zero_point")
-    scale = numpy_helper.from_array(np.full(N, 0.5, np.float32), "W_scale")
+    scale_values = np.full(N, 0.5, np.float32) if scales is None else scales
     nodes = [
-        helper.make_node("MatMulInteger", ["a", "W", "a_zero", "W_zero_point"], ["y"]),
-        helper.make_node("Gather", ["W", "ids"], ["W_columns"], axis=1),
+        helper.make_node("MatMulInteger", ["a", W, "a_zero", "W_zero_point"], ["y"]),
+        helper.make_node("Gather", [W, "ids"], ["W_columns"], axis=1),
         helper.make_node("Gather", ["W_scale", "ids"], ["columns_scale"], axis=0),
         helper.make_node("Gather", ["W_zero_point", "ids"], ["columns_zero"], axis=0),
         helper.make_node("DequantizeLinear", ["W_columns", "columns_scale", "columns_zero"], ["embedded"], axis=1),
@@ -50,17 +64,21 @@ def _graph(weights: np.ndarray, *, weight_as_input: bool = False, extra_reader: 
         helper.make_tensor_value_info("embedded", TensorProto.FLOAT, [K, None]),
     ]
     if extra_reader:  # something that reads the raw int8 values: the shift would change its result
-        nodes.append(helper.make_node("Cast", ["W"], ["W_raw"], to=TensorProto.INT32))
+        nodes.append(helper.make_node("Cast", [W], ["W_raw"], to=TensorProto.INT32))
         outputs.append(helper.make_tensor_value_info("W_raw", TensorProto.INT32, [K, N]))
     inputs = [
         helper.make_tensor_value_info("a", TensorProto.UINT8, [M, K]),
         helper.make_tensor_value_info("ids", TensorProto.INT64, [None]),
     ]
-    initializers = [zero, scale, numpy_helper.from_array(np.array(0, np.uint8), "a_zero")]
-    if weight_as_input:  # the shortlist feeds the projection's columns as graph inputs
-        inputs.append(helper.make_tensor_value_info("W", TensorProto.INT8, [K, N]))
+    initializers = [zero, numpy_helper.from_array(np.array(0, np.uint8), "a_zero")]
+    if fed_scale:
+        inputs.append(helper.make_tensor_value_info("W_scale", TensorProto.FLOAT, [N]))
     else:
-        initializers.append(numpy_helper.from_array(weights, "W"))
+        initializers.append(numpy_helper.from_array(scale_values, "W_scale"))
+    if weight_as_input:  # the shortlist feeds the projection's columns as graph inputs
+        inputs.append(helper.make_tensor_value_info(W, TensorProto.INT8, [K, N]))
+    else:
+        initializers.append(numpy_helper.from_array(weights, W))
     graph = helper.make_graph(nodes, "int8", inputs, outputs, initializers)
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
 
@@ -92,7 +110,7 @@ def test_a_weight_fed_as_an_input_is_shifted_by_the_caller() -> None:
     model = _graph(weights, weight_as_input=True)
     fed = shift_to_unsigned(model)
     assert fed == {"W"}
-    columns = shift_columns({"W": (weights, 1), "W_bias": (np.ones(N, np.float32), 0)}, fed)
+    columns = convert_columns({"W": (weights, 1), "W_bias": (np.ones(N, np.float32), 0)}, FedWeights(frozenset(fed)))
     assert columns["W"][0].dtype == np.uint8 and columns["W_bias"][0].dtype == np.float32
     (y, _) = _run(model, {"a": activations, "ids": np.array([1], np.int64), "W": columns["W"][0]})
     np.testing.assert_array_equal(y, activations.astype(np.int32) @ weights.astype(np.int32))
@@ -123,9 +141,10 @@ def test_which_cpus_need_the_shift(machine: str, flags: set[str], saturates: boo
 
 
 def test_an_unknown_setting_is_refused_by_name() -> None:
-    with pytest.raises(ValueError, match="int8_kernels must be one of auto, u8s8, u8u8, not 's8s8'"):
+    with pytest.raises(ValueError, match="int8_kernels must be one of auto, u8s8, u8u8, u8s7, not 's8s8'"):
         resolve_int8_kernels("s8s8")
-    assert resolve_int8_kernels("u8s8") == "u8s8" and resolve_int8_kernels("u8u8") == "u8u8"
+    for kernels in ("u8s8", "u8u8", "u8s7"):
+        assert resolve_int8_kernels(kernels) == kernels
     assert resolve_int8_kernels("auto") == ("u8u8" if u8s8_saturates() else "u8s8")
 
 
@@ -134,19 +153,19 @@ def test_graphs_without_integer_matmuls_open_from_their_file(tmp_path: Path) -> 
     node = helper.make_node("Identity", ["x"], ["y"])
     value = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
     onnx.save(helper.make_model(helper.make_graph([node], "g", value[:1], value[1:])), str(path))
-    assert session_source(path, "u8u8") == (str(path), set())
-    assert session_source(path, "u8s8") == (str(path), set())
+    for kernels in ("u8u8", "u8s8", "u8s7"):
+        assert session_source(path, kernels) == (str(path), FedWeights())
 
 
-def test_the_demo_int8_export_under_either_format_translates_as_fp32_does_mostly() -> None:
-    """The shipped int8 export in both formats, against fp32: u8u8 is exact integer arithmetic on any CPU, so it
-    must stay close to fp32 everywhere (u8s8 only where its sums do not saturate)."""
+def test_the_demo_int8_export_under_each_format_translates_as_fp32_does_mostly() -> None:
+    """The shipped int8 export in every format, against fp32: u8u8 and u8s7 are exact integer arithmetic on any
+    CPU, so they must stay close to fp32 everywhere (u8s8 only where its sums do not saturate)."""
     from nmtserve.engine.model_dir import demo_export
 
     texts = ["The file could not be opened.", "Click here to install the package, then restart the computer."]
     options = DecodingOptions(beam_size=4)
     reference = Engine.load(demo_export("fp32"), threads=1).translate(texts, options)
-    for kernels in ("u8u8", "u8s8"):
+    for kernels in ("u8u8", "u8s7", "u8s8"):
         engine = Engine.load(demo_export("int8"), threads=1, int8_kernels=kernels)
         assert engine.runtime.int8_kernels == kernels
         if kernels == "u8s8" and u8s8_saturates():
@@ -200,3 +219,62 @@ def test_a_weight_without_a_zero_point_read_twice_gets_one_zero_point() -> None:
     exact = activations.astype(np.int32) @ weights.astype(np.int32)
     for y in _run(model, {"a": activations}):
         np.testing.assert_array_equal(y, exact)
+
+
+def test_weights_narrowed_to_7_bits_give_exact_products_on_the_u8s8_kernels() -> None:
+    """The worst case that saturates u8s8 with 8-bit weights: narrowed to 7 bits, the same kernels compute the
+    integer products exactly, and the embedding's dequantized columns read the narrowed weight consistently."""
+    activations, weights = _worst_case()
+    scales = np.linspace(0.01, 0.08, N).astype(np.float32)
+    ids = np.array([0, 3, 5], np.int64)
+    model = _graph(weights, name="W_quantized", scales=scales)
+    assert narrow_to_7bit(model) == ({"W_quantized"}, {})
+    tensors = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    narrowed, rescaled = tensors["W_quantized"], tensors["W_scale"]
+    assert narrowed.dtype == np.int8 and int(np.abs(narrowed.astype(np.int32)).max()) == SEVEN_BIT_PEAK
+    y, embedded = _run(model, {"a": activations, "ids": ids})
+    np.testing.assert_array_equal(y, activations.astype(np.int32) @ narrowed.astype(np.int32))  # no saturation
+    np.testing.assert_allclose(embedded, narrowed[:, ids].astype(np.float32) * rescaled[ids], rtol=1e-6)
+    # Within half a 7-bit step of the 8-bit weight it came from (127 / 64: the step is about twice as coarse).
+    error = np.abs(narrowed.astype(np.float64) * rescaled - weights.astype(np.float64) * scales)
+    assert (error <= rescaled / 2 * (1 + 1e-5)).all()
+
+
+def test_a_fed_weight_is_narrowed_by_the_caller_with_its_scale() -> None:
+    """The shortlist feeds the projection's int8 columns and scales: the graph keeps int8 inputs, the caller
+    narrows both, and the products are exact on the narrowed values."""
+    activations, weights = _worst_case()
+    scales = np.full(N, 0.25, np.float32)
+    model = _graph(weights, name="W_quantized", weight_as_input=True, fed_scale=True)
+    narrowed_names, fed = narrow_to_7bit(model)
+    assert narrowed_names == {"W_quantized"} and fed == {"W_quantized": "W_scale"}
+    assert shift_to_unsigned(model, skip=narrowed_names) == set()  # nothing left to shift
+    columns = convert_columns(
+        {"W_quantized": (weights, 1), "W_scale": (scales, 0), "W_zero_point": (np.zeros(N, np.int8), 0)},
+        FedWeights(narrowed=fed),
+    )
+    narrowed, rescaled = columns["W_quantized"][0], columns["W_scale"][0]
+    assert int(np.abs(narrowed.astype(np.int32)).max()) <= SEVEN_BIT_PEAK
+    peaks = np.abs(weights.astype(np.int32)).max(axis=0)  # 127 or 128 per column
+    np.testing.assert_allclose(rescaled, 0.25 * peaks / SEVEN_BIT_PEAK, rtol=1e-6)
+    feeds = {"a": activations, "ids": np.array([2], np.int64), "W_quantized": narrowed, "W_scale": rescaled}
+    (y, _) = _run(model, feeds)
+    np.testing.assert_array_equal(y, activations.astype(np.int32) @ narrowed.astype(np.int32))
+    with pytest.raises(ValueError, match="W_quantized is not symmetric"):
+        convert_columns(
+            {"W_quantized": (weights, 1), "W_scale": (scales, 0), "W_zero_point": (np.ones(N, np.int8), 0)},
+            FedWeights(narrowed=fed),
+        )
+
+
+def test_under_u8s7_a_weight_without_a_known_scale_is_shifted_to_u8u8(tmp_path: Path) -> None:
+    """A weight not named as quantize_dynamic names it has no scale to rescale: u8s7 makes it exact the u8u8 way."""
+    activations, weights = _worst_case()
+    path = tmp_path / "unnamed.onnx"
+    onnx.save(_graph(weights), str(path))
+    source, fed = session_source(path, "u8s7")
+    assert isinstance(source, bytes) and not fed
+    model = onnx.load_from_string(source)
+    assert {t.name: t.data_type for t in model.graph.initializer}["W"] == TensorProto.UINT8
+    (y, _) = _run(model, {"a": activations, "ids": np.array([0], np.int64)})
+    np.testing.assert_array_equal(y, activations.astype(np.int32) @ weights.astype(np.int32))

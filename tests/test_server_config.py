@@ -82,7 +82,7 @@ def test_invalid_settings_are_refused(tmp_path: Path, flags: dict, environ: dict
         (["--threads", "100000"], {}, "threads must be in 0..256"),
         (["--engine-workers", "-1"], {}, "engine_workers must be in 0..256"),
         ([], {"NMTSERVE_ENGINE_WORKERS": "1000"}, "engine_workers must be in 0..256"),
-        ([], {"NMTSERVE_INT8_KERNELS": "s8s8"}, "int8_kernels must be one of auto, u8s8, u8u8, not 's8s8'"),
+        ([], {"NMTSERVE_INT8_KERNELS": "s8s8"}, "int8_kernels must be one of auto, u8s8, u8u8, u8s7, not 's8s8'"),
     ],
 )
 def test_settings_that_would_break_the_server_are_refused(argv: list[str], environ: dict, message: str) -> None:

@@ -185,19 +185,25 @@ def test_an_int8_shortlist_keeps_int8_layers_and_decodes_from_its_subset(corpus:
         assert nbest[0].token_ids and set(nbest[0].token_ids) <= batch_vocabulary
 
 
-def test_an_int8_shortlist_shifted_to_u8u8_feeds_shifted_columns(corpus: Path, tmp_path: Path) -> None:
-    """Under u8u8 (engine/int8_kernels.py) the projection's fed int8 columns and zero points are shifted with the
-    graph: a whole-vocabulary shortlist then scores as the full int8 export does in u8u8, where both are exact
-    integer arithmetic over the same values."""
+@pytest.mark.parametrize("kernels", ["u8u8", "u8s7"])
+def test_an_int8_shortlist_feeds_columns_converted_with_the_graph(corpus: Path, tmp_path: Path, kernels: str) -> None:
+    """Under u8u8 and u8s7 (engine/int8_kernels.py) the projection's fed int8 columns (and zero points, or scales)
+    are converted with the graph: a whole-vocabulary shortlist then scores as the full int8 export does in the
+    same format, where both are exact integer arithmetic over the same values."""
     from nmtserve.engine.model_dir import demo_export
 
     out = build_shortlist_export(demo_export("int8"), tmp_path / "int8", corpus, SMALL, bleu_split=None)
-    engine = Engine.load(out, threads=1, int8_kernels="u8u8")
-    assert engine.runtime.int8_kernels == "u8u8" and engine.runtime.shortlist is not None
-    kinds = {name: array.dtype for name, (array, _) in engine.runtime.shortlist.columns.items()}
-    assert {kinds[n] for n in kinds if n.endswith(("_quantized", "_zero_point"))} == {np.dtype(np.uint8)}, kinds
+    engine = Engine.load(out, threads=1, int8_kernels=kernels)
+    assert engine.runtime.int8_kernels == kernels and engine.runtime.shortlist is not None
+    columns = {name: array for name, (array, _) in engine.runtime.shortlist.columns.items()}
+    if kernels == "u8u8":
+        kinds = {columns[n].dtype for n in columns if n.endswith(("_quantized", "_zero_point"))}
+        assert kinds == {np.dtype(np.uint8)}, kinds
+    else:
+        weights = [columns[n] for n in columns if n.endswith("_quantized")]
+        assert weights and all(w.dtype == np.int8 and np.abs(w.astype(np.int32)).max() <= 64 for w in weights)
     engine.runtime.shortlist = engine.runtime.shortlist.covering_everything()
-    full = Engine.load(demo_export("int8"), threads=1, int8_kernels="u8u8")
+    full = Engine.load(demo_export("int8"), threads=1, int8_kernels=kernels)
     options = DecodingOptions(beam_size=4)
     for ours, theirs in zip(engine.translate(TEXTS, options), full.translate(TEXTS, options), strict=True):
         assert ours[0].token_ids == theirs[0].token_ids
