@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from nmtserve.cli.common import DEFAULT_CORPUS
+from nmtserve.engine.int8_kernels import INT8_KERNELS
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -56,7 +57,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 def cmd_bleu(args: argparse.Namespace) -> int:
     from nmtserve.model.scoring import check_bleu_against_fp32
 
-    base, other, ok = check_bleu_against_fp32(args.fp32_dir, args.other_dir, args.corpus, args.split, args.tolerance)
+    base, other, ok = check_bleu_against_fp32(
+        args.fp32_dir, args.other_dir, args.corpus, args.split, args.tolerance, int8_kernels=args.int8_kernels
+    )
     print(f"fp32: {base}\nother: {other}\nwithin {args.tolerance} BLEU: {ok}")
     return 0 if ok else 1
 
@@ -125,6 +128,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     bleu.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     bleu.add_argument("--split", default="dev")
     bleu.add_argument("--tolerance", type=float, default=0.5)
+    bleu.add_argument(
+        "--int8-kernels",
+        default="auto",
+        choices=INT8_KERNELS,
+        help="the int8 format to score in (engine/int8_kernels.py): e.g. u8s7 before serving with it",
+    )
     bleu.set_defaults(func=cmd_bleu)
     shortlist = checks.add_parser(
         "shortlist", help="a copy of an export whose output projection covers only likely target tokens (gated)"

@@ -336,3 +336,23 @@ def test_the_input_embedding_reads_rows_of_its_own_copy_when_small(model, tmp_pa
     by_rows, by_columns = _session(rows_path).run(None, feeds), _session(columns_path).run(None, feeds)
     for a, b in zip(by_rows, by_columns, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_export_bleu_scores_int8_in_the_format_asked(
+    tiny_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    """``nmtserve export bleu --int8-kernels u8s7``: a user measures the 7-bit format on their own model before
+    serving with it; the engine that scores is loaded in that format, and the scores and verdict are printed."""
+    from nmtserve.cli.main import main
+
+    corpus = write_corpus(tmp_path / "corpus", train=4, dev=6)
+    int8 = tiny_export(tiny_dir.parent, "int8")
+    argv = ["export", "bleu", str(tiny_dir), str(int8), "--corpus", str(corpus), "--tolerance", "100"]
+    with caplog.at_level("INFO", logger="nmtserve.engine.runtime"):
+        assert main([*argv, "--int8-kernels", "u8s7"]) == 0
+    assert any("rewritten for u8s7" in record.getMessage() for record in caplog.records)
+    out = capsys.readouterr().out
+    assert "fp32: " in out and "other: " in out and "within 100.0 BLEU: True" in out
+    with pytest.raises(SystemExit):  # an unknown format is refused by argparse, naming the choices
+        main([*argv, "--int8-kernels", "s8s8"])
+    assert "u8s7" in capsys.readouterr().err
