@@ -19,6 +19,7 @@ from functools import partial
 from pathlib import Path
 
 from nmtserve.bench.timing import limit_threads, measure_in_turns
+from nmtserve.engine.int8_kernels import INT8_KERNELS
 
 OPUS_MT = dict(
     d_model=512,
@@ -56,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precisions", nargs="+", default=["fp32", "int8"])
     parser.add_argument("--beams", nargs="+", type=int, default=[4, 1])
     parser.add_argument("--repeats", type=int, default=3, help="timed rounds per setting; the best CPU time is kept")
+    parser.add_argument("--int8-kernels", default="auto", choices=INT8_KERNELS, help="our int8 format on CPU")
     args = parser.parse_args(argv)
     limit_threads(1)
 
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             quantization = None if precision == "fp32" else precision
             TransformersConverter(str(hf)).convert(str(ct2_dir), quantization=quantization, force=True)
         pieces = json.loads((ct2_dir / "shared_vocabulary.json").read_text(encoding="utf-8"))
-        engine = Engine.load(model_dir, threads=1)
+        engine = Engine.load(model_dir, threads=1, int8_kernels=args.int8_kernels)
         translator = ctranslate2.Translator(str(ct2_dir), intra_threads=1, inter_threads=1)
         tokens = [[pieces[i] for i in ids] for ids in sources]
         forced = [prefix] * len(sources)
@@ -129,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
                 "family": args.family,
                 "precision": precision,
                 "beam": beam,
+                "int8_kernels": engine.runtime.int8_kernels if precision == "int8" else None,
                 "tokens": produced,
                 "tokens_ct2": produced_ct2,
                 "nmtserve_tokens_per_cpu_s": round(produced / timings["nmtserve"].best_cpu, 1),

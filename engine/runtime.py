@@ -182,6 +182,6 @@ def _load_shortlist(info: ModelInfo, fed: FedWeights) -> Shortlist | None:
     special = {info.pad_id, info.bos_id, info.eos_id, info.decoder_start_id, info.manifest["special_ids"]["unk"]}
     try:
         shortlist = Shortlist.load(info.directory, spec["inputs"], info.vocab_size, sorted(special))
+        return replace(shortlist, columns=convert_columns(shortlist.columns, fed)) if fed else shortlist
     except (KeyError, ValueError, OSError) as error:
         raise EngineError(f"{info.directory}: the vocabulary shortlist cannot be read: {error}") from error
-    return replace(shortlist, columns=convert_columns(shortlist.columns, fed)) if fed else shortlist
