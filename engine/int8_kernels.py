@@ -79,6 +79,38 @@ def _shift(array: np.ndarray) -> np.ndarray:
     return (array.astype(np.int16) + 128).astype(np.uint8)
 
 
+Consumers = dict[str, list[tuple["onnx.NodeProto", int]]]  # tensor name -> (node, input position) reading it
+
+
+def _consumers(graph: onnx.GraphProto) -> Consumers:
+    consumers: Consumers = {}
+    for node in graph.node:
+        for position, name in enumerate(node.input):
+            consumers.setdefault(name, []).append((node, position))
+    return consumers
+
+
+def _read_only_by(name: str, consumers: Consumers, allowed: frozenset[tuple[str, int]]) -> bool:
+    """Every reader of ``name`` is an (op, input position) in ``allowed``, or a Gather of it (the embedding reads
+    the projection's columns) whose output is read only so in turn: a rewrite of ``name`` then agrees everywhere."""
+    for node, position in consumers.get(name, []):
+        if (node.op_type, position) in allowed:
+            continue
+        if node.op_type == "Gather" and position == 0 and _read_only_by(node.output[0], consumers, allowed):
+            continue
+        return False
+    return True
+
+
+# Who may read a shifted weight or zero point: a DequantizeLinear subtracts its zero point, as MatMulInteger does.
+SHIFT_READERS = frozenset(
+    {("MatMulInteger", 1), ("MatMulInteger", 3), ("DequantizeLinear", 0), ("DequantizeLinear", 2)}
+)
+# Who may read a narrowed weight and its rescaled scale: the product (and the Mul that rescales it) and dequantization.
+NARROW_WEIGHT_READERS = frozenset({("MatMulInteger", 1), ("DequantizeLinear", 0)})
+NARROW_SCALE_READERS = frozenset({("Mul", 0), ("Mul", 1), ("DequantizeLinear", 1)})
+
+
 def shift_to_unsigned(model: onnx.ModelProto, skip: Iterable[str] = ()) -> set[str]:
     """Rewrite ``model`` in place so that every ``MatMulInteger`` reads uint8 weights and zero points; returns the
     graph inputs that now take uint8 (the shortlist feeds the projection's columns: the caller shifts those).
@@ -92,10 +124,7 @@ def shift_to_unsigned(model: onnx.ModelProto, skip: Iterable[str] = ()) -> set[s
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     inputs = {i.name: i for i in graph.input}
-    consumers: dict[str, list[tuple[onnx.NodeProto, int]]] = {}
-    for node in graph.node:
-        for position, name in enumerate(node.input):
-            consumers.setdefault(name, []).append((node, position))
+    consumers = _consumers(graph)
 
     def int8(name: str) -> bool:
         if name in initializers:
@@ -103,15 +132,7 @@ def shift_to_unsigned(model: onnx.ModelProto, skip: Iterable[str] = ()) -> set[s
         return name in inputs and inputs[name].type.tensor_type.elem_type == TensorProto.INT8
 
     def readers_agree(name: str) -> bool:
-        for node, position in consumers.get(name, []):
-            if node.op_type == "MatMulInteger" and position in (1, 3):
-                continue
-            if node.op_type == "DequantizeLinear" and position in (0, 2):
-                continue
-            if node.op_type == "Gather" and position == 0 and readers_agree(node.output[0]):
-                continue
-            return False
-        return True
+        return _read_only_by(name, consumers, SHIFT_READERS)
 
     candidates = []
     for node in graph.node:
@@ -193,21 +214,13 @@ def narrow_to_7bit(model: onnx.ModelProto) -> tuple[set[str], dict[str, str]]:
 
     A weight qualifies when it is ``quantize_dynamic``'s ``<name>_quantized`` with its ``<name>_scale`` beside it,
     both initializers or both graph inputs, symmetric (no zero point, or an all-zero initializer), and read only
-    where a rescale agrees: its ``MatMulInteger``s and the embedding's Gather + DequantizeLinear; its scale only by
-    the Mul that rescales the product, or that Gather and DequantizeLinear."""
+    where a rescale agrees (``NARROW_WEIGHT_READERS``, ``NARROW_SCALE_READERS``, and the embedding's Gathers)."""
     from onnx import TensorProto, numpy_helper
 
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     inputs = {i.name for i in graph.input}
-    readers: dict[str, set[tuple[str, int]]] = {}
-    for node in graph.node:
-        for position, name in enumerate(node.input):
-            readers.setdefault(name, set()).add((node.op_type, position))
-    weight_readers = {("MatMulInteger", 1), ("Gather", 0), ("DequantizeLinear", 0)}
-
-    def scale_read_well(name: str) -> bool:
-        return all(op in ("Mul", "Gather") or (op, at) == ("DequantizeLinear", 1) for op, at in readers[name])
+    consumers = _consumers(graph)
 
     def symmetric(node: onnx.NodeProto) -> bool:
         zero = node.input[3] if len(node.input) > 3 else ""
@@ -223,12 +236,11 @@ def narrow_to_7bit(model: onnx.ModelProto) -> tuple[set[str], dict[str, str]]:
             continue
         weight = node.input[1]
         scale = weight.removesuffix("_quantized") + "_scale"
-        if not weight.endswith("_quantized") or scale not in readers or not readers[weight] <= weight_readers:
+        if not weight.endswith("_quantized") or not _read_only_by(weight, consumers, NARROW_WEIGHT_READERS):
             continue
-        if not scale_read_well(scale):
+        if not _read_only_by(scale, consumers, NARROW_SCALE_READERS):
             continue
-        users = [n for n in graph.node if n.op_type == "MatMulInteger" and len(n.input) > 1 and n.input[1] == weight]
-        if not all(symmetric(n) for n in users):
+        if not all(symmetric(user) for user, _ in consumers[weight] if user.op_type == "MatMulInteger"):
             continue
         if weight in initializers and scale in initializers:
             tensor, scale_tensor = initializers[weight], initializers[scale]

@@ -278,3 +278,15 @@ def test_under_u8s7_a_weight_without_a_known_scale_is_shifted_to_u8u8(tmp_path: 
     assert {t.name: t.data_type for t in model.graph.initializer}["W"] == TensorProto.UINT8
     (y, _) = _run(model, {"a": activations, "ids": np.array([0], np.int64)})
     np.testing.assert_array_equal(y, activations.astype(np.int32) @ weights.astype(np.int32))
+
+
+def test_a_weight_whose_gathered_columns_are_read_raw_is_not_narrowed() -> None:
+    """The embedding's Gather agrees with a narrowing only when a DequantizeLinear reads what it gathers (with the
+    rescaled scale); columns read as raw integers would change under it, so the weight keeps its values."""
+    _, weights = _worst_case()
+    model = _graph(weights, name="W_quantized")
+    model.graph.node.append(helper.make_node("Cast", ["W_columns"], ["raw_columns"], to=TensorProto.INT32))
+    model.graph.output.append(helper.make_tensor_value_info("raw_columns", TensorProto.INT32, [K, None]))
+    assert narrow_to_7bit(model) == (set(), {})
+    kept = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}["W_quantized"]
+    np.testing.assert_array_equal(kept, weights)
