@@ -65,10 +65,11 @@ POLICIES = {
 }
 
 
-def _timed(call, clock: list[float]):
+def _timed(call, clock: list[float], steps: float | None = None):
+    """Run ``call`` and advance the clock by its thread CPU time, or by ``steps`` when given (a step clock)."""
     start = time.thread_time()
     result = call()
-    clock[0] += time.thread_time() - start
+    clock[0] += time.thread_time() - start if steps is None else steps
     return result
 
 
@@ -78,9 +79,14 @@ def simulate(
     arrivals: np.ndarray,
     policy: Policy,
     options: DecodingOptions | None = None,
+    step_clock: bool = False,
 ) -> np.ndarray:
     """Latency (s, simulated clock) of every source, arriving at ``arrivals`` (s), decoded under ``policy`` with
-    ``options`` (default: beam 4)."""
+    ``options`` (default: beam 4).
+
+    ``step_clock``: time is counted in decode steps instead (each step 1, encoding 0), so latencies and arrivals
+    are in steps. Tests of the admission rules use it: the CPU-time clock depends on how busy the machine is.
+    """
     options = options or DecodingOptions(beam_size=4)
     batch: DecodingBatch = engine.new_batch()
     clock = [0.0]
@@ -110,10 +116,11 @@ def simulate(
         if join:
             take, waiting = waiting[:room], waiting[room:]
             take.sort(key=lambda i: len(sources[i]))
-            _timed(lambda take=take: batch.add([sources[i] for i in take], options, keys=take), clock)
+            add = lambda take=take: batch.add([sources[i] for i in take], options, keys=take)  # noqa: E731
+            _timed(add, clock, 0.0 if step_clock else None)
             live += len(take)
             steps_since_join = 0
-        for finished in _timed(batch.step, clock):
+        for finished in _timed(batch.step, clock, 1.0 if step_clock else None):
             done[finished.key] = clock[0] - arrivals[finished.key]
             live -= 1
         steps_since_join += 1

@@ -34,13 +34,12 @@ def test_request_mode_makes_a_late_arrival_wait_for_the_batch(engine: Engine) ->
     # min_length makes the long batch run at least 40 steps whatever the random model predicts (EOS is barred)
     options = DecodingOptions(beam_size=4, min_length=40)
     assert options.max_length_for(len(long_source)) > 40
-    # the short sentence arrives once the batch has run well past its 8-step join window (about 20 of its 40+
-    # steps); the clock is measured after a warm-up, since onnxruntime's first calls cost more CPU time
-    simulate(engine, sources[:4], np.zeros(4), Policy("request"), options)
-    first = simulate(engine, sources[:4], np.zeros(4), Policy("request"), options)
-    arrivals = np.array([0, 0, 0, 0, float(np.min(first)) / 2])
-    waited = simulate(engine, sources, arrivals, Policy("request"), options)[-1]
-    joined = simulate(engine, sources, arrivals, Policy("continuous"), options)[-1]
+    # the short sentence arrives at step 20 (on a clock of decode steps, which no machine load moves), well past
+    # the 8-step join window and well before the long batch's 40th step
+    arrivals = np.array([0, 0, 0, 0, 20])
+    waited = simulate(engine, sources, arrivals, Policy("request"), options, step_clock=True)[-1]
+    joined = simulate(engine, sources, arrivals, Policy("continuous"), options, step_clock=True)[-1]
+    assert waited >= 40 - 20  # it waited for the batch to drain
     assert joined < waited
 
 
