@@ -6,10 +6,10 @@ step the host sends token ids, positions and the row ``reorder``, and reads back
 (one more than beam search needs while some sentence is below its ``min_length``: the host drops EOS from
 those rows, which is cheaper than masking the whole vocabulary in the graph). Cross-attention K/V are kept once
 per sentence, not per hypothesis: a beam reads them through query slots (``cross_slots``), so beams expanding
-or reordering move nothing. Cross rows move through small graphs: ``gather_rows`` when sentences leave,
-``append_rows`` when sentences join. The self-attention cache (``cache.py``) is reordered when rows moved (beam
-search nearly every step; greedy decoding only when sentences join or leave) and trimmed when the longest history
-has left: on CPU in host buffers the engine owns, copying only the rows that moved; on CUDA by graphs.
+or reordering move nothing. Cross rows join and leave through ``cross.py``. The self-attention cache
+(``cache.py``) is reordered when rows moved (beam search nearly every step; greedy decoding only when sentences
+join or leave) and trimmed when the longest history has left. Both live on CPU in host buffers the engine owns,
+copying only the rows that moved, and on CUDA in device values moved by small graphs.
 """
 
 from __future__ import annotations
@@ -20,18 +20,13 @@ from functools import lru_cache
 from itertools import count
 
 import numpy as np
-import onnxruntime as ort
 
 from nmtserve.engine.beam import Sentence, advance
 from nmtserve.engine.cache import GraphCache, HostCache, RaggedHostCache
+from nmtserve.engine.cross import GraphCross, HostCross
 from nmtserve.engine.decoding import DecodingOptions, Hypothesis
-from nmtserve.engine.model_dir import (
-    APPEND_ROWS,
-    DECODER_STEP,
-    ENCODER,
-    GATHER_ROWS,
-)
-from nmtserve.engine.runtime import Runtime, strip_prefix
+from nmtserve.engine.model_dir import DECODER_STEP, ENCODER
+from nmtserve.engine.runtime import Runtime
 from nmtserve.engine.shortlist import BatchVocabulary
 
 
@@ -140,11 +135,11 @@ class DecodingBatch:
         self._info = runtime.info
         self._serials = count()
         self._sentences: list[Sentence] = []  # in row order
-        self._cross: dict[str, ort.OrtValue] | None = None  # cross K/V of every layer and source_mask
-        self._cross_rows: list[int] = []  # serial of the sentence owning each cross row (one row per sentence)
         on_cpu = runtime.config.device == "cpu"
         if in_place and not on_cpu:
             raise ValueError("in_place=True keeps the cache in host memory: CPU only (it would cross PCIe every step)")
+        # cross K/V of every layer and the source mask, one row per sentence in row order
+        self._cross = HostCross(runtime) if (on_cpu if in_place is None else in_place) else GraphCross(runtime)
         self._cache: GraphCache | HostCache | RaggedHostCache
         if runtime.info.cache_layout == "ragged":  # the graph writes the cache in place: host buffers it is
             if in_place is False or not on_cpu:
@@ -217,31 +212,25 @@ class DecodingBatch:
             opts.validate(decodable)
 
         listed = list(sources)
+        serials = [next(self._serials) for _ in listed]
         for call in encoder_calls([len(ids) for ids in listed], self.encoder_call_tokens):
-            self._encode(listed[call])
-        for ids, opts, key, forced in zip(sources, per_sentence, keys, prefixes, strict=True):
-            serial = next(self._serials)
+            self._encode(serials[call], listed[call])
+        for ids, opts, key, forced, serial in zip(sources, per_sentence, keys, prefixes, serials, strict=True):
             # Positions must stay inside the model's table: the reference would fail there, we stop instead.
             max_length = min(opts.max_length_for(len(ids)), info.max_positions)
             self._sentences.append(Sentence(key, serial, len(ids), opts, max_length, forced=forced))
-            self._cross_rows.append(serial)
             if self._vocabulary is not None:
                 self._vocabulary.add(serial, ids, forced)
         return keys
 
-    def _encode(self, sources: Sequence[Sequence[int]]) -> None:
+    def _encode(self, serials: list[int], sources: Sequence[Sequence[int]]) -> None:
         """Run the encoder on ``sources`` and append their cross K/V rows (in order) to the batch's."""
         length = max(len(ids) for ids in sources)
         source_ids = np.full((len(sources), length), self._info.pad_id, np.int64)
         for i, ids in enumerate(sources):
             source_ids[i, : len(ids)] = ids
-        new = self._runtime.run(ENCODER, {"source_ids": source_ids})
-        new["source_mask"] = self._runtime.upload(source_ids != self._info.pad_id)
-        if self._cross is None:
-            self._cross = new
-        else:
-            joined = self._runtime.run(APPEND_ROWS, {**self._cross, **{f"new_{n}": v for n, v in new.items()}})
-            self._cross = strip_prefix(joined, "out_")
+        encoded = self._runtime.run(ENCODER, {"source_ids": source_ids})
+        self._cross.append(serials, encoded, source_ids != self._info.pad_id)
 
     def cancel(self, key: Hashable) -> bool:
         """Drop a sentence (e.g. its client went away); its rows leave at the next step."""
@@ -254,29 +243,10 @@ class DecodingBatch:
         return False
 
     def _clear(self) -> None:
-        self._cross, self._cross_rows = None, []
+        self._cross.clear()
         self._cache.reset()
         if self._vocabulary is not None:
             self._vocabulary.keep([])
-
-    def _align_cross(self) -> None:
-        """Keep the cross K/V of the live sentences only (in row order), cut to the longest remaining source."""
-        serials = [s.serial for s in self._sentences]
-        if serials == self._cross_rows:
-            return
-        position = {serial: i for i, serial in enumerate(self._cross_rows)}
-        source_len = max(s.source_len for s in self._sentences)
-        assert self._cross is not None  # sentences are in the batch, so their cross K/V is too
-        gathered = self._runtime.run(
-            GATHER_ROWS,
-            {
-                **self._cross,
-                "rows": np.array([position[serial] for serial in serials], np.int64),
-                "source_len": np.array([source_len], np.int64),
-            },
-        )
-        self._cross = strip_prefix(gathered, "out_")
-        self._cross_rows = serials
 
     def step(self) -> list[Finished]:
         """Decode one token for every live hypothesis; return the sentences that finished (they leave the batch)."""
@@ -288,8 +258,8 @@ class DecodingBatch:
         tokens = [s.tokens[:, -1] if s.step else np.full(s.rows, start, np.int64) for s in self._sentences]
         positions = np.repeat(np.array([s.step for s in self._sentences], np.int64), rows)
         reorder = [s.parents for s in self._sentences]  # already global cache rows (or -1 for a new sentence)
-        self._align_cross()
-        assert self._cross is not None
+        # the live sentences' cross rows in row order, cut to the longest remaining source
+        self._cross.align([s.serial for s in self._sentences], max(s.source_len for s in self._sentences))
         query_rows, row_slots = cross_slots(rows)
         self._cache.reorder(np.concatenate(reorder))
         self._cache.trim(max(s.step for s in self._sentences))  # left-padded rows: older slots are unused
@@ -305,7 +275,7 @@ class DecodingBatch:
                 "query_rows": query_rows,
                 "row_slots": row_slots,
                 **self._cache.feeds(),
-                **self._cross,
+                **self._cross.feeds(),
                 **vocabulary,
                 "k": np.array([k], np.int64),
             },

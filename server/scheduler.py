@@ -12,9 +12,10 @@ Two modes, one loop (so that they differ in nothing else):
   (their encoder runs, their cache rows are appended) and finished sentences leave at once, so a short sentence
   never waits for a long one.
 
-Joining has a price on this engine: appending copies the batch's cross-attention K/V (``append_rows``), the next
-step re-gathers it (``gather_rows``), both in proportion to the batch's rows x its longest source, and a batch
-that takes every length carries the padding of its longest source. So, in continuous mode:
+Joining has a price on this engine: the newcomers' encoder call stalls the running rows, a newcomer longer than
+every running source widens the batch's cross-attention K/V (every row is copied, ``engine/cross.py``; on CUDA
+every join and leave copies them), and a batch that takes every length carries the padding of its longest
+source. So, in continuous mode:
 - newcomers join once they number at least ``join_fraction`` of the running batch (at low load that is one
   sentence: it joins at the next step) or ``max_join_steps`` steps after the last join (a bound on their wait);
 - under backlog (more sentences waiting than the batch has room for) nobody joins: the batch drains and the next
