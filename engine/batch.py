@@ -20,13 +20,14 @@ from functools import lru_cache
 from itertools import count
 
 import numpy as np
+import onnxruntime as ort
 
 from nmtserve.engine.beam import Sentence, advance
 from nmtserve.engine.cache import GraphCache, HostCache, RaggedHostCache
 from nmtserve.engine.cross import GraphCross, HostCross
 from nmtserve.engine.decoding import DecodingOptions, Hypothesis
 from nmtserve.engine.model_dir import DECODER_STEP, ENCODER
-from nmtserve.engine.runtime import Runtime
+from nmtserve.engine.runtime import Binding, Runtime
 from nmtserve.engine.shortlist import BatchVocabulary
 
 
@@ -114,6 +115,47 @@ def fill_holes(slots: Sequence[tuple[Sentence | None, int]]) -> list[Sentence]:
     return [sentence for sentence, _ in order if sentence is not None]
 
 
+@lru_cache(maxsize=64)
+def _k_feed(k: int) -> np.ndarray:
+    """The step's ``k`` input, one shared read-only array per value (so that the step's binding keeps it)."""
+    feed = np.array([k], np.int64)
+    feed.flags.writeable = False
+    return feed
+
+
+class TopkBuffers:
+    """Host arrays the step writes its top-k into (CPU): bound as outputs, they spare onnxruntime's allocation and
+    the wrapping of every output value after the run. On CUDA the outputs are allocated on the host by onnxruntime.
+    The arrays are reused by the next step: read them before it."""
+
+    def __init__(self, on_cpu: bool) -> None:
+        self._on_cpu = on_cpu
+        self._log_probs = np.empty(0, np.float32)
+        self._ids = np.empty(0, np.int64)
+        self._shape = (0, 0)
+        self._values: dict[str, ort.OrtValue] = {}
+
+    def bind(self, rows: int, k: int) -> dict[str, ort.OrtValue]:
+        if not self._on_cpu:
+            return {}
+        if (rows, k) != self._shape:  # the same shape: the values bound last step
+            if self._log_probs.size < rows * k:
+                self._log_probs, self._ids = np.empty(rows * k * 2, np.float32), np.empty(rows * k * 2, np.int64)
+            self._shape = (rows, k)
+            self._values = {
+                "topk_log_probs": ort.OrtValue.ortvalue_from_numpy(self._log_probs[: rows * k].reshape(rows, k)),
+                "topk_ids": ort.OrtValue.ortvalue_from_numpy(self._ids[: rows * k].reshape(rows, k)),
+            }
+        return self._values
+
+    def read(self, outputs: dict[str, ort.OrtValue]) -> tuple[np.ndarray, np.ndarray]:
+        """[rows, k] log-probs and token ids of the step just run."""
+        if not self._on_cpu:
+            return outputs["topk_log_probs"].numpy(), outputs["topk_ids"].numpy()
+        rows, k = self._shape
+        return self._log_probs[: rows * k].reshape(rows, k), self._ids[: rows * k].reshape(rows, k)
+
+
 @dataclass(frozen=True)
 class Finished:
     """A sentence that left the batch, with its n-best list (best first)."""
@@ -147,6 +189,8 @@ class DecodingBatch:
             self._cache = RaggedHostCache(runtime)
         else:
             self._cache = HostCache(runtime) if (on_cpu if in_place is None else in_place) else GraphCache(runtime)
+        self._topk = TopkBuffers(on_cpu)
+        self._step_binding = Binding(runtime, DECODER_STEP)  # this batch's own: batches may step concurrently
         self.encoder_call_tokens = ENCODER_CALL_TOKENS if on_cpu else None  # see encoder_calls
         shortlist = runtime.shortlist
         self._vocabulary = BatchVocabulary(shortlist, runtime.upload) if shortlist is not None else None
@@ -267,8 +311,7 @@ class DecodingBatch:
         k += any(s.forbid_eos for s in self._sentences)  # one spare candidate to replace a banned EOS
         vocabulary = self._vocabulary.feeds() if self._vocabulary is not None else {}
         k = min(self._vocabulary.size if self._vocabulary is not None else info.vocab_size, k)
-        out = self._runtime.run(
-            DECODER_STEP,
+        out = self._step_binding.run(
             {
                 "token_ids": np.concatenate(tokens),
                 "positions": positions,
@@ -277,13 +320,13 @@ class DecodingBatch:
                 **self._cache.feeds(),
                 **self._cross.feeds(),
                 **vocabulary,
-                "k": np.array([k], np.int64),
+                "k": _k_feed(k),
             },
             host_outputs=("topk_log_probs", "topk_ids", *self._cache.host_outputs()),
-            bound_outputs=self._cache.step_outputs(len(row_slots)),
+            bound_outputs={**self._cache.step_outputs(len(row_slots)), **self._topk.bind(len(row_slots), k)},
         )
         self._cache.advance(out, len(row_slots))
-        log_probs, ids = out["topk_log_probs"].numpy(), out["topk_ids"].numpy()
+        log_probs, ids = self._topk.read(out)
 
         finished: list[Finished] = []
         slots: list[tuple[Sentence | None, int]] = []  # row order of this step: (sentence, or None if it left; rows)

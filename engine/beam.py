@@ -50,6 +50,8 @@ class Sentence:
     ranked: np.ndarray = field(default_factory=lambda: np.zeros(1, np.int64))  # rows, best hypothesis first
     finished: list[tuple[list[int], float, int]] = field(default_factory=list)
     forced: tuple[int, ...] = ()  # target tokens decoded without choice first (e.g. the target language)
+    # one-row decoding (greedy, forced) appends into this [1, max_length] buffer, of which ``tokens`` is a view
+    history: np.ndarray | None = None
 
     @property
     def rows(self) -> int:
@@ -151,10 +153,23 @@ def advance_greedy(sentence: Sentence, log_probs: np.ndarray, ids: np.ndarray, e
         sentence.finished.append((history, float(score), sentence.step + 1))
         return True
     # ``_advance`` with its one row kept in place, spelled out: this runs once per sentence per step.
-    sentence.tokens = np.concatenate((sentence.tokens, np.array([[token]], np.int64)), axis=1)
+    _append_one(sentence, token)
     sentence.scores, sentence.parents = np.array([score], np.float32), _ROW_ZERO
-    sentence.step += 1
     return False
+
+
+def _append_one(sentence: Sentence, token: int) -> None:
+    """Extend the one row by ``token`` without copying its history (the row's tokens are a view of a buffer
+    sized for the longest it may grow; earlier views stay valid, as only later slots are written)."""
+    step = sentence.step
+    history = sentence.history
+    if history is None or sentence.tokens.base is not history:  # the first one-row step: copy what came before
+        history = np.empty((1, max(sentence.max_length, step + 1)), np.int64)
+        history[:, :step] = sentence.tokens
+        sentence.history = history
+    history[0, step] = token
+    sentence.tokens = history[:, : step + 1]
+    sentence.step = step + 1
 
 
 def advance_beam(sentence: Sentence, log_probs: np.ndarray, ids: np.ndarray, vocab: int, eos_id: int) -> bool:
@@ -201,9 +216,8 @@ def advance_forced(sentence: Sentence, eos_id: int) -> bool:
         history = sentence.tokens[0].tolist() + ([] if token == eos_id else [token])
         sentence.finished.append((history, float(sentence.scores[0]), sentence.step + 1))
         return True
-    sentence.tokens = np.concatenate((sentence.tokens, np.array([[token]], np.int64)), axis=1)
+    _append_one(sentence, token)
     sentence.parents = _ROW_ZERO
-    sentence.step += 1
     return False
 
 

@@ -177,6 +177,7 @@ class RaggedHostCache:
         self._buffers = {name: np.empty(0, self._dtype) for name in self._names}
         self._capacity = 0  # slots per row in the buffers' current layout
         self._bound: dict[str, ort.OrtValue] = {}
+        self._bound_layout: tuple[int, ...] = ()
         self.reset()
 
     def reset(self) -> None:
@@ -219,7 +220,10 @@ class RaggedHostCache:
 
     def feeds(self) -> dict[str, Value]:
         self._ensure_capacity(self.length + 1)
-        self._bound = {name: ort.OrtValue.ortvalue_from_numpy(self._view(name, self.rows)) for name in self._names}
+        layout = (self.rows, self._capacity, *(id(self._buffers[name]) for name in self._names))
+        if layout != self._bound_layout:  # the same buffers and shape: the values bound last step still fit
+            self._bound = {name: ort.OrtValue.ortvalue_from_numpy(self._view(name, self.rows)) for name in self._names}
+            self._bound_layout = layout
         return dict(self._bound)
 
     def step_outputs(self, rows: int) -> dict[str, ort.OrtValue]:

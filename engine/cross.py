@@ -80,6 +80,7 @@ class HostCross:
         self.serials: list[int] = []  # the sentence owning each row
         self._width = 0
         self._mask = np.zeros((0, 0), bool)
+        self._fed: dict[str, Value] | None = None  # the values of the last feeds(), while nothing changed
 
     def _view(self, name: str, rows: int, width: int, dtype: np.dtype, keep: bool = True) -> np.ndarray:
         """The [rows, heads, width, d_head] prefix of a buffer, grown (``keep``: with its contents) if too small."""
@@ -123,7 +124,7 @@ class HostCross:
             after[start:, :, new_width:] = 0
         grown = np.zeros((end, self._width), bool)
         grown[:start], grown[start:, :new_width] = self._mask, mask
-        self._mask = grown
+        self._mask, self._fed = grown, None
         self.serials = self.serials + serials
 
     def align(self, serials: list[int], width: int) -> None:
@@ -143,13 +144,16 @@ class HostCross:
                 rows = before[order[moved]]  # a copy: sources may be overwritten
                 self._view(name, len(order), width, buffer.dtype)[moved] = rows
             self._mask = self._mask[order]
-        self.serials = serials
+        self.serials, self._fed = serials, None
 
     def feeds(self) -> dict[str, Value]:
+        if self._fed is not None:
+            return self._fed
         rows = len(self.serials)
         values: dict[str, Value] = {
             name: ort.OrtValue.ortvalue_from_numpy(self._view(name, rows, self._width, self._buffers[name].dtype))
             for name in self._names
         }
         values[MASK] = self._mask
+        self._fed = values
         return values
