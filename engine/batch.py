@@ -22,7 +22,7 @@ from itertools import count
 import numpy as np
 import onnxruntime as ort
 
-from nmtserve.engine.beam import Sentence, advance
+from nmtserve.engine.beam import Sentence, advance, advance_greedy_batch
 from nmtserve.engine.cache import GraphCache, HostCache, RaggedHostCache
 from nmtserve.engine.cross import GraphCross, HostCross
 from nmtserve.engine.decoding import DecodingOptions, Hypothesis
@@ -330,6 +330,14 @@ class DecodingBatch:
 
         finished: list[Finished] = []
         slots: list[tuple[Sentence | None, int]] = []  # row order of this step: (sentence, or None if it left; rows)
+        if len(row_slots) == len(rows) and all(s.options.beam_size == 1 and s.plain_step for s in self._sentences):
+            for sentence, done in zip(
+                self._sentences, advance_greedy_batch(self._sentences, log_probs, ids, info.eos_id), strict=True
+            ):
+                if done:
+                    finished.append(Finished(sentence.key, sentence.finalize()))
+                slots.append((None if done else sentence, 1))
+            return self._leave(slots, finished)
         offset = 0
         for sentence in self._sentences:
             span = slice(offset, offset + sentence.rows)
@@ -343,6 +351,10 @@ class DecodingBatch:
             else:
                 sentence.parents = sentence.parents + span.start  # sentence-local -> rows of the new cache
                 slots.append((sentence, span.stop - span.start))
+        return self._leave(slots, finished)
+
+    def _leave(self, slots: list[tuple[Sentence | None, int]], finished: list[Finished]) -> list[Finished]:
+        """The sentences that finished this step leave; the live ones take their rows for the next."""
         self._sentences = live = fill_holes(slots)
         if not live:
             self._clear()

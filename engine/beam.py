@@ -66,6 +66,11 @@ class Sentence:
     def forbid_eos(self) -> bool:
         return self.step < self.options.min_length and not self.forcing
 
+    @property
+    def plain_step(self) -> bool:
+        """This step chooses freely among every token: not forced, EOS not barred."""
+        return self.step >= len(self.forced) and self.step >= self.options.min_length
+
     def finalize(self) -> list[Hypothesis]:
         options = self.options
         ranked = [
@@ -170,6 +175,30 @@ def _append_one(sentence: Sentence, token: int) -> None:
     history[0, step] = token
     sentence.tokens = history[:, : step + 1]
     sentence.step = step + 1
+
+
+def advance_greedy_batch(
+    sentences: Sequence[Sentence], log_probs: np.ndarray, ids: np.ndarray, eos_id: int
+) -> list[bool]:
+    """``advance_greedy`` for a whole batch of one-row greedy sentences (sentence i is row i; none forcing or
+    barring EOS), with the scores summed in one float32 operation, as the sentences' own sums would be. The
+    per-sentence remainder is the history append; the dispatch and slicing per sentence cost about as much again.
+    The live sentences' ``parents`` become their row in this step (the cache row the next step extends). True for
+    the sentences that finished."""
+    tokens = ids[:, 0].tolist()
+    scores = np.fromiter((s.scores[0] for s in sentences), np.float32, len(sentences)) + log_probs[:, 0]
+    rows = np.arange(len(sentences), dtype=np.int64)
+    done = []
+    for row, (sentence, token) in enumerate(zip(sentences, tokens, strict=True)):
+        if token == eos_id or sentence.step + 1 == sentence.max_length:
+            history = sentence.tokens[0].tolist() + ([] if token == eos_id else [token])
+            sentence.finished.append((history, float(scores[row]), sentence.step + 1))
+            done.append(True)
+        else:
+            _append_one(sentence, token)
+            sentence.scores, sentence.parents = scores[row : row + 1], rows[row : row + 1]
+            done.append(False)
+    return done
 
 
 def advance_beam(sentence: Sentence, log_probs: np.ndarray, ids: np.ndarray, vocab: int, eos_id: int) -> bool:
