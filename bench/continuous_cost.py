@@ -19,22 +19,32 @@ from typing import Any
 
 from nmtserve.bench.engine_bench import load_sources
 from nmtserve.engine import DecodingOptions, Engine
+from nmtserve.engine.runtime import Binding
 
 
 def measure(model: Path, source: Path, sentences: int = 200, join: int = 3, max_batch: int = 32) -> dict:
     engine = Engine.load(model, threads=1, spin=False)
     sources = load_sources(source, model / "sentencepiece.model", sentences, engine.info.max_positions)
     seconds: dict[str, float] = defaultdict(float)
-    run = engine.runtime.run
+    run = Binding.run  # every graph call goes through a Binding (a batch's step keeps its own)
 
-    def timed(graph: str, *args: Any, **kwargs: Any) -> Any:
+    def timed(binding: Binding, *args: Any, **kwargs: Any) -> Any:
         start = time.thread_time()
         try:
-            return run(graph, *args, **kwargs)
+            return run(binding, *args, **kwargs)
         finally:
-            seconds[graph] += time.thread_time() - start
+            seconds[binding.graph] += time.thread_time() - start
 
-    engine.runtime.run = timed  # type: ignore[method-assign]
+    Binding.run = timed  # type: ignore[method-assign,assignment]
+    try:
+        return _drive(engine, sources, model, seconds, join, max_batch)
+    finally:
+        Binding.run = run  # type: ignore[method-assign]
+
+
+def _drive(
+    engine: Engine, sources: list[list[int]], model: Path, seconds: dict[str, float], join: int, max_batch: int
+) -> dict:
     batch, options = engine.new_batch(), DecodingOptions(beam_size=4)
     queued = steps = 0
     start = time.thread_time()

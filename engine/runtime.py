@@ -149,7 +149,7 @@ class Binding:
     """
 
     def __init__(self, runtime: Runtime, graph: str) -> None:
-        self._runtime, self._graph = runtime, graph
+        self._runtime, self.graph = runtime, graph
         self._binding = runtime.sessions[graph].io_binding()
         self._bound: dict[str, object] = {}  # name -> the object bound to it (kept alive, so ids are not reused)
 
@@ -171,7 +171,7 @@ class Binding:
                 binding.bind_cpu_input(name, value)
             last[name] = value
         on_host, bound = set(host_outputs), bound_outputs or {}
-        names = runtime.outputs[self._graph]
+        names = runtime.outputs[self.graph]
         for name in names:
             value = bound.get(name)
             if value is None:  # allocated by onnxruntime: bound afresh, so earlier results are never overwritten
@@ -180,7 +180,7 @@ class Binding:
             elif last.get(f"out:{name}") is not value:
                 binding.bind_ortvalue_output(name, value)
                 last[f"out:{name}"] = value
-        runtime.sessions[self._graph].run_with_iobinding(binding)
+        runtime.sessions[self.graph].run_with_iobinding(binding)
         if len(bound) == len(names):  # nothing new to wrap (wrapping ~10 values costs ~70 us a step)
             return dict(bound)
         return dict(zip(names, binding.get_outputs(), strict=True))
