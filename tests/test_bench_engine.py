@@ -197,3 +197,14 @@ def test_bench_engine_runs_our_int8_in_the_format_asked(tiny_dir: Path, source_f
         results = json.loads((out / RESULTS_JSON).read_text())
         assert results["int8_kernels_resolved"] == {"int8": kernels}
         assert results["config"]["int8_kernels"] == kernels
+
+
+def test_cohort_time_prints_the_cpu_seconds_of_a_run(
+    tiny_dir: Path, source_file: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nmtserve.bench.cohort_time import main
+
+    assert main(["--model", str(tiny_dir), "--input", str(source_file), "--sentences", "4", "--repeats", "1"]) == 0
+    printed = capsys.readouterr().out
+    seconds = float(printed.split(": ")[-1].split()[0])
+    assert printed.startswith(f"{tiny_dir} beam 4") and 0 < seconds < 60
