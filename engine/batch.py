@@ -305,7 +305,7 @@ class DecodingBatch:
         # the live sentences' cross rows in row order, cut to the longest remaining source
         self._cross.align([s.serial for s in self._sentences], max(s.source_len for s in self._sentences))
         query_rows, row_slots = cross_slots(rows)
-        self._cache.reorder(np.concatenate(reorder))
+        self._cache.reorder(np.concatenate(reorder), positions)  # a row's position is its history's length
         self._cache.trim(max(s.step for s in self._sentences))  # left-padded rows: older slots are unused
         k = max((s.options.candidates_per_row for s in self._sentences if not s.forcing), default=1)
         k += any(s.forbid_eos for s in self._sentences)  # one spare candidate to replace a banned EOS

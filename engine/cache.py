@@ -53,8 +53,9 @@ class GraphCache:
         self._values[MASK] = upload(np.zeros((1, 0), bool))
         self.rows, self.length = 1, 0
 
-    def reorder(self, sources: np.ndarray) -> None:
-        """Row i becomes a copy of row ``sources[i]`` (-1: an empty, masked history)."""
+    def reorder(self, sources: np.ndarray, histories: np.ndarray | None = None) -> None:
+        """Row i becomes a copy of row ``sources[i]`` (-1: an empty, masked history). ``histories`` (each new row's
+        own history length) is not needed: left-padded rows all span the longest history."""
         if _is_identity(sources, self.rows):
             return
         moved = self._runtime.run(REORDER_CACHE, {**self._values, "reorder": sources})
@@ -110,8 +111,9 @@ class HostCache:
             self._buffers[name][side] = buffer = grown
         return buffer[:size].reshape(rows, heads, length, d_head)
 
-    def reorder(self, sources: np.ndarray) -> None:
-        """Row i becomes a copy of row ``sources[i]`` (-1: an empty, masked history); unmoved rows are not touched.
+    def reorder(self, sources: np.ndarray, histories: np.ndarray | None = None) -> None:
+        """Row i becomes a copy of row ``sources[i]`` (-1: an empty, masked history); unmoved rows are not touched
+        (``histories``: not needed, as above).
 
         Rows are laid out one after another, so row r sits at the same offset whatever the row count: the moved
         rows are gathered into a scratch copy first, then written to their places (sources may be overwritten).
@@ -201,17 +203,25 @@ class RaggedHostCache:
         for name in self._names:
             self._view(name, self.rows)[:, :, : self.length] = old[name]
 
-    def reorder(self, sources: np.ndarray) -> None:
-        """Row i takes row ``sources[i]``'s history (-1: none; its slots are simply overwritten from slot 0)."""
+    def reorder(self, sources: np.ndarray, histories: np.ndarray | None = None) -> None:
+        """Row i takes row ``sources[i]``'s history (-1: none; its slots are simply overwritten from slot 0).
+
+        ``histories``: each new row's own history length (its position), so that a moved row copies its own used
+        slots rather than the longest history's: under continuous batching young sentences' beams reorder too.
+        Rows are copied in groups of similar length (rounded up to ``HISTORY_ROUNDING`` slots), few numpy calls.
+        """
         if _is_identity(sources, self.rows):
             return
         moved = np.flatnonzero(sources != np.arange(len(sources)))
         copied = moved[sources[moved] >= 0]
         if self.length and len(copied):
+            groups = _length_groups(copied, histories, self.length)
             for name in self._names:
                 before = self._view(name, self.rows)
-                gathered = before[sources[copied], :, : self.length]
-                self._view(name, len(sources))[copied, :, : self.length] = gathered
+                gathered = [before[sources[rows], :, :slots] for rows, slots in groups]  # all read before any write
+                after = self._view(name, len(sources))
+                for (rows, slots), values in zip(groups, gathered, strict=True):
+                    after[rows, :, :slots] = values
         self.rows = len(sources)
 
     def trim(self, keep: int) -> None:
@@ -238,6 +248,17 @@ class RaggedHostCache:
 
     def advance(self, outputs: dict[str, ort.OrtValue], rows: int) -> None:
         self.rows, self.length = rows, self.length + 1
+
+
+HISTORY_ROUNDING = 16  # slots: a moved row's copy is its history rounded up to this, grouping rows of similar length
+
+
+def _length_groups(rows: np.ndarray, histories: np.ndarray | None, longest: int) -> list[tuple[np.ndarray, int]]:
+    """``rows`` grouped by their history rounded up (at most ``longest``): (rows, slots to copy) per group."""
+    if histories is None:
+        return [(rows, longest)]
+    rounded = np.minimum(-(-histories[rows] // HISTORY_ROUNDING) * HISTORY_ROUNDING, longest)
+    return [(rows[rounded == slots], int(slots)) for slots in np.unique(rounded) if slots > 0]
 
 
 def _is_identity(sources: np.ndarray, rows: int) -> bool:
