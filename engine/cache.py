@@ -37,6 +37,17 @@ MASK = "self_mask"
 GROWTH = 1.5  # a host buffer that must grow takes this much headroom, so growth is rare
 
 
+def at_least(buffer: np.ndarray, size: int, keep: bool = True) -> np.ndarray:
+    """``buffer`` if it holds ``size`` elements, else a larger one (``GROWTH`` headroom; ``keep``: with its
+    contents as a prefix). Host buffers are laid out so that growing keeps every row where it was."""
+    if buffer.size >= size:
+        return buffer
+    grown = np.empty(int(size * GROWTH), buffer.dtype)
+    if keep:
+        grown[: buffer.size] = buffer
+    return grown
+
+
 class GraphCache:
     """The cache as device values, rearranged by graphs (one full copy per reorder or trim)."""
 
@@ -103,12 +114,7 @@ class HostCache:
         """The [rows, heads, length, d_head] prefix of a buffer, grown (``keep``: with its contents) if too small."""
         heads, d_head = self._row_shape
         size = rows * heads * length * d_head
-        buffer = self._buffers[name][side]
-        if buffer.size < size:
-            grown = np.empty(int(size * GROWTH), self._dtype)
-            if keep:
-                grown[: buffer.size] = buffer
-            self._buffers[name][side] = buffer = grown
+        buffer = self._buffers[name][side] = at_least(self._buffers[name][side], size, keep)
         return buffer[:size].reshape(rows, heads, length, d_head)
 
     def reorder(self, sources: np.ndarray, histories: np.ndarray | None = None) -> None:
@@ -187,11 +193,7 @@ class RaggedHostCache:
 
     def _view(self, name: str, rows: int) -> np.ndarray:
         size = rows * self._heads * self._capacity * self._d_head
-        buffer = self._buffers[name]
-        if buffer.size < size:  # more rows: row r keeps its offset, so the old prefix is the old rows
-            grown = np.empty(int(size * GROWTH), self._dtype)
-            grown[: buffer.size] = buffer
-            self._buffers[name] = buffer = grown
+        buffer = self._buffers[name] = at_least(self._buffers[name], size)  # row r keeps its offset
         return buffer[:size].reshape(rows, self._heads, self._capacity, self._d_head)
 
     def _ensure_capacity(self, slots: int) -> None:

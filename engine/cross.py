@@ -21,11 +21,11 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
+from nmtserve.engine.cache import at_least
 from nmtserve.engine.model_dir import APPEND_ROWS, CROSS_KV, GATHER_ROWS, per_layer
 from nmtserve.engine.runtime import Runtime, Value, strip_prefix
 
 MASK = "source_mask"
-GROWTH = 1.5  # a buffer that must grow takes this much headroom in rows, so growth is rare
 
 
 class GraphCross:
@@ -73,7 +73,7 @@ class HostCross:
         info = runtime.info
         self._names = per_layer(CROSS_KV, info.n_decoder_layers)
         self._heads, self._d_head = info.n_heads, info.d_head
-        self._buffers: dict[str, np.ndarray] = {}
+        self._buffers = {name: np.empty(0, runtime.cache_dtype) for name in self._names}  # the K/V dtype
         self.clear()
 
     def clear(self) -> None:
@@ -82,27 +82,18 @@ class HostCross:
         self._mask = np.zeros((0, 0), bool)
         self._fed: dict[str, Value] | None = None  # the values of the last feeds(), while nothing changed
 
-    def _view(self, name: str, rows: int, width: int, dtype: np.dtype, keep: bool = True) -> np.ndarray:
+    def _view(self, name: str, rows: int, width: int, keep: bool = True) -> np.ndarray:
         """The [rows, heads, width, d_head] prefix of a buffer, grown (``keep``: with its contents) if too small."""
         size = rows * self._heads * width * self._d_head
-        buffer = self._buffers.get(name)
-        if buffer is None or buffer.size < size or buffer.dtype != dtype:
-            grown = np.empty(int(size * GROWTH), dtype)
-            if keep and buffer is not None and buffer.dtype == dtype:
-                grown[: buffer.size] = buffer
-            self._buffers[name] = buffer = grown
+        buffer = self._buffers[name] = at_least(self._buffers[name], size, keep)
         return buffer[:size].reshape(rows, self._heads, width, self._d_head)
 
     def _relayout(self, order: np.ndarray, width: int) -> None:
         """Every row anew: row i becomes old row ``order[i]``, at ``width`` slots (zero-padded beyond the old)."""
         kept = min(width, self._width)
         for name in self._names:
-            old = self._buffers[name]
-            before = old[: len(self.serials) * self._heads * self._width * self._d_head].reshape(
-                len(self.serials), self._heads, self._width, self._d_head
-            )
-            rows = before[order, :, :kept]  # a copy, so the buffer can be rewritten below
-            after = self._view(name, len(order), width, old.dtype, keep=False)
+            rows = self._view(name, len(self.serials), self._width)[order, :, :kept]  # a copy: the buffer is rewritten
+            after = self._view(name, len(order), width, keep=False)
             after[:, :, :kept] = rows
             after[:, :, kept:] = 0
         mask = np.zeros((len(order), width), bool)
@@ -119,7 +110,7 @@ class HostCross:
         start, end = len(self.serials), len(self.serials) + len(serials)
         for name in self._names:
             rows = encoded[name].numpy()
-            after = self._view(name, end, self._width, rows.dtype)
+            after = self._view(name, end, self._width)
             after[start:, :, :new_width] = rows
             after[start:, :, new_width:] = 0
         grown = np.zeros((end, self._width), bool)
@@ -139,10 +130,8 @@ class HostCross:
         else:
             moved = np.flatnonzero(order != np.arange(len(order)))
             for name in self._names:
-                buffer = self._buffers[name]
-                before = self._view(name, len(self.serials), width, buffer.dtype)
-                rows = before[order[moved]]  # a copy: sources may be overwritten
-                self._view(name, len(order), width, buffer.dtype)[moved] = rows
+                rows = self._view(name, len(self.serials), width)[order[moved]]  # a copy: sources may be overwritten
+                self._view(name, len(order), width)[moved] = rows
             self._mask = self._mask[order]
         self.serials, self._fed = serials, None
 
@@ -151,8 +140,7 @@ class HostCross:
             return self._fed
         rows = len(self.serials)
         values: dict[str, Value] = {
-            name: ort.OrtValue.ortvalue_from_numpy(self._view(name, rows, self._width, self._buffers[name].dtype))
-            for name in self._names
+            name: ort.OrtValue.ortvalue_from_numpy(self._view(name, rows, self._width)) for name in self._names
         }
         values[MASK] = self._mask
         self._fed = values

@@ -151,7 +151,9 @@ class Binding:
     def __init__(self, runtime: Runtime, graph: str) -> None:
         self._runtime, self.graph = runtime, graph
         self._binding = runtime.sessions[graph].io_binding()
-        self._bound: dict[str, object] = {}  # name -> the object bound to it (kept alive, so ids are not reused)
+        # name -> the object bound to it, inputs and outputs apart (kept alive, so their ids are not reused)
+        self._inputs: dict[str, object] = {}
+        self._outputs: dict[str, ort.OrtValue] = {}
 
     def run(
         self,
@@ -160,7 +162,7 @@ class Binding:
         bound_outputs: Mapping[str, ort.OrtValue] | None = None,
     ) -> dict[str, ort.OrtValue]:
         """As ``Runtime.run``."""
-        runtime, binding, last = self._runtime, self._binding, self._bound
+        runtime, binding, last = self._runtime, self._binding, self._inputs
         for name, value in inputs.items():
             if last.get(name) is value:
                 continue
@@ -176,10 +178,10 @@ class Binding:
             value = bound.get(name)
             if value is None:  # allocated by onnxruntime: bound afresh, so earlier results are never overwritten
                 binding.bind_output(name, "cpu" if name in on_host else runtime.config.device, runtime.config.device_id)
-                last.pop(f"out:{name}", None)
-            elif last.get(f"out:{name}") is not value:
+                self._outputs.pop(name, None)
+            elif self._outputs.get(name) is not value:
                 binding.bind_ortvalue_output(name, value)
-                last[f"out:{name}"] = value
+                self._outputs[name] = value
         runtime.sessions[self.graph].run_with_iobinding(binding)
         if len(bound) == len(names):  # nothing new to wrap (wrapping ~10 values costs ~70 us a step)
             return dict(bound)
