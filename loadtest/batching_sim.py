@@ -25,8 +25,10 @@ import json
 import math
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -44,11 +46,17 @@ class Policy:
     join_fraction: float = 0.25
     max_join_steps: int = 8
     drain_under_backlog: bool = True
+    join_age_steps: int = 0  # continuous: join only while the batch's oldest sentence has run fewer steps (0: any)
+    max_later_joins: int = 0  # continuous: join only while fewer sentences joined after the oldest one (0: any)
 
     @property
     def name(self) -> str:
         if self.mode == "request":
             return "request"
+        if self.join_age_steps:
+            return f"continuous-age{self.join_age_steps}"
+        if self.max_later_joins:
+            return f"continuous-later{self.max_later_joins}"
         if self.join_fraction == 0:
             return "continuous-eager"
         return "continuous" if self.drain_under_backlog else "continuous-fill"
@@ -61,38 +69,65 @@ POLICIES = {
         Policy("continuous"),
         Policy("continuous", drain_under_backlog=False),
         Policy("continuous", join_fraction=0.0),  # newcomers join at the very next step
+        Policy("continuous", join_age_steps=12),
+        Policy("continuous", max_later_joins=8),
     )
 }
 
 
-def _timed(call, clock: list[float], steps: float | None = None):
-    """Run ``call`` and advance the clock by its thread CPU time, or by ``steps`` when given (a step clock)."""
+def _timed(call, clock: list[float], steps: float | None, batch: object):
+    """Run ``call`` and advance the clock by ``steps`` when given (a step clock), else by what a modelled batch
+    says the call cost (its ``last_cost``, ``loadtest/queue_model.py``), else by the call's thread CPU time."""
     start = time.thread_time()
     result = call()
-    clock[0] += time.thread_time() - start if steps is None else steps
+    modelled = getattr(batch, "last_cost", None)
+    clock[0] += steps if steps is not None else modelled if modelled is not None else time.thread_time() - start
     return result
 
 
+class SteppedBatch(Protocol):
+    """What ``simulate`` drives: a ``DecodingBatch``, or ``queue_model.ModelledBatch``."""
+
+    def __len__(self) -> int: ...
+
+    def add(self, sources: list[list[int]], options: DecodingOptions, keys: list[int]) -> object: ...
+
+    def step(self) -> Sequence[Any]: ...
+
+
 def simulate(
-    engine: Engine,
+    engine: Engine | None,
     sources: list[list[int]],
     arrivals: np.ndarray,
     policy: Policy,
     options: DecodingOptions | None = None,
     step_clock: bool = False,
+    batch: SteppedBatch | None = None,
 ) -> np.ndarray:
     """Latency (s, simulated clock) of every source, arriving at ``arrivals`` (s), decoded under ``policy`` with
     ``options`` (default: beam 4).
 
     ``step_clock``: time is counted in decode steps instead (each step 1, encoding 0), so latencies and arrivals
     are in steps. Tests of the admission rules use it: the CPU-time clock depends on how busy the machine is.
+    ``batch``: an empty batch to decode in (default: a new one). The server's engine thread keeps one batch for
+    its whole life, whose host buffers have grown to the largest batch it has held (``engine/cache.py``); a new
+    batch grows them again under the measured traffic, 0.1-0.7 s a step when a cache of 100+ rows grows
+    (fresh pages), which no server sentence pays after warm-up. So ``run`` passes a warmed batch.
     """
     options = options or DecodingOptions(beam_size=4)
-    batch: DecodingBatch = engine.new_batch()
+    if batch is None:
+        if engine is None:
+            raise ValueError("simulate needs an engine or a batch")
+        batch = engine.new_batch()
+    if len(batch):
+        raise ValueError("simulate needs an empty batch")
     clock = [0.0]
     done = np.full(len(sources), np.nan)
     waiting: list[int] = []
     following, live, steps_since_join, batch_steps = 0, 0, 0, 0
+    joined_at: dict[int, int] = {}  # source -> batch_steps when it joined
+    admitted = 0  # sentences admitted into the running batch so far
+    admitted_by: dict[int, int] = {}  # source -> admitted once it had joined (its group included)
     while following < len(sources) or waiting or live:
         while following < len(sources) and arrivals[following] <= clock[0]:
             waiting.append(following)
@@ -113,15 +148,23 @@ def simulate(
                 or len(waiting) >= math.ceil(live * policy.join_fraction)
                 or steps_since_join >= policy.max_join_steps
             )
+            oldest = min(joined_at, key=joined_at.__getitem__)
+            join = join and not (policy.join_age_steps and batch_steps - joined_at[oldest] >= policy.join_age_steps)
+            later = admitted - admitted_by[oldest]
+            join = join and not (policy.max_later_joins and later >= policy.max_later_joins)
         if join:
             take, waiting = waiting[:room], waiting[room:]
             take.sort(key=lambda i: len(sources[i]))
             add = lambda take=take: batch.add([sources[i] for i in take], options, keys=take)  # noqa: E731
-            _timed(add, clock, 0.0 if step_clock else None)
+            _timed(add, clock, 0.0 if step_clock else None, batch)
             live += len(take)
+            joined_at.update(dict.fromkeys(take, batch_steps))
+            admitted += len(take)
+            admitted_by.update(dict.fromkeys(take, admitted))
             steps_since_join = 0
-        for finished in _timed(batch.step, clock, 1.0 if step_clock else None):
+        for finished in _timed(batch.step, clock, 1.0 if step_clock else None, batch):
             done[finished.key] = clock[0] - arrivals[finished.key]
+            del joined_at[finished.key], admitted_by[finished.key]
             live -= 1
         steps_since_join += 1
         batch_steps += 1
@@ -137,6 +180,13 @@ def saturation_rate(engine: Engine, sources: list[list[int]], batch_size: int, r
         engine.translate_ids(sources, DecodingOptions(beam_size=4, return_scores=False), max_batch_size=batch_size)
         rates.append(len(sources) / (time.thread_time() - start))
     return max(rates)
+
+
+def warmed_batch(engine: Engine, sources: list[list[int]], policy: Policy) -> DecodingBatch:
+    """A batch whose buffers have grown as the server's do in its warm-up: every source arriving at once."""
+    batch = engine.new_batch()
+    simulate(engine, sources, np.zeros(len(sources)), policy, batch=batch)
+    return batch
 
 
 def run(
@@ -161,12 +211,13 @@ def run(
         rate = max(rates.values())
         print(f"seed {seed}: saturation (sentences per CPU second): " + ", ".join(f"{r:.1f}" for r in rates.values()))
         gaps = rng.exponential(1.0, len(sources))
+        batches = {name: warmed_batch(engine, sources, POLICIES["continuous"]) for name, engine in engines.items()}
         runs = []
         for fraction in FRACTIONS:
             arrivals = np.cumsum(gaps) / (rate * fraction)
             for name, engine in engines.items():
                 for policy in chosen:
-                    latency = simulate(engine, sources, arrivals, policy) * 1000
+                    latency = simulate(engine, sources, arrivals, policy, batch=batches[name]) * 1000
                     p50, p99 = (float(np.percentile(latency, q)) for q in (50, 99))
                     runs.append(
                         {"fraction": fraction, "model": name, "mode": policy.name, "p50_ms": p50, "p99_ms": p99}

@@ -157,6 +157,7 @@ def build_backend(
             max_delay_s=config.max_queue_delay_ms / 1000,
             join_fraction=config.join_fraction,
             max_join_steps=config.max_join_steps,
+            max_later_joins=config.max_later_joins,
             join_window_steps=config.join_window_steps,
             turns=turns,
             turn_key=(entry.model, entry.version),

@@ -181,6 +181,11 @@ class ServerConfig:
         0.25, "continuous batching: waiting sentences join the running batch once they are this fraction of it"
     )
     max_join_steps: int = _setting(8, "continuous batching: ... or once this many decode steps passed since a join")
+    max_later_joins: int = _setting(
+        8,
+        "continuous batching: once this many sentences have joined after the running batch's oldest sentence, "
+        "newcomers wait for it to finish, which bounds how much later arrivals slow a long sentence (0: no limit)",
+    )
     join_window_steps: int = _setting(
         8, "request-level batching: sentences arriving in a batch's first N decode steps join it (0: never)"
     )
@@ -379,6 +384,7 @@ def validate(config: ServerConfig) -> ServerConfig:
     need(c.max_queue_delay_ms <= MAX_QUEUE_DELAY_MS, f"max_queue_delay_ms must be <= {MAX_QUEUE_DELAY_MS:g}")
     need(0 <= c.join_fraction <= 1, "join_fraction must be in 0..1")
     need(c.max_join_steps >= 1, "max_join_steps must be >= 1")
+    need(c.max_later_joins >= 0, "max_later_joins must be >= 0")
     need(c.join_window_steps >= 0, "join_window_steps must be >= 0")
     need(
         c.max_batch_tokens >= c.max_input_tokens + 1,

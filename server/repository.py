@@ -36,6 +36,7 @@ OVERRIDABLE = (  # per-model settings: what shapes one model's queue and batches
     "max_queue_tokens",
     "join_fraction",
     "max_join_steps",
+    "max_later_joins",
     "join_window_steps",
 )
 

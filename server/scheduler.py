@@ -18,6 +18,12 @@ every join and leave copies them), and a batch that takes every length carries t
 source. So, in continuous mode:
 - newcomers join once they number at least ``join_fraction`` of the running batch (at low load that is one
   sentence: it joins at the next step) or ``max_join_steps`` steps after the last join (a bound on their wait);
+- but not once ``max_later_joins`` sentences have joined after the batch's oldest running sentence: newcomers
+  then wait until it has finished. Without that bound continuous batching behaves like processor sharing (a
+  step costs about in proportion to its rows, so each arrival slows everyone running), and a long sentence
+  shares every step of its life with every arrival: its p99 lost to request-level batching's at high load,
+  while its median won. With the bound a long sentence is slowed by at most that many later sentences, and
+  request-level batching's tail advantage goes (docs/benchmarks.md, issue 17, session 16);
 - under backlog (more sentences waiting than the batch has room for) nobody joins: the batch drains and the next
   one is formed from the backlog with length grouping, as in request mode, which is the cheaper way to run a
   saturated engine. Continuous batching thus buys its latency where there is spare capacity and gives back
@@ -99,6 +105,7 @@ class Scheduler:
         max_delay_s: float = 0.002,
         join_fraction: float = 0.25,
         max_join_steps: int = 8,
+        max_later_joins: int = 0,
         join_window_steps: int = 0,
         turns: StepTurns | None = None,
         turn_key: Hashable | None = None,
@@ -111,9 +118,13 @@ class Scheduler:
         self.turn_key: Hashable = turn_key if turn_key is not None else id(self)
         self.continuous, self.max_delay_s = continuous, max_delay_s
         self.join_fraction, self.max_join_steps = join_fraction, max_join_steps
+        self.max_later_joins = max_later_joins
         self.join_window_steps = join_window_steps
         self._batch = engine.new_batch()
         self._live: dict[int, WorkItem] = {}  # key -> item: the sentences in the running batch
+        self._admitted = 0  # sentences this thread has admitted, ever
+        self._admitted_by: dict[int, int] = {}  # key -> _admitted once its group had joined
+        self._oldest_mark = 0  # min of _admitted_by (the oldest sentence's), an int that peer threads may read
         self._steps_since_join = 0
         self._batch_steps = 0  # decode steps since the running batch was formed from an empty one
         self.peers: Sequence[Scheduler] = ()  # the model's other engine threads (EngineThreads sets them)
@@ -182,8 +193,23 @@ class Scheduler:
         does too (its join rule is the easier one); in request mode a running one may be past its join window."""
         mine = len(self._live)
         return any(
-            peer.running == 0 or (self.continuous and peer.running < mine) for peer in self.peers if peer is not self
+            peer.running == 0 or (self.continuous and peer.running < mine and not peer.closed_to_joins)
+            for peer in self.peers
+            if peer is not self
         )
+
+    @property
+    def closed_to_joins(self) -> bool:
+        """Have ``max_later_joins`` sentences joined after the running batch's oldest one (continuous mode)? Then
+        newcomers wait until it has finished. A step costs about in proportion to its rows, so every later joiner
+        slows each remaining step of the sentences already running; unchecked, a long sentence under steady
+        traffic shares all its steps with every arrival of its lifetime, and such sentences make the p99."""
+        return bool(self.continuous and self.max_later_joins and self._live) and (
+            self._admitted - self._oldest_mark >= self.max_later_joins
+        )
+
+    def _note_members(self) -> None:
+        self._oldest_mark = min(self._admitted_by.values(), default=self._admitted)
 
     def _worth_joining(self) -> bool:
         """Should the waiting sentences join the running batch now (see the module doc)? Not while a lighter
@@ -193,7 +219,7 @@ class Scheduler:
         if not self.continuous:
             return self._batch_steps < self.join_window_steps and len(self.queue) > 0
         waiting, room = len(self.queue), self.budget.max_sentences - len(self._live)
-        if waiting == 0 or room <= 0 or waiting > room:
+        if waiting == 0 or room <= 0 or waiting > room or self.closed_to_joins:
             return False
         return (
             waiting >= math.ceil(len(self._live) * self.join_fraction) or self._steps_since_join >= self.max_join_steps
@@ -206,7 +232,9 @@ class Scheduler:
         for key in dead:
             self._batch.cancel(key)
             del self._live[key]
+            del self._admitted_by[key]
         if dead:
+            self._note_members()
             self.metrics.abandoned.labels("batch").inc(len(dead))
 
     def _admit(self, wait_s: float | None) -> None:
@@ -240,8 +268,11 @@ class Scheduler:
         self.metrics.encode.observe(time.perf_counter() - start)
         self.metrics.admitted_batch_size.observe(len(chosen))
         self.metrics.tokens.labels("input").inc(sum(item.length for item in chosen))
+        self._admitted += len(chosen)
         for item in chosen:
             self._live[item.key] = item
+            self._admitted_by[item.key] = self._admitted
+        self._note_members()
         self._steps_since_join = 0
 
     def _add_one_by_one(self, items: list[WorkItem]) -> list[WorkItem]:
@@ -265,7 +296,7 @@ class Scheduler:
         except Exception:
             log.exception("decode step of %d sentences failed; re-running each alone", len(items))
             self.metrics.engine_errors.inc()
-            self._batch, self._live = self.engine.new_batch(), {}
+            self._batch, self._live, self._admitted_by = self.engine.new_batch(), {}, {}
             for item in items:
                 self._run_alone(item)
             return
@@ -275,7 +306,11 @@ class Scheduler:
         self.metrics.batch_size.observe(len(items))
         self.metrics.batch_tokens.observe(len(items) * max(item.length for item in items))
         for done in finished:
-            self._deliver(self._live.pop(cast(int, done.key)), done.hypotheses)  # keys are the items' ids
+            key = cast(int, done.key)  # keys are the items' ids
+            del self._admitted_by[key]
+            self._deliver(self._live.pop(key), done.hypotheses)
+        if finished:
+            self._note_members()
         if any(item.request.partial for item in self._live.values()):
             self._send_partials()
 
@@ -319,7 +354,7 @@ class Scheduler:
         for item in self._live.values():
             item.request.cancel()
             item.request.sink.failed(error)
-        self._batch, self._live = self.engine.new_batch(), {}
+        self._batch, self._live, self._admitted_by = self.engine.new_batch(), {}, {}
 
 
 class EngineThreads:

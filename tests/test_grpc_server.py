@@ -346,6 +346,29 @@ def test_request_batching_join_window(model_dir: Path, engine: Engine, window: i
         assert shared_steps == 0
 
 
+@pytest.mark.parametrize("limit", [0, 2])
+def test_continuous_batching_closes_to_joins_after_max_later_joins(model_dir: Path, engine: Engine, limit: int) -> None:
+    """Continuous batching with ``max_later_joins`` 2: two short sentences join a long running one (and finish
+    first), a third waits for the long one to finish; with no limit the third joins too and finishes first."""
+    slow = SlowEngine(engine, delay=0.005)  # 5 ms a step: the long sentence decodes for over a second
+    cfg = config(model_dir, batching="continuous", max_later_joins=limit, engine_workers=1)
+    with (
+        BackgroundServer(cfg, engine=slow) as server,
+        TranslatorClient(server.address) as client,
+        ThreadPoolExecutor(1) as pool,
+    ):
+        # the tiny random model loops to the output cap (2 x source + 10) rather than ending
+        first = pool.submit(client.translate_texts, [" ".join(TEXTS * 2)], pb.DecodingOptions(max_length=400))
+        wait_for(lambda: server.server._scheduler.running == 1)
+        short = pb.DecodingOptions(max_length=3)
+        joined = [client.translate_texts([TEXTS[i]], short) and not first.done() for i in (3, 4)]
+        client.translate_texts([TEXTS[5]], short)
+        third_waited = first.done()
+        first.result(timeout=60)
+    assert joined == [True, True]  # both modes let the first two join
+    assert third_waited == bool(limit)
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_engine_workers_decode_batches_side_by_side(model_dir: Path, engine: Engine, workers: int) -> None:
     """``engine_workers``: two engine threads on one queue and one engine's sessions. With batches of one sentence,
