@@ -191,19 +191,20 @@ class RaggedHostCache:
     def reset(self) -> None:
         self.rows, self.length = 1, 0  # length: the longest history any row may have (slots to copy on reorder)
 
-    def _view(self, name: str, rows: int) -> np.ndarray:
+    def _view(self, name: str, rows: int, keep: bool = True) -> np.ndarray:
         size = rows * self._heads * self._capacity * self._d_head
-        buffer = self._buffers[name] = at_least(self._buffers[name], size)  # row r keeps its offset
+        buffer = self._buffers[name] = at_least(self._buffers[name], size, keep)  # row r keeps its offset
         return buffer[:size].reshape(rows, self._heads, self._capacity, self._d_head)
 
     def _ensure_capacity(self, slots: int) -> None:
-        """Room for ``slots`` per row; growing changes the row stride, so the used slots are copied over."""
+        """Room for ``slots`` per row; growing changes the row stride, so the used slots are copied over (out
+        first, so a buffer that must grow for the new stride need not copy its old contents too)."""
         if slots <= self._capacity:
             return
         old = {name: self._view(name, self.rows)[:, :, : self.length].copy() for name in self._names}
         self._capacity = max(2 * slots, 32)  # each growth copies the whole cache: rare, and early
         for name in self._names:
-            self._view(name, self.rows)[:, :, : self.length] = old[name]
+            self._view(name, self.rows, keep=False)[:, :, : self.length] = old[name]
 
     def reorder(self, sources: np.ndarray, histories: np.ndarray | None = None) -> None:
         """Row i takes row ``sources[i]``'s history (-1: none; its slots are simply overwritten from slot 0).

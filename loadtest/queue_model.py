@@ -88,15 +88,15 @@ class ModelledBatch:
     ``last_cost``, and a sentence finishes after its measured number of steps. With ``costs`` None it costs
     nothing and records instead (``RecordingBatch``)."""
 
-    def __init__(self, costs: Costs | None, steps: Mapping[Hashable, int], beam: int = BEAM) -> None:
+    def __init__(self, costs: Costs | None, steps: Mapping[int, int], beam: int = BEAM) -> None:
         self._costs, self._steps, self._beam = costs, steps, beam
-        self._live: dict[Hashable, list[int]] = {}  # key -> [steps left, steps taken, source length]
+        self._live: dict[int, list[int]] = {}  # key -> [steps left, steps taken, source length]
         self.last_cost = 0.0
 
     def __len__(self) -> int:
         return len(self._live)
 
-    def add(self, sources: Sequence[Sequence[int]], options: object, keys: Sequence[Hashable]) -> None:
+    def add(self, sources: Sequence[Sequence[int]], options: object, keys: Sequence[int]) -> None:
         if self._costs is not None:
             self.last_cost = self._costs.encode([len(source) for source in sources])
         self._live.update((key, [self._steps[key], 0, len(source)]) for key, source in zip(keys, sources, strict=True))
@@ -124,14 +124,14 @@ class ModelledBatch:
 
 
 class Done(NamedTuple):
-    key: Hashable
+    key: int  # simulate keys sentences by their index
 
 
 class RecordingBatch:
     """A real ``DecodingBatch`` driven by ``simulate`` on its CPU-time clock, with every call's thread CPU time
     recorded beside the features the model would have given it (a ``ModelledBatch`` shadowing the same calls)."""
 
-    def __init__(self, batch: DecodingBatch, steps: Mapping[Hashable, int]) -> None:
+    def __init__(self, batch: DecodingBatch, steps: Mapping[int, int]) -> None:
         self._batch, self._shadow = batch, ModelledBatch(None, steps)
         self.steps: list[tuple[StepFeatures, float]] = []
         self.encodes: list[tuple[int, int, float]] = []  # (calls, padded tokens, seconds)

@@ -37,9 +37,9 @@ window otherwise. With left-padded rows (the shipped exports) request-level batc
 load measured on CPU, and the same saturation throughput: late joins carry the running batch's whole history as
 padding, and a decode step costs in proportion to its rows, so keeping the batch full slows every long sentence.
 With ragged rows (``nmtserve export --ragged``) continuous batching had the lower median at nearly every load,
-and on a real server the lower p99 in 7 of 9 runs at 50 % load, 3 of 9 at 75 % and 5 of 9 at 90 %
-(docs/benchmarks.md, issue 17): it wins the median, and stays the ragged export's default, but not the shipped
-exports'.
+but on a real server the lower p99 in only 7 of 9 runs at 50 % load, 3 of 9 at 75 % and 5 of 9 at 90 %, until
+``max_later_joins``; with it, in 4 of 4 runs at each of the three loads, on three text sets (docs/benchmarks.md,
+issue 17, session 16). So it is the ragged export's default, but not the shipped exports'.
 Where a step's cost hardly depends on its rows (a GPU), the balance may well flip: measure with
 ``nmtserve bench server``.
 
