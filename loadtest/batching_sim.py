@@ -12,7 +12,10 @@ time, which other processes barely change), and arrivals are admitted by the rul
 - ``continuous``: between steps, waiting sentences join once they are ``join_fraction`` of the running batch or
   ``max_join_steps`` steps after the last join; when more wait than the batch has room for, the batch either
   drains (``drain_under_backlog``, the rule of session 4) or the oldest waiting fill its room (the batch stays
-  full, ``continuous-fill``); ``continuous-eager`` joins newcomers at the very next step (no join threshold).
+  full, ``continuous-fill``); ``continuous-eager`` joins newcomers at the very next step (no join threshold);
+  ``continuous-later8`` closes the batch to newcomers once 8 sentences joined after its oldest one, until that
+  one finishes (the server's ``max_later_joins``); ``continuous-age12`` once its oldest one has run 12 steps (a
+  rule tried and not kept, docs/benchmarks.md, issue 17, session 16).
 What is left out: gRPC, queueing delays of the real server (``max_queue_delay_ms``), length grouping of the
 backlog. The offered load is a fraction of the saturation rate measured the same way (a closed batch decoding
 every sentence, cohorts of ``max_batch_size``). Prints p50/p99 per mode, model and load; writes JSON.

@@ -52,3 +52,18 @@ def test_wins_are_counted_per_model_load_and_policy() -> None:
         {"runs": [run("request", 100, 500), run("continuous", 120, 600)]},
     ]
     assert p99_wins(seeds) == ["m 50% continuous: lower p99 than request-level in 1/2 seeds, lower p50 in 1/2"]
+
+
+def test_a_batch_closes_to_joins_after_max_later_joins(engine: Engine) -> None:
+    """With ``max_later_joins`` 2, two short sentences join a long running one and the third waits for it to
+    finish; with no limit the third joins at once (a clock of decode steps, which no machine load moves)."""
+    # EOS is barred until step 40 or a sentence's output cap: the long one runs 40 steps or more, the short ones
+    # their cap of 2 x 3 + 10 = 16
+    options = DecodingOptions(beam_size=4, min_length=40)
+    sources = [[5] * 30 + [3]] + [[7, 8, 3]] * 3
+    arrivals = np.array([0, 10, 11, 20])  # the third short one arrives at step 20, after the other two joined
+    bounded = simulate(engine, sources, arrivals, Policy("continuous", max_later_joins=2), options, step_clock=True)
+    unbounded = simulate(engine, sources, arrivals, Policy("continuous"), options, step_clock=True)
+    assert bounded[0] >= 40 and bounded[3] >= bounded[0] - 20  # it started once the long one had finished
+    assert unbounded[3] < bounded[3]
+    assert bounded[1] == unbounded[1] and bounded[2] == unbounded[2]  # the first two joined in both
