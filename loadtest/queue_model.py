@@ -85,8 +85,8 @@ class Measured(NamedTuple):
 
 class ModelledBatch:
     """What ``simulate`` needs of a ``DecodingBatch``, on modelled costs: each call leaves its cost in
-    ``last_cost``, and a sentence finishes after its measured number of steps. With ``costs`` None it costs
-    nothing and records instead (``RecordingBatch``)."""
+    ``last_cost``, and a sentence finishes after its measured number of steps. With ``costs`` None it only
+    tracks the features a step would be costed by (``RecordingBatch``'s shadow)."""
 
     def __init__(self, costs: Costs | None, steps: Mapping[int, int], beam: int = BEAM) -> None:
         self._costs, self._steps, self._beam = costs, steps, beam
