@@ -38,8 +38,8 @@ load measured on CPU, and the same saturation throughput: late joins carry the r
 padding, and a decode step costs in proportion to its rows, so keeping the batch full slows every long sentence.
 With ragged rows (``nmtserve export --ragged``) continuous batching had the lower median at nearly every load,
 but on a real server the lower p99 in only 7 of 9 runs at 50 % load, 3 of 9 at 75 % and 5 of 9 at 90 %, until
-``max_later_joins``; with it, in 4 of 4 runs at each of the three loads, on three text sets (docs/benchmarks.md,
-issue 17, session 16). So it is the ragged export's default, but not the shipped exports'.
+``max_later_joins``; with it, in 5 of 6 runs at 50 %, 6 of 6 at 75 % and 5 of 6 at 90 %, on three text sets
+(docs/benchmarks.md, issue 17, session 16). So it is the ragged export's default, but not the shipped exports'.
 Where a step's cost hardly depends on its rows (a GPU), the balance may well flip: measure with
 ``nmtserve bench server``.
 
