@@ -119,3 +119,8 @@ def test_engine_rate_reports_wall_and_cpu_rates(model_dir: Path) -> None:
     rate = engine_rate(engine, lines, batch_size=4, workers=2)
     assert 0 < rate.sentences_per_s < math.inf and 0 < rate.sentences_per_cpu_s < math.inf
     assert rate.sentences_per_cpu_s >= rate.sentences_per_s / 3  # two engine threads and the caller at most
+    sustained = engine_rate(engine, lines, batch_size=4, workers=2, sustain_s=0.5)
+    assert sustained.passes >= 1 and rate.passes == 1
+    # the rates count every pass, and the passes lasted at least the half second asked for
+    assert sustained.passes * len(lines) / sustained.sentences_per_s >= 0.5
+    assert sustained.sentences_per_cpu_s >= sustained.sentences_per_s / 3
