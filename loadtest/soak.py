@@ -12,7 +12,9 @@ Phases:
    the others, but the memory baseline is taken after them (onnxruntime's arenas and the allocator grow to the
    largest batch shapes the traffic produces, and the burst's full batches are among the largest);
 3. main phase: ``--requests`` requests as Poisson arrivals; ``--cancel-fraction`` of them are cancelled by the
-   client at a random point (0 to 2x the median latency of the probe), ``--deadline-fraction`` get a short
+   client at a random point (0 to the probe's 10th-percentile latency: the probe runs at saturation, so its median
+   is a queueing figure longer than most latencies at 0.9 load, and a window built on it lets most answers come
+   before the cancel; its fast tail is close to a request's own decoding time), ``--deadline-fraction`` get a short
    deadline (uniform in ``--short-deadline-ms``), ``--stream-fraction`` of the others go over TranslateStream
    (with partial output); each request has 1-4 texts and one of several decoding-option sets; a burst of
    ``--burst`` extra requests (default: four times the server's queue capacity) is sent at once when ``--burst-at``
@@ -181,7 +183,7 @@ def plan(spec: SoakSpec, sentences: list[str], count: int, rng: random.Random, k
         if this == "deadline":
             request.timeout_s = rng.uniform(low, high) / 1000
         elif this == "cancel":
-            request.cancel_after_s = rng.random()  # a fraction; scaled by the probe's median latency later
+            request.cancel_after_s = rng.random()  # a fraction; scaled by the probe's p10 latency later
         out.append(request)
     return out
 
@@ -263,13 +265,16 @@ async def probe(client: Connections, requests: list[Planned], concurrency: int, 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     elapsed = time.monotonic() - start
     ok = [r for r in done if r.code == "OK"]
+    latencies = sorted(r.latency_s for r in ok)
     return {
         "seconds": elapsed,
         "requests": len(done),
         "ok": len(ok),
         "requests_per_s": len(ok) / elapsed,
         "sentences_per_s": sum(len(r.texts) for r in ok) / elapsed,
-        "latency_p50_s": statistics.median(r.latency_s for r in ok) if ok else math.nan,
+        "latency_min_s": latencies[0] if ok else math.nan,
+        "latency_p10_s": latencies[len(latencies) // 10] if ok else math.nan,
+        "latency_p50_s": statistics.median(latencies) if ok else math.nan,
     }
 
 
@@ -503,7 +508,7 @@ async def _exercise(target: str, spec: SoakSpec, phases: list, sampler, progress
                 print(f"probing saturation for {spec.probe_s:g} s ...", file=sys.stderr, flush=True)
             figures["probe"] = await probe(client, normal, spec.probe_concurrency, spec.probe_s)
             rate = max(0.1, spec.load * figures["probe"]["requests_per_s"])
-            scale = 2 * figures["probe"]["latency_p50_s"]
+            scale = figures["probe"]["latency_p10_s"]
         else:
             rate, scale = spec.rate, 1.0
         figures["cancel_window_s"] = scale
@@ -628,7 +633,8 @@ def format_report(figures: dict) -> str:
         p = figures["probe"]
         lines.append(
             f"  saturation probe: {p['requests_per_s']:.1f} req/s ({p['sentences_per_s']:.1f} sentences/s), "
-            f"p50 {p['latency_p50_s'] * 1000:.0f} ms"
+            f"p10 {p['latency_p10_s'] * 1000:.0f} ms, p50 {p['latency_p50_s'] * 1000:.0f} ms; "
+            f"cancel window {figures['cancel_window_s'] * 1000:.0f} ms"
         )
     m = figures["main"]
     lines.append(f"  offered {m['offered_rate']:.1f} req/s, sent {m['sent_rate']:.1f} req/s")
