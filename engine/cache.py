@@ -19,7 +19,7 @@ Both give the same tensors, so translations are identical (a test runs both).
   buffer per tensor, [rows, heads, capacity, d_head], row r's history in slots 0..step-1. The step's
   ``GroupQueryAttention`` appends in place (past and present are the same memory) and attends over each row's
   own length, so a sentence joining a running batch pays for its own history only: no left-padding, no trim,
-  no copy to grow the cache. A reorder copies the moved rows' used slots only.
+  no copy to grow the cache. A reorder copies the moved rows' used slots only, each once (``copy_rows``).
 
 Memory: a host buffer grows to the largest rows x length the batch has held (with ``GROWTH`` headroom) and is
 kept for later batches, as onnxruntime's arena keeps its blocks; the peak is two copies of the largest cache.
@@ -121,20 +121,19 @@ class HostCache:
         """Row i becomes a copy of row ``sources[i]`` (-1: an empty, masked history); unmoved rows are not touched
         (``histories``: not needed, as above).
 
-        Rows are laid out one after another, so row r sits at the same offset whatever the row count: the moved
-        rows are gathered into a scratch copy first, then written to their places (sources may be overwritten).
+        Rows are laid out one after another, so row r sits at the same offset whatever the row count, and the
+        moved rows are copied within the buffer (``copy_rows``).
         """
         if _is_identity(sources, self.rows):
             return
         moved = np.flatnonzero(sources != np.arange(len(sources)))
         copied, empty = moved[sources[moved] >= 0], moved[sources[moved] < 0]
         if self.length:
-            for name in self._names:
-                before = self._view(name, self._side, self.rows, self.length)
-                gathered = before[sources[copied]]
-                after = self._view(name, self._side, len(sources), self.length)
-                after[copied] = gathered
-                after[empty] = 0
+            span = max(self.rows, len(sources))  # rows keep their offsets: one view covers old and new rows
+            views = [self._view(name, self._side, span, self.length) for name in self._names]
+            copy_rows(views, {int(d): (int(sources[d]), self.length) for d in copied})
+            for view in views:
+                view[empty] = 0  # after the copies: an emptied row may still have been read
         mask = self._mask[np.maximum(sources, 0)]
         mask[empty] = False
         self._mask, self.rows = mask, len(sources)
@@ -211,20 +210,16 @@ class RaggedHostCache:
 
         ``histories``: each new row's own history length (its position), so that a moved row copies its own used
         slots rather than the longest history's: under continuous batching young sentences' beams reorder too.
-        Rows are copied in groups of similar length (rounded up to ``HISTORY_ROUNDING`` slots), few numpy calls.
         """
         if _is_identity(sources, self.rows):
             return
-        moved = np.flatnonzero(sources != np.arange(len(sources)))
-        copied = moved[sources[moved] >= 0]
+        copied = np.flatnonzero((sources != np.arange(len(sources))) & (sources >= 0))
         if self.length and len(copied):
-            groups = _length_groups(copied, histories, self.length)
-            for name in self._names:
-                before = self._view(name, self.rows)
-                gathered = [before[sources[rows], :, :slots] for rows, slots in groups]  # all read before any write
-                after = self._view(name, len(sources))
-                for (rows, slots), values in zip(groups, gathered, strict=True):
-                    after[rows, :, :slots] = values
+            used = np.full(len(copied), self.length)
+            if histories is not None:
+                used = np.minimum(histories[copied], used)
+            moves = {int(d): (int(sources[d]), int(n)) for d, n in zip(copied, used, strict=True)}
+            copy_rows([self._view(name, max(self.rows, len(sources))) for name in self._names], moves)
         self.rows = len(sources)
 
     def trim(self, keep: int) -> None:
@@ -253,15 +248,40 @@ class RaggedHostCache:
         self.rows, self.length = rows, self.length + 1
 
 
-HISTORY_ROUNDING = 16  # slots: a moved row's copy is its history rounded up to this, grouping rows of similar length
+def copy_rows(views: list[np.ndarray], moves: dict[int, tuple[int, int]]) -> None:
+    """For each ``row: (source, slots)`` of ``moves``, the first ``slots`` slots of ``row`` in every view ([rows,
+    heads, slots, d_head]) become those of ``source``, as if every row were read before any was written.
 
-
-def _length_groups(rows: np.ndarray, histories: np.ndarray | None, longest: int) -> list[tuple[np.ndarray, int]]:
-    """``rows`` grouped by their history rounded up (at most ``longest``): (rows, slots to copy) per group."""
-    if histories is None:
-        return [(rows, longest)]
-    rounded = np.minimum(-(-histories[rows] // HISTORY_ROUNDING) * HISTORY_ROUNDING, longest)
-    return [(rows[rounded == slots], int(slots)) for slots in np.unique(rounded) if slots > 0]
+    Why not ``view[rows] = view[sources]``: numpy gathers index arrays into a temporary first, so every moved row
+    was copied twice, and at long histories beam search's reorders were 20 % of a decode (GPL-3, int8, beam 4,
+    docs/benchmarks.md, issue 17, session 18). Here each moved row is copied once, straight to its place, in an
+    order in which no row is overwritten while a later move still reads it; only a cycle of moves (two beams
+    trading parents) sets one row aside first.
+    """
+    readers: dict[int, int] = {}  # rows still to be read by a pending move that are themselves overwritten
+    for source, _ in moves.values():
+        if source in moves:
+            readers[source] = readers.get(source, 0) + 1
+    ready = [row for row in moves if row not in readers]
+    pending = dict(moves)
+    set_aside: dict[int, list[np.ndarray]] = {}
+    while pending:
+        while ready:
+            row = ready.pop()
+            source, slots = pending.pop(row)
+            kept = set_aside.get(source)
+            for i, view in enumerate(views):
+                view[row, :, :slots] = (view[source] if kept is None else kept[i])[:, :slots]
+            if source in readers:
+                readers[source] -= 1
+                if readers[source] == 0 and source in pending:
+                    ready.append(source)
+        if pending:  # only cycles are left: keep one row's contents aside, and that row may be written
+            row = next(iter(pending))
+            longest = max(slots for source, slots in pending.values() if source == row)
+            set_aside[row] = [view[row, :, :longest].copy() for view in views]
+            del readers[row]
+            ready.append(row)
 
 
 def _is_identity(sources: np.ndarray, rows: int) -> bool:
