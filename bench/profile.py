@@ -25,7 +25,7 @@ from typing import Any
 import onnxruntime as ort
 
 from nmtserve.engine import DecodingOptions, Engine
-from nmtserve.engine.cache import HostCache
+from nmtserve.engine.cache import HostCache, RaggedHostCache
 from nmtserve.engine.int8_kernels import session_source
 from nmtserve.engine.runtime import Binding, _session_options, open_session
 
@@ -37,8 +37,9 @@ def _translate(engine: Engine, sources: Sequence[Sequence[int]], options: Decodi
 def graph_times(
     engine: Engine, sources: Sequence[Sequence[int]], options: DecodingOptions, batch_size: int
 ) -> dict[str, Any]:
-    """Wall time per graph, and per host-side cache move (``HostCache.reorder``/``trim``: numpy row copies that
-    stand in for the ``reorder_cache``/``trim_cache`` graphs on CPU), and the host remainder, from one run."""
+    """Wall time per graph, and per host-side cache move (``reorder``/``trim`` of ``HostCache`` or
+    ``RaggedHostCache``: numpy row copies that stand in for the ``reorder_cache``/``trim_cache`` graphs on CPU),
+    and the host remainder, from one run."""
     seconds: dict[str, float] = defaultdict(float)
     calls: dict[str, int] = defaultdict(int)
 
@@ -56,17 +57,17 @@ def graph_times(
 
     run = Binding.run  # every graph call goes through a Binding (a batch's step keeps its own)
     Binding.run = timer(run, lambda args: args[0].graph)  # type: ignore[method-assign]
-    moves = {"reorder": HostCache.reorder, "trim": HostCache.trim}
-    for name, method in moves.items():
-        setattr(HostCache, name, timer(method, lambda args, name=name: f"host cache {name}"))
+    moves = {(cls, name): getattr(cls, name) for cls in (HostCache, RaggedHostCache) for name in ("reorder", "trim")}
+    for (cls, name), method in moves.items():
+        setattr(cls, name, timer(method, lambda args, name=name: f"host cache {name}"))
     try:
         start = time.perf_counter()
         _translate(engine, sources, options, batch_size)
         total = time.perf_counter() - start
     finally:
         Binding.run = run  # type: ignore[method-assign]
-        for name, method in moves.items():
-            setattr(HostCache, name, method)
+        for (cls, name), method in moves.items():
+            setattr(cls, name, method)
     in_graphs = sum(seconds.values())
     return {
         "total_s": total,
