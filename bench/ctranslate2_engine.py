@@ -70,13 +70,30 @@ class CTranslate2Engine:
         self.ids = {piece: i for i, piece in enumerate(self.pieces)}
 
     def translate_ids(
-        self, sources: Sequence[Sequence[int]], options: DecodingOptions, max_batch_size: int = 64
+        self,
+        sources: Sequence[Sequence[int]],
+        options: DecodingOptions,
+        max_batch_size: int = 64,
+        max_batch_tokens: int | None = None,
     ) -> list[Output]:
         """Best hypothesis of each source (token ids ending with EOS), in order.
 
         ``options`` must have a relative max length that never binds (``absolute_cap``): CTranslate2 cannot
         express it, and silently decoding under different rules would make the comparison meaningless.
+
+        ``max_batch_tokens``: decode the very cohorts our engine forms (``engine.cohorts``), one
+        ``translate_batch`` call each. CTranslate2's own ``batch_type="tokens"`` counts unpadded tokens, so the
+        same number would give it other, larger batches, and the comparison would no longer be of the same work.
         """
+        if max_batch_tokens is not None:
+            from nmtserve.engine.engine import cohorts
+
+            outputs: list[Output | None] = [None] * len(sources)
+            for cohort in cohorts([len(s) for s in sources], max_batch_size, max_batch_tokens):
+                decoded = self.translate_ids([sources[i] for i in cohort], options, len(cohort))
+                for i, output in zip(cohort, decoded, strict=True):
+                    outputs[i] = output
+            return outputs  # type: ignore[return-value]
         if options.num_hypotheses != 1:
             raise ValueError("only the best hypothesis is compared")
         longest = max((len(s) for s in sources), default=0)

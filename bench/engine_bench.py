@@ -50,6 +50,9 @@ class EngineBenchConfig:
     batch_sentences: int = 200  # part 2: 2 beams x 7 batch sizes x precisions runs over these
     profile_sentences: int = 200  # the profile's three runs
     batch_size: int = 32  # max batch of both engines in part 3
+    # part 3 runs every (precision, beam) once per entry: None bounds cohorts by batch_size only, a number by that
+    # many padded source tokens too (``engine.cohorts``), the same cohorts for both engines
+    batch_tokens: tuple[int | None, ...] = (None,)
     lengths: tuple[int, ...] = LENGTHS
     batch_sizes: tuple[int, ...] = BATCH_SIZES
     beams: tuple[int, ...] = (4, 1)
@@ -214,19 +217,19 @@ def _versus(
     from nmtserve.bench.profile import profile_engine
     from nmtserve.bench.versus_ctranslate2 import compare
 
-    work = [(p, beam) for p in ct2 for beam in config.beams]
+    work = [(p, beam, tokens) for p in ct2 for beam in config.beams for tokens in config.batch_tokens]
     versus, profiles = [], []
-    for precision, beam in tqdm(work, desc="vs ctranslate2", unit="config"):
+    for precision, beam, tokens in tqdm(work, desc="vs ctranslate2", unit="config"):
         beam_options = replace(options, beam_size=beam)
         row = compare(
-            onnx_translate(engines[precision]),
-            ctranslate2_translate(ct2[precision]),
+            onnx_translate(engines[precision], tokens),
+            ctranslate2_translate(ct2[precision], tokens),
             sources,
             beam_options,
             config.batch_size,
             config.repeats,
         )
-        row["precision"] = precision
+        row["precision"], row["batch_tokens"] = precision, tokens
         versus.append(row)
         below = row["ratio_tokens_per_s"] < 1.0
         if config.profile == "always" or (config.profile == "auto" and below):

@@ -22,19 +22,27 @@ Sources = Sequence[Sequence[int]]
 TranslateFn = Callable[[Sources, DecodingOptions, int], list[list[int]]]
 
 
-def onnx_translate(engine: Engine) -> TranslateFn:
-    """The ONNX engine's own batching (length-sorted cohorts), scores skipped as a server would."""
+def onnx_translate(engine: Engine, max_batch_tokens: int | None = None) -> TranslateFn:
+    """The ONNX engine's own batching (length-sorted cohorts, bounded by ``max_batch_tokens`` padded source tokens
+    too when given), scores skipped as a server would."""
 
     def translate(sources: Sources, options: DecodingOptions, max_batch_size: int) -> list[list[int]]:
-        nbests = engine.translate_ids(sources, replace(options, return_scores=False), max_batch_size=max_batch_size)
+        nbests = engine.translate_ids(
+            sources,
+            replace(options, return_scores=False),
+            max_batch_size=max_batch_size,
+            max_batch_tokens=max_batch_tokens,
+        )
         return [nbest[0].token_ids for nbest in nbests]
 
     return translate
 
 
-def ctranslate2_translate(engine: CTranslate2Engine) -> TranslateFn:
+def ctranslate2_translate(engine: CTranslate2Engine, max_batch_tokens: int | None = None) -> TranslateFn:
+    """CTranslate2 on the same cohorts as ``onnx_translate`` with the same arguments."""
+
     def translate(sources: Sources, options: DecodingOptions, max_batch_size: int) -> list[list[int]]:
-        return [out.token_ids for out in engine.translate_ids(sources, options, max_batch_size)]
+        return [out.token_ids for out in engine.translate_ids(sources, options, max_batch_size, max_batch_tokens)]
 
     return translate
 

@@ -51,6 +51,8 @@ def plot_batch_throughput(results: dict[str, Any], path: Path, title: str) -> Pa
 def plot_versus(results: list[dict[str, Any]], path: Path, title: str) -> Path:
     plt, figure, axes = _figure()
     labels = [f"{r['precision']}\nbeam {r['beam']}" for r in results]
+    if any(r.get("batch_tokens") is not None for r in results):
+        labels = [f"{label}\n{r.get('batch_tokens') or 'no'} tok." for label, r in zip(labels, results, strict=True)]
     positions = range(len(results))
     width = 0.38
     ours = [r["ours"]["tokens_per_s"] for r in results]

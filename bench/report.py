@@ -126,11 +126,18 @@ def format_batch_throughput(results: dict[str, Any]) -> str:
     return title + "\n" + _table(["engine", *[str(n) for n in sizes]], rows)
 
 
+def cohort_bound(row: dict[str, Any]) -> str:
+    """How a part-3 row's cohorts were bounded: sentences, and padded source tokens where a budget was set."""
+    tokens = row.get("batch_tokens")
+    return f"{row['batch_size']} sent." if tokens is None else f"{row['batch_size']} sent., {tokens} tok."
+
+
 def format_versus(results: list[dict[str, Any]]) -> str:
     rows = [
         [
             r["precision"],
             str(r["beam"]),
+            cohort_bound(r),
             f"{r['ours']['tokens_per_s']:.0f}",
             f"{r['ctranslate2']['tokens_per_s']:.0f}",
             f"{r['ours']['sentences_per_s']:.1f}",
@@ -142,7 +149,7 @@ def format_versus(results: list[dict[str, Any]]) -> str:
         ]
         for r in results
     ]
-    header = ["precision", "beam", "ours tok/s", "CT2 tok/s", "ours sent/s", "CT2 sent/s", "ours/CT2"]
+    header = ["precision", "beam", "cohorts", "ours tok/s", "CT2 tok/s", "ours sent/s", "CT2 sent/s", "ours/CT2"]
     header += ["(CPU time)", "(paired median)", "identical"]
     sentences = results[0]["sentences"] if results else 0
     batch = results[0]["batch_size"] if results else 0

@@ -27,6 +27,7 @@ def cmd_bench_engine(args: argparse.Namespace) -> int:
         sentences=args.sentences,
         batch_sentences=args.batch_sentences,
         batch_size=args.batch_size,
+        batch_tokens=tuple(tokens or None for tokens in args.batch_tokens or [0]),
         repeats=args.repeats,
         parts=parts,
         profile=args.profile,
@@ -65,6 +66,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     engine.add_argument("--sentences", type=int, default=500, help="first N non-empty lines of --source")
     engine.add_argument("--batch-sentences", type=int, default=200, help="sentences per point of the batch sweep")
     engine.add_argument("--batch-size", type=int, default=32, help="max batch of both engines vs CTranslate2")
+    engine.add_argument(
+        "--batch-tokens",
+        type=int,
+        action="append",
+        help="vs CTranslate2, bound both engines' cohorts by this many padded source tokens too (repeatable; 0: none)",
+    )
     engine.add_argument("--repeats", type=int, default=3, help="timed repeats (the best is reported)")
     engine.add_argument("--parts", default="", help="comma list of decode,batch,ctranslate2 (default: all)")
     engine.add_argument("--profile", default="auto", choices=["auto", "always", "never"])

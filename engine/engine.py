@@ -2,6 +2,7 @@
 
 ``translate_ids`` is built on the step-level ``DecodingBatch``: sources, sorted by length, decode in cohorts whose
 finished sentences leave the batch at once (the batch shrinks) rather than being computed until the longest ends.
+A cohort is bounded by a sentence count and optionally by padded source tokens (``cohorts``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,30 @@ from nmtserve.engine.decoding import DecodingOptions, Hypothesis
 from nmtserve.engine.model_dir import ModelInfo, load_model_info
 from nmtserve.engine.runtime import Runtime, RuntimeConfig
 from nmtserve.engine.tokenizer import Tokenizer, load_tokenizer
+
+
+def cohorts(lengths: Sequence[int], max_sentences: int, max_tokens: int | None = None) -> list[list[int]]:
+    """Indices of ``lengths`` (source lengths in tokens), sorted by length and cut into consecutive cohorts of at
+    most ``max_sentences`` and, when ``max_tokens`` is given, at most that many padded tokens (sentences x the
+    longest source, the server's ``max_batch_tokens``); a source longer than ``max_tokens`` goes alone.
+
+    Why a token bound: a cohort of long sentences holds a large decoder cache (rows x history) and every row
+    attends over the cohort's widest source. On the 2-core VNNI machine, int8 at beam 4, cohorts of at most 1024
+    padded tokens decoded GPL-3's long sentences 1.4x faster than cohorts of 32 sentences, and dev's short ones
+    about as fast (docs/benchmarks.md, issue 17, session 19).
+    """
+    if max_sentences < 1 or (max_tokens is not None and max_tokens < 1):
+        raise ValueError(f"max_sentences ({max_sentences}) and max_tokens ({max_tokens}) must be at least 1")
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    result: list[list[int]] = []
+    for i in order:  # ascending, so the newest source is the cohort's longest
+        current = result[-1] if result else []
+        room = len(current) < max_sentences and (max_tokens is None or (len(current) + 1) * lengths[i] <= max_tokens)
+        if result and room:
+            current.append(i)
+        else:
+            result.append([i])
+    return result
 
 
 class Engine:
@@ -67,13 +92,15 @@ class Engine:
         max_batch_size: int = 64,
         progress: bool = False,
         target_prefixes: Sequence[Sequence[int]] | None = None,
+        max_batch_tokens: int | None = None,
     ) -> list[list[Hypothesis]]:
         """n-best lists for tokenized sources (each ending with EOS), in the order of ``sources``.
 
         ``target_prefixes``: per source, target tokens forced first (``DecodingBatch.add``); they are part of the
         hypotheses, as in transformers' ``generate()``.
 
-        Sources are sorted by length and decode in cohorts of at most ``max_batch_size``; the next cohort starts
+        Sources are sorted by length and decode in cohorts of at most ``max_batch_size`` sentences and
+        ``max_batch_tokens`` padded source tokens (``cohorts``; None: no token bound); the next cohort starts
         when the last sentence of the running one has finished. Topping the batch up as it empties (what the server
         does, because its requests arrive over time) costs more here: rows joining a running batch are left-padded
         to its longest history, and on 500 dev sentences (batch 32) cohorts were 13-19 % faster than topping up at
@@ -83,17 +110,15 @@ class Engine:
         options.validate(self.decodable_vocabulary)
         if target_prefixes is not None and len(target_prefixes) != len(sources):
             raise ValueError("one target prefix per source (empty for none), or None for all")
-        order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+        waiting = cohorts([len(s) for s in sources], max_batch_size, max_batch_tokens)[::-1]  # popped from the end
         results: list[list[Hypothesis] | None] = [None] * len(sources)
         batch = self.new_batch()
-        queued = 0
         with tqdm(total=len(sources), disable=not progress, desc="translate", unit="sent") as bar:
-            while queued < len(order) or len(batch):
-                if queued < len(order) and not len(batch):
-                    take = order[queued : queued + max_batch_size]
+            while waiting or len(batch):
+                if waiting and not len(batch):
+                    take = waiting.pop()
                     forced = None if target_prefixes is None else [target_prefixes[i] for i in take]
                     batch.add([sources[i] for i in take], options, keys=take, target_prefixes=forced)
-                    queued += len(take)
                 for done in batch.step():
                     results[cast(int, done.key)] = done.hypotheses  # the keys given to add()
                     bar.update()
@@ -105,6 +130,7 @@ class Engine:
         options: DecodingOptions | None = None,
         max_batch_size: int = 64,
         progress: bool = False,
+        max_batch_tokens: int | None = None,
     ) -> list[list[Hypothesis]]:
         """n-best translations of ``texts`` with ``text`` filled in, in order.
 
@@ -118,7 +144,9 @@ class Engine:
             room = self.info.max_positions - len(before) - len(after)  # the codes count against the position table
             sources = [[*before, *ids[:-1][: room - 1], ids[-1], *after] for ids in sources]
             prefixes = [forced] * len(sources)
-        nbests = self.translate_ids(sources, options, max_batch_size, progress, target_prefixes=prefixes)
+        nbests = self.translate_ids(
+            sources, options, max_batch_size, progress, target_prefixes=prefixes, max_batch_tokens=max_batch_tokens
+        )
         return [
             [Hypothesis(h.token_ids, h.score, h.log_prob, self.tokenizer.decode(h.token_ids)) for h in nbest]
             for nbest in nbests

@@ -45,6 +45,7 @@ def test_bench_engine_quick_end_to_end(tiny_dir: Path, source_file: Path, tmp_pa
     out = tmp_path / "bench"
     argv = ["bench", "engine", "--checkpoint", str(tiny_dir.parent / "checkpoint"), "--model-dir", str(tiny_dir)]
     argv += ["--source", str(source_file), "--out", str(out), "--quick", "--profile", "always"]
+    argv += ["--batch-tokens", "0", "--batch-tokens", "12"]  # part 3 with and without a token bound
     assert main(argv) == 0
 
     results = json.loads((out / RESULTS_JSON).read_text())
@@ -65,7 +66,8 @@ def test_bench_engine_quick_end_to_end(tiny_dir: Path, source_file: Path, tmp_pa
         assert row["batch_size"] == [1, 4] and all(v > 0 for v in row["tokens_per_s"])
 
     versus = results["versus_ctranslate2"]
-    assert [(r["precision"], r["beam"]) for r in versus] == [("fp32", 2), ("fp32", 1)]
+    rows = [(r["precision"], r["beam"], r["batch_tokens"]) for r in versus]
+    assert rows == [("fp32", 2, None), ("fp32", 2, 12), ("fp32", 1, None), ("fp32", 1, 12)]
     for row in versus:
         assert row["identical_pct"] == 100.0  # same weights, same rules, fp32: the same translations
         assert row["ours"]["tokens_per_s"] > 0 and row["ctranslate2"]["tokens_per_s"] > 0

@@ -14,6 +14,7 @@ import pytest
 from nmtserve.engine import DecodingOptions, Engine, EngineError, Hypothesis, ModelDirError
 from nmtserve.engine.batch import ENCODER_CALL_TOKENS, cross_slots, encoder_calls
 from nmtserve.engine.beam import stable_slots
+from nmtserve.engine.engine import cohorts
 from nmtserve.engine.model_dir import DECODER_STEP, ENCODER, MANIFEST, TOKENIZER
 from nmtserve.export.testing import tiny_export
 from nmtserve.model.beam_search import beam_search, greedy_search
@@ -122,6 +123,34 @@ def test_batched_equals_one_by_one(engine: Engine) -> None:
     batched = engine.translate_ids(sources, options, max_batch_size=4)  # refilled as sentences finish
     singles = [engine.translate_ids([s], options)[0] for s in sources]
     _assert_same(singles, batched)
+
+
+def test_cohorts_bound_sentences_and_padded_tokens() -> None:
+    lengths = [5, 1, 9, 3, 3, 7, 40]
+    # sorted: 1, 3, 3 (three sentences: full) | 5, then 7 would make 2 x 7 > 12 | 7 | 9 | 40 (over the budget: alone)
+    assert cohorts(lengths, max_sentences=3, max_tokens=12) == [[1, 3, 4], [0], [5], [2], [6]]
+    assert cohorts(lengths, max_sentences=3) == [[1, 3, 4], [0, 5, 2], [6]]  # no token bound: sorted chunks
+    assert cohorts([], max_sentences=4, max_tokens=8) == []
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        lengths = [int(n) for n in rng.integers(1, 60, int(rng.integers(1, 40)))]
+        found = cohorts(lengths, max_sentences=8, max_tokens=100)
+        assert sorted(i for c in found for i in c) == list(range(len(lengths)))  # every source once
+        order = [i for c in found for i in c]
+        assert [lengths[i] for i in order] == sorted(lengths)  # consecutive runs of the length order
+        for c in found:
+            assert len(c) == 1 or (len(c) <= 8 and len(c) * max(lengths[i] for i in c) <= 100)
+    with pytest.raises(ValueError, match="at least 1"):
+        cohorts([3], max_sentences=4, max_tokens=0)
+
+
+def test_token_bounded_cohorts_equal_one_by_one(engine: Engine) -> None:
+    """A token bound changes which sentences decode together, never what they decode to (fp32)."""
+    sources = _sources(10, seed=5)
+    options = DecodingOptions(beam_size=4, num_hypotheses=2)
+    bounded = engine.translate_ids(sources, options, max_batch_size=8, max_batch_tokens=30)
+    singles = [engine.translate_ids([s], options)[0] for s in sources]
+    _assert_same(singles, bounded)
 
 
 @pytest.mark.parametrize("in_place", [True, False], ids=["host-cache", "graph-cache"])
