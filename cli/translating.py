@@ -111,7 +111,8 @@ def cmd_translate(args: argparse.Namespace) -> int:
         from nmtserve.engine import Engine
 
         engine = Engine.load(model_dir_of(args), threads=args.threads)
-        translated = [nbest[0].text or "" for nbest in engine.translate(texts, decoding_options(args))]
+        nbests = engine.translate(texts, decoding_options(args), args.batch_size, max_batch_tokens=args.batch_tokens)
+        translated = [nbest[0].text or "" for nbest in nbests]
     translations = iter(translated)
     for line in lines:  # blank lines stay blank, so output lines match input lines one to one
         print(next(translations) if line.strip() else "")
@@ -174,6 +175,12 @@ def register(commands: argparse._SubParsersAction) -> None:
     translate = commands.add_parser("translate", help="translate stdin lines to stdout, one per line")
     add_backend_flags(translate)
     translate.add_argument("--batch-size", type=int, default=32)
+    translate.add_argument(
+        "--batch-tokens",
+        type=int,
+        default=None,
+        help="ONNX engine: at most this many padded source tokens decoded together (default: no bound)",
+    )
     translate.add_argument("--server", metavar="HOST:PORT", default=None, help="translate with a running server")
     translate.add_argument("--timeout", type=float, default=300.0, help="with --server: seconds per request")
     translate.add_argument("--source-language", default="", help="with --server: e.g. eng_Latn (NLLB), en (M2M-100)")

@@ -9,6 +9,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+import pytest
 from conftest import write_corpus
 
 from nmtserve.model.beam_search import DecodingOptions
@@ -67,9 +68,11 @@ def test_translate_with_the_demo_model() -> None:
     assert german & set(re.findall(r"\w+", output[0].lower())), output[0]
 
 
-def test_default_onnx_backend_matches_torch_on_the_demo_model() -> None:
-    """``nmtserve translate`` (ONNX engine, shipped fp32 export) prints what the PyTorch reference translates."""
-    result = run_cli("translate", stdin="\n".join(LINES) + "\n")
+@pytest.mark.parametrize("batching", [(), ("--batch-size", "1"), ("--batch-tokens", "8")], ids=["default", "1", "8tok"])
+def test_default_onnx_backend_matches_torch_on_the_demo_model(batching: tuple[str, ...]) -> None:
+    """``nmtserve translate`` (ONNX engine, shipped fp32 export) prints what the PyTorch reference translates,
+    however its batches are bounded."""
+    result = run_cli("translate", *batching, stdin="\n".join(LINES) + "\n")
     assert result.returncode == 0, result.stderr
     output = result.stdout.splitlines()
     assert len(output) == 3 and output[1] == ""
