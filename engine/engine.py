@@ -27,8 +27,9 @@ def cohorts(lengths: Sequence[int], max_sentences: int, max_tokens: int | None =
 
     Why a token bound: a cohort of long sentences holds a large decoder cache (rows x history) and every row
     attends over the cohort's widest source. On the 2-core VNNI machine, int8 at beam 4, cohorts of at most 1024
-    padded tokens decoded GPL-3's long sentences 1.4x faster than cohorts of 32 sentences, and dev's short ones
-    about as fast (docs/benchmarks.md, issue 17, session 19).
+    padded tokens decoded GPL-3's long sentences 1.2-1.4x faster than cohorts of 32 sentences in runs of this
+    engine alone (1.05x inside ``bench engine``, taking turns with CTranslate2), dev's short ones about as fast,
+    and fp32 gained little (docs/benchmarks.md, issue 17, session 19).
     """
     if max_sentences < 1 or (max_tokens is not None and max_tokens < 1):
         raise ValueError(f"max_sentences ({max_sentences}) and max_tokens ({max_tokens}) must be at least 1")
