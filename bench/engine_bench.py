@@ -235,7 +235,7 @@ def _versus(
         if config.profile == "always" or (config.profile == "auto" and below):
             subset = sources[: config.profile_sentences]
             profiles.append(
-                profile_engine(engines[precision], subset, beam_options, config.batch_size, out / "profile")
+                profile_engine(engines[precision], subset, beam_options, config.batch_size, out / "profile", tokens)
             )
     return versus, profiles
 

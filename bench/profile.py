@@ -30,12 +30,24 @@ from nmtserve.engine.int8_kernels import session_source
 from nmtserve.engine.runtime import Binding, _session_options, open_session
 
 
-def _translate(engine: Engine, sources: Sequence[Sequence[int]], options: DecodingOptions, batch_size: int) -> None:
-    engine.translate_ids(sources, replace(options, return_scores=False), max_batch_size=batch_size)
+def _translate(
+    engine: Engine,
+    sources: Sequence[Sequence[int]],
+    options: DecodingOptions,
+    batch_size: int,
+    batch_tokens: int | None = None,
+) -> None:
+    engine.translate_ids(
+        sources, replace(options, return_scores=False), max_batch_size=batch_size, max_batch_tokens=batch_tokens
+    )
 
 
 def graph_times(
-    engine: Engine, sources: Sequence[Sequence[int]], options: DecodingOptions, batch_size: int
+    engine: Engine,
+    sources: Sequence[Sequence[int]],
+    options: DecodingOptions,
+    batch_size: int,
+    batch_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Wall time per graph, and per host-side cache move (``reorder``/``trim`` of ``HostCache`` or
     ``RaggedHostCache``: numpy row copies that stand in for the ``reorder_cache``/``trim_cache`` graphs on CPU),
@@ -62,7 +74,7 @@ def graph_times(
         setattr(cls, name, timer(method, lambda args, name=name: f"host cache {name}"))
     try:
         start = time.perf_counter()
-        _translate(engine, sources, options, batch_size)
+        _translate(engine, sources, options, batch_size, batch_tokens)
         total = time.perf_counter() - start
     finally:
         Binding.run = run  # type: ignore[method-assign]
@@ -78,12 +90,17 @@ def graph_times(
 
 
 def python_profile(
-    engine: Engine, sources: Sequence[Sequence[int]], options: DecodingOptions, batch_size: int, top: int = 20
+    engine: Engine,
+    sources: Sequence[Sequence[int]],
+    options: DecodingOptions,
+    batch_size: int,
+    batch_tokens: int | None = None,
+    top: int = 20,
 ) -> tuple[list[dict[str, Any]], str]:
     """The ``top`` functions by own time under cProfile, as dicts and as pstats' text listing."""
     profiler = cProfile.Profile()
     profiler.enable()
-    _translate(engine, sources, options, batch_size)
+    _translate(engine, sources, options, batch_size, batch_tokens)
     profiler.disable()
     stream = io.StringIO()
     stats = pstats.Stats(profiler, stream=stream).sort_stats("tottime")
@@ -98,14 +115,18 @@ def python_profile(
 
 
 def operator_profile(
-    engine: Engine, sources: Sequence[Sequence[int]], options: DecodingOptions, batch_size: int
+    engine: Engine,
+    sources: Sequence[Sequence[int]],
+    options: DecodingOptions,
+    batch_size: int,
+    batch_tokens: int | None = None,
 ) -> dict[str, Any]:
     """Kernel time per operator type and graph from onnxruntime's profiler (sessions recreated with it on).
 
     The raw trace files (megabytes of per-node events) are summarised and deleted.
     """
     with tempfile.TemporaryDirectory(prefix="nmtserve-ort-profile-") as tmp:
-        return _operator_profile(engine, sources, options, batch_size, Path(tmp))
+        return _operator_profile(engine, sources, options, batch_size, batch_tokens, Path(tmp))
 
 
 def _operator_profile(
@@ -113,6 +134,7 @@ def _operator_profile(
     sources: Sequence[Sequence[int]],
     options: DecodingOptions,
     batch_size: int,
+    batch_tokens: int | None,
     work_dir: Path,
     top_nodes: int = 15,
 ) -> dict[str, Any]:
@@ -127,7 +149,7 @@ def _operator_profile(
         profiled[graph] = open_session(model, runtime.config, session_options)
     runtime.sessions = profiled
     try:
-        _translate(engine, sources, options, batch_size)
+        _translate(engine, sources, options, batch_size, batch_tokens)
     finally:
         runtime.sessions = saved
     result: dict[str, Any] = {}
@@ -163,18 +185,21 @@ def profile_engine(
     options: DecodingOptions,
     batch_size: int,
     out_dir: Path,
+    batch_tokens: int | None = None,
 ) -> dict[str, Any]:
-    """All three views for one configuration; writes ``python_profile.txt`` under ``out_dir``."""
+    """All three views for one configuration (cohorts bounded as part 3's row was); writes
+    ``python_profile-<configuration>.txt`` under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    _translate(engine, sources[:16], options, batch_size)  # warm-up
-    graphs = graph_times(engine, sources, options, batch_size)
-    functions, listing = python_profile(engine, sources, options, batch_size)
-    tag = f"beam{options.beam_size}-{engine.info.precision}"
+    _translate(engine, sources[:16], options, batch_size, batch_tokens)  # warm-up
+    graphs = graph_times(engine, sources, options, batch_size, batch_tokens)
+    functions, listing = python_profile(engine, sources, options, batch_size, batch_tokens)
+    tag = f"beam{options.beam_size}-{engine.info.precision}" + ("" if batch_tokens is None else f"-{batch_tokens}tok")
     (out_dir / f"python_profile-{tag}.txt").write_text(listing)
-    operators = operator_profile(engine, sources, options, batch_size)
+    operators = operator_profile(engine, sources, options, batch_size, batch_tokens)
     return {
         "beam": options.beam_size,
         "precision": engine.info.precision,
+        "batch_tokens": batch_tokens,
         "graph_times": graphs,
         "python_top": functions,
         "operators": operators,

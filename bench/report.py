@@ -158,7 +158,8 @@ def format_versus(results: list[dict[str, Any]]) -> str:
 
 def format_profile(profile: dict[str, Any]) -> str:
     graphs = profile["graph_times"]
-    lines = [f"Where the time goes (ONNX engine, {profile['precision']}, beam {profile['beam']}):"]
+    bound = "" if profile.get("batch_tokens") is None else f", cohorts of at most {profile['batch_tokens']} tokens"
+    lines = [f"Where the time goes (ONNX engine, {profile['precision']}, beam {profile['beam']}{bound}):"]
     host = 100 * graphs["host_share"]
     lines.append(f"  total {graphs['total_s']:.2f} s; host side (Python beam loop, input assembly) {host:.0f}%")
     for graph, row in graphs["graphs"].items():

@@ -78,6 +78,8 @@ def test_bench_engine_quick_end_to_end(tiny_dir: Path, source_file: Path, tmp_pa
         paired = [c / o for o, c in zip(ours_s, theirs_s, strict=True)]  # identical outputs: equal token counts
         assert row["ratio_tokens_per_s_paired"] == pytest.approx(paired)
 
+    assert [p["batch_tokens"] for p in results["profile"]] == [None, 12, None, 12]  # each row's own cohorts
+    assert (out / "profile" / "python_profile-beam2-fp32-12tok.txt").is_file()
     profile = results["profile"][0]
     assert "decoder_step.onnx" in profile["graph_times"]["graphs"]
     assert profile["operators"]["decoder_step.onnx"]["ops"]
