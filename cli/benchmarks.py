@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nmtserve.cli.common import DEFAULT_CORPUS
+from nmtserve.cli.common import DEFAULT_CORPUS, int_at_least
 from nmtserve.engine.int8_kernels import INT8_KERNELS
 
 
@@ -68,7 +68,7 @@ def register(commands: argparse._SubParsersAction) -> None:
     engine.add_argument("--batch-size", type=int, default=32, help="max batch of both engines vs CTranslate2")
     engine.add_argument(
         "--batch-tokens",
-        type=int,
+        type=int_at_least(0),
         action="append",
         help="vs CTranslate2, bound both engines' cohorts by this many padded source tokens too (repeatable; 0: none)",
     )

@@ -1,5 +1,5 @@
-"""What several command groups share: decoding and backend flags, flags derived from a settings dataclass, and
-the one-line message for a command whose optional dependencies are not installed."""
+"""What several command groups share: decoding and backend flags, flags derived from a settings dataclass, bounded
+integer flags, and the one-line message for a command whose optional dependencies are not installed."""
 
 from __future__ import annotations
 
@@ -22,6 +22,22 @@ EXTRA_OF_MODULE = {
     "matplotlib": "bench",
 }
 SERVING_EXTRAS = "pip install 'nmtserve[cpu]' (or 'nmtserve[gpu]' on NVIDIA GPUs)"
+
+
+def int_at_least(low: int) -> Any:
+    """An argparse ``type`` for integers of at least ``low``: a bad value is argparse's one-line usage error
+    (exit 2) naming the flag, not a traceback from deep inside the command."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, not {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {value}")
+        return value
+
+    return parse
 
 
 class MissingExtra(Exception):

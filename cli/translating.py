@@ -13,6 +13,7 @@ from nmtserve.cli.common import (
     add_backend_flags,
     add_decoding_flags,
     decoding_options,
+    int_at_least,
     model_dir_of,
 )
 
@@ -174,10 +175,10 @@ def register(commands: argparse._SubParsersAction) -> None:
 
     translate = commands.add_parser("translate", help="translate stdin lines to stdout, one per line")
     add_backend_flags(translate)
-    translate.add_argument("--batch-size", type=int, default=32)
+    translate.add_argument("--batch-size", type=int_at_least(1), default=32)
     translate.add_argument(
         "--batch-tokens",
-        type=int,
+        type=int_at_least(1),
         default=None,
         help="ONNX engine: at most this many padded source tokens decoded together (default: no bound)",
     )

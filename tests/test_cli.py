@@ -79,6 +79,20 @@ def test_default_onnx_backend_matches_torch_on_the_demo_model(batching: tuple[st
     assert [output[0], output[2]] == in_process(None, [LINES[0], LINES[2]])
 
 
+@pytest.mark.parametrize(
+    ("flag", "value", "says"),
+    [
+        ("--batch-size", "0", "must be at least 1"),
+        ("--batch-tokens", "0", "must be at least 1"),
+        ("--batch-tokens", "many", "expected an integer"),
+    ],
+)
+def test_bad_batch_bounds_are_a_one_line_usage_error(flag: str, value: str, says: str) -> None:
+    result = run_cli("translate", flag, value, stdin="Hello.\n")
+    assert result.returncode == 2 and result.stdout == ""
+    assert f"argument {flag}: {says}" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_shipped_export_was_made_from_the_shipped_checkpoint() -> None:
     """The demo export's manifest pins the sha256 of the demo checkpoint's weights: the two cannot drift apart."""
     from nmtserve.engine.model_dir import demo_export, read_manifest, sha256_file
