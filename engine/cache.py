@@ -35,6 +35,7 @@ from nmtserve.engine.runtime import Runtime, Value, strip_prefix
 
 MASK = "self_mask"
 GROWTH = 1.5  # a host buffer that must grow takes this much headroom, so growth is rare
+CAPACITY_STEP = 16  # the ragged cache's least growth, in slots per row
 
 
 def at_least(buffer: np.ndarray, size: int, keep: bool = True) -> np.ndarray:
@@ -182,13 +183,13 @@ class RaggedHostCache:
         self._heads, self._d_head = info.n_heads, info.d_head
         self._dtype = runtime.cache_dtype
         self._buffers = {name: np.empty(0, self._dtype) for name in self._names}
-        self._capacity = 0  # slots per row in the buffers' current layout
         self._bound: dict[str, ort.OrtValue] = {}
         self._bound_layout: tuple[int, ...] = ()
         self.reset()
 
     def reset(self) -> None:
         self.rows, self.length = 1, 0  # length: the longest history any row may have (slots to copy on reorder)
+        self._capacity = 0  # slots per row: the next batch lays its rows out for its own histories
 
     def _view(self, name: str, rows: int, keep: bool = True) -> np.ndarray:
         size = rows * self._heads * self._capacity * self._d_head
@@ -196,12 +197,20 @@ class RaggedHostCache:
         return buffer[:size].reshape(rows, self._heads, self._capacity, self._d_head)
 
     def _ensure_capacity(self, slots: int) -> None:
-        """Room for ``slots`` per row; growing changes the row stride, so the used slots are copied over (out
-        first, so a buffer that must grow for the new stride need not copy its old contents too)."""
-        if slots <= self._capacity:
+        """Room for ``slots`` per row, and not much more: a new layout when the rows are too short or more than
+        twice too long (the longest history left). The used slots are copied over (out first, so a buffer that
+        must grow for the new stride need not copy its old contents too).
+
+        Why tight: the capacity is every row's stride, so slack spreads the rows' used slots over more memory.
+        With the capacity of the longest batch kept for all later ones (the old rule: double, never shrink),
+        beam-4 decodes of long sentences ran 1.08-1.19x slower, most of it in reorders copying between rows far
+        apart (docs/benchmarks.md, issue 17, session 20). Growing by a quarter (at least ``CAPACITY_STEP`` slots)
+        copies the cache a few times per batch, a small share of what the steps read.
+        """
+        if slots <= self._capacity <= 2 * slots + CAPACITY_STEP:
             return
         old = {name: self._view(name, self.rows)[:, :, : self.length].copy() for name in self._names}
-        self._capacity = max(2 * slots, 32)  # each growth copies the whole cache: rare, and early
+        self._capacity = slots + max(CAPACITY_STEP, slots // 4)
         for name in self._names:
             self._view(name, self.rows, keep=False)[:, :, : self.length] = old[name]
 
