@@ -18,8 +18,9 @@ Both give the same tensors, so translations are identical (a test runs both).
 - ``RaggedHostCache`` (CPU, exports with ``cache_layout: ragged``, see ``export/ragged.py``): one right-padded
   buffer per tensor, [rows, heads, capacity, d_head], row r's history in slots 0..step-1. The step's
   ``GroupQueryAttention`` appends in place (past and present are the same memory) and attends over each row's
-  own length, so a sentence joining a running batch pays for its own history only: no left-padding, no trim,
-  no copy to grow the cache. A reorder copies the moved rows' used slots only, each once (``copy_rows``).
+  own length, so a sentence joining a running batch pays for its own history only: no left-padding and no
+  trim. The capacity follows the batch's longest history (``_ensure_capacity``), so the cache is laid out anew
+  only a few times per batch. A reorder copies the moved rows' used slots only, each once (``copy_rows``).
 
 Memory: a host buffer grows to the largest rows x length the batch has held (with ``GROWTH`` headroom) and is
 kept for later batches, as onnxruntime's arena keeps its blocks; the peak is two copies of the largest cache.
