@@ -15,6 +15,7 @@ import onnx
 import pytest
 
 from nmtserve.engine import DecodingOptions, Engine, EngineError, Hypothesis
+from nmtserve.engine.cache import RaggedHostCache
 from nmtserve.engine.model_dir import DECODER_STEP, MANIFEST
 from nmtserve.export.exporter import export_model
 from nmtserve.export.ragged import check_ragged, to_ragged
@@ -138,21 +139,24 @@ def test_ragged_continuous_batching_gives_the_stand_alone_results(ragged: Engine
 
 
 def test_ragged_cache_shrinks_its_layout_when_the_longest_history_leaves(ragged: Engine, model) -> None:
-    """A sentence decodes 70 steps, young ones join, then it is cancelled: the rows are laid out anew for the
-    young histories (a row stride far below 70 slots), and every young sentence still gets the reference's result."""
+    """A sentence decodes 66 steps, young ones join, then it is cancelled: the rows are laid out anew for the
+    young histories (a row stride under half the long one's), and every young sentence still gets the reference's
+    result."""
     sources = _sources(6, seed=7)
     options = DecodingOptions(beam_size=2)
     expected = {i: beam_search(model, [s], options)[0] for i, s in enumerate(sources)}
     batch = ragged.new_batch()
+    cache = batch._cache
+    assert isinstance(cache, RaggedHostCache)
     batch.add([sources[5]], DecodingOptions(beam_size=4, min_length=70), keys=["long"])
     for _ in range(66):
         assert not batch.step()
     batch.add(sources[:5], options, keys=list(range(5)))
     results = {done.key: done.hypotheses for done in batch.step()}
-    stride_with_the_long_history = batch._cache._capacity
+    stride_with_the_long_history = cache._capacity
     assert batch.cancel("long")
     results.update({done.key: done.hypotheses for done in batch.step()})
-    assert len(batch) and batch._cache._capacity < stride_with_the_long_history / 2
+    assert len(batch) and cache._capacity < stride_with_the_long_history / 2
     while len(batch):
         results.update({done.key: done.hypotheses for done in batch.step()})
     assert stride_with_the_long_history > 67
