@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import subprocess
@@ -9,10 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from nmtserve.cli.main import main
 from nmtserve.export.testing import tiny_export
+from nmtserve.loadtest import batching_ab
 from nmtserve.loadtest.bench import engine_rate
 from nmtserve.loadtest.serverproc import cpu_seconds_of
 from nmtserve.loadtest.stats import Sample, summarize
@@ -124,3 +127,30 @@ def test_engine_rate_reports_wall_and_cpu_rates(model_dir: Path) -> None:
     # the rates count every pass, and the passes lasted at least the half second asked for
     assert sustained.passes * len(lines) / sustained.sentences_per_s >= 0.5
     assert sustained.sentences_per_cpu_s >= sustained.sentences_per_s / 3
+
+
+def test_batching_ab_takes_turns_in_rotation_and_pools_every_answer(
+    model_dir: Path, input_file: Path, tmp_path: Path
+) -> None:
+    """Two real server processes (continuous, request-level) on the same arrivals: the order of turns rotates
+    per round, each round has its own arrival sequence, and the pooled percentiles are those of every answer."""
+    results = batching_ab.run([model_dir], read_lines(input_file), 1.0, 2, 1, tmp_path)
+    runs = results["runs"]
+    assert len(runs) == 2 * len(batching_ab.FRACTIONS) * len(batching_ab.MODES)
+    for run in runs:
+        assert run["ok"] == run["requests"] == len(run["latencies_ms"]) > 0
+    first = {r["round"]: r["mode"] for r in runs if r["turn"] == 0}
+    assert first == {0: "continuous", 1: "request"}
+    for (fraction, mode), same in itertools.groupby(
+        sorted(runs, key=lambda r: (r["fraction"], r["mode"], r["round"])), key=lambda r: (r["fraction"], r["mode"])
+    ):
+        same = list(same)
+        stats = results["pooled"][f"{fraction}/{model_dir.name}/{mode}"]
+        everything = [latency for r in same for latency in r["latencies_ms"]]
+        assert stats["answers"] == len(everything)
+        assert stats["p99"] == pytest.approx(float(np.percentile(everything, 99)))
+        assert stats["p99_rounds_odd"] == pytest.approx(float(np.percentile(same[1]["latencies_ms"], 99)))
+        # the two modes saw the same arrivals in a round: as many requests
+        assert {r["requests"] for r in runs if (r["fraction"], r["round"]) == (fraction, 0)} == {same[0]["requests"]}
+    saved = json.loads((tmp_path / "batching_ab.json").read_text())
+    assert saved["pooled"] == results["pooled"]
