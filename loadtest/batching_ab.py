@@ -87,17 +87,24 @@ def run(models: list[Path], lines: list[str], duration: float, rounds: int, thre
     return results
 
 
+def _percentile(runs: list[dict], q: float) -> float | None:
+    answers = [latency for r in runs for latency in r["latencies_ms"]]
+    return float(np.percentile(answers, q)) if answers else None
+
+
 def pooled(runs: list[dict]) -> dict[str, float]:
     """p50 and p99 over every answer of ``runs``, and the p99 of the even and of the odd rounds apart."""
-    latencies = np.concatenate([np.asarray(r["latencies_ms"], dtype=float) for r in runs])
-    halves = [[r for r in runs if r["round"] % 2 == parity] for parity in (0, 1)]
-    stats = {"answers": float(len(latencies))}
-    if len(latencies):
-        stats |= {"p50": float(np.percentile(latencies, 50)), "p99": float(np.percentile(latencies, 99))}
-    for parity, half in enumerate(halves):
-        answers = [latency for r in half for latency in r["latencies_ms"]]
-        if answers:
-            stats[f"p99_rounds_{'even' if parity == 0 else 'odd'}"] = float(np.percentile(answers, 99))
+    even, odd = ([r for r in runs if r["round"] % 2 == parity] for parity in (0, 1))
+    stats = {"answers": float(sum(len(r["latencies_ms"]) for r in runs))}
+    for name, q, subset in (
+        ("p50", 50, runs),
+        ("p99", 99, runs),
+        ("p99_rounds_even", 99, even),
+        ("p99_rounds_odd", 99, odd),
+    ):
+        value = _percentile(subset, q)
+        if value is not None:
+            stats[name] = value
     return stats
 
 
@@ -114,7 +121,7 @@ def _table(results: dict) -> str:
         p50 = [r["latency_ms"]["p50"] for r in runs if r["latency_ms"]]
         p99 = [r["latency_ms"]["p99"] for r in runs if r["latency_ms"]]
         p50_runs, p99_runs = (", ".join(f"{v:.0f}" for v in values) for values in (p50, p99))
-        both = pooled(runs)
+        both = results["pooled"][f"{fraction}/{model}/{mode}"]
         halves = ", ".join(f"{both[k]:.0f}" for k in ("p99_rounds_even", "p99_rounds_odd") if k in both)
         lines.append(
             f"{fraction:4.0%}  {model + ' ' + mode:32s}  {_median(p50):6.0f} ({p50_runs})"
