@@ -10,6 +10,7 @@ and is off when that is not installed); tests check the ids against transformers
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -57,6 +58,11 @@ class MarianTokenizer:
         self.unk_id, self.eos_id, self.pad_id = self._ids[UNK], self._ids[EOS], self._ids[PAD]
         self.bos_id = self.pad_id  # Marian decodes from its pad token
         self.languages = sorted(p[2:-2] for p in self._ids if p.startswith(">>") and p.endswith("<<"))
+        # Written in a text, the special pieces are single tokens, as transformers' added-token splitting makes them.
+        self._specials = {piece: self._ids[piece] for piece in (EOS, UNK, PAD)}
+        self._split = re.compile(
+            "(" + "|".join(re.escape(piece) for piece in sorted(self._specials, key=len)[::-1]) + ")"
+        )
 
     def language_id(self, code: str) -> int:
         """The id of the ``>>code<<`` token that asks a multilingual model for target language ``code``."""
@@ -70,7 +76,13 @@ class MarianTokenizer:
         code: list[str] = []
         if text.startswith(">>") and (end := text.find("<<")) != -1:
             code, text = [text[: end + 2]], text[end + 2 :]
-        return code + self._source.encode(text, out_type=str)
+        pieces = code
+        for part in self._split.split(text):
+            if part in self._specials:
+                pieces.append(part)
+            elif part:
+                pieces += self._source.encode(part, out_type=str)
+        return pieces
 
     def encode(self, text: str) -> list[int]:
         """Ids without the final EOS (the engine appends it, as for every model)."""

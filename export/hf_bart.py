@@ -5,9 +5,10 @@ a LayerNorm right after embedding + position (``layernorm_embedding``), one embe
 and the output projection, and ``final_logits_bias``. They differ in where the LayerNorms sit: BART is post-norm,
 mBART pre-norm with a final LayerNorm closing each stack (the model's ``encoder_norm`` / ``decoder_norm``).
 
-Generation settings are read the way ``generate()`` reads them: ``generation_config.json`` first, then
-``config.json``. The decoder starts from ``decoder_start_token_id`` (EOS in BART and mBART-50; a language code in
-mBART-cc25 fine-tunes such as en-ro). ``forced_bos_token_id`` (BART's ``<s>``) is forced as the first generated
+Generation settings are read the way ``generate()`` reads them (``hf_convert.generation_settings``):
+``generation_config.json`` where the model has one, else ``config.json``. The decoder starts from
+``decoder_start_token_id`` (EOS in BART and mBART-50; a language code in mBART-cc25 fine-tunes such as en-ro), or
+``bos_token_id`` where that is unset. ``forced_bos_token_id`` (BART's ``<s>``) is forced as the first generated
 token; mBART-50 forces the requested target language there instead.
 """
 
@@ -29,22 +30,11 @@ from nmtserve.export.hf_convert import (
     _layer_weights,
     _norm,
     _require,
+    decoder_start,
+    generation_settings,
     suppressed_tokens,
 )
 from nmtserve.model.transformer import LEARNED_POSITION_OFFSET, TransformerConfig
-
-
-def generation_setting(source: Path, config: dict[str, Any], key: str) -> Any:
-    """``key`` as ``generate()`` sees it: from ``generation_config.json`` where that sets it, else ``config.json``."""
-    path = source / "generation_config.json"
-    if path.is_file():
-        try:
-            generation = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise ConversionError(f"{path}: not valid JSON: {error}") from error
-        if generation.get(key) is not None:
-            return generation[key]
-    return config.get(key)
 
 
 def _tokenizer_config(source: Path) -> dict[str, Any]:
@@ -61,25 +51,26 @@ class BartLoader:
     """``BartForConditionalGeneration``: post-norm, GELU, learned positions, ``layernorm_embedding``."""
 
     architecture = "BartForConditionalGeneration"
+    config_class = "BartConfig"
     pre_norm = False
     family = "BART"
 
     def __init__(self, source: Path, config: dict[str, Any]) -> None:
         self.source, self.hf = source, config
+        self.generation = generation_settings(source, config)
 
     def model_config(self, vocab_size: int) -> TransformerConfig:
         hf, source = self.hf, self.source
         heads, ffn = hf["encoder_attention_heads"], hf["encoder_ffn_dim"]
         _require(source, heads == hf["decoder_attention_heads"], "encoder and decoder head counts differ")
         _require(source, ffn == hf["decoder_ffn_dim"], "encoder and decoder FFN sizes differ")
-        activation = ACTIVATION_NAMES.get(hf.get("activation_function", "gelu"))
+        activation = ACTIVATION_NAMES.get(hf["activation_function"])
         _require(source, activation is not None, f"activation {hf.get('activation_function')!r} is not supported")
         if hf["vocab_size"] != vocab_size:
             raise ConversionError(
                 f"{source}: config.json vocab_size {hf['vocab_size']} disagrees with the tokenizer's "
                 f"{bart_tokenizer.TOKENIZER_JSON} ({vocab_size} ids)"
             )
-        start = generation_setting(source, hf, "decoder_start_token_id")
         return TransformerConfig(
             vocab_size=hf["vocab_size"],
             d_model=hf["d_model"],
@@ -92,13 +83,13 @@ class BartLoader:
             pre_norm=self.pre_norm,
             pad_id=hf["pad_token_id"],
             unk_id=0,  # replaced from the tokenizer
-            bos_id=hf.get("bos_token_id", 0),
-            decoder_start_id=hf["eos_token_id"] if start is None else start,
+            bos_id=hf["bos_token_id"],
+            decoder_start_id=decoder_start(source, self.generation),
             eos_id=hf["eos_token_id"],
             activation=cast(str, activation),  # checked by _require above
             positions="learned",
             position_offset=LEARNED_POSITION_OFFSET,
-            scale_embedding=bool(hf.get("scale_embedding", False)),
+            scale_embedding=bool(hf["scale_embedding"]),
             final_logits_bias=True,
             layernorm_embedding=True,
         )
@@ -107,7 +98,7 @@ class BartLoader:
         """The checkpoint's tokenizer entry, the files to copy, the vocabulary size and the unk id."""
         files = {name: self.source / name for name in bart_tokenizer.FILES}
         settings = _tokenizer_config(self.source)
-        forced = generation_setting(self.source, self.hf, "forced_bos_token_id")
+        forced = self.generation.get("forced_bos_token_id")
         spec: dict[str, Any] = {
             "kind": "bart",
             "template": bart_tokenizer.template_of(self.source),
@@ -123,9 +114,8 @@ class BartLoader:
             spec["source_language"] = settings["src_lang"]
         if settings.get("tgt_lang"):
             spec["target_language"] = settings["tgt_lang"]
-        start = generation_setting(self.source, self.hf, "decoder_start_token_id")
         if spec["template"] == "mbart":  # a cc25 fine-tune: its decoder starts from its one target language
-            spec["target_language"] = self._language_of(start)
+            spec["target_language"] = self._language_of(decoder_start(self.source, self.generation))
         try:
             tokenizer = BartTokenizer(self.source, spec)
         except (TokenizerFileError, KeyError) as error:
@@ -151,7 +141,7 @@ class BartLoader:
         if "lm_head.weight" in hf and not torch.equal(hf["lm_head.weight"].float(), embedding):
             raise ConversionError(f"{self.source}: an output projection separate from the embedding is not supported")
         bias = get("final_logits_bias").reshape(-1).clone()
-        bias[suppressed_tokens(self.source)] += SUPPRESSED_LOGIT  # never generated, as generate() would ban them
+        bias[suppressed_tokens(self.source, self.generation)] += SUPPRESSED_LOGIT  # generate() would ban them
         out = {"embedding.weight": embedding, "final_logits_bias": bias}
         rows = config.max_positions + config.position_offset
         for stack in ("encoder", "decoder"):
@@ -173,5 +163,6 @@ class MBartLoader(BartLoader):
     """``MBartForConditionalGeneration``: BART's layout, pre-norm, a final LayerNorm per stack, language codes."""
 
     architecture = "MBartForConditionalGeneration"
+    config_class = "MBartConfig"
     pre_norm = True
     family = "mBART"

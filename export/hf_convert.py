@@ -79,18 +79,56 @@ def read_hf_weights(source: Path) -> dict[str, torch.Tensor]:
     raise ConversionError(f"{source}: no weights (model.safetensors, its index, or pytorch_model.bin)")
 
 
-def suppressed_tokens(source: Path) -> list[int]:
-    """Single tokens that ``generation_config.json`` never lets the model generate (``bad_words_ids``)."""
+def with_class_defaults(source: Path, config: dict[str, Any], config_class: str) -> dict[str, Any]:
+    """``config.json`` as transformers loads it: every key it leaves out takes the config class's default (a
+    hand-written or trimmed config may leave out ``scale_embedding`` or ``activation_function``, whose defaults
+    differ between families), aliases resolved."""
+    try:
+        import transformers
+    except ImportError as error:
+        raise ConversionError("nmtserve convert hf needs transformers: pip install 'nmtserve[train]'") from error
+    try:
+        return getattr(transformers, config_class).from_dict(config).to_dict()
+    except (TypeError, ValueError, AttributeError) as error:
+        message = f"{source / 'config.json'}: transformers cannot read it as {config_class}: {error}"
+        raise ConversionError(message) from error
+
+
+def generation_settings(source: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The settings ``generate()`` decodes with. A model saved with a ``generation_config.json`` is read from that
+    file alone: transformers then takes no generation setting from config.json, and a key the file leaves out has
+    GenerationConfig's default (None). A model without one is read from config.json
+    (``GenerationConfig.from_model_config``)."""
     path = source / "generation_config.json"
     if not path.is_file():
-        return []
+        return config
     try:
-        bad = json.loads(path.read_text(encoding="utf-8")).get("bad_words_ids") or []
+        settings = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise ConversionError(f"{path}: not valid JSON: {error}") from error
+    if not isinstance(settings, dict):
+        raise ConversionError(f"{path}: not a JSON object")
+    return settings
+
+
+def decoder_start(source: Path, settings: dict[str, Any]) -> int:
+    """The decoder's first input as ``generate()`` picks it: ``decoder_start_token_id``, else ``bos_token_id``."""
+    start = settings.get("decoder_start_token_id")
+    start = settings.get("bos_token_id") if start is None else start
+    if not isinstance(start, int):
+        raise ConversionError(
+            f"{source}: the generation settings set neither decoder_start_token_id nor bos_token_id to one token id "
+            f"({start!r}), so generate() has no first decoder token"
+        )
+    return start
+
+
+def suppressed_tokens(source: Path, settings: dict[str, Any]) -> list[int]:
+    """Single tokens the generation settings never let the model generate (``bad_words_ids``)."""
+    bad = settings.get("bad_words_ids") or []
     longer = [ids for ids in bad if len(ids) != 1]
     if longer:
-        log.warning("%s: bad_words_ids of more than one token are not applied: %s", path, longer)
+        log.warning("%s: bad_words_ids of more than one token are not applied: %s", source, longer)
     return sorted({ids[0] for ids in bad if len(ids) == 1})
 
 
@@ -103,9 +141,11 @@ class MarianLoader:
     """``MarianMTModel`` (OPUS-MT): post-norm, sinusoidal positions in halves, one shared embedding, logits bias."""
 
     architecture = "MarianMTModel"
+    config_class = "MarianConfig"
 
     def __init__(self, source: Path, config: dict[str, Any]) -> None:
         self.source, self.hf = source, config
+        self.generation = generation_settings(source, config)
 
     def model_config(self, vocab_size: int) -> TransformerConfig:
         hf = self.hf
@@ -114,13 +154,13 @@ class MarianLoader:
         _require(self.source, ffn == hf["decoder_ffn_dim"], "encoder and decoder FFN sizes differ")
         _require(
             self.source,
-            hf.get("share_encoder_decoder_embeddings", True),
+            hf["share_encoder_decoder_embeddings"],
             "separate source and target vocabularies are not supported",
         )
         _require(
             self.source, hf.get("decoder_vocab_size") in (None, hf["vocab_size"]), "decoder_vocab_size != vocab_size"
         )
-        activation = ACTIVATION_NAMES.get(hf.get("activation_function", "swish"))
+        activation = ACTIVATION_NAMES.get(hf["activation_function"])
         _require(self.source, activation is not None, f"activation {hf.get('activation_function')!r} is not supported")
         if hf["vocab_size"] != vocab_size:
             raise ConversionError(
@@ -139,11 +179,11 @@ class MarianLoader:
             pre_norm=False,
             pad_id=hf["pad_token_id"],
             unk_id=0,  # replaced below from vocab.json
-            bos_id=hf.get("decoder_start_token_id", hf["pad_token_id"]),
+            bos_id=decoder_start(self.source, self.generation),
             eos_id=hf["eos_token_id"],
             activation=cast(str, activation),  # checked by _require above
             positions="sinusoidal-halves",
-            scale_embedding=hf.get("scale_embedding", True),
+            scale_embedding=hf["scale_embedding"],
             final_logits_bias=True,
         )
 
@@ -165,7 +205,7 @@ class MarianLoader:
         if "lm_head.weight" in hf and not torch.equal(hf["lm_head.weight"], embedding):
             raise ConversionError(f"{self.source}: an output projection separate from the embedding is not supported")
         bias = get("final_logits_bias").reshape(-1).clone()
-        bias[suppressed_tokens(self.source)] += SUPPRESSED_LOGIT  # never generated, as generate() would ban them
+        bias[suppressed_tokens(self.source, self.generation)] += SUPPRESSED_LOGIT  # generate() would ban them
         return {"embedding.weight": embedding, "final_logits_bias": bias} | _layer_weights(get, config)
 
 
@@ -176,24 +216,26 @@ class M2M100Loader:
     M2M-100's (SentencePiece + ``vocab.json``)."""
 
     architecture = "M2M100ForConditionalGeneration"
+    config_class = "M2M100Config"
 
     def __init__(self, source: Path, config: dict[str, Any]) -> None:
         self.source, self.hf = source, config
+        self.generation = generation_settings(source, config)
 
     def model_config(self, vocab_size: int) -> TransformerConfig:
         hf = self.hf
         heads, ffn = hf["encoder_attention_heads"], hf["encoder_ffn_dim"]
         _require(self.source, heads == hf["decoder_attention_heads"], "encoder and decoder head counts differ")
         _require(self.source, ffn == hf["decoder_ffn_dim"], "encoder and decoder FFN sizes differ")
-        activation = ACTIVATION_NAMES.get(hf.get("activation_function", "relu"))
+        activation = ACTIVATION_NAMES.get(hf["activation_function"])
         _require(self.source, activation is not None, f"activation {hf.get('activation_function')!r} is not supported")
-        _require(self.source, hf.get("tie_word_embeddings", True), "an untied output projection is not supported")
+        _require(self.source, hf["tie_word_embeddings"], "an untied output projection is not supported")
         if hf["vocab_size"] < vocab_size:
             raise ConversionError(
                 f"{self.source}: config.json vocab_size {hf['vocab_size']} is smaller than the tokenizer's "
                 f"{vocab_size} ids"
             )
-        pad = hf.get("pad_token_id", 1)
+        pad = hf["pad_token_id"]
         return TransformerConfig(
             vocab_size=hf["vocab_size"],
             d_model=hf["d_model"],
@@ -206,14 +248,14 @@ class M2M100Loader:
             pre_norm=True,
             pad_id=pad,
             unk_id=3,  # replaced from the tokenizer
-            bos_id=hf.get("bos_token_id", 0),
-            eos_id=hf.get("eos_token_id", 2),
-            decoder_start_id=hf.get("decoder_start_token_id", hf.get("eos_token_id", 2)),
+            bos_id=hf["bos_token_id"],
+            eos_id=hf["eos_token_id"],
+            decoder_start_id=decoder_start(self.source, self.generation),
             activation=cast(str, activation),  # checked by _require above
             positions="sinusoidal-fairseq",
             position_offset=pad + 1,  # transformers: position i of a sequence is row i + padding_idx + 1
-            scale_embedding=hf.get("scale_embedding", True),
-            final_logits_bias=bool(suppressed_tokens(self.source)),  # only to ban tokens: the model has none
+            scale_embedding=hf["scale_embedding"],
+            final_logits_bias=bool(suppressed_tokens(self.source, self.generation)),  # only to ban tokens
         )
 
     def tokenizer(self) -> tuple[dict[str, Any], dict[str, Path], int, int]:
@@ -249,7 +291,7 @@ class M2M100Loader:
         out |= _norm(get, "model.decoder.layer_norm", "decoder_norm")
         if config.final_logits_bias:
             bias = torch.zeros(config.vocab_size)
-            bias[suppressed_tokens(self.source)] = SUPPRESSED_LOGIT
+            bias[suppressed_tokens(self.source, self.generation)] = SUPPRESSED_LOGIT
             out["final_logits_bias"] = bias
         return out
 
@@ -298,7 +340,8 @@ def _ffn(get, hf: str, ours: str) -> dict[str, torch.Tensor]:
     return {f"{ours}.{o}.{p}": get(f"{hf}.{h}.{p}") for h, o in names.items() for p in ("weight", "bias")}
 
 
-LOADERS: dict[str, type] = {"MarianMTModel": MarianLoader, "M2M100ForConditionalGeneration": M2M100Loader}
+# architecture -> loader class (architecture, config_class, model_config, tokenizer, weights)
+LOADERS: dict[str, Any] = {"MarianMTModel": MarianLoader, "M2M100ForConditionalGeneration": M2M100Loader}
 MODEL_TYPES = {"marian": "MarianMTModel", "m2m_100": "M2M100ForConditionalGeneration"}
 
 
@@ -319,7 +362,8 @@ def _loader(source: Path, config: dict[str, Any]):
             f"{source}: architecture {name or config.get('model_type')!r} is not supported "
             f"(supported: {', '.join(sorted(LOADERS))})"
         )
-    return LOADERS[name](source, config)
+    loader = LOADERS[name]
+    return loader(source, with_class_defaults(source, config, loader.config_class))
 
 
 def convert_hf(source: Path | str, out: Path | str) -> Path:
@@ -349,7 +393,7 @@ def convert_hf(source: Path | str, out: Path | str) -> Path:
             "converted_from": str(source),
             "architecture": loader.architecture,
             "version": "hf",
-            "suppressed_tokens": suppressed_tokens(source),
+            "suppressed_tokens": suppressed_tokens(source, loader.generation),
         }
         document = {"model": config.to_dict(), "metadata": metadata, "tokenizer": spec}
         (staging / CONFIG).write_text(json.dumps(document, indent=2) + "\n")

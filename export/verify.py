@@ -66,6 +66,13 @@ def _long_length(model: Transformer) -> int:
     return min(200, model.config.max_positions)
 
 
+def _lengths(model: Transformer, *lengths: int) -> list[int]:
+    """Source lengths of a case, each cut to what the model's position table holds (a converted model may have
+    fewer than 64 positions), and at least 1."""
+    long = _long_length(model)
+    return [max(1, min(n, long)) for n in lengths]
+
+
 @dataclass(frozen=True)
 class _StepGraphs:
     step: ort.InferenceSession
@@ -175,7 +182,7 @@ class _StepCase:
 def verify_encoder(model: Transformer, encoder: ort.InferenceSession, report: VerificationReport) -> None:
     rng = np.random.default_rng(0)
     long = _long_length(model)
-    for lengths in ([1], [long], [1] * 7, [long, 1, 17, long - 3, 2, 64, 5]):
+    for lengths in ([1], [long], [1] * 7, _lengths(model, long, 1, 17, long - 3, 2, 64, 5)):
         source_ids = _random_sources(model, lengths, rng)
         with torch.inference_mode():
             pairs = model.cross_kv(model.encode(source_ids))
@@ -192,7 +199,7 @@ def verify_step(model: Transformer, graphs: _StepGraphs, cache_dtype: np.dtype, 
     rng = np.random.default_rng(1)
     long = _long_length(model)
     _StepCase(model, graphs, [1], cache_dtype).run(steps=5, join_step=None, rng=rng, report=report)
-    lengths = [long, 1, 9, long - 7, 3, 40, 2]
+    lengths = _lengths(model, long, 1, 9, long - 7, 3, 40, 2)
     _StepCase(model, graphs, lengths, cache_dtype).run(steps=6, join_step=2, rng=rng, report=report)
 
 

@@ -124,6 +124,23 @@ def test_tokenizer_ids_equal_transformers(hf_dir: Path, hf) -> None:
     assert ours.vocab_size == reference.vocab_size
 
 
+def test_special_pieces_written_in_a_text_are_single_tokens_as_in_transformers(hf_dir: Path, hf) -> None:
+    """``</s>``, ``<unk>`` and ``<pad>`` typed into a text are one token each for transformers' added-token
+    splitting, wherever they stand and whatever spaces surround them; cutting them into pieces gave other ids."""
+    _, reference = hf
+    ours = MarianTokenizer(hf_dir)
+    rng = random.Random(7)
+    written = ["</s>", "<unk>", "<pad>", " </s> ", "  <pad>", "<unk><unk>", "<s>"]
+    texts = ["a</s>b", "a </s>b", "\t</s>\n", "</s>"]
+    for line in varied_strings(600):
+        words = line.split(" ")
+        words.insert(rng.randint(0, len(words)), rng.choice(written))
+        texts.append(" ".join(words))
+    mismatches = [(t, w) for t in texts if [*ours.encode(t), ours.eos_id] != (w := reference(t)["input_ids"])]
+    assert not mismatches, mismatches[:3]
+    assert sum(ours.eos_id in ours.encode(text) for text in texts) > 100
+
+
 def test_converted_model_log_probs_equal_transformers(checkpoint: Path, hf) -> None:
     reference, tokenizer = hf
     model, _, _ = load_checkpoint(checkpoint)
