@@ -25,6 +25,8 @@ from typing import Any
 
 from tokenizers import Tokenizer as BackendTokenizer
 
+from nmtserve.engine.text_cleanup import clean_up, clean_up_setting
+
 TOKENIZER_JSON, TOKENIZER_CONFIG = "tokenizer.json", "tokenizer_config.json"
 FILES = (TOKENIZER_JSON,)
 TEMPLATES = ("bart", "mbart", "mbart50")
@@ -85,26 +87,6 @@ def _template_of_post_processor(path: Path) -> str:
     return "bart"
 
 
-def clean_up_spaces(directory: Path) -> bool:
-    """``clean_up_tokenization_spaces`` of ``tokenizer_config.json`` (transformers' default when absent: False)."""
-    path = Path(directory) / TOKENIZER_CONFIG
-    if not path.is_file():
-        return False
-    try:
-        return bool(json.loads(path.read_text(encoding="utf-8")).get("clean_up_tokenization_spaces", False))
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return False
-
-
-def _clean_up(text: str) -> str:
-    """transformers' ``clean_up_tokenization``: no space before punctuation and English contractions."""
-    for before, after in ((" .", "."), (" ?", "?"), (" !", "!"), (" ,", ","), (" ' ", "'"), (" n't", "n't")):
-        text = text.replace(before, after)
-    for suffix in ("'m", "'s", "'ve", "'re"):
-        text = text.replace(f" {suffix}", suffix)
-    return text
-
-
 class BartTokenizer:
     """Text <-> ids of a BART or mBART model; the interface of ``Tokenizer`` plus language codes.
 
@@ -137,7 +119,8 @@ class BartTokenizer:
             self.default_source_language = self.languages[0]
         self.default_target_language = spec.get("target_language") or ""
         self.forced_bos_id: int | None = spec.get("forced_bos_id")
-        self.clean_up = bool(spec.get("clean_up_tokenization_spaces", clean_up_spaces(self.directory)))
+        wanted = spec.get("clean_up_tokenization_spaces", clean_up_setting(self.directory))
+        self.clean_up = bool(wanted) and type(self._backend.model).__name__ != "BPE"  # as transformers 5 (text_cleanup)
         self._specials = {i for i, token in self._backend.get_added_tokens_decoder().items() if token.special}
 
     @property
@@ -228,4 +211,4 @@ class BartTokenizer:
 
     def decode(self, ids: Sequence[int]) -> str:
         text = self._backend.decode([i for i in ids if i not in self._specials], skip_special_tokens=True)
-        return _clean_up(text) if self.clean_up else text
+        return clean_up(text) if self.clean_up else text

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from nmtserve.engine.text_cleanup import clean_up, clean_up_setting
+
 SPM, VOCAB, CONFIG = "sentencepiece.bpe.model", "vocab.json", "tokenizer_config.json"
 FILES = (SPM, VOCAB, CONFIG)
 BOS, PAD, EOS, UNK = "<s>", "<pad>", "</s>", "<unk>"
@@ -108,6 +110,7 @@ class M2M100Tokenizer:
         # Longest first, so that a code is never cut by a shorter one that is its prefix.
         alternatives = sorted(self._specials, key=len, reverse=True)
         self._split = re.compile("(" + "|".join(re.escape(token) for token in alternatives) + ")")
+        self.clean_up = clean_up_setting(self.directory)
 
     def language_id(self, code: str) -> int:
         """The id of ``__code__``: the first source token, or the forced first target token."""
@@ -133,4 +136,5 @@ class M2M100Tokenizer:
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids`` without special tokens and language codes (as ``skip_special_tokens=True``)."""
         pieces = [self._pieces[i] for i in ids if i not in self._special_ids and i in self._pieces]
-        return self._sp.decode_pieces(pieces).strip()
+        text = self._sp.decode_pieces(pieces).strip()
+        return clean_up(text) if self.clean_up else text

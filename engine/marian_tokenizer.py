@@ -16,6 +16,8 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from nmtserve.engine.text_cleanup import clean_up, clean_up_setting
+
 SOURCE_SPM, TARGET_SPM, VOCAB = "source.spm", "target.spm", "vocab.json"
 FILES = (SOURCE_SPM, TARGET_SPM, VOCAB)
 UNK, EOS, PAD = "<unk>", "</s>", "<pad>"
@@ -46,8 +48,13 @@ class MarianTokenizer:
 
     kind = "marian"
 
-    def __init__(self, directory: Path | str) -> None:
+    def __init__(self, directory: Path | str, spec: dict | None = None) -> None:
+        """``spec``: the checkpoint's tokenizer entry, whose ``clean_up_tokenization_spaces`` is the source model's
+        ``tokenizer_config.json`` setting recorded at conversion (the file is not copied); without it, the file in
+        ``directory`` (a Hugging Face model directory) says."""
         self.directory = Path(directory)
+        wanted = (spec or {}).get("clean_up_tokenization_spaces", clean_up_setting(self.directory))
+        self.clean_up = bool(wanted)
         for name in (SOURCE_SPM, TARGET_SPM):
             if not (self.directory / name).is_file():
                 raise TokenizerFileError(f"{self.directory / name}: Marian SentencePiece model is missing")
@@ -73,14 +80,18 @@ class MarianTokenizer:
         return max(self._ids.values()) + 1
 
     def pieces(self, text: str) -> list[str]:
-        code: list[str] = []
-        if text.startswith(">>") and (end := text.find("<<")) != -1:
-            code, text = [text[: end + 2]], text[end + 2 :]
-        pieces = code
+        """Written special pieces are split off first; then each stretch of text between them may open with a
+        ``>>xx<<`` code (the text up to the first ``<<``), as transformers' added-token splitting and
+        ``remove_language_code`` cut it."""
+        pieces: list[str] = []
         for part in self._split.split(text):
             if part in self._specials:
                 pieces.append(part)
-            elif part:
+                continue
+            if part.startswith(">>") and (end := part.find("<<")) != -1:
+                pieces.append(part[: end + 2])
+                part = part[end + 2 :]
+            if part:
                 pieces += self._source.encode(part, out_type=str)
         return pieces
 
@@ -97,6 +108,9 @@ class MarianTokenizer:
         return [[self._ids.get(p, self.unk_id) for p in self._target.encode(text, out_type=str)] for text in texts]
 
     def decode(self, ids: Sequence[int]) -> str:
-        specials = (self.pad_id, self.eos_id)
+        """The target text of ``ids`` without the special pieces, as ``decode(skip_special_tokens=True)``: an
+        ``<unk>`` the model emits is dropped, not shown as SentencePiece's "⁇"."""
+        specials = (self.pad_id, self.eos_id, self.unk_id)
         pieces = [self._pieces.get(i, UNK) for i in ids if i not in specials]
-        return self._target.decode_pieces(pieces).replace("\u2581", " ").strip()
+        text = self._target.decode_pieces(pieces).replace("\u2581", " ").strip()
+        return clean_up(text) if self.clean_up else text

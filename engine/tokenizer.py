@@ -80,7 +80,7 @@ def load_tokenizer(directory: Path | str, spec: dict | None = None) -> Any:
     if kind == "marian":
         from nmtserve.engine.marian_tokenizer import MarianTokenizer
 
-        return MarianTokenizer(directory)
+        return MarianTokenizer(directory, spec)
     if kind == "m2m100":
         from nmtserve.engine.m2m100_tokenizer import M2M100Tokenizer
 

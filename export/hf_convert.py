@@ -26,6 +26,7 @@ from safetensors.torch import load_file, save_file
 from nmtserve.engine import m2m100_tokenizer, marian_tokenizer, nllb_tokenizer
 from nmtserve.engine.m2m100_tokenizer import TokenizerFileError as M2M100FileError
 from nmtserve.engine.marian_tokenizer import TokenizerFileError, read_vocab
+from nmtserve.engine.text_cleanup import clean_up_setting
 from nmtserve.model.checkpoint import CONFIG, WEIGHTS
 from nmtserve.model.transformer import TransformerConfig
 
@@ -197,7 +198,8 @@ class MarianLoader:
             vocab = read_vocab(files[marian_tokenizer.VOCAB])
         except TokenizerFileError as error:
             raise ConversionError(str(error)) from error
-        return {"kind": "marian"}, files, max(vocab.values()) + 1, vocab[marian_tokenizer.UNK]
+        spec = {"kind": "marian", "clean_up_tokenization_spaces": clean_up_setting(self.source)}
+        return spec, files, max(vocab.values()) + 1, vocab[marian_tokenizer.UNK]
 
     def weights(self, hf: dict[str, torch.Tensor], config: TransformerConfig) -> dict[str, torch.Tensor]:
         get = _getter(self.source, hf)

@@ -131,7 +131,7 @@ def test_special_pieces_written_in_a_text_are_single_tokens_as_in_transformers(h
     ours = MarianTokenizer(hf_dir)
     rng = random.Random(7)
     written = ["</s>", "<unk>", "<pad>", " </s> ", "  <pad>", "<unk><unk>", "<s>"]
-    texts = ["a</s>b", "a </s>b", "\t</s>\n", "</s>"]
+    texts = ["a</s>b", "a </s>b", "\t</s>\n", "</s>", "</s>>>de<<a", "a</s>>>fr<<b", ">>de</s><<", "<unk>>>x<< y"]
     for line in varied_strings(600):
         words = line.split(" ")
         words.insert(rng.randint(0, len(words)), rng.choice(written))
@@ -139,6 +139,21 @@ def test_special_pieces_written_in_a_text_are_single_tokens_as_in_transformers(h
     mismatches = [(t, w) for t in texts if [*ours.encode(t), ours.eos_id] != (w := reference(t)["input_ids"])]
     assert not mismatches, mismatches[:3]
     assert sum(ours.eos_id in ours.encode(text) for text in texts) > 100
+
+
+def test_decode_equals_transformers_skipping_special_tokens(hf_dir: Path, hf) -> None:
+    """Any ids a model may emit decode as ``decode(skip_special_tokens=True)`` does: ``<unk>`` is dropped too
+    (it used to come back as SentencePiece's "⁇" in the served text)."""
+    _, reference = hf
+    ours = MarianTokenizer(hf_dir)
+    rng = random.Random(11)
+    sequences = [[rng.randrange(ours.vocab_size) for _ in range(rng.randint(1, 30))] for _ in range(1500)]
+    sequences += [[*ours.encode(text), ours.eos_id] for text in varied_strings(500)]
+    mismatches = [
+        (ids, w) for ids in sequences if ours.decode(ids) != (w := reference.decode(ids, skip_special_tokens=True))
+    ]
+    assert not mismatches, mismatches[:3]
+    assert sum(ours.unk_id in ids for ids in sequences) > 100
 
 
 def test_converted_model_log_probs_equal_transformers(checkpoint: Path, hf) -> None:
@@ -205,7 +220,7 @@ def test_served_over_grpc_equals_engine(model_dir: Path, engine: Engine, hf) -> 
 def test_manifest_records_the_family(model_dir: Path) -> None:
     manifest = json.loads((model_dir / "manifest.json").read_text())
     assert manifest["model"]["architecture"] == "MarianMTModel"
-    assert manifest["tokenizer"] == {"kind": "marian"}
+    assert manifest["tokenizer"] == {"kind": "marian", "clean_up_tokenization_spaces": False}
     assert manifest["family"]["positions"] == "sinusoidal-halves"
     assert manifest["family"]["activation"] == "swish"
 
