@@ -20,7 +20,7 @@ from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.background import BackgroundServer
 from nmtserve.server.config import ServerConfig
 from nmtserve.server.documents import DocumentError, plan_document
-from nmtserve.server.documents.html import MAX_DEPTH, entity_spellings, parse, serialize
+from nmtserve.server.documents.html import MAX_DEPTH, entity_spellings, parse, serialize, translated_attributes
 
 PAGE = """<!DOCTYPE html>
 <html lang="en"><head><title>The manual.</title><style>p { color: red }</style>
@@ -45,7 +45,8 @@ def skeleton(root: ElementTree.Element) -> list:
     """Tags and attributes (but the translated ones) in document order, and the text of untranslated parts."""
     out = []
     for element in root.iter():
-        attributes = {k: v for k, v in element.attrib.items() if k not in ("alt", "title")}
+        translated = translated_attributes(element)
+        attributes = {k: v for k, v in element.attrib.items() if k not in translated}
         if element.tag == "<!DOCTYPE>":  # an empty public or system id is written as none at all
             attributes = {k: v for k, v in attributes.items() if v}
         out.append((str(element.tag), sorted(attributes.items())))
@@ -83,6 +84,45 @@ def test_a_page_keeps_its_structure_and_every_text_is_translated_once():
     ):
         assert kept in out
     assert 'alt="§12§"' in out and 'title="§6§"' in out and "<b>§4§</b>" in out
+
+
+FORM = """<form><label for="q" aria-label="Search the manual.">Search</label>
+<input id="q" type="text" placeholder="Type a word." value="keep me">
+<input type="submit" value="Find it."><input type="hidden" name="n" value="not shown">
+<select><optgroup label="Some colours."><option label="Dark red.">red</option></optgroup></select>
+<table><tr><th abbr="Size.">The size of the file</th></tr></table></form>
+<meta name="description" content="A short manual."><meta name="viewport" content="width=device-width">
+<div class="box notranslate">Product Name. <b>Kept too.</b></div>
+<div class="notranslate" translate="yes">Translated anyway.</div><p class="notranslated">Not the class.</p>"""
+
+
+def test_the_standards_translatable_attributes_and_notranslate_classes():
+    """The HTML standard's translatable attributes (and aria-label) are translated where they are people's
+    text; values a form submits, other meta contents and class="notranslate" parts are kept."""
+    sentences, out = marked(FORM)
+    assert sentences == [
+        "Search the manual.",
+        "Search",
+        "Type a word.",
+        "Find it.",
+        "Some colours.",
+        "Dark red.",
+        "red",
+        "Size.",
+        "The size of the file",
+        "A short manual.",
+        "Translated anyway.",
+        "Not the class.",
+    ]
+    for kept in (
+        'value="keep me"',
+        'value="not shown"',
+        'content="width=device-width"',
+        "Product Name. <b>Kept too.</b>",
+    ):
+        assert kept in out
+    assert 'placeholder="§2§"' in out and 'value="§3§"' in out and 'abbr="§7§"' in out and 'content="§9§"' in out
+    assert skeleton(parse(out)[0]) == skeleton(parse(FORM)[0])
 
 
 def test_identity_translation_gives_the_parsed_page_back():

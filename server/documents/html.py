@@ -1,5 +1,11 @@
-"""HTML documents and fragments: text nodes and the ``alt``/``title`` attributes are translated; everything else
-(tags, attributes, comments, doctype, document structure) is kept.
+"""HTML documents and fragments: text nodes and the attributes people read are translated; everything else (tags,
+other attributes, comments, doctype, document structure) is kept.
+
+The attributes are those the HTML standard lists as translatable (its ``translate`` attribute's definition):
+``title`` anywhere, ``alt`` of images, areas and inputs, ``placeholder`` of inputs and text areas, ``label`` of
+options, option groups and tracks, ``abbr`` of table headers, the ``value`` of button-like inputs, and the
+``content`` of ``<meta name="description">`` and ``keywords``; and ``aria-label`` anywhere, which screen readers
+speak.
 
 Parsing is html5lib's, the WHATWG algorithm browsers use, so malformed markup is recovered exactly as a browser
 would recover it and the output is always well formed.
@@ -16,7 +22,8 @@ values are found in each start tag's raw text (the tokenizer resolves them unrep
 
 Left alone: ``script``, ``style``, ``code``, ``pre``, ``textarea``, ``kbd``, ``samp``, ``var`` and any element
 marked ``translate="no"`` (with its descendants, until one says ``translate="yes"``), as the HTML standard's
-translate attribute defines.
+translate attribute defines, or ``class="notranslate"``, the convention of Google's and browsers' page
+translators that CMS themes and code highlighters use (an explicit ``translate`` attribute wins).
 
 Each text node is its own context: its sentences are translated (their whitespace kept), and inline markup stays
 around exactly the words it wrapped, because a text node never crosses a tag. Translating a block's text across
@@ -39,12 +46,48 @@ from html5lib.serializer import HTMLSerializer
 from nmtserve.server.documents.plan import DocumentError, Plan, plan_text
 
 SKIPPED = frozenset({"script", "style", "code", "pre", "textarea", "kbd", "samp", "var", "template"})
-TRANSLATED_ATTRIBUTES = ("alt", "title")
+# attribute -> the elements whose attribute it is translatable on (None: any element)
+TRANSLATED_ATTRIBUTES: dict[str, frozenset[str] | None] = {
+    "title": None,
+    "aria-label": None,
+    "alt": frozenset({"img", "area", "input"}),
+    "placeholder": frozenset({"input", "textarea"}),
+    "label": frozenset({"option", "optgroup", "track"}),
+    "abbr": frozenset({"th"}),
+    "value": frozenset({"input"}),  # of type button, reset or submit only (translated_attributes)
+    "content": frozenset({"meta"}),  # of name description or keywords only (translated_attributes)
+}
+BUTTON_INPUTS = frozenset({"button", "reset", "submit"})
+DESCRIBING_META = frozenset({"description", "keywords"})
 NEWLINE_EATERS = frozenset({"pre", "textarea", "listing"})
 MAX_REFERENCE_CHARS = 40  # the longest named reference (&CounterClockwiseContourIntegral;) has 33
 MAX_DEPTH = 512  # nesting beyond this is refused: a page that deep is an attack, and walks stay bounded
 
 Slot = tuple[Callable[[], str], Callable[[str], None]]
+
+
+def translated_attributes(element: ElementTree.Element) -> list[str]:
+    """The names of ``element``'s attributes that are translated, in ``TRANSLATED_ATTRIBUTES``' order."""
+    tag = _tag(element)
+    names = []
+    for name, tags in TRANSLATED_ATTRIBUTES.items():
+        if (tags is not None and tag not in tags) or not (element.get(name) or "").strip():
+            continue
+        if name == "value" and (element.get("type") or "").strip().lower() not in BUTTON_INPUTS:
+            continue
+        if name == "content" and (element.get("name") or "").strip().lower() not in DESCRIBING_META:
+            continue
+        names.append(name)
+    return names
+
+
+def _translate_flag(element: ElementTree.Element, inherited: bool) -> bool:
+    """True when ``element`` and what it contains are not translated: ``translate="no"``, or
+    ``class="notranslate"`` where the element has no explicit ``translate``; else what its parent had."""
+    translate = (element.get("translate") or "").strip().lower()
+    if translate in ("yes", "no"):
+        return translate == "no"
+    return inherited or "notranslate" in (element.get("class") or "").split()
 
 
 def _tag(element: ElementTree.Element) -> str:
@@ -223,13 +266,11 @@ def _slots(root: ElementTree.Element) -> list[Slot]:
             continue
         if not isinstance(element.tag, str) or element.tag.startswith("<!"):  # comment, doctype
             continue
-        translate = (element.get("translate") or "").strip().lower()
-        no = True if translate == "no" else False if translate == "yes" else no
+        no = _translate_flag(element, no)
         code = code or _tag(element) in SKIPPED
         if not no:  # attributes first: they come before the text in the markup
-            for name in TRANSLATED_ATTRIBUTES:
-                if (element.get(name) or "").strip():
-                    slots.append((lambda e=element, n=name: e.get(n), lambda value, e=element, n=name: e.set(n, value)))
+            for name in translated_attributes(element):
+                slots.append((lambda e=element, n=name: e.get(n), lambda value, e=element, n=name: e.set(n, value)))
         if not (no or code):
             text_slot(element)
         children = list(element)
