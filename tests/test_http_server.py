@@ -122,6 +122,26 @@ def test_translate_form_and_json_bodies(http: Http, engine: Engine) -> None:
     assert status == 200 and body == {"translatedText": [w[0] for w in want]}
 
 
+PARAGRAPH = (
+    "The package contains the documentation. The server is running.\nThis is a test.\n\n"
+    "Please read the manual. The file was not found."
+)
+
+
+def test_plain_text_is_translated_sentence_by_sentence_keeping_its_lines(http: Http, engine: Engine) -> None:
+    """As LibreTranslate splits a text into lines and sentences: each sentence is the engine's translation of it
+    alone, the line breaks come back. One model input for the whole paragraph dropped or merged sentences."""
+    sentences = ["The package contains the documentation.", "The server is running.", "This is a test."]
+    sentences += ["Please read the manual.", "The file was not found."]
+    want = [h[0] for h in best(engine, sentences)]
+    status, _, body = http.call("POST", "/translate", {"q": PARAGRAPH, "source": "en", "target": "de"})
+    assert status == 200, body
+    assert body["translatedText"] == f"{want[0]} {want[1]}\n{want[2]}\n\n{want[3]} {want[4]}"
+    long_paragraph = " ".join([sentences[0]] * 60)  # 2,400 characters, over max_input_tokens as one input
+    status, _, body = http.call("POST", "/translate", {"q": long_paragraph, "source": "en", "target": "de"})
+    assert status == 200 and body["translatedText"] == " ".join([want[0]] * 60)
+
+
 def test_alternatives_are_the_n_best(http: Http, engine: Engine) -> None:
     nbest = best(engine, [TEXTS[1]], n=3)[0]
     status, _, body = http.call(
@@ -182,7 +202,7 @@ def test_languages_health_settings(http: Http) -> None:
     assert_serving(http)
     status, _, body = http.call("GET", "/frontend/settings")
     assert status == 200 and body["keyRequired"] is False and body["language"]["target"]["code"] == "de"
-    assert body["charLimit"] == 8192
+    assert body["charLimit"] == 1024 * 1024  # max_request_bytes: LibreTranslate's texts are documents
 
 
 @pytest.mark.parametrize("path", ["/languages", "/health", "/frontend/settings", "/openapi.json", "/v1/models"])
@@ -250,9 +270,12 @@ def test_malformed_form_bodies_are_400_json(http: Http, content_type: str, data:
 
 
 def test_limits_and_huge_bodies(http: Http) -> None:
-    long_text = "word " * 2000  # 10000 bytes > max_input_bytes 8192
-    status, _, body = http.call("POST", "/translate", {"q": long_text, "source": "en", "target": "de"})
+    long_text = "word " * 2000  # 10000 bytes > max_input_bytes 8192, the limit of one model input
+    status, _, body = http.call("POST", "/v1/translate", {"texts": [long_text]})
     assert status == 400 and "max_input_bytes" in body["error"]
+    too_much = "A short sentence. " * 60_000  # 1.08 MB > max_request_bytes: LibreTranslate's q is a document
+    status, _, body = http.call("POST", "/translate", {"q": too_much, "source": "en", "target": "de"})
+    assert status == 400 and "max_request_bytes" in body["error"]
     huge = b'{"q": "' + b"a" * (5 * 1024 * 1024) + b'"}'  # over max_message_bytes (4 MiB)
     for path in ("/translate", "/v1/translate", "/v1/translate/stream"):
         status, _, body = http.call("POST", path, data=huge, headers={"Content-Type": "application/json"})
@@ -301,6 +324,7 @@ def test_v1_models_and_openapi(http: Http, server: BackgroundServer) -> None:
     assert status == 404 and "nope" in missing["error"]
     status, _, spec = http.call("GET", "/openapi.json")
     assert status == 200 and spec["openapi"].startswith("3.")
+    assert http.call("GET", "/spec")[2] == spec  # LibreTranslate's path for it
     openapi_spec_validator.validate(spec)  # a valid OpenAPI 3 document, by the reference validator
     assert {"/translate", "/v1/translate", "/v1/translate/stream", "/v1/models/{name}"} <= set(spec["paths"])
     assert {"/translate_file", "/download_file/{token}", "/v1/translate_file"} <= set(spec["paths"])

@@ -4,7 +4,7 @@
 Existing LibreTranslate clients (libretranslatepy, browser extensions, CAT-tool plugins) work unchanged and get
 nmtserve's batched beam search behind the same contract: the same fields, status codes and 400 messages. The
 deliberate differences are listed in docs/http.md (no language detector: ``source=auto`` is a 400 that says so;
-``charLimit`` reports the UTF-8 byte limit). ``/translate_file`` lives in files.py.
+``charLimit`` reports the UTF-8 byte limit of a request's texts). ``/translate_file`` lives in files.py.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server.documents.files import FORMAT_OF_SUFFIX
+from nmtserve.server.documents.plan import plan_document
 from nmtserve.server.http.common import (
     HttpError,
     bearer_of,
@@ -94,7 +95,7 @@ async def frontend_settings(request: web.Request) -> web.Response:
     keys = ctx.tokens is not None
     return web.json_response(
         {
-            "charLimit": ctx.config.max_input_bytes,
+            "charLimit": ctx.config.max_request_bytes,  # q's texts are documents (translate, below)
             "frontendTimeout": FRONTEND_TIMEOUT_MS,
             "apiKeys": keys,
             "keyRequired": keys,
@@ -180,6 +181,11 @@ def check_language_pair(request: web.Request, params: dict[str, Any]) -> tuple[s
     return source, target
 
 
+def _one_sentence(text: str, language: str) -> bool:
+    """Whether plain ``text`` is one sentence of one line (what the document layer would not split)."""
+    return len(plan_document(text, "text", language).sentences) <= 1
+
+
 async def translate(request: web.Request) -> web.Response:
     ctx = context_of(request)
     params = await _parameters(request)
@@ -192,12 +198,17 @@ async def translate(request: web.Request) -> web.Response:
     alternatives = _alternatives(params.get("alternatives"), ctx.config.max_beam_size)
     if text_format not in ("text", "html"):
         raise HttpError(400, f"{text_format} format is not supported")
-    options = pb.DecodingOptions(num_hypotheses=alternatives + 1, return_scores=False)
-    if alternatives:
+    # Every text is a document (server/documents), as LibreTranslate splits its texts into lines and sentences:
+    # format=html keeps the markup and translates the text nodes, format=text keeps the line breaks and translates
+    # sentence by sentence. The one exception is alternatives for texts that are each one sentence: those are the
+    # model's n-best, as a document gives one hypothesis (alternatives are then [], as LibreTranslate's for html).
+    document = text_format
+    if alternatives and text_format == "text" and all(_one_sentence(text, source) for text in texts):
+        document = ""
+    options = pb.DecodingOptions(num_hypotheses=alternatives + 1 if not document else 1, return_scores=False)
+    if alternatives and not document:
         options.beam_size = max(ctx.config.beam_size, alternatives + 1)
-    # format=html: each text is an HTML document (server/documents): markup kept, text nodes translated. Plain
-    # text stays one model input per text, as LibreTranslate translates it.
-    message = pb.TranslateRequest(texts=texts, options=options, format="html" if text_format == "html" else "")
+    message = pb.TranslateRequest(texts=texts, options=options, format=document)
     if len(served_pairs(request)) > 1:  # a model repository: the pair picks the model
         message.source_language, message.target_language = source, target
     response = await translate_through_service(ctx, request, message, "HTTP /translate")

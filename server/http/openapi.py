@@ -267,4 +267,5 @@ DOCUMENT = web.AppKey("openapi", dict)
 def add_routes(app: web.Application, keys_required: bool) -> None:
     app[DOCUMENT] = document(keys_required)
     app.router.add_get("/openapi.json", openapi_json)
+    app.router.add_get("/spec", openapi_json)  # where LibreTranslate serves its API description (Swagger 2 there)
     app.router.add_get("/docs", docs_page)
