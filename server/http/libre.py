@@ -202,13 +202,11 @@ async def translate(request: web.Request) -> web.Response:
     # format=html keeps the markup and translates the text nodes, format=text keeps the line breaks and translates
     # sentence by sentence. The one exception is alternatives for texts that are each one sentence: those are the
     # model's n-best, as a document gives one hypothesis (alternatives are then [], as LibreTranslate's for html).
-    document = text_format
-    if alternatives and text_format == "text" and all(_one_sentence(text, source) for text in texts):
-        document = ""
-    options = pb.DecodingOptions(num_hypotheses=alternatives + 1 if not document else 1, return_scores=False)
-    if alternatives and not document:
+    nbest = bool(alternatives) and text_format == "text" and all(_one_sentence(text, source) for text in texts)
+    options = pb.DecodingOptions(num_hypotheses=alternatives + 1 if nbest else 1, return_scores=False)
+    if nbest:
         options.beam_size = max(ctx.config.beam_size, alternatives + 1)
-    message = pb.TranslateRequest(texts=texts, options=options, format=document)
+    message = pb.TranslateRequest(texts=texts, options=options, format="" if nbest else text_format)
     if len(served_pairs(request)) > 1:  # a model repository: the pair picks the model
         message.source_language, message.target_language = source, target
     response = await translate_through_service(ctx, request, message, "HTTP /translate")
