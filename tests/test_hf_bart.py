@@ -20,6 +20,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from hf_reference import PLAIN_SETTINGS, best_hypotheses_by_group  # noqa: E402
+
 from nmtserve.engine import DecodingOptions, Engine  # noqa: E402
 from nmtserve.engine.bart_tokenizer import BartTokenizer  # noqa: E402
 from nmtserve.engine.int8_kernels import resolve_int8_kernels  # noqa: E402
@@ -95,36 +97,15 @@ def requests(engine: Engine, texts: list[str], family: str) -> tuple[list[list[i
 
 def hf_generate(model, tokenizer, texts: list[str], family: str, beam: int) -> tuple[list[list[int]], list[float]]:
     """transformers' best hypothesis per text (without the start token and EOS) and its score, grouped by target."""
-    targets = targets_of(family, len(texts))
-    tokens: list[list[int]] = [[] for _ in texts]
-    scores = [float("nan")] * len(texts)
     if family != "bart":
         tokenizer.src_lang = "en_XX"
-    for target in sorted(set(targets), key=str):
-        rows = [i for i, t in enumerate(targets) if t == target]
-        batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True)
+
+    def settings_of(target) -> dict:
         forced = {"forced_bos_token_id": tokenizer.convert_tokens_to_ids(target)} if target else {}
-        with torch.inference_mode():
-            out = model.generate(
-                **batch,
-                **forced,
-                num_beams=beam,
-                do_sample=False,
-                max_new_tokens=MAX_NEW_TOKENS,
-                min_new_tokens=1,
-                length_penalty=1.0,
-                early_stopping=True,
-                no_repeat_ngram_size=0,
-                repetition_penalty=1.0,
-                output_scores=True,
-                return_dict_in_generate=True,
-            )
-        eos = model.config.eos_token_id
-        for k, (i, row) in enumerate(zip(rows, out.sequences[:, 1:].tolist(), strict=True)):
-            tokens[i] = row[: row.index(eos)] if eos in row else row
-            if beam > 1:
-                scores[i] = out.sequences_scores[k].item()
-    return tokens, scores
+        return {**PLAIN_SETTINGS, **forced}
+
+    targets = targets_of(family, len(texts))
+    return best_hypotheses_by_group(model, tokenizer, texts, targets, beam, MAX_NEW_TOKENS, settings_of)
 
 
 def test_tokenizer_ids_equal_transformers(hf_dir: Path, hf, family: str) -> None:

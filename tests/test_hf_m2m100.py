@@ -24,6 +24,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from hf_reference import PLAIN_SETTINGS, best_hypotheses_by_group  # noqa: E402
+
 from nmtserve.engine import DecodingOptions, Engine  # noqa: E402
 from nmtserve.engine.m2m100_tokenizer import M2M100Tokenizer  # noqa: E402
 from nmtserve.engine.nllb_tokenizer import NllbTokenizer  # noqa: E402
@@ -123,34 +125,11 @@ def hf_generate(model, tokenizer, family: str, texts: list[str], targets: list[s
     """Best hypothesis of each text (without the start token and EOS, with the forced code) and its score; one
     ``generate()`` call per target language, as ``forced_bos_token_id`` is one id per call."""
     tokenizer.src_lang = FAMILIES[family][1]
-    tokens: list[list[int]] = [[] for _ in texts]
-    scores = [float("nan")] * len(texts)
-    for code in sorted(set(targets)):
-        rows = [i for i, target in enumerate(targets) if target == code]
-        batch = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True)
-        with torch.inference_mode():
-            out = model.generate(
-                **batch,
-                num_beams=beam,
-                do_sample=False,
-                max_new_tokens=MAX_NEW_TOKENS,
-                min_new_tokens=1,
-                length_penalty=1.0,
-                early_stopping=True,
-                no_repeat_ngram_size=0,
-                repetition_penalty=1.0,
-                num_return_sequences=1,
-                forced_bos_token_id=tokenizer.convert_tokens_to_ids(_code_token(family, code)),
-                output_scores=True,
-                return_dict_in_generate=True,
-            )
-        eos = model.config.eos_token_id
-        for i, row in zip(rows, out.sequences[:, 1:].tolist(), strict=True):
-            tokens[i] = row[: row.index(eos)] if eos in row else row
-        if beam > 1:
-            for i, score in zip(rows, out.sequences_scores.tolist(), strict=True):
-                scores[i] = score
-    return tokens, scores
+
+    def settings_of(code) -> dict:
+        return {**PLAIN_SETTINGS, "forced_bos_token_id": tokenizer.convert_tokens_to_ids(_code_token(family, code))}
+
+    return best_hypotheses_by_group(model, tokenizer, texts, list(targets), beam, MAX_NEW_TOKENS, settings_of)
 
 
 def _code_token(family: str, code: str) -> str:

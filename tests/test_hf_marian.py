@@ -18,6 +18,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from hf_reference import PLAIN_SETTINGS, best_hypotheses  # noqa: E402
+
 from nmtserve.engine import DecodingOptions, Engine  # noqa: E402
 from nmtserve.engine.marian_tokenizer import MarianTokenizer  # noqa: E402
 from nmtserve.export.exporter import export_model  # noqa: E402
@@ -83,28 +85,7 @@ def varied_strings(n: int, seed: int = 3) -> list[str]:
 
 def hf_generate(model, tokenizer, texts: list[str], beam: int) -> tuple[list[list[int]], list[float]]:
     """Best hypothesis of each text (without start token and EOS) and its score (log-prob / length)."""
-    batch = tokenizer(texts, return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        out = model.generate(
-            **batch,
-            num_beams=beam,
-            do_sample=False,
-            max_new_tokens=MAX_NEW_TOKENS,
-            min_new_tokens=1,
-            length_penalty=1.0,
-            early_stopping=True,
-            no_repeat_ngram_size=0,
-            repetition_penalty=1.0,
-            num_return_sequences=1,
-            output_scores=True,
-            return_dict_in_generate=True,
-        )
-    eos = model.config.eos_token_id
-    tokens = []
-    for row in out.sequences[:, 1:].tolist():
-        tokens.append(row[: row.index(eos)] if eos in row else row)
-    scores = out.sequences_scores.tolist() if beam > 1 else [float("nan")] * len(texts)
-    return tokens, scores
+    return best_hypotheses(model, tokenizer, texts, beam, MAX_NEW_TOKENS, **PLAIN_SETTINGS)
 
 
 OPTIONS = DecodingOptions(

@@ -19,6 +19,8 @@ import torch
 
 transformers = pytest.importorskip("transformers")
 
+from hf_reference import best_hypotheses  # noqa: E402
+
 from nmtserve.engine import DecodingOptions, Engine  # noqa: E402
 from nmtserve.export.exporter import export_model  # noqa: E402
 from nmtserve.export.hf_convert import convert_hf  # noqa: E402
@@ -92,21 +94,11 @@ def _texts(directory: Path, positions: int) -> list[str]:
 
 
 def _generate(directory: Path, texts: list[str], beam: int) -> list[list[int]]:
+    """The model's own generation settings apply (that is what these cases test), bar length penalty and stopping."""
     model = transformers.AutoModelForSeq2SeqLM.from_pretrained(directory, dtype=torch.float32).eval()
     tokenizer = transformers.AutoTokenizer.from_pretrained(directory)
-    batch = tokenizer(texts, return_tensors="pt", padding=True)
-    with torch.inference_mode():
-        out = model.generate(
-            **batch,
-            num_beams=beam,
-            do_sample=False,
-            max_new_tokens=MAX_NEW_TOKENS,
-            min_new_tokens=1,
-            length_penalty=1.0,
-            early_stopping=True,
-        )
-    eos = model.config.eos_token_id
-    return [row[: row.index(eos)] if eos in row else row for row in out[:, 1:].tolist()]
+    tokens, _ = best_hypotheses(model, tokenizer, texts, beam, MAX_NEW_TOKENS, length_penalty=1.0, early_stopping=True)
+    return tokens
 
 
 @pytest.mark.parametrize("beam", [1, 4])
