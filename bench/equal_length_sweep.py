@@ -2,6 +2,9 @@
 equal-length check of ``nmtserve bench server`` alone, for trying settings against its target (<= 2).
 
     python -m nmtserve.bench.equal_length_sweep --out docs/benchmarks/server_session11_gpl3/equal_length_sweep.json
+
+``--equal-work`` keeps only the sentences whose translations are of equal length too (``equal_work_lines``), which
+separates the scheduler's share of p99/p50 from the outputs' own spread; ``--setting`` picks settings by name.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import argparse
 import json
 from pathlib import Path
 
-from nmtserve.loadtest.bench import Bench, equal_length_lines
+from nmtserve.loadtest.bench import Bench, equal_length_lines, equal_work_lines
 from nmtserve.loadtest.serverproc import ServerProcess
 
 TWO_BY_ONE = ("--engine-workers", "2", "--threads", "1")
@@ -29,14 +32,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--input", type=Path, default=Path("data/corpus/dev.en"))
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--equal-work", action="store_true", help="equal output lengths as well as source lengths")
+    parser.add_argument("--setting", action="append", choices=sorted(SETTINGS), help="default: every setting")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     lines = [line for line in args.input.read_text().splitlines() if line.strip()]
-    equal = equal_length_lines(args.model, lines)
+    equal = (equal_work_lines if args.equal_work else equal_length_lines)(args.model, lines)
+    settings = {name: SETTINGS[name] for name in args.setting or SETTINGS}
+    print(f"{len(equal)} sentences", flush=True)
     bench = Bench(args.model, equal, args.duration, len(equal), 1, args.out.parent, progress=False)
     results: dict[str, list[dict]] = {}
     for repeat in range(args.repeats):
-        for name, flags in SETTINGS.items():
+        for name, flags in settings.items():
             with ServerProcess(args.model, *flags) as server:
                 saturation = bench.load(server, "concurrency", 64).results[0]
                 half = bench.load(server, "rate", round(saturation.sentences_per_s / 2, 1)).results[0]
@@ -50,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
             results.setdefault(name, []).append(row)
             print(f"{name}, run {repeat + 1}: {row}", flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"sentences": len(equal), "settings": results}, indent=2) + "\n")
+    summary = {"sentences": len(equal), "equal_work": args.equal_work, "settings": results}
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -15,12 +15,13 @@ import numpy as np
 
 from nmtserve.bench.report import print_and_write
 from nmtserve.engine import DecodingOptions, Engine
-from nmtserve.loadtest.bench import equal_length_lines
+from nmtserve.loadtest.bench import equal_length_lines, equal_work_lines
 
 
-def latency_floor(model: Path, lines: list[str], beam: int = 4) -> dict:
-    """Batch-1 decode times of the lines ``nmtserve bench server`` uses for its equal-length check."""
-    equal = equal_length_lines(model, lines)
+def latency_floor(model: Path, lines: list[str], beam: int = 4, equal_work: bool = False) -> dict:
+    """Batch-1 decode times of the lines ``nmtserve bench server`` uses for its equal-length check (or, with
+    ``equal_work``, of those whose outputs are of equal length too: what is left is the machine's own jitter)."""
+    equal = (equal_work_lines if equal_work else equal_length_lines)(model, lines)
     engine = Engine.load(model, threads=1, spin=False)
     options = DecodingOptions(beam_size=beam)
     engine.translate(equal[:8], options)  # warm-up
@@ -46,10 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--input", type=Path, required=True, help="the text file given to nmtserve bench server")
+    parser.add_argument("--equal-work", action="store_true", help="equal output lengths as well as source lengths")
     parser.add_argument("--out", type=Path, default=None, help="also write the figures here (JSON)")
     args = parser.parse_args(argv)
     lines = [line for line in args.input.read_text().splitlines() if line.strip()]
-    report = latency_floor(args.model, lines)
+    report = latency_floor(args.model, lines, equal_work=args.equal_work)
     print_and_write(report, args.out)
 
 

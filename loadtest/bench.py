@@ -174,6 +174,19 @@ def equal_length_lines(model: Path, lines: list[str], spread: int = 1) -> list[s
     return [line for line, n in zip(lines, lengths, strict=True) if abs(n - middle) <= spread]
 
 
+def equal_work_lines(model: Path, lines: list[str], spread: int = 1, beam: int = 4) -> list[str]:
+    """``equal_length_lines`` whose translations (the model's own beam search, decoded offline) are also within
+    ``spread`` tokens of their median: equal work per request, so that a spread of latencies is the scheduler's
+    and the arrivals' alone, not the outputs' (``bench.latency_floor`` measures that part)."""
+    from nmtserve.engine import DecodingOptions, Engine
+
+    equal = equal_length_lines(model, lines, spread)
+    engine = Engine.load(model, threads=1, spin=False)
+    outputs = [len(nbest[0].token_ids) for nbest in engine.translate(equal, DecodingOptions(beam_size=beam))]
+    middle = statistics.median_low(outputs)
+    return [line for line, n in zip(equal, outputs, strict=True) if abs(n - middle) <= spread]
+
+
 def _median(values: list[float]) -> float:
     return float(statistics.median(values))
 

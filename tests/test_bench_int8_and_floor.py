@@ -4,11 +4,14 @@ exports, by the real engine."""
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
 from nmtserve.bench import encoder_runs, int8_kernels, latency_floor
+from nmtserve.engine import DecodingOptions, Engine
 from nmtserve.export.testing import tiny_export
+from nmtserve.loadtest.bench import equal_length_lines, equal_work_lines
 
 LINES = ["a b c d", "", "e f g h", "i j k l", "m n o p", "q r s t u v w x y z", "b c d e"]
 
@@ -56,3 +59,16 @@ def test_encoder_runs_are_timed_against_one_call_on_the_same_admissions(
     assert report["source_tokens"] <= padded["runs"] < padded["one_call"]  # one-token and 31-token lines split
     assert calls["runs"] > calls["one_call"] == 4
     assert report["cpu_ms"]["runs"] > 0 and report["cpu_ms"]["one_call"] > 0
+
+
+def test_equal_work_lines_keep_equal_sources_whose_translations_are_equal_in_length_too(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    fp32 = tiny_export(tmp_path_factory.getbasetemp() / "tiny-model", "fp32")
+    lines = [" ".join(chr(97 + (i * 7 + k * 3) % 26) for k in range(5)) for i in range(40)]
+    equal, work = equal_length_lines(fp32, lines), equal_work_lines(fp32, lines)
+    engine = Engine.load(fp32, threads=1, spin=False)
+    outputs = {line: len(engine.translate([line], DecodingOptions(beam_size=4))[0][0].token_ids) for line in equal}
+    middle = statistics.median_low(outputs.values())
+    assert work == [line for line in equal if abs(outputs[line] - middle) <= 1]  # one at a time, as the server's rows
+    assert work and len(work) <= len(equal)
