@@ -14,6 +14,8 @@ from dataclasses import dataclass
 
 import sentencex
 
+from nmtserve.server.documents.languages import segmenter_language
+
 DEFAULT_LANGUAGE = "en"
 
 
@@ -29,10 +31,12 @@ def sentence_spans(text: str, language: str = DEFAULT_LANGUAGE) -> list[Span]:
     """The sentences of ``text``, in order, as spans without leading or trailing whitespace.
 
     Each line break run of two or more (a blank line) always ends a sentence, whatever the segmenter says.
+    ``language`` is the source language as the model or the request names it (``de``, ``deu_Latn``, ``de_DE``):
+    ``segmenter_language`` turns it into the code whose rules sentencex applies.
     """
     spans: list[Span] = []
     offset = 0
-    for piece in sentencex.segment(language or DEFAULT_LANGUAGE, text) if text.strip() else []:
+    for piece in sentencex.segment(segmenter_language(language, DEFAULT_LANGUAGE), text) if text.strip() else []:
         if not piece.strip():  # whitespace between sentences: kept from the text itself
             continue
         found = text.find(piece.strip(), offset)
