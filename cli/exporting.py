@@ -95,8 +95,14 @@ def register(commands: argparse._SubParsersAction) -> None:
     export.add_argument("--checkpoint", type=Path, default=None, help="default: the shipped demo model")
     export.add_argument("--out", type=Path, default=None, help="the model directory to write (required)")
     export.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"])
-    export.add_argument("--source-language", default="en", help="recorded in the manifest; GetModelInfo reports it")
-    export.add_argument("--target-language", default="de", help="requests may name only this target (or none)")
+    export.add_argument(
+        "--source-language",
+        default=None,
+        help="recorded in the manifest; GetModelInfo reports it (default: the pair a converted model names, else en)",
+    )
+    export.add_argument(
+        "--target-language", default=None, help="requests may name only this target (or none; default as above: de)"
+    )
     export.add_argument("--fuse", action="store_true", help="try onnxruntime's transformer fusion; kept if faster")
     export.add_argument(
         "--ragged", action="store_true", help="per-row self-attention cache lengths (CPU): joining rows pay no padding"

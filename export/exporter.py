@@ -41,6 +41,7 @@ from nmtserve.model.transformer import Transformer
 
 log = logging.getLogger(__name__)
 BLEU_TOLERANCE = 0.5  # an int8/fp16 export may score at most this much below fp32 on the BLEU split
+DEFAULT_LANGUAGES = ("en", "de")  # the project's own EN->DE models; a converted model records its own pair
 
 
 def _version(name: str) -> str | None:
@@ -142,6 +143,20 @@ def _manifest(
     }
 
 
+def resolve_languages(
+    given: tuple[str | None, str | None] | None, checkpoint_metadata: dict[str, Any]
+) -> tuple[str, str]:
+    """The manifest's (source, target): each code given, else the one a converted Hugging Face model's tokenizer
+    config named (``hf_convert.recorded_languages``: a zh->en OPUS-MT model is zh->en without flags), else
+    ``DEFAULT_LANGUAGES``."""
+    recorded = checkpoint_metadata.get("languages") or {}
+    source, target = given or (None, None)
+    return (
+        source or recorded.get("source") or DEFAULT_LANGUAGES[0],
+        target or recorded.get("target") or DEFAULT_LANGUAGES[1],
+    )
+
+
 def export_model(
     checkpoint_dir: Path,
     out_dir: Path,
@@ -149,7 +164,7 @@ def export_model(
     *,
     name: str | None = None,
     version: str | None = None,
-    languages: tuple[str, str] = ("en", "de"),
+    languages: tuple[str | None, str | None] | None = None,
     fuse: bool = False,
     threads: int = 1,
     progress: bool = True,
@@ -165,7 +180,8 @@ def export_model(
     export must also score within ``bleu_tolerance`` BLEU of the fp32 graphs on ``bleu_split`` (both decoded by
     the serving engine) or nothing is written: log-prob differences say little about translations.
     ``ragged``: once verified, the decoder step is rewritten with per-row cache lengths (``export/ragged.py``,
-    CPU only) and checked against the verified graph.
+    CPU only) and checked against the verified graph. ``languages`` (source, target) go into the manifest; a None
+    (or no pair) is filled by ``resolve_languages``.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, not {precision!r}")
@@ -184,6 +200,7 @@ def export_model(
 
     next(stage)
     model, _, checkpoint_metadata = load_checkpoint(checkpoint_dir)
+    pair = resolve_languages(languages, checkpoint_metadata)
     tokenizer_spec = read_tokenizer_spec(checkpoint_dir)
     staging = out_dir.parent / f".{out_dir.name}.partial"
     shutil.rmtree(staging, ignore_errors=True)
@@ -209,7 +226,7 @@ def export_model(
                 "fp32",
                 name,
                 version,
-                languages,
+                pair,
                 verification,
                 {},
                 tokenizer_spec,
@@ -243,7 +260,7 @@ def export_model(
             precision,
             name,
             version,
-            languages,
+            pair,
             verification,
             fusion,
             tokenizer_spec,

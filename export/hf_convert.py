@@ -133,6 +133,27 @@ def suppressed_tokens(source: Path, settings: dict[str, Any]) -> list[int]:
     return sorted({ids[0] for ids in bad if len(ids) == 1})
 
 
+def recorded_languages(source: Path) -> dict[str, str]:
+    """The model's language pair as its ``tokenizer_config.json`` names it, for the manifest's default languages
+    (``nmtserve export`` without ``--source-language/--target-language``): ``source_lang``/``target_lang`` in an
+    OPUS-MT model's (``de``/``en`` for opus-mt-de-en), ``src_lang``/``tgt_lang`` in M2M-100's, NLLB's and mBART's
+    (``zho_Hans``/``eng_Latn``). Without it a zh->en model was exported as en->de: requests naming zh were refused,
+    and documents were cut into sentences by English rules. Empty where the file names no pair."""
+    path = source / "tokenizer_config.json"
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return {}
+    if not isinstance(settings, dict):
+        return {}
+    pair = {}
+    for field, keys in (("source", ("source_lang", "src_lang")), ("target", ("target_lang", "tgt_lang"))):
+        value = next((settings[key] for key in keys if isinstance(settings.get(key), str) and settings[key]), "")
+        if value:
+            pair[field] = value
+    return pair if len(pair) == 2 else {}
+
+
 def _require(source: Path, condition: bool, message: str) -> None:
     if not condition:
         raise ConversionError(f"{source / 'config.json'}: {message}")
@@ -396,6 +417,7 @@ def convert_hf(source: Path | str, out: Path | str) -> Path:
             "architecture": loader.architecture,
             "version": "hf",
             "suppressed_tokens": suppressed_tokens(source, loader.generation),
+            **({"languages": languages} if (languages := recorded_languages(source)) else {}),
         }
         document = {"model": config.to_dict(), "metadata": metadata, "tokenizer": spec}
         (staging / CONFIG).write_text(json.dumps(document, indent=2) + "\n")

@@ -72,11 +72,13 @@ def tiny_marian(
     seed: int = 0,
     languages: tuple[str, ...] = (),
     total_vocab: int | None = None,
+    pair: tuple[str, str] | None = None,
     **dims,
 ) -> Path:
     """A random ``MarianMTModel`` with its tokenizer, saved as ``save_pretrained`` writes it; returns ``directory``.
 
     ``languages``: target codes of a multilingual model, as ``>>xx<<`` tokens in the vocabulary.
+    ``pair``: (source, target) as an OPUS-MT model's ``tokenizer_config.json`` names them (``source_lang``...).
     ``total_vocab``: pad the vocabulary with made-up pieces to this size (real-size speed measurements).
     """
     import torch
@@ -100,7 +102,8 @@ def tiny_marian(
         vocab[f"\u2581filler{len(vocab)}"] = len(vocab)
     vocab["<pad>"] = len(vocab)
     (work / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    tokenizer = MarianTokenizer(str(source), str(target), str(work / "vocab.json"))
+    named = {"source_lang": pair[0], "target_lang": pair[1]} if pair else {}
+    tokenizer = MarianTokenizer(str(source), str(target), str(work / "vocab.json"), **named)
     settings: dict[str, Any] = {
         "d_model": 32,
         "encoder_layers": 2,

@@ -281,14 +281,10 @@ def test_served_over_grpc_with_two_targets(model_dir: Path, engine: Engine, fami
         cli_out = _cli_translate(server.address, texts[:3], source, second)
         with pytest.raises(grpc.RpcError) as unknown:
             stub.Translate(pb.TranslateRequest(texts=["x"], source_language=source, target_language="xx_Yyyy"))
-        # No target code: the manifest's target (the export's --target-language, "de" by default) where it is one
-        # of the model's codes (M2M-100's "de"), else INVALID_ARGUMENT (NLLB's codes look like "deu_Latn").
+        # No target code: the manifest's target, which an export without --target-language takes from the
+        # tokenizer config's tgt_lang ("de" for M2M-100, "deu_Latn" for NLLB: both the first pair's second code).
         unnamed = pb.TranslateRequest(texts=texts, options=request_options, source_language=source)
-        if family == "m2m100":
-            defaulted = stub.Translate(unnamed)
-        else:
-            with pytest.raises(grpc.RpcError) as missing:
-                stub.Translate(unnamed)
+        defaulted = stub.Translate(unnamed)
         with pytest.raises(grpc.RpcError) as bad_source:
             stub.Translate(pb.TranslateRequest(texts=["x"], source_language="klingon", target_language=first))
     for code in (first, second):
@@ -297,11 +293,9 @@ def test_served_over_grpc_with_two_targets(model_dir: Path, engine: Engine, fami
     assert responses[first].translations != responses[second].translations
     assert cli_out == [t.hypotheses[0].text for t in responses[second].translations[:3]]
     assert set(info.languages) == set(engine.tokenizer.languages) and first in info.languages
-    if family == "m2m100":
-        texts_of = lambda response: [t.hypotheses[0].text for t in response.translations]  # noqa: E731
-        assert texts_of(defaulted) == texts_of(responses["de"])  # scores: float noise of another batch layout
+    texts_of = lambda response: [t.hypotheses[0].text for t in response.translations]  # noqa: E731
+    assert texts_of(defaulted) == texts_of(responses[first])  # scores: float noise of another batch layout
     errors = [(unknown, "target_language"), (bad_source, "source_language")]
-    errors += [(missing, "target_language")] if family == "nllb" else []
     for error, field in errors:
         assert error.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert field in error.value.details() and second in error.value.details()

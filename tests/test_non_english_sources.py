@@ -8,10 +8,25 @@ the sentence boundaries. The texts are German and Russian with abbreviations tha
 
 from __future__ import annotations
 
+import dataclasses
+import json
+from pathlib import Path
+
+import grpc
 import pytest
 import sentencex
+import torch
 
-from nmtserve.server.documents.segment import sentence_spans
+transformers = pytest.importorskip("transformers")
+
+from nmtserve.export.exporter import export_model  # noqa: E402
+from nmtserve.export.hf_convert import convert_hf  # noqa: E402
+from nmtserve.export.hf_testing import tiny_marian  # noqa: E402
+from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb  # noqa: E402
+from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc  # noqa: E402
+from nmtserve.server.background import BackgroundServer  # noqa: E402
+from nmtserve.server.config import ServerConfig  # noqa: E402
+from nmtserve.server.documents.segment import reassemble, sentence_spans  # noqa: E402
 
 GERMAN = (
     "Das kostet z. B. 1.000,50 Euro usw. und mehr. Er sagte „Hallo“ und ging.\n\n"
@@ -19,6 +34,8 @@ GERMAN = (
 )
 RUSSIAN = "Он сказал «привет». Это, т. е. пример, и т. д. и т. п. Москва — столица России. Как дела?"
 CHINESE = "今天天气很好。我们去公园吧！你觉得怎么样？他说：「好的。」然后我们出发了。"
+MAX_LENGTH = 12  # output tokens, EOS (and a forced language code) included: generate()'s max_new_tokens
+REQUEST_OPTIONS = pb.DecodingOptions(beam_size=4, length_penalty=1.0, max_length=MAX_LENGTH)
 
 
 def english_rules_differ(text: str, language: str) -> bool:
@@ -42,3 +59,69 @@ def test_any_spelling_of_the_source_code_gets_that_languages_rules(text: str, la
     for code in spellings:
         assert [text[s.start : s.end] for s in sentence_spans(text, code)] == want, code
     assert len(sentence_spans(CHINESE, "zho_Hans")) == 5  # 。！？ end sentences without spaces
+
+
+# -- served end to end ------------------------------------------------------------------------------------------
+
+
+def generate(model, tokenizer, sentences: list[str], forced: int | None = None) -> list[str]:
+    """transformers' beam-4 translations, one ``generate()`` call, decoded as the server decodes."""
+    batch = tokenizer(sentences, return_tensors="pt", padding=True)
+    extra = {} if forced is None else {"forced_bos_token_id": forced}
+    with torch.inference_mode():
+        out = model.generate(
+            **batch,
+            num_beams=4,
+            do_sample=False,
+            max_new_tokens=MAX_LENGTH,
+            min_new_tokens=1,
+            length_penalty=1.0,
+            early_stopping=True,
+            no_repeat_ngram_size=0,
+            repetition_penalty=1.0,
+            **extra,
+        )
+    codes = set(getattr(tokenizer, "lang_code_to_id", {}).values())  # transformers 5 keeps M2M-100's in decode()
+    rows = [[i for i in row if i not in codes] for row in out.tolist()]
+    return [tokenizer.decode(row, skip_special_tokens=True).strip() for row in rows]
+
+
+def referee_document(model, tokenizer, text: str, language: str, forced: int | None = None) -> str:
+    """The document as transformers translates it: each sentence of the language's segmentation, put back."""
+    spans = sentence_spans(text, language)
+    assert len(spans) > 3
+    return reassemble(text, spans, generate(model, tokenizer, [text[s.start : s.end] for s in spans], forced))
+
+
+def serve(model_dir: Path, **settings) -> BackgroundServer:
+    config = ServerConfig(model=model_dir, port=0, metrics_port=0, threads=1, warmup=False, max_queue_delay_ms=5.0)
+    return BackgroundServer(dataclasses.replace(config, **settings))
+
+
+@pytest.fixture(scope="module")
+def marian_de_en(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """An OPUS-MT-style de->en model (its tokenizer config names the pair), converted and exported without any
+    language flags."""
+    root = tmp_path_factory.mktemp("marian-de-en")
+    hf_dir = tiny_marian(root / "hf", pair=("de", "en"))
+    return hf_dir, export_model(convert_hf(hf_dir, root / "ckpt"), root / "onnx", "fp32", progress=False)
+
+
+def test_a_converted_models_pair_is_recorded_and_its_documents_cut_by_its_rules(marian_de_en) -> None:
+    """de->en without --source-language: the manifest says de->en (it said en->de), a request naming de is served
+    and its German document is cut by German rules; naming en is refused, naming the field."""
+    hf_dir, model_dir = marian_de_en
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    assert manifest["languages"] == {"source": "de", "target": "en"}
+    model = transformers.MarianMTModel.from_pretrained(hf_dir).eval()
+    tokenizer = transformers.MarianTokenizer.from_pretrained(hf_dir)
+    want = referee_document(model, tokenizer, GERMAN, "de")
+    with serve(model_dir) as server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.TranslatorStub(channel)
+        request = pb.TranslateRequest(texts=[GERMAN], options=REQUEST_OPTIONS, format="text", source_language="de")
+        got = stub.Translate(request, timeout=120).translations[0].hypotheses[0].text
+        with pytest.raises(grpc.RpcError) as wrong:
+            stub.Translate(pb.TranslateRequest(texts=["Hallo."], source_language="en"), timeout=60)
+    assert got == want
+    assert wrong.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "source_language" in wrong.value.details() and "'de'" in wrong.value.details()
