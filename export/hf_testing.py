@@ -102,7 +102,7 @@ def tiny_marian(
         vocab[f"\u2581filler{len(vocab)}"] = len(vocab)
     vocab["<pad>"] = len(vocab)
     (work / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
-    named = {"source_lang": pair[0], "target_lang": pair[1]} if pair else {}
+    named: dict[str, Any] = {"source_lang": pair[0], "target_lang": pair[1]} if pair else {}
     tokenizer = MarianTokenizer(str(source), str(target), str(work / "vocab.json"), **named)
     settings: dict[str, Any] = {
         "d_model": 32,
