@@ -212,11 +212,12 @@ class TranslatorService(pb_grpc.TranslatorServicer):
         if request.format:  # document mode: sentences are the work items (server/documents/)
             options = resolve_options(request.options, config, backend.engine.decodable_vocabulary)
             texts, form = list(request.texts), request.format
+            # Sentences are cut by the rules of the language the text is in: the request's source_language (checked
+            # above; a multilingual model's sources are in many languages), else the model's own source.
+            source = request.source_language or pair.get("source", "en")
             del request
             # parsing a large page takes a while: off the event loop, so that other requests are not held up
-            document = await asyncio.to_thread(
-                encode_documents, texts, form, tokenizer, config, pair.get("source", "en")
-            )
+            document = await asyncio.to_thread(encode_documents, texts, form, tokenizer, config, source)
             del texts
             progress = DocumentProgress(document, tokenizer, document_sender(send_partial))
             suffix = languages.source_suffix

@@ -21,7 +21,7 @@ transformers = pytest.importorskip("transformers")
 
 from nmtserve.export.exporter import export_model  # noqa: E402
 from nmtserve.export.hf_convert import convert_hf  # noqa: E402
-from nmtserve.export.hf_testing import tiny_marian  # noqa: E402
+from nmtserve.export.hf_testing import tiny_m2m100, tiny_marian  # noqa: E402
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb  # noqa: E402
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc  # noqa: E402
 from nmtserve.server.background import BackgroundServer  # noqa: E402
@@ -125,3 +125,33 @@ def test_a_converted_models_pair_is_recorded_and_its_documents_cut_by_its_rules(
     assert got == want
     assert wrong.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "source_language" in wrong.value.details() and "'de'" in wrong.value.details()
+
+
+@pytest.fixture(scope="module", params=["m2m100", "nllb"])
+def multilingual(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """A many-to-many model exported without language flags, its transformers twin and its Russian code."""
+    family = request.param
+    root = tmp_path_factory.mktemp(family)
+    hf_dir = tiny_m2m100(root / "hf", tokenizer=family, extra_ids=2 if family == "nllb" else 0, seed=0)
+    model_dir = export_model(convert_hf(hf_dir, root / "ckpt"), root / "onnx", "fp32", progress=False)
+    model = transformers.M2M100ForConditionalGeneration.from_pretrained(hf_dir).eval()
+    codes = {"m2m100": ("ru", "en", "__en__"), "nllb": ("rus_Cyrl", "eng_Latn", "eng_Latn")}[family]
+    return family, model_dir, model, transformers.AutoTokenizer.from_pretrained(hf_dir), codes
+
+
+def test_a_multilingual_models_document_is_cut_by_the_requests_source_language(multilingual) -> None:
+    """source_language rus_Cyrl (NLLB) or ru (M2M-100) on a model whose manifest source is English: the Russian
+    document is cut by Russian rules (it was cut by the manifest's English ones, at "т." and "д."), and each
+    sentence is transformers' translation."""
+    _, model_dir, model, tokenizer, (source, target, target_token) = multilingual
+    assert english_rules_differ(RUSSIAN, "ru")
+    tokenizer.src_lang = source
+    forced = tokenizer.convert_tokens_to_ids(target_token)
+    want = referee_document(model, tokenizer, RUSSIAN, source, forced)
+    with serve(model_dir) as server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.TranslatorStub(channel)
+        request = pb.TranslateRequest(
+            texts=[RUSSIAN], options=REQUEST_OPTIONS, format="text", source_language=source, target_language=target
+        )
+        got = stub.Translate(request, timeout=120).translations[0].hypotheses[0].text
+    assert got == want
