@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import socket
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -139,19 +141,42 @@ def multilingual(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPa
     return family, model_dir, model, transformers.AutoTokenizer.from_pretrained(hf_dir), codes
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def test_a_multilingual_models_document_is_cut_by_the_requests_source_language(multilingual) -> None:
     """source_language rus_Cyrl (NLLB) or ru (M2M-100) on a model whose manifest source is English: the Russian
     document is cut by Russian rules (it was cut by the manifest's English ones, at "т." and "д."), and each
-    sentence is transformers' translation."""
-    _, model_dir, model, tokenizer, (source, target, target_token) = multilingual
+    sentence is transformers' translation. LibreTranslate's /translate takes the mixed-case NLLB code as sent."""
+    family, model_dir, model, tokenizer, (source, target, target_token) = multilingual
     assert english_rules_differ(RUSSIAN, "ru")
     tokenizer.src_lang = source
     forced = tokenizer.convert_tokens_to_ids(target_token)
     want = referee_document(model, tokenizer, RUSSIAN, source, forced)
-    with serve(model_dir) as server, grpc.insecure_channel(server.address) as channel:
+    port = free_port()
+    with serve(model_dir, http_port=port) as server, grpc.insecure_channel(server.address) as channel:
         stub = pb_grpc.TranslatorStub(channel)
         request = pb.TranslateRequest(
             texts=[RUSSIAN], options=REQUEST_OPTIONS, format="text", source_language=source, target_language=target
         )
         got = stub.Translate(request, timeout=120).translations[0].hypotheses[0].text
+        info = stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=60)
+        served_source, served_target = info.source_language, info.target_language
+        body = json.dumps({"q": "Как дела?", "source": served_source, "target": served_target}).encode()
+        call = urllib.request.Request(
+            f"http://127.0.0.1:{port}/translate", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(call, timeout=60) as answer:
+            libre = json.loads(answer.read())
+        native = stub.Translate(
+            pb.TranslateRequest(
+                texts=["Как дела?"], format="text", source_language=served_source, target_language=served_target
+            ),
+            timeout=60,
+        )
     assert got == want
+    assert (served_source, served_target) == {"m2m100": ("en", "de"), "nllb": ("eng_Latn", "deu_Latn")}[family]
+    assert libre["translatedText"] == native.translations[0].hypotheses[0].text

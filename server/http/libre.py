@@ -162,13 +162,24 @@ def _code(params: dict[str, Any], name: str) -> str:
         raise HttpError(400, f"Invalid request: missing {name} parameter")
     if not isinstance(value, str):
         raise HttpError(400, f"Invalid request: {name} parameter must be a string")
-    return value.strip().lower()
+    return value.strip()
+
+
+def _served_spelling(code: str, served: set[str]) -> str:
+    """``code`` as the served models spell it, matched without regard to case: LibreTranslate's clients send
+    lower-case codes (``en``), and NLLB's and mBART's codes are mixed-case (``zho_Hans``, ``de_DE``), which a lowered
+    comparison never matched. A code no model serves comes back lower-cased, as LibreTranslate names it."""
+    if code in served:
+        return code
+    folded = {own.casefold(): own for own in sorted(served)}
+    return folded.get(code.casefold(), code.lower())
 
 
 def check_language_pair(request: web.Request, params: dict[str, Any]) -> tuple[str, str]:
     """(source, target) of a LibreTranslate request, or its 400: missing, ``auto`` (no detector), unsupported."""
-    source, target = _code(params, "source"), _code(params, "target")
     pairs = served_pairs(request)
+    source = _served_spelling(_code(params, "source"), {s for s, _ in pairs})
+    target = _served_spelling(_code(params, "target"), {t for s, t in pairs if s == source})
     if source == "auto":
         sources = ", ".join(sorted({s for s, _ in pairs}))
         raise HttpError(
