@@ -294,6 +294,38 @@ def test_http_languages_and_models_from_the_repository(tmp_path: Path, rev_dir: 
         assert json.loads(urllib.request.urlopen(request, timeout=60).read())["translatedText"]
 
 
+def test_http_a_model_or_version_that_is_not_loaded_is_400_not_500(tmp_path: Path, rev_dir: Path) -> None:
+    """FAILED_PRECONDITION had no HTTP status and answered 500 (a server fault) for a client's choice of model."""
+    import urllib.error
+    import urllib.request
+
+    repository = make_repository(tmp_path / "repo", rev_dir, demo_versions=("fp32", "int8"))
+    config = server_config(repository, http_port=free_port(), models="demo")  # rev stays unloaded, demo serves 2
+    with BackgroundServer(config) as running:
+        base = f"http://127.0.0.1:{running.server.http_port}"
+
+        def answer(path: str, body: dict | None = None) -> tuple[int, str]:
+            data = None if body is None else json.dumps(body).encode()
+            request = urllib.request.Request(base + path, data, {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as reply:
+                    return reply.status, ""
+            except urllib.error.HTTPError as error:
+                return error.code, json.loads(error.read())["error"]
+
+        for path, body in (
+            ("/v1/translate", {"texts": REV_TEXTS, "model": "rev"}),
+            ("/v1/translate/stream", {"texts": REV_TEXTS, "model": "rev"}),
+            ("/v1/models/rev", None),
+        ):
+            status, message = answer(path, body)
+            assert (status, "not loaded" in message and "LoadModel" in message) == (400, True), (path, message)
+        status, message = answer("/v1/translate", {"texts": DEMO_TEXTS, "model": "demo", "model_version": "1"})
+        assert status == 400 and "version '1' of model 'demo' is not loaded (serving: 2)" in message
+        assert answer("/v1/models/demo?version=1")[0] == 400
+        assert answer("/v1/translate", {"texts": DEMO_TEXTS, "model": "demo"}) == (200, "")
+
+
 # -- admin calls ----------------------------------------------------------------------------------------------------
 
 

@@ -26,15 +26,26 @@ from nmtserve.server.validation import RequestError
 TIMEOUT_HEADER = "X-Timeout-Ms"  # HTTP has no deadline of its own; this one plays grpc-timeout's part
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
 
+# Every gRPC status, as google.rpc.Code documents its HTTP mapping (what grpc-gateway and Envoy's transcoder use):
+# a status missing here answered 500, so FAILED_PRECONDITION (a model or version that is not loaded) looked like
+# a server fault. Only INTERNAL, UNKNOWN and DATA_LOSS are 500s.
 HTTP_STATUS = {
     grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
     grpc.StatusCode.UNAUTHENTICATED: 401,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
     grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.ABORTED: 409,
     grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
     grpc.StatusCode.UNAVAILABLE: 503,
     grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.INTERNAL: 500,
 }
 
 
