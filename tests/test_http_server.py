@@ -7,6 +7,7 @@ The LibreTranslate conformance cases come from LibreTranslate's own API tests (i
 
 from __future__ import annotations
 
+import gzip
 import itertools
 import json
 import socket
@@ -267,6 +268,31 @@ def test_malformed_form_bodies_are_400_json(http: Http, content_type: str, data:
     assert status == 400 and "malformed form body" in body["error"] and fragment in body["error"], body
     assert "aaaa" not in body["error"]
     assert_serving(http)
+
+
+@pytest.mark.parametrize(
+    ("path", "content_type"),
+    [
+        ("/translate", "application/json"),
+        ("/translate", "application/x-www-form-urlencoded"),
+        ("/v1/translate", "application/json"),
+        ("/translate_file", "multipart/form-data; boundary=b"),
+    ],
+)
+@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+def test_a_body_that_does_not_decode_is_400_json(http: Http, path: str, content_type: str, encoding: str) -> None:
+    """A Content-Encoding the body does not match was a plain-text 500 ('Server got itself in trouble')."""
+    fields = {"q": "The server is running.", "source": "en", "target": "de"}
+    plain = (json.dumps(fields) if content_type == "application/json" else urllib.parse.urlencode(fields)).encode()
+    headers = {"Content-Type": content_type, "Content-Encoding": encoding}
+    status, answer_headers, body = http.call("POST", path, data=plain, headers=headers)
+    assert status == 400 and answer_headers["Content-Type"].startswith("application/json"), body
+    assert body == {"error": f"the request body could not be read: Can not decode content-encoding: {encoding}"}
+    assert_serving(http)
+    if path == "/translate":  # the same body really compressed is served
+        packed = gzip.compress(plain)
+        status, _, body = http.call("POST", path, data=packed, headers={**headers, "Content-Encoding": "gzip"})
+        assert status == 200 and body["translatedText"], body
 
 
 def test_limits_and_huge_bodies(http: Http) -> None:

@@ -6,9 +6,10 @@ gRPC handlers, and a client that disconnects cancels its handler (``handler_canc
 queued and running sentences as a cancelled RPC does.
 
 Middleware turns every non-200 answer into JSON ``{"error": "..."}`` (unknown paths 404, wrong methods 405 with
-``Allow``, bodies over ``max_message_bytes`` 413) and applies CORS: no cross-origin access unless
-``http_cors_origins`` lists the origin (or is ``*``). LibreTranslate allows every origin; the safe default here
-is none, so a page on another site cannot spend this server's capacity with its visitors' browsers.
+``Allow``, bodies over ``max_message_bytes`` 413, bodies that do not decode 400) and applies CORS: no
+cross-origin access unless ``http_cors_origins`` lists the origin (or is ``*``). LibreTranslate allows every
+origin; the safe default here is none, so a page on another site cannot spend this server's capacity with its
+visitors' browsers.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from nmtserve.server.config import ServerConfig
 from nmtserve.server.http import files, libre, native, openapi
@@ -50,6 +52,14 @@ def _cors_headers(request: web.Request, origins: frozenset[str]) -> dict[str, st
     return {}
 
 
+def payload_problem(error: web.RequestPayloadError) -> str:
+    """What was wrong with a body aiohttp could not read (its cause's message, e.g. ``Can not decode
+    content-encoding: gzip``); these reached no handler's ``except`` and answered a plain-text 500."""
+    cause = error.__cause__
+    message = cause.message if isinstance(cause, HttpProcessingError) else str(error)
+    return " ".join(str(message).split())
+
+
 def _middlewares(config: ServerConfig) -> list:
     origins = allowed_origins(config)
     limit = config.max_message_bytes
@@ -65,6 +75,10 @@ def _middlewares(config: ServerConfig) -> list:
             response = await handler(request)
         except HttpError as error:
             response = error.response()
+        except web.RequestPayloadError as error:  # a body that does not decode: bad gzip/deflate, a broken chunk
+            response = json_error(400, f"the request body could not be read: {payload_problem(error)}")
+            response.force_close()  # the rest of the body cannot be parsed: the connection ends with this answer
+            request.content.feed_eof()  # else aiohttp reads on after the answer and logs the error as a traceback
         except web.HTTPRequestEntityTooLarge:
             response = json_error(413, f"the request body is larger than {limit} bytes (max_message_bytes)")
         except web.HTTPMethodNotAllowed as error:
