@@ -9,17 +9,21 @@ PERMISSION_DENIED saying that the admin API is off; a missing or wrong token is 
 from __future__ import annotations
 
 import logging
-from typing import NoReturn
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
 
 import grpc
+from google.protobuf.message import Message
 
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server.config import ServerConfig
 from nmtserve.server.model_messages import model_status
 from nmtserve.server.models import ModelRegistry, State
+from nmtserve.server.service import parse
 from nmtserve.server.validation import RequestError
 
 log = logging.getLogger(__name__)
+M = TypeVar("M", bound=Message)
 
 ADMIN_SERVICE = pb.DESCRIPTOR.services_by_name["Admin"].full_name
 ADMIN_PREFIX = f"/{ADMIN_SERVICE}/"
@@ -89,24 +93,37 @@ async def set_default_model(registry: ModelRegistry, name: str) -> None:
 
 
 class AdminService:
-    """The Admin RPCs; ``registry`` is None until the server has started loading."""
+    """The Admin RPCs; ``registry`` is None until the server has started loading.
+
+    Requests arrive as raw bytes and are parsed here (``service.parse``), as the Translator's are: gRPC's own
+    deserializer turned a message that does not parse into UNKNOWN with a logged traceback."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.registry: ModelRegistry | None = None
 
-    async def _run(self, context: grpc.aio.ServicerContext, method: str, name: str, call) -> pb.ModelStatus:
+    async def _run(
+        self,
+        context: grpc.aio.ServicerContext,
+        method: str,
+        data: bytes | Message,
+        message_type: type[M],
+        call: Callable[[ModelRegistry, M], Awaitable[None]],
+    ) -> pb.ModelStatus:
         if self.config.admin_token_file is None:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED, OFF)
         if self.registry is None:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "the server is starting; retry shortly")
         registry = self.registry
         assert registry is not None
-        if not name:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "model: required (ListModels names the models)")
         failure = None
         try:
-            await call(registry)
+            request = parse(message_type, data)
+            assert isinstance(request, message_type)
+            name = str(getattr(request, "model"))  # noqa: B009 - every Admin request has it; M is any of them
+            if not name:
+                raise RequestError(grpc.StatusCode.INVALID_ARGUMENT, "model: required (ListModels names the models)")
+            await call(registry, request)
         except RequestError as error:
             failure = error.code, error.message
         if failure is not None:
@@ -114,20 +131,30 @@ class AdminService:
         log.info("admin call", extra={"fields": {"method": method, "name": name}})
         return model_status(registry, name, self.config)
 
-    async def LoadModel(self, request: pb.LoadModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelStatus:
+    async def LoadModel(
+        self, request: bytes | pb.LoadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatus:
         return await self._run(
-            context, "LoadModel", request.model, lambda r: load_model(r, request.model, request.model_version)
+            context, "LoadModel", request, pb.LoadModelRequest, lambda r, m: load_model(r, m.model, m.model_version)
         )
 
-    async def UnloadModel(self, request: pb.UnloadModelRequest, context: grpc.aio.ServicerContext) -> pb.ModelStatus:
+    async def UnloadModel(
+        self, request: bytes | pb.UnloadModelRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatus:
         return await self._run(
-            context, "UnloadModel", request.model, lambda r: unload_model(r, request.model, request.model_version)
+            context,
+            "UnloadModel",
+            request,
+            pb.UnloadModelRequest,
+            lambda r, m: unload_model(r, m.model, m.model_version),
         )
 
     async def SetDefaultModel(
-        self, request: pb.SetDefaultModelRequest, context: grpc.aio.ServicerContext
+        self, request: bytes | pb.SetDefaultModelRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelStatus:
-        return await self._run(context, "SetDefaultModel", request.model, lambda r: set_default_model(r, request.model))
+        return await self._run(
+            context, "SetDefaultModel", request, pb.SetDefaultModelRequest, lambda r, m: set_default_model(r, m.model)
+        )
 
 
 async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, message: str) -> NoReturn:
@@ -136,20 +163,18 @@ async def _abort(context: grpc.aio.ServicerContext, code: grpc.StatusCode, messa
 
 
 def add_admin_service(service: AdminService, server: grpc.aio.Server) -> None:
+    """The Admin methods, with no request deserializer: the handlers parse (INVALID_ARGUMENT, not UNKNOWN)."""
     handlers = {
         "LoadModel": grpc.unary_unary_rpc_method_handler(
             service.LoadModel,
-            request_deserializer=pb.LoadModelRequest.FromString,
             response_serializer=pb.ModelStatus.SerializeToString,
         ),
         "UnloadModel": grpc.unary_unary_rpc_method_handler(
             service.UnloadModel,
-            request_deserializer=pb.UnloadModelRequest.FromString,
             response_serializer=pb.ModelStatus.SerializeToString,
         ),
         "SetDefaultModel": grpc.unary_unary_rpc_method_handler(
             service.SetDefaultModel,
-            request_deserializer=pb.SetDefaultModelRequest.FromString,
             response_serializer=pb.ModelStatus.SerializeToString,
         ),
     }

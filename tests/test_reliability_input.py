@@ -171,6 +171,34 @@ def test_malformed_message_is_invalid_argument(channel, body: bytes, fragment: s
     assert fragment in caught.value.details()
 
 
+@pytest.mark.parametrize("method", ["LoadModel", "UnloadModel", "SetDefaultModel"])
+def test_malformed_admin_message_is_invalid_argument(demo_model_dir: Path, tmp_path: Path, method: str) -> None:
+    """gRPC's own deserializer answered UNKNOWN ('Unexpected DecodeError') and logged a traceback."""
+    tokens = tmp_path / "admin-tokens"
+    tokens.write_text("admin-secret\n")
+    good = (("authorization", "Bearer admin-secret"),)
+    with (
+        BackgroundServer(server_config(demo_model_dir, admin_token_file=tokens)) as running,
+        grpc.insecure_channel(running.address) as channel,
+    ):
+        raw = channel.unary_unary(f"/nmtserve.v1.Admin/{method}")
+        for body, fragment in ((b"\xff\xff\xff\xff", "Wire format"), (b"\x0a\x02\xc3\x28", "UTF-8")):
+            with pytest.raises(grpc.RpcError) as caught:
+                raw(body, timeout=30, metadata=good)
+            assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT, caught.value.details()
+            assert f"nmtserve.v1.{method}Request" in caught.value.details() and fragment in caught.value.details()
+        with pytest.raises(grpc.RpcError) as caught:  # the token is still checked first
+            raw(b"\xff\xff", timeout=30)
+        assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as caught:  # a message that parses goes on to the checks of the call
+            pb_grpc.AdminStub(channel).LoadModel(pb.LoadModelRequest(), timeout=30, metadata=good)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "model: required" in caught.value.details()
+        status = pb_grpc.AdminStub(channel).SetDefaultModel(
+            pb.SetDefaultModelRequest(model="nmtserve-en-de-demo"), timeout=30, metadata=good
+        )
+        assert status.is_default
+
+
 UNUSUAL = [
     "Zero\u200bwidth\u200djoiners and a\u00adsoft hyphen.",
     "\u202eReversed\u202c text with bidi controls \u200f.",
