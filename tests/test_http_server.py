@@ -157,6 +157,26 @@ def test_alternatives_are_the_n_best(http: Http, engine: Engine) -> None:
     assert status == 200 and body["translatedText"] == [nbest[0]] and len(body["alternatives"]) == 1
 
 
+def test_json_alternatives_is_truncated_like_libretranslates_int(http: Http, engine: Engine) -> None:
+    """LibreTranslate reads a JSON alternatives with ``int()``: 2.0 and 2.7 are 2 (both were 400s here); a form
+    string must be an integer ("1.5" is a 400 there too), and NaN is not a number."""
+    fields = {"q": TEXTS[1], "source": "en", "target": "de"}
+    status, _, want = http.call("POST", "/translate", {**fields, "alternatives": 2})
+    assert status == 200 and len(want["alternatives"]) == 2
+    for number in (2.0, 2.7):
+        status, _, body = http.call("POST", "/translate", {**fields, "alternatives": number})
+        assert (status, body) == (200, want)
+    status, _, body = http.call("POST", "/translate", {**fields, "alternatives": -0.5})
+    assert (status, body) == (200, {"translatedText": want["translatedText"]})
+    status, _, body = http.call("POST", "/translate", {**fields, "alternatives": 1e30})
+    assert (status, body) == (400, {"error": "Invalid request: alternatives parameter must be <= 15"})
+    not_a_number = {"error": "Invalid request: alternatives parameter is not a number"}
+    assert http.form("/translate", {**fields, "alternatives": "1.5"})[::2] == (400, not_a_number)
+    data = b'{"q": "Hello", "source": "en", "target": "de", "alternatives": NaN}'
+    status, _, body = http.call("POST", "/translate", data=data, headers={"Content-Type": "application/json"})
+    assert (status, body) == (400, not_a_number)
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -9,6 +9,7 @@ deliberate differences are listed in docs/http.md (no language detector: ``sourc
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from aiohttp import web
@@ -142,9 +143,14 @@ def _texts(q: Any) -> tuple[list[str], bool]:
 
 
 def _alternatives(value: Any, max_beam_size: int) -> int:
+    """LibreTranslate's ``max(0, int(alternatives))``: a JSON number is truncated (``2.0`` and ``2.7`` are 2, as
+    LibreTranslate's ``int()`` makes them; a 400 here broke clients whose JSON writes integers as floats), a string
+    must be an integer (``"1.5"`` is LibreTranslate's 400 too)."""
     if value is None or value == "":
         return 0
-    if isinstance(value, bool) or not isinstance(value, int | str):
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        raise HttpError(400, "Invalid request: alternatives parameter is not a number")
+    if isinstance(value, float) and not math.isfinite(value):  # json.loads reads NaN and Infinity
         raise HttpError(400, "Invalid request: alternatives parameter is not a number")
     try:
         number = int(value)
