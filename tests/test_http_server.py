@@ -177,6 +177,17 @@ def test_json_alternatives_is_truncated_like_libretranslates_int(http: Http, eng
     assert (status, body) == (400, not_a_number)
 
 
+def test_suggest_is_libretranslates_403_when_suggestions_are_off(http: Http) -> None:
+    """/frontend/settings says suggestions: false; LibreTranslate then answers POST /suggest 403 (it was a 404)."""
+    assert http.call("GET", "/frontend/settings")[2]["suggestions"] is False
+    refusal = (403, {"error": "Suggestions are disabled on this server."})
+    fields = {"q": "Hello", "s": "Hallo", "source": "en", "target": "de"}
+    assert http.form("/suggest", fields)[::2] == refusal
+    assert http.call("POST", "/suggest", fields)[::2] == refusal
+    status, headers, body = http.call("GET", "/suggest")
+    assert status == 405 and headers["Allow"] == "POST" and "error" in body
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [

@@ -241,8 +241,18 @@ async def translate(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+SUGGESTIONS_OFF = "Suggestions are disabled on this server."  # LibreTranslate's words, for its clients
+
+
+async def suggest(request: web.Request) -> web.Response:
+    """LibreTranslate's ``POST /suggest`` with suggestions off (``/frontend/settings`` says ``suggestions: false``):
+    its 403 and message, where a 404 told a LibreTranslate client that this is not a LibreTranslate server."""
+    raise HttpError(403, SUGGESTIONS_OFF)
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_post("/translate", translate)
+    app.router.add_post("/suggest", suggest)
     app.router.add_get("/languages", languages)
     app.router.add_get("/health", health)
     app.router.add_get("/frontend/settings", frontend_settings)

@@ -192,6 +192,10 @@ def document(keys_required: bool = False) -> dict[str, Any]:
                                "responses": {"200": _json({"type": "array", "items": {"type": "object"}})}}},
         "/health": {"get": {"summary": "ok while serving, 503 otherwise", "tags": ["LibreTranslate"],
                             "security": public, "responses": {"200": _json({"type": "object"}), **_errors(503)}}},
+        "/suggest": {"post": {"summary": "LibreTranslate's suggestions: off here (403, as LibreTranslate's when off)",
+                              "tags": ["LibreTranslate"], "security": public, "responses": {"403": {
+            "description": "Suggestions are disabled on this server.",
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}}}},
         "/frontend/settings": {"get": {"summary": "Settings for front ends", "tags": ["LibreTranslate"],
                                        "security": public, "responses": {"200": _json({"type": "object"})}}},
         "/v1/translate_file": {"post": {
