@@ -369,6 +369,31 @@ def test_v1_translate_mirrors_the_proto(http: Http, engine: Engine) -> None:
     assert all(isinstance(h["score"], float) for t in body["translations"] for h in t["hypotheses"])
 
 
+def test_the_openapi_document_lists_the_statuses_the_server_gives(http: Http) -> None:
+    """/v1/translate answered 404 for an unknown model and the stream 504 and 404, which the document left out."""
+    spec = http.call("GET", "/openapi.json")[2]
+    slow = {"texts": ["The package contains the documentation and the server is running now. " * 3] * 32,
+            "options": {"beam_size": 16, "max_length": 512}}  # fmt: skip
+    cases = [
+        ("/v1/translate", {"texts": ["x"], "model": "nope"}, {}),
+        ("/v1/translate", {"texts": []}, {}),
+        ("/v1/translate", slow, {"X-Timeout-Ms": "1"}),
+        ("/v1/translate/stream", {"texts": ["x"], "model": "nope"}, {}),
+        ("/v1/translate/stream", {"texts": []}, {}),
+        ("/v1/translate/stream", slow, {"X-Timeout-Ms": "1"}),
+        ("/translate", {"q": "x", "source": "en", "target": "zz"}, {}),
+        ("/suggest", {"q": "x", "s": "y", "source": "en", "target": "de"}, {}),
+    ]
+    seen = set()
+    for path, body, headers in cases:
+        status, _, answer = http.call("POST", path, body, headers=headers)
+        assert status >= 400 and "error" in answer, (path, status, answer)
+        assert str(status) in spec["paths"][path]["post"]["responses"], (path, status, answer)
+        seen.add((path, status))
+    assert {("/v1/translate", 404), ("/v1/translate", 504), ("/v1/translate/stream", 504)} <= seen
+    assert_serving(http)
+
+
 def test_v1_models_and_openapi(http: Http, server: BackgroundServer) -> None:
     with grpc.insecure_channel(server.address) as channel:
         info = pb_grpc.TranslatorStub(channel).GetModelInfo(pb.GetModelInfoRequest())

@@ -21,6 +21,7 @@ from aiohttp import web
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
+from nmtserve.server.http.common import MAX_TIMEOUT_MS
 from nmtserve.server.service import server_version
 
 _SCALARS: dict[int, dict[str, Any]] = {
@@ -128,7 +129,8 @@ def _errors(*codes: int) -> dict[str, Any]:
     content = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
     names = {
         400: "bad request", 401: "no valid bearer token", 403: "no valid api_key", 404: "not found",
-        413: "body too large", 429: "queue full (see Retry-After)", 503: "not serving", 504: "deadline passed",
+        413: "body too large", 429: "queue full (see Retry-After)", 500: "the engine failed on this request's text",
+        503: "not serving", 504: "deadline passed",
     }  # fmt: skip
     return {str(code): {"description": names[code], "content": content} for code in codes}
 
@@ -164,7 +166,8 @@ def document(keys_required: bool = False) -> dict[str, Any]:
             "application/x-www-form-urlencoded": {"schema": {"$ref": "#/components/schemas/LibreTranslateRequest"}},
         },
     }
-    timeout = {"name": "X-Timeout-Ms", "in": "header", "required": False, "schema": {"type": "number"},
+    timeout = {"name": "X-Timeout-Ms", "in": "header", "required": False,
+               "schema": {"type": "number", "minimum": 0, "exclusiveMinimum": True, "maximum": MAX_TIMEOUT_MS},
                "description": "deadline in milliseconds; the work is cancelled when it passes"}  # fmt: skip
     paths = {
         "/translate": {"post": {
@@ -172,14 +175,14 @@ def document(keys_required: bool = False) -> dict[str, Any]:
             "requestBody": libre_body, "security": libre_security,
             "responses": {"200": _json({"type": "object", "properties": {
                 "translatedText": {"oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
-                "alternatives": {"type": "array"}}}), **_errors(400, 403, 413, 429, 503, 504)},
+                "alternatives": {"type": "array"}}}), **_errors(400, 403, 413, 429, 500, 503, 504)},
         }},
         "/translate_file": {"post": {
             "summary": "Translate a file (LibreTranslate-compatible): answers a download URL",
             "tags": ["LibreTranslate"], "parameters": [timeout], "requestBody": libre_file_body,
             "security": libre_security,
             "responses": {"200": _json({"type": "object", "properties": {"translatedFileUrl": {"type": "string"}}}),
-                          **_errors(400, 403, 413, 429, 503, 504)},
+                          **_errors(400, 403, 413, 429, 500, 503, 504)},
         }},
         "/download_file/{token}": {"get": {
             "summary": "A translated file, for a while after /translate_file (the token is the credential)",
@@ -201,19 +204,20 @@ def document(keys_required: bool = False) -> dict[str, Any]:
         "/v1/translate_file": {"post": {
             "summary": "Translate a file: the translated file is the answer", "tags": ["v1"],
             "parameters": [timeout], "requestBody": file_body, "security": v1_security,
-            "responses": {"200": translated_file, **_errors(400, 401, 413, 429, 503, 504)},
+            "responses": {"200": translated_file, **_errors(400, 401, 413, 429, 500, 503, 504)},
         }},
         "/v1/translate": {"post": {
             "summary": "Translate (the proto's TranslateRequest as JSON)", "tags": ["v1"], "parameters": [timeout],
             "requestBody": translate_body, "security": v1_security,
-            "responses": {"200": _json(ref(pb.TranslateResponse.DESCRIPTOR)), **_errors(400, 401, 413, 429, 503, 504)},
+            "responses": {"200": _json(ref(pb.TranslateResponse.DESCRIPTOR)),
+                          **_errors(400, 401, 404, 413, 429, 500, 503, 504)},
         }},
         "/v1/translate/stream": {"post": {
             "summary": "Translate with Server-Sent Events: partial (stable prefix) events, then result",
             "tags": ["v1"], "parameters": [timeout], "requestBody": translate_body, "security": v1_security,
             "responses": {"200": {"description": "text/event-stream of partial, result or error events",
                                   "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                          **_errors(400, 401, 413, 429, 503)},
+                          **_errors(400, 401, 404, 413, 429, 500, 503, 504)},
         }},
         "/v1/models": {"get": {"summary": "The served models, and every model of the repository", "tags": ["v1"],
                                "security": v1_security, "responses": {
