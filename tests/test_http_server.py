@@ -531,6 +531,35 @@ def test_keys_libretranslatepy_and_bearer(model_dir: Path, engine: Engine, tmp_p
         assert sum(refused.values()) == 3
 
 
+def test_the_documented_query_api_key_works_with_every_body(model_dir: Path, engine: Engine, tmp_path: Path) -> None:
+    """The OpenAPI document's libreApiKey is ``in: query`` (where generated clients put it); the query string was
+    read only for form bodies, so a JSON /translate or a multipart /translate_file with ?api_key= got a 403."""
+    tokens = tmp_path / "tokens"
+    tokens.write_text("secret-key-1\n")
+    with BackgroundServer(config(model_dir, auth_token_file=tokens)) as server:
+        http = Http(server)
+        spec = http.call("GET", "/openapi.json")[2]
+        assert spec["components"]["securitySchemes"]["libreApiKey"]["in"] == "query"
+        fields = {"q": TEXTS[0], "source": "en", "target": "de"}
+        status, _, body = http.call("POST", "/translate?api_key=secret-key-1", fields)
+        assert (status, body) == (200, {"translatedText": best(engine, [TEXTS[0]])[0][0]})
+        status, _, body = http.call("POST", "/translate?api_key=wrong", fields)
+        assert (status, body) == (403, {"error": "Invalid API key"})
+        status, _, body = http.call("POST", "/translate?api_key=wrong", {**fields, "api_key": "secret-key-1"})
+        assert status == 200  # the body's field, LibreTranslate's place, comes first
+        multipart = (
+            b'--b\r\nContent-Disposition: form-data; name="source"\r\n\r\nen\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="target"\r\n\r\nde\r\n'
+            b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.txt"\r\n'
+            b"Content-Type: text/plain\r\n\r\n" + TEXTS[0].encode() + b"\r\n--b--\r\n"
+        )
+        headers = {"Content-Type": "multipart/form-data; boundary=b"}
+        status, _, body = http.call("POST", "/translate_file?api_key=secret-key-1", data=multipart, headers=headers)
+        assert status == 200 and "/download_file/" in body["translatedFileUrl"], body
+        status, _, body = http.call("POST", "/translate_file", data=multipart, headers=headers)
+        assert status == 403
+
+
 # -- overload, disconnects, slow readers -------------------------------------------------------------------------
 
 

@@ -147,6 +147,15 @@ def bearer_of(request: web.Request) -> str | None:
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
 
 
+def libre_key(request: web.Request, field: Any) -> str | None:
+    """The key of a LibreTranslate route: the body's ``api_key`` field, else ``api_key`` in the query string, else
+    the bearer token. The OpenAPI document's ``libreApiKey`` scheme is ``in: query``, so generated clients put the
+    key there whatever the body; it was read only with form bodies, and a JSON or multipart request was refused."""
+    if isinstance(field, str) and field:
+        return field
+    return request.query.get("api_key") or bearer_of(request)
+
+
 def check_key(request: web.Request, key: str | None, method: str, status: int) -> None:
     """Refuse the request (``status``: 403 for LibreTranslate routes, 401 for /v1) unless ``key`` is accepted."""
     ctx = context_of(request)

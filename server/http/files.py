@@ -38,6 +38,7 @@ from nmtserve.server.http.common import (
     bearer_of,
     check_key,
     context_of,
+    libre_key,
     translate_through_service,
 )
 from nmtserve.server.http.libre import PART_HEADERS, check_language_pair, served_pairs
@@ -195,7 +196,7 @@ async def translate_file(request: web.Request) -> web.Response:
     """LibreTranslate's ``POST /translate_file``: ``{"translatedFileUrl": ...}``, downloadable for a while."""
     ctx = context_of(request)
     upload = await read_upload(request, ctx.config.max_request_bytes)
-    key = upload.fields.get("api_key") or bearer_of(request)
+    key = libre_key(request, upload.fields.get("api_key"))
     check_key(request, key, "POST /translate_file", 403)
     source, target = check_language_pair(request, upload.fields)
     languages = (source, target) if len(served_pairs(request)) > 1 else None  # a repository: the pair picks

@@ -20,11 +20,11 @@ from nmtserve.server.documents.files import FORMAT_OF_SUFFIX
 from nmtserve.server.documents.plan import plan_document
 from nmtserve.server.http.common import (
     HttpError,
-    bearer_of,
     check_key,
     context_of,
     is_json,
     json_body,
+    libre_key,
     translate_through_service,
 )
 
@@ -206,9 +206,7 @@ def _one_sentence(text: str, language: str) -> bool:
 async def translate(request: web.Request) -> web.Response:
     ctx = context_of(request)
     params = await _parameters(request)
-    key = params.get("api_key")
-    key = key if isinstance(key, str) and key else bearer_of(request)
-    check_key(request, key, "POST /translate", 403)
+    check_key(request, libre_key(request, params.get("api_key")), "POST /translate", 403)
     texts, batch = _texts(params.get("q"))
     source, target = check_language_pair(request, params)
     text_format = params.get("format") or "text"

@@ -6,7 +6,7 @@ same document (no Swagger UI bundle: nothing is fetched from a CDN, and the page
 
 Security: two schemes. ``bearerAuth`` (``Authorization: Bearer <key>``) is what /v1 takes, and LibreTranslate's
 routes take it too. ``libreApiKey`` is LibreTranslate's ``api_key``: OpenAPI 3 can only place an API key in a
-header, query or cookie, so the scheme says ``query`` (a form request's query string is read) and its
+header, query or cookie, so the scheme says ``query`` (read with any body, after the body's field) and its
 description, like the request schemas, names the ``api_key`` body field that LibreTranslate clients actually
 send. Each operation lists what it accepts; where the server requires no key (no ``auth_token_file``), the
 empty requirement ``{}`` is listed too, so the document says truthfully that anonymous calls are served.
@@ -114,7 +114,7 @@ SECURITY_SCHEMES = {
         "in": "query",
         "name": "api_key",
         "description": "LibreTranslate's api_key: sent as the api_key field of the JSON or form body (as "
-        "LibreTranslate clients do), or in the query string of a form request; the same keys as bearerAuth",
+        "LibreTranslate clients do), or in the query string (with any body); the same keys as bearerAuth",
     },
 }
 
