@@ -5,10 +5,11 @@ name, and never quotes the text itself (request texts stay out of logs and error
 - ``texts``: at least one, at most ``max_texts_per_request``;
 - each text: at most ``max_input_bytes`` UTF-8 bytes (checked first, so an oversized text is never tokenised),
   no control characters (Unicode category Cc other than tab, line feed and carriage return: NUL, escape
-  sequences, C1 controls), not blank when ``reject_blank_texts``, and at most ``max_input_tokens`` tokens.
-  Other unusual Unicode (format characters such as zero-width joiners and bidi marks, combining marks, emoji,
-  private-use and unassigned code points) is translated like any text: the tokenizer maps what it does not know
-  to its unknown piece. Invalid UTF-8 never reaches this module: the request fails to parse and
+  sequences, C1 controls), not blank when ``reject_blank_texts``, and at most ``max_input_tokens`` tokens. Blank
+  (``is_blank``) is whitespace and invisible format characters only: a lone zero-width space is answered with an
+  empty translation, not given to the model. Other unusual Unicode (format characters among other text, combining
+  marks, emoji, private-use and unassigned code points) is translated like any text: the tokenizer maps what it
+  does not know to its unknown piece. Invalid UTF-8 never reaches this module: the request fails to parse and
   ``service.py`` answers INVALID_ARGUMENT.
 - options: see ``resolve_options``.
 
@@ -29,6 +30,7 @@ from nmtserve.engine import DecodingOptions
 from nmtserve.engine.tokenizer import Tokenizer
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server.config import ServerConfig
+from nmtserve.server.documents.segment import is_blank
 
 
 class RequestError(Exception):
@@ -180,7 +182,7 @@ def check_texts(texts: Sequence[str], config: ServerConfig) -> list[int]:
     check_characters(texts)
     indices = []
     for i, text in enumerate(texts):
-        if text.strip():
+        if not is_blank(text):
             indices.append(i)
         elif config.reject_blank_texts:
             raise invalid(f"texts[{i}] is blank; this server refuses blank texts (reject_blank_texts)")

@@ -252,6 +252,16 @@ def test_the_server_translates_html_sentences_and_rebuilds_the_page(stub, demo_e
     assert response.translations[0].hypotheses[0].text == plan_document(PAGE, "html").rebuild(offline)
 
 
+def test_elements_holding_only_invisible_characters_are_kept_not_translated(stub, demo_engine):
+    page = "<p>Save the file.</p><p>&#8203;</p><p>\ufeff</p><div>\u200d <b>\u2060</b></div><p>Open it.</p>"
+    plan = plan_document(page, "html")
+    assert plan.sentences == ["Save the file.", "Open it."]
+    offline = [n[0].text for n in demo_engine.translate(plan.sentences, DecodingOptions(max_length=40))]
+    response = stub.Translate(pb.TranslateRequest(texts=[page], format="html"))
+    want = f"<p>{offline[0]}</p><p>&#8203;</p><p>\ufeff</p><div>\u200d <b>\u2060</b></div><p>{offline[1]}</p>"
+    assert response.translations[0].hypotheses[0].text == want
+
+
 def test_a_message_over_max_message_bytes_is_refused_before_it_is_read(stub):
     with pytest.raises(grpc.RpcError) as error:
         stub.Translate(pb.TranslateRequest(texts=["<p>" + "x" * (5 * 1024 * 1024) + "</p>"], format="html"))

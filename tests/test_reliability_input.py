@@ -301,3 +301,7 @@ def test_blank_texts_can_be_refused(demo_model_dir: Path, demo_engine: Engine) -
 def test_blank_texts_are_answered_blank_by_default(server: BackgroundServer, demo_engine: Engine) -> None:
     with TranslatorClient(server.address) as client:
         assert client.translate_texts(["", "Hello.", " "]) == ["", *offline(demo_engine, ["Hello."]), ""]
+        # invisible format characters alone (zero-width space and joiner, BOM, bidi marks) are blank too: the model
+        # must not be asked to translate them (the demo model invented a word for a lone U+200B)
+        invisible = ["\u200b", "\ufeff \u200d", "\u200e\u2066\u2069"]
+        assert client.translate_texts(["Hello.", *invisible]) == [*offline(demo_engine, ["Hello."]), "", "", ""]
