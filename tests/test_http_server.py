@@ -157,6 +157,21 @@ def test_alternatives_are_the_n_best(http: Http, engine: Engine) -> None:
     assert status == 200 and body["translatedText"] == [nbest[0]] and len(body["alternatives"]) == 1
 
 
+def test_alternatives_for_a_sentence_over_max_input_bytes_give_its_translation(model_dir: Path, engine: Engine) -> None:
+    """One sentence too long for one model input (max_input_bytes) was refused with alternatives asked for, and
+    translated without: now it is a document either way, translated, with no alternatives (as for any document)."""
+    sentence = "the cat sat on the mat and the dog sat on the rug and the bird sat on the tree"  # 79 bytes
+    with BackgroundServer(config(model_dir, max_input_bytes=64)) as running:
+        http = Http(running)
+        fields = {"q": sentence, "source": "en", "target": "de"}
+        status, _, plain = http.call("POST", "/translate", fields)
+        assert status == 200 and plain["translatedText"]
+        status, _, body = http.call("POST", "/translate", {**fields, "alternatives": 2})
+        assert (status, body) == (200, {"translatedText": plain["translatedText"], "alternatives": []})
+        status, _, body = http.call("POST", "/translate", {**fields, "q": "the cat sat", "alternatives": 2})
+        assert status == 200 and body["translatedText"] == best(engine, ["the cat sat"])[0][0]
+
+
 def test_json_alternatives_is_truncated_like_libretranslates_int(http: Http, engine: Engine) -> None:
     """LibreTranslate reads a JSON alternatives with ``int()``: 2.0 and 2.7 are 2 (both were 400s here); a form
     string must be an integer ("1.5" is a 400 there too), and NaN is not a number."""

@@ -9,6 +9,7 @@ deliberate differences are listed in docs/http.md (no language detector: ``sourc
 
 from __future__ import annotations
 
+import asyncio
 import math
 from typing import Any
 
@@ -198,9 +199,16 @@ def check_language_pair(request: web.Request, params: dict[str, Any]) -> tuple[s
     return source, target
 
 
-def _one_sentence(text: str, language: str) -> bool:
-    """Whether plain ``text`` is one sentence of one line (what the document layer would not split)."""
+def _one_sentence(text: str, language: str, max_input_bytes: int) -> bool:
+    """Whether plain ``text`` is one sentence of one line (what the document layer would not split). A text over
+    ``max_input_bytes`` is not: as one model input it would be refused, as a document it is translated."""
+    if len(text) > max_input_bytes or len(text.encode("utf-8")) > max_input_bytes:
+        return False
     return len(plan_document(text, "text", language).sentences) <= 1
+
+
+def _all_one_sentence(texts: list[str], language: str, max_input_bytes: int) -> bool:
+    return all(_one_sentence(text, language, max_input_bytes) for text in texts)
 
 
 async def translate(request: web.Request) -> web.Response:
@@ -217,7 +225,9 @@ async def translate(request: web.Request) -> web.Response:
     # format=html keeps the markup and translates the text nodes, format=text keeps the line breaks and translates
     # sentence by sentence. The one exception is alternatives for texts that are each one sentence: those are the
     # model's n-best, as a document gives one hypothesis (alternatives are then [], as LibreTranslate's for html).
-    nbest = bool(alternatives) and text_format == "text" and all(_one_sentence(text, source) for text in texts)
+    # segmenting is CPU work of up to max_message_bytes: off the event loop, as the document path's parsing is
+    nbest = bool(alternatives) and text_format == "text"
+    nbest = nbest and await asyncio.to_thread(_all_one_sentence, texts, source, ctx.config.max_input_bytes)
     options = pb.DecodingOptions(num_hypotheses=alternatives + 1 if nbest else 1, return_scores=False)
     if nbest:
         options.beam_size = max(ctx.config.beam_size, alternatives + 1)
