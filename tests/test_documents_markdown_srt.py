@@ -153,3 +153,69 @@ def test_reference_labels_of_collapsed_and_shortcut_links_are_kept():
     assert "[INSTALL][]" in out and "[NEWS]" in out and "][g]" in out
     assert not any("INSTALL" in s or "NEWS" in s for s in sentences) and "the guide" in sentences
     assert kept_parts(out) == kept_parts(text)
+
+
+def test_link_text_with_an_escape_is_not_looked_for_in_the_url():
+    """Node's docs write ``[src/node\\_wasi.h](https://.../src/node_wasi.h)``: the parser's text (unescaped) is not
+    in the source as written, and was found further on, inside the URL, whose path was then translated."""
+    text = "* [src/node\\_wasi.h](https://github.com/nodejs/node/blob/main/src/node_wasi.h)\n"
+    sentences, out = marked(text, "markdown")
+    assert sentences == ["src/node\\_wasi.h"]
+    assert out == "* [§0§](https://github.com/nodejs/node/blob/main/src/node_wasi.h)\n"
+    assert kept_parts(out) == kept_parts(text)
+
+
+def test_a_reference_label_over_two_lines_is_kept():
+    """``[Build issue\\ntracker][]`` (Node's releases.md): the label was checked line by line, so its first line
+    was translated and the link no longer matched its definition."""
+    text = "Open an issue on the [Build issue\ntracker][].\n\n[Build issue tracker]: https://example.org\n"
+    sentences, out = marked(text, "markdown")
+    assert sentences == ["Open an issue on the", "."]
+    assert out == "§0§ [Build issue\ntracker][]§1§\n\n[Build issue tracker]: https://example.org\n"
+    assert kept_parts(out) == kept_parts(text)
+
+
+def test_prose_after_a_code_span_that_wraps_a_line_is_translated():
+    """A code span may run over a line break (rustfmt's README: `` `cargo\\ninstall` ``); the lines of the
+    paragraph were paired with its text by counting soft breaks, so every line after it was left in English."""
+    text = "Type `cargo\ninstall`, then run it on the file.\nThe second line is here.\n\nThe next paragraph.\n"
+    sentences, out = marked(text, "markdown")
+    assert sentences == ["Type", ", then run it on the file.", "The second line is here.", "The next paragraph."]
+    assert out == "§0§ `cargo\ninstall`§1§\n§2§\n\n§3§\n"
+    assert kept_parts(out) == kept_parts(text)
+
+
+@pytest.mark.parametrize("separator", ["\u2028", "\x0c", "\x85"])
+def test_line_numbers_count_only_markdown_line_ends(separator: str):
+    """markdown-it counts lines at CR and LF only; the source was cut with str.splitlines, which also cuts at form
+    feeds, U+2028 and NEL, so every block after one was looked for on the wrong line and left untranslated."""
+    text = f"Alpha beta{separator}gamma delta.\n\n```\ncode here\n```\n\n# The title\n\nThe end is near.\n"
+    sentences, out = marked(text, "markdown")
+    assert sentences[-2:] == ["The title", "The end is near."]
+    assert out.endswith("```\ncode here\n```\n\n# §1§\n\n§2§\n")
+    assert kept_parts(out) == kept_parts(text)
+
+
+def test_text_with_escapes_and_entities_is_translated_as_written():
+    """Escapes and entities are tokens of their own that know their spelling, so such text is found exactly and
+    sent as written (the model copies ``\\_`` and ``&amp;``) instead of being left in English."""
+    text = "Support on x86\\_64 &amp; ia32 is tested. \\[ ] Done.\n"
+    sentences, out = marked(text, "markdown")
+    assert sentences == ["Support on x86\\_64 &amp; ia32 is tested.", "\\[ ] Done."]
+    assert out == "§0§ §1§\n"
+    assert plan_document(text, "markdown").rebuild(sentences) == text
+
+
+def test_the_server_keeps_link_targets_and_labels_of_wrapped_markdown(stub):
+    """The cases above through the real server and model: every link target, label and code span comes back."""
+    text = (
+        "See [src/node\\_wasi.h](https://example.org/src/node_wasi.h) and the [Build issue\ntracker][].\n"
+        "Type `cargo\ninstall`, then the package is installed.\n\n"
+        "The package is installed.\u2028The server is running.\n\n# The program is open\n\n"
+        "[Build issue tracker]: https://example.org/issues\n"
+    )
+    response = stub.Translate(pb.TranslateRequest(texts=[text], format="markdown"))
+    out = response.translations[0].hypotheses[0].text
+    assert kept_parts(out) == kept_parts(text)
+    assert "[Build issue\ntracker][]" in out and "(https://example.org/src/node_wasi.h)" in out
+    assert "The program is open" not in out and "the package is installed" not in out
