@@ -163,3 +163,18 @@ def test_each_sentence_is_its_own_work_item_batched_with_the_others(server, stub
     batches = after[key_count] - before[key_count]
     assert admitted == 12  # twelve sentences entered the engine, not one text
     assert batches < admitted  # and they were encoded together, several to a batch
+
+
+def test_pieces_without_words_are_kept_not_sent_to_the_model(stub, demo_engine):
+    """A separator line, a lone bracket or number has nothing to translate, and the model invents words for it
+    (the demo model answers "(" with "(Sprachen)" and "* * *" with "* * * * * *"): such pieces stay as written."""
+    text = "The package is installed.\n\n* * *\n\n----------\n\n42\n\nThe server is running.\n"
+    plan = plan_document(text, "text")
+    assert plan.sentences == ["The package is installed.", "The server is running."]
+    out = stub.Translate(pb.TranslateRequest(texts=[text], format="text")).translations[0].hypotheses[0].text
+    assert out == plan.rebuild(offline(demo_engine, plan.sentences))
+    assert out.split("\n")[2:7] == ["* * *", "", "----------", "", "42"]
+    html = "<p>See the <a href='m'>manual</a> (<code>ls</code>).</p>"
+    assert plan_document(html, "html").sentences == ["See the", "manual"]
+    out = stub.Translate(pb.TranslateRequest(texts=[html], format="html")).translations[0].hypotheses[0].text
+    assert out.endswith("</a> (<code>ls</code>).</p>")

@@ -22,9 +22,19 @@ class Plan:
     prefix: Callable[[list[str]], str] | None = None
 
 
+def has_words(sentence: str) -> bool:
+    """Whether ``sentence`` has a letter in it, i.e. anything to translate.
+
+    Pieces of punctuation, numbers and symbols (``----``, ``* * *``, ``(``, ``[``, ``42``, ``...``) are kept as
+    written: the model cannot translate them and invents words instead (the demo model answers ``(`` with
+    ``(Sprachen)``, ``"`` with ``"Alle"`` and ``* * *`` with ``* * * * * *``)."""
+    return any(char.isalpha() for char in sentence)
+
+
 def plan_text(text: str, language: str = DEFAULT_LANGUAGE) -> Plan:
-    """Plain text: sentences, with everything between them (spaces, line breaks, blank lines) kept exactly."""
-    spans = sentence_spans(text, language)
+    """Plain text: sentences, with everything between them (spaces, line breaks, blank lines) kept exactly, and
+    pieces without words (``has_words``) kept as they are."""
+    spans = [span for span in sentence_spans(text, language) if has_words(text[span.start : span.end])]
 
     def prefix(done: list[str]) -> str:
         end = spans[len(done) - 1].end if done else 0
