@@ -219,3 +219,18 @@ def test_the_server_keeps_link_targets_and_labels_of_wrapped_markdown(stub):
     assert kept_parts(out) == kept_parts(text)
     assert "[Build issue\ntracker][]" in out and "(https://example.org/src/node_wasi.h)" in out
     assert "The program is open" not in out and "the package is installed" not in out
+
+
+def test_a_cue_keeps_its_lines(stub):
+    """A subtitle sentence usually runs over the cue's two lines; the model answers on one, and the cue came back
+    as one long line: the line break is put back in the translation (plan.rewrap), with tags kept."""
+    text = (
+        "1\n00:00:01,000 --> 00:00:03,000\nThe package contains\nthe documentation.\n\n"
+        "2\n00:00:03,500 --> 00:00:05,000\n<i>The server is running\nand the file is open.</i>\n"
+    )
+    response = stub.Translate(pb.TranslateRequest(texts=[text], format="srt"))
+    before, after = list(srt.parse(text)), list(srt.parse(response.translations[0].hypotheses[0].text))
+    assert [(c.index, c.start, c.end) for c in after] == [(c.index, c.start, c.end) for c in before]
+    assert [len(c.content.split("\n")) for c in after] == [2, 2]
+    assert all(line.strip() for c in after for line in c.content.split("\n"))
+    assert after[1].content.startswith("<i>") and after[1].content.endswith("</i>")

@@ -178,3 +178,38 @@ def test_pieces_without_words_are_kept_not_sent_to_the_model(stub, demo_engine):
     assert plan_document(html, "html").sentences == ["See the", "manual"]
     out = stub.Translate(pb.TranslateRequest(texts=[html], format="html")).translations[0].hypotheses[0].text
     assert out.endswith("</a> (<code>ls</code>).</p>")
+
+
+@pytest.mark.parametrize("blank", ["\n   \n", "\n\t\n", "\r\r", "\r\n \r\n"])
+def test_a_line_of_spaces_is_a_blank_line(blank: str):
+    """Editors keep indentation on "empty" lines; CommonMark calls a line of spaces or tabs blank. Only "\\n\\n"
+    ended a sentence, so the two paragraphs were one model input and the blank line was lost."""
+    text = f"The package is installed{blank}The server is running"
+    plan = plan_document(text, "text")
+    assert plan.sentences == ["The package is installed", "The server is running"]
+    assert plan.rebuild(["<0>", "<1>"]) == f"<0>{blank}<1>"
+
+
+def test_an_underline_or_separator_line_ends_a_sentence():
+    """A plain-text heading's underline joined the heading's sentence ("Results\\n=======" went to the model as
+    one input, answered "Ergebnis -- ----------"); a line without a letter now ends a sentence and is kept."""
+    text = "Results\n=======\nThe package is installed\n* * *\nThe server is running.\n"
+    plan = plan_document(text, "text")
+    assert plan.sentences == ["Results", "The package is installed", "The server is running."]
+    assert plan.rebuild(["<0>", "<1>", "<2>"]) == "<0>\n=======\n<1>\n* * *\n<2>\n"
+
+
+def test_line_breaks_inside_a_sentence_come_back(stub, demo_engine):
+    """A sentence over two lines is translated whole; the model answers on one line, and the line break (with
+    the next line's indentation) was lost: now it is put back at the space nearest the same fraction."""
+    text = "This program prints the version number of the\n    installed kernel and exits.\nName:    nmtserve\n"
+    plan = plan_document(text, "text")
+    assert plan.sentences == [
+        "This program prints the version number of the\n    installed kernel and exits.",
+        "Name:    nmtserve",
+    ]
+    out = stub.Translate(pb.TranslateRequest(texts=[text], format="text")).translations[0].hypotheses[0].text
+    lines = out.split("\n")
+    assert len(lines) == len(text.split("\n")) and lines[1].startswith("    ") and lines[1].strip()
+    words = [w for line in offline(demo_engine, plan.sentences[:1]) for w in line.split()]
+    assert " ".join(lines[0:2]).split() == words  # the model's words, in order, only the line break put back

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,17 +32,56 @@ def has_words(sentence: str) -> bool:
     return any(char.isalpha() for char in sentence)
 
 
+# a line break inside a sentence, with the spaces and indentation around it
+_LINE_BREAK = re.compile(r"[ \t]*(?:\r\n|\r|\n)[ \t]*")
+
+
+def rewrap(source: str, translation: str) -> str:
+    """``translation`` with ``source``'s line breaks put back, each at the space nearest the same fraction of the
+    text.
+
+    A sentence may run over lines (a subtitle's two lines, a hard-wrapped paragraph); it is translated whole, and
+    the model, which reads a line break as a space, answers on one line. Its line breaks (with the indentation
+    after them) are put back so that a cue keeps its lines and a file its line count. A translation with line
+    breaks of its own, or without spaces enough, keeps what it has."""
+    breaks = list(_LINE_BREAK.finditer(source))
+    if not breaks or "\n" in translation or "\r" in translation:
+        return translation
+    length = len(source) - sum(len(found.group()) for found in breaks)
+    spaces = [position for position, char in enumerate(translation) if char == " "]
+    out, position, before, taken = [], 0, 0, 0
+    for number, found in enumerate(breaks):
+        before = found.start() - sum(len(b.group()) for b in breaks[:number])
+        target = before * len(translation) / max(length, 1)
+        left = len(breaks) - number - 1  # spaces to keep for the breaks after this one
+        candidates = spaces[taken : len(spaces) - left]
+        if not candidates:
+            break
+        best = min(range(len(candidates)), key=lambda k: abs(candidates[k] - target))
+        space = candidates[best]
+        out.extend([translation[position:space], found.group()])
+        position, taken = space + 1, taken + best + 1
+    out.append(translation[position:])
+    return "".join(out)
+
+
 def plan_text(text: str, language: str = DEFAULT_LANGUAGE) -> Plan:
-    """Plain text: sentences, with everything between them (spaces, line breaks, blank lines) kept exactly, and
-    pieces without words (``has_words``) kept as they are."""
+    """Plain text: sentences, with everything between them (spaces, line breaks, blank lines) kept exactly, line
+    breaks inside a sentence put back in its translation (``rewrap``), and pieces without words (``has_words``)
+    kept as they are."""
     spans = [span for span in sentence_spans(text, language) if has_words(text[span.start : span.end])]
+
+    def wrapped(done: list[str]) -> list[str]:
+        return [rewrap(text[span.start : span.end], t) for span, t in zip(spans, done, strict=False)]
 
     def prefix(done: list[str]) -> str:
         end = spans[len(done) - 1].end if done else 0
-        return reassemble(text[:end], spans[: len(done)], done)
+        return reassemble(text[:end], spans[: len(done)], wrapped(done))
 
     return Plan(
-        [text[s.start : s.end] for s in spans], lambda translations: reassemble(text, spans, translations), prefix
+        [text[s.start : s.end] for s in spans],
+        lambda translations: reassemble(text, spans, wrapped(translations)),
+        prefix,
     )
 
 

@@ -10,6 +10,7 @@ whitespace and newlines between sentences are never the segmenter's: they are th
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -38,9 +39,9 @@ class Span:
 def sentence_spans(text: str, language: str = DEFAULT_LANGUAGE) -> list[Span]:
     """The sentences of ``text``, in order, as spans without leading or trailing whitespace.
 
-    Each line break run of two or more (a blank line) always ends a sentence, whatever the segmenter says.
-    ``language`` is the source language as the model or the request names it (``de``, ``deu_Latn``, ``de_DE``):
-    ``segmenter_language`` turns it into the code whose rules sentencex applies.
+    A line without a letter (a blank line, an underline, a separator) always ends a sentence, whatever the
+    segmenter says. ``language`` is the source language as the model or the request names it (``de``,
+    ``deu_Latn``, ``de_DE``): ``segmenter_language`` turns it into the code whose rules sentencex applies.
     """
     spans: list[Span] = []
     offset = 0
@@ -51,7 +52,7 @@ def sentence_spans(text: str, language: str = DEFAULT_LANGUAGE) -> list[Span]:
         if found < 0:  # the segmenter changed the text; fall back to what is left as one sentence
             break
         spans.extend(_split_blank_lines(text, found, found + len(piece.strip())))
-        offset = spans[-1].end if spans else offset
+        offset = found + len(piece.strip())
     rest = text[offset:]
     if rest.strip():  # only when the segmenter's pieces could not be found in the text
         start = offset + len(rest) - len(rest.lstrip())
@@ -59,21 +60,33 @@ def sentence_spans(text: str, language: str = DEFAULT_LANGUAGE) -> list[Span]:
     return spans
 
 
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)?")
+
+
 def _split_blank_lines(text: str, start: int, end: int) -> list[Span]:
-    """[start, end) cut at blank lines, each part trimmed."""
+    """[start, end) cut at lines without a letter, each part trimmed: a blank line (one of spaces or tabs too, as
+    CommonMark defines one, after CR, LF or CRLF alike) and a line such as ``=======`` or ``* * *`` under or
+    between paragraphs, which would otherwise join the sentence before it and be "translated" with it."""
     out: list[Span] = []
-    position = start
-    while position < end:
-        cut = text.find("\n\n", position, end)
-        stop = end if cut < 0 else cut
-        part = text[position:stop]
-        if part.strip():
-            lead = len(part) - len(part.lstrip())
-            out.append(Span(position + lead, position + lead + len(part.strip())))
-        if cut < 0:
+    first = last = -1  # the current run of lines with words
+    for line in _LINE.finditer(text, start, end):
+        if not line.group():
             break
-        position = cut + 2
-    return out
+        if any(char.isalpha() for char in line.group()):
+            first = line.start() if first < 0 else first
+            last = line.end()
+        elif first >= 0:
+            out.append(_trimmed(text, first, last))
+            first = -1
+    if first >= 0:
+        out.append(_trimmed(text, first, last))
+    return [span for span in out if span.end > span.start]
+
+
+def _trimmed(text: str, start: int, end: int) -> Span:
+    part = text[start:end]
+    lead = len(part) - len(part.lstrip())
+    return Span(start + lead, start + lead + len(part.strip()))
 
 
 def reassemble(text: str, spans: list[Span], translations: list[str]) -> str:
