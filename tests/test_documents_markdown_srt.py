@@ -234,3 +234,25 @@ def test_a_cue_keeps_its_lines(stub):
     assert [len(c.content.split("\n")) for c in after] == [2, 2]
     assert all(line.strip() for c in after for line in c.content.split("\n"))
     assert after[1].content.startswith("<i>") and after[1].content.endswith("</i>")
+
+
+def test_cue_text_is_not_html_escaped_and_ass_tags_are_kept(stub, demo_engine):
+    """Cues with a tag went through the HTML serializer, which wrote "&" as "&amp;" and a lone "<" as "&lt;"
+    (players show both literally); an ASS override such as {\\an8} was sent glued to the first word. Tags are
+    now kept byte for byte and only the text between them is translated; a CRLF file stays CRLF."""
+    text = (
+        "1\r\n00:00:01,000 --> 00:00:02,500\r\n{\\an8}The package is installed.\r\n\r\n"
+        "2\r\n00:00:03,000 --> 00:00:04,000\r\nTom & Jerry <i>open the file</i> if 1 < 2.\r\n"
+    )
+    plan = plan_document(text, "srt")
+    assert plan.sentences == ["The package is installed.", "Tom & Jerry", "open the file", "if 1 < 2."]
+    out = stub.Translate(pb.TranslateRequest(texts=[text], format="srt")).translations[0].hypotheses[0].text
+    assert out == plan.rebuild(offline_translations(demo_engine, plan.sentences))
+    cues = list(srt.parse(out))
+    assert cues[0].content.startswith("{\\an8}") and "&amp;" not in out and "&lt;" not in out
+    assert "<i>" in cues[1].content and "</i> " in cues[1].content
+    assert "\r\n" in out and "\n" not in out.replace("\r\n", "")
+
+
+def offline_translations(engine, sentences: list[str]) -> list[str]:
+    return [n[0].text for n in engine.translate(sentences, DecodingOptions(max_length=40))]
