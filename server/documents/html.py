@@ -29,12 +29,14 @@ Each text node is its own context: its sentences are translated (their whitespac
 around exactly the words it wrapped, because a text node never crosses a tag. Translating a block's text across
 its inline tags (with placeholders or alignment, as Bergamot does) is not done: see docs/documents.md.
 
-A document is a full document when it starts with a doctype or an ``<html>`` tag (after whitespace and
-comments, as the parser sees it), else a fragment (no ``<html>``/``<body>`` is added).
+A document is a full document when it starts with a doctype or an ``<html>``, ``<head>`` or ``<body>`` tag (after
+whitespace, comments and an XML declaration), else a fragment (no ``<html>``/``<body>`` is added), parsed in the
+context its first element needs (a ``<tr>`` in a table body), so that table rows and cells are kept.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from html import unescape
 from html.parser import HTMLParser
@@ -99,15 +101,39 @@ def _is_full_document(parser_root: ElementTree.Element) -> bool:
     return any(child.tag == "<!DOCTYPE>" for child in parser_root)
 
 
+# What may come before a page's first tag: whitespace, comments, and an XML declaration or other processing
+# instruction (XHTML pages start <?xml ...?>; the HTML parser reads it as a comment)
+_PROLOGUE = re.compile(r"(?:\s+|<!--.*?-->|<\?[^>]*>)*", re.DOTALL)
+_FIRST_TAG = re.compile(r"<([a-zA-Z][^\s/>]*)")
+DOCUMENT_TAGS = frozenset({"html", "head", "body"})  # their start tags are optional, so any of them may come first
+# A fragment is parsed in the context its first element needs: in a <div>, the parser drops <tr>, <td> and the
+# other table parts (and keeps only their text), as a browser does with such markup in a body.
+FRAGMENT_CONTEXT = {
+    "tr": "tbody",
+    "td": "tr",
+    "th": "tr",
+    "thead": "table",
+    "tbody": "table",
+    "tfoot": "table",
+    "caption": "table",
+    "colgroup": "table",
+    "col": "colgroup",
+}
+
+
 def parse(text: str) -> tuple[ElementTree.Element, bool]:
-    """(root, full) for ``text``: a whole document when it has a doctype or an ``html`` element, else a fragment."""
+    """(root, full) for ``text``: a whole document when, after whitespace, comments and an XML declaration, it
+    starts with a doctype or an ``html``, ``head`` or ``body`` tag; else a fragment, parsed in the context its
+    first element needs (``FRAGMENT_CONTEXT``)."""
     builder = html5lib.getTreeBuilder("etree", fullTree=True)
-    head = text.lstrip()[:9].lower()
-    if head.startswith("<!doctype") or head.startswith("<html"):
-        parser = html5lib.HTMLParser(tree=builder, namespaceHTMLElements=False)
-        return parser.parse(text), True
     parser = html5lib.HTMLParser(tree=builder, namespaceHTMLElements=False)
-    return parser.parseFragment(text), False
+    start = _PROLOGUE.match(text)
+    rest = text[start.end() if start else 0 :]
+    first = _FIRST_TAG.match(rest)
+    tag = first.group(1).lower() if first else ""
+    if rest[:9].lower() == "<!doctype" or tag in DOCUMENT_TAGS:
+        return parser.parse(text), True
+    return parser.parseFragment(text, container=FRAGMENT_CONTEXT.get(tag, "div")), False
 
 
 def serialize(root: ElementTree.Element, spellings: dict[str, str] | None = None) -> str:
