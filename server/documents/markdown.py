@@ -187,7 +187,7 @@ def markdown_spans(text: str) -> list[Span]:
             continue
         gaps = content_gaps(token.content, token.children)
         number, last = token.map[0] + skip, token.map[1] + skip
-        line_start = 0  # offset in the content of the current content line
+        line_start, next_gap = 0, 0  # offset in the content of the current content line; the first gap after it
         for content_line in token.content.split("\n"):
             line_end = line_start + len(content_line)
             needle = content_line.strip()
@@ -198,12 +198,13 @@ def markdown_spans(text: str) -> list[Span]:
                 break
             found = lines[number].find(needle, cursors.get(number, 0))
             cursors[number] = found + len(needle)
-            for gap in gaps:
-                if line_start <= gap.start and gap.end <= line_end:
-                    start = offsets[number] + found + gap.start - lead
-                    span = Span(start, start + gap.end - gap.start)
-                    if text[span.start : span.end] == token.content[gap.start : gap.end]:
-                        spans.append(span)
+            while next_gap < len(gaps) and gaps[next_gap].start <= line_end:  # gaps are in order, within a line
+                gap = gaps[next_gap]
+                next_gap += 1
+                start = offsets[number] + found + gap.start - lead
+                span = Span(start, start + gap.end - gap.start)
+                if gap.start >= line_start and text[span.start : span.end] == token.content[gap.start : gap.end]:
+                    spans.append(span)
             number += 1
             line_start = line_end + 1
     return [s for s in spans if text[s.start : s.end].strip()]
