@@ -6,6 +6,7 @@ server on the demo model. The offline engine translating the same sentences is t
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 
 import grpc
@@ -19,6 +20,7 @@ from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.background import BackgroundServer
 from nmtserve.server.config import ServerConfig
 from nmtserve.server.documents import plan_document
+from nmtserve.server.documents.plan import rewrap
 from nmtserve.server.documents.segment import sentence_spans
 from nmtserve.server.documents.split import split_to_fit
 
@@ -213,3 +215,12 @@ def test_line_breaks_inside_a_sentence_come_back(stub, demo_engine):
     assert len(lines) == len(text.split("\n")) and lines[1].startswith("    ") and lines[1].strip()
     words = [w for line in offline(demo_engine, plan.sentences[:1]) for w in line.split()]
     assert " ".join(lines[0:2]).split() == words  # the model's words, in order, only the line break put back
+
+
+def test_putting_back_many_line_breaks_takes_linear_time():
+    """A 1 MiB text of unpunctuated lines is one sentence of 100,000 lines; its line breaks are put back one pass
+    over the translation's spaces (a search of every space per line break would take hours)."""
+    source = "\n".join(["the file"] * 100_000)
+    started = time.monotonic()
+    out = rewrap(source, " ".join(["die Datei"] * 100_000))
+    assert out.split("\n") == ["die Datei"] * 100_000 and time.monotonic() - started < 10

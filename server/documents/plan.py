@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -47,20 +48,20 @@ def rewrap(source: str, translation: str) -> str:
     breaks = list(_LINE_BREAK.finditer(source))
     if not breaks or "\n" in translation or "\r" in translation:
         return translation
-    length = len(source) - sum(len(found.group()) for found in breaks)
+    length = max(len(source) - sum(len(found.group()) for found in breaks), 1)
     spaces = [position for position, char in enumerate(translation) if char == " "]
-    out, position, before, taken = [], 0, 0, 0
+    out, position, taken, removed = [], 0, 0, 0  # removed: the source's break characters before this break
     for number, found in enumerate(breaks):
-        before = found.start() - sum(len(b.group()) for b in breaks[:number])
-        target = before * len(translation) / max(length, 1)
-        left = len(breaks) - number - 1  # spaces to keep for the breaks after this one
-        candidates = spaces[taken : len(spaces) - left]
-        if not candidates:
+        target = (found.start() - removed) * len(translation) / length
+        removed += len(found.group())
+        stop = len(spaces) - (len(breaks) - number - 1)  # spaces kept for the breaks after this one
+        if taken >= stop:
             break
-        best = min(range(len(candidates)), key=lambda k: abs(candidates[k] - target))
-        space = candidates[best]
-        out.extend([translation[position:space], found.group()])
-        position, taken = space + 1, taken + best + 1
+        nearest = min(max(bisect.bisect_left(spaces, target, taken, stop), taken), stop - 1)
+        if nearest > taken and target - spaces[nearest - 1] <= spaces[nearest] - target:
+            nearest -= 1
+        out.extend([translation[position : spaces[nearest]], found.group()])
+        position, taken = spaces[nearest] + 1, nearest + 1
     out.append(translation[position:])
     return "".join(out)
 
