@@ -267,3 +267,10 @@ def test_a_long_paragraph_is_planned_in_linear_time():
     started = time.monotonic()
     spans = markdown_spans(text)
     assert len(spans) == 4 * 16_000 and time.monotonic() - started < 10
+
+
+def test_a_cue_full_of_unclosed_tags_is_planned_in_linear_time():
+    """A tag pattern that may run to the end of the cue from every "<b" takes quadratic time (100 s for 1 MiB)."""
+    text = "1\n00:00:01,000 --> 00:00:02,000\n" + "<b " * 300_000 + "{\\x" * 30_000 + "The end.\n"
+    started = time.monotonic()
+    assert plan_document(text, "srt").sentences and time.monotonic() - started < 10

@@ -17,8 +17,9 @@ import re
 from nmtserve.server.documents.plan import DocumentError, Plan, plan_text
 from nmtserve.server.documents.segment import Span, reassemble
 
-# SubRip's tags (as players read them: case-insensitive, attributes on font) and ASS override blocks
-CUE_TAG = re.compile(r"</?\s*(?:i|b|u|s|font)\b[^>]*>|\{\\[^}]*\}", re.IGNORECASE)
+# SubRip's tags (as players read them: case-insensitive, attributes on font) and ASS override blocks; neither
+# runs over another "<" or "{", so that a cue full of unclosed "<b" costs linear time
+CUE_TAG = re.compile(r"</?\s*(?:i|b|u|s|font)\b[^<>]*>|\{\\[^{}]*\}", re.IGNORECASE)
 
 
 def cue_spans(content: str) -> list[Span]:
