@@ -53,6 +53,28 @@ def corpus_lines(limit: int = 3000, seed: int = 0) -> list[str]:
     return lines[:limit]
 
 
+CHINESE_WORDS = (
+    "我", "你", "他", "她", "我们", "他们", "住", "在", "北京", "上海", "工作", "每天",
+    "坐", "地铁", "上班", "今天", "天气", "很", "好", "去", "公园", "吧", "觉得",
+    "怎么样", "说", "然后", "出发", "了", "晚上", "回家", "吃饭", "朋友", "一起", "看",
+    "电影", "学习", "中文", "喜欢", "早上", "喝", "茶", "咖啡", "周末", "有时候", "也",
+    "书", "买", "商店", "开车", "公司", "的", "是", "不", "和",
+)  # fmt: skip
+
+
+def chinese_lines(limit: int = 3000, seed: int = 0) -> list[str]:
+    """Generated Chinese sentences (no spaces; clauses ended by ，、；： and sentences by 。！？), for a source
+    tokenizer that has seen Chinese: the licence texts have none, and every Chinese character would be unknown."""
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(limit):
+        clauses = [
+            "".join(rng.choice(CHINESE_WORDS) for _ in range(rng.randint(2, 6))) for _ in range(rng.randint(1, 4))
+        ]
+        lines.append("".join(c + rng.choice("，，、；：") for c in clauses[:-1]) + clauses[-1] + rng.choice("。。！？"))
+    return lines
+
+
 def _train_spm(lines: list[str], prefix: Path, vocab_size: int, model_type: str = "unigram") -> Path:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(lines),
@@ -73,6 +95,7 @@ def tiny_marian(
     languages: tuple[str, ...] = (),
     total_vocab: int | None = None,
     pair: tuple[str, str] | None = None,
+    source_lines: list[str] | None = None,
     **dims,
 ) -> Path:
     """A random ``MarianMTModel`` with its tokenizer, saved as ``save_pretrained`` writes it; returns ``directory``.
@@ -80,6 +103,8 @@ def tiny_marian(
     ``languages``: target codes of a multilingual model, as ``>>xx<<`` tokens in the vocabulary.
     ``pair``: (source, target) as an OPUS-MT model's ``tokenizer_config.json`` names them (``source_lang``...).
     ``total_vocab``: pad the vocabulary with made-up pieces to this size (real-size speed measurements).
+    ``source_lines``: what the source tokenizer is trained on (``chinese_lines()`` for a zh->xx model); default:
+    half of ``corpus_lines()``.
     """
     import torch
     from transformers import MarianConfig, MarianMTModel, MarianTokenizer
@@ -89,7 +114,7 @@ def tiny_marian(
     lines = corpus_lines()
     work = directory / "spm-training"
     work.mkdir(exist_ok=True)
-    source = _train_spm(lines[::2], work / "source", vocab_size)
+    source = _train_spm(lines[::2] if source_lines is None else source_lines, work / "source", vocab_size)
     target = _train_spm(lines[1::2], work / "target", vocab_size)
     pieces: list[str] = []
     for model in (source, target):

@@ -215,9 +215,10 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             # Sentences are cut by the rules of the language the text is in: the request's source_language (checked
             # above; a multilingual model's sources are in many languages), else the model's own source.
             source = request.source_language or pair.get("source", "en")
+            target = request.target_language or pair.get("target", "")  # how a long sentence's pieces are joined
             del request
             # parsing a large page takes a while: off the event loop, so that other requests are not held up
-            document = await asyncio.to_thread(encode_documents, texts, form, tokenizer, config, source)
+            document = await asyncio.to_thread(encode_documents, texts, form, tokenizer, config, source, target)
             del texts
             progress = DocumentProgress(document, tokenizer, document_sender(send_partial))
             suffix = languages.source_suffix

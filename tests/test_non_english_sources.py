@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import socket
+import unicodedata
 import urllib.request
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc  # noqa: 
 from nmtserve.server.background import BackgroundServer  # noqa: E402
 from nmtserve.server.config import ServerConfig  # noqa: E402
 from nmtserve.server.documents.segment import reassemble, sentence_spans  # noqa: E402
+from nmtserve.server.documents.split import piece_join, split_to_fit  # noqa: E402
 
 GERMAN = (
     "Das kostet z. B. 1.000,50 Euro usw. und mehr. Er sagte „Hallo“ und ging.\n\n"
@@ -180,3 +182,96 @@ def test_a_multilingual_models_document_is_cut_by_the_requests_source_language(m
     assert got == want
     assert (served_source, served_target) == {"m2m100": ("en", "de"), "nllb": ("eng_Latn", "deu_Latn")}[family]
     assert libre["translatedText"] == native.translations[0].hypotheses[0].text
+
+
+# -- sentences too long for the model: where they are cut, how their pieces are joined ---------------------------
+
+# One Chinese sentence of four clauses, far over a 10-token limit, then a short one. Each clause ends with a
+# full-width comma and no space; cut by halving, it was cut inside 上海 and 晚上.
+LONG_CHINESE = "我住在北京，工作在上海，每天坐地铁上班，晚上回家和朋友一起吃饭，周末有时候去公园看书。今天天气很好。"
+LIMIT = 10  # max_input_tokens of the zh->en server
+
+
+@pytest.fixture(scope="module")
+def marian_zh_en(tmp_path_factory: pytest.TempPathFactory):
+    """An OPUS-MT-style zh->en model whose source tokenizer was trained on Chinese, converted and exported."""
+    from nmtserve.export.hf_testing import chinese_lines
+
+    root = tmp_path_factory.mktemp("marian-zh-en")
+    hf_dir = tiny_marian(root / "hf", pair=("zh", "en"), source_lines=chinese_lines())
+    model_dir = export_model(convert_hf(hf_dir, root / "ckpt"), root / "onnx", "fp32", progress=False)
+    model = transformers.MarianMTModel.from_pretrained(hf_dir).eval()
+    return model_dir, model, transformers.MarianTokenizer.from_pretrained(hf_dir)
+
+
+def hf_count(tokenizer):
+    return lambda piece: len(tokenizer(piece).input_ids) - 1  # without EOS, as max_input_tokens counts
+
+
+def test_a_long_chinese_sentence_is_cut_after_its_clause_marks(marian_zh_en) -> None:
+    """Real segmentation (zh rules) and real token counts: the long sentence is cut after its full-width commas,
+    packed greedily, never by halving inside a word."""
+    _, _, tokenizer = marian_zh_en
+    count = hf_count(tokenizer)
+    sentences = [LONG_CHINESE[s.start : s.end] for s in sentence_spans(LONG_CHINESE, "zh")]
+    assert sentences == [
+        "我住在北京，工作在上海，每天坐地铁上班，晚上回家和朋友一起吃饭，周末有时候去公园看书。",
+        "今天天气很好。",
+    ]
+    long = sentences[0]
+    assert count(long) > LIMIT
+    pieces = [long[s.start : s.end] for s in split_to_fit(long, count, LIMIT)]
+    assert pieces == [
+        "我住在北京，工作在上海，",
+        "每天坐地铁上班，",
+        "晚上回家和朋友一起吃饭，",
+        "周末有时候去公园看书。",
+    ]
+    assert all(count(piece) <= LIMIT for piece in pieces)
+
+
+def test_a_run_without_spaces_is_halved_only_between_grapheme_clusters() -> None:
+    """Thai (tone marks and vowels above and below their consonant), Devanagari (vowel signs, virama) and an
+    emoji family (joined by ZWJ), each a run without spaces or clause marks, counted by code points: no piece
+    starts with a combining mark or a joiner, none ends with a joiner, and the family stays whole."""
+    family = "\U0001f469\u200d\U0001f469\u200d\U0001f467\u200d\U0001f466"
+    for text in ("ที่นี่มีน้ำที่ดีมากและอาหารที่อร่อยมาก", "किताबेंपढ़नाअच्छीआदतहै", "ab" + family + "cd" + family):
+        pieces = [text[s.start : s.end] for s in split_to_fit(text, len, 5)]
+        assert "".join(pieces) == text and len(pieces) > 2
+        for piece in pieces:
+            assert not unicodedata.category(piece[0]).startswith("M") and piece[0] != "\u200d", (text, pieces)
+            assert piece[-1] != "\u200d", (text, pieces)
+        assert all("\u200d" not in piece or family in piece for piece in pieces), (text, pieces)
+
+
+def test_pieces_are_joined_as_the_target_language_writes() -> None:
+    """Unspaced source to spaced target: a space; one spaced-source word halved: nothing; an unspaced target:
+    nothing between clauses; a line break: kept. Any spelling of the codes."""
+    assert piece_join("", "zh", "en") == " "
+    assert piece_join("", "zho_Hans", "eng_Latn") == " "
+    assert piece_join("", "ja", "de") == " "
+    assert piece_join("", "en", "de") == ""  # a URL or a hash cut in two
+    assert piece_join(" ", "en", "de") == " "
+    assert piece_join(" ", "en", "zh") == ""
+    assert piece_join("", "zh", "ja") == ""
+    assert piece_join("\n", "en", "zh") == "\n"
+
+
+def test_a_long_chinese_sentence_is_translated_piece_by_piece_and_joined_with_spaces(marian_zh_en) -> None:
+    """Through a real server with max_input_tokens 10: the long sentence's pieces (cut after ，) are each
+    transformers' translation and are joined by spaces in the English answer (they were joined by nothing)."""
+    model_dir, model, tokenizer = marian_zh_en
+    count = hf_count(tokenizer)
+    spans = sentence_spans(LONG_CHINESE, "zh")
+    translated = []
+    for span in spans:
+        sentence = LONG_CHINESE[span.start : span.end]
+        pieces = [sentence[s.start : s.end] for s in split_to_fit(sentence, count, LIMIT)]
+        translated.append(" ".join(generate(model, tokenizer, pieces)))
+    want = reassemble(LONG_CHINESE, spans, translated)
+    assert len(split_to_fit(LONG_CHINESE[spans[0].start : spans[0].end], count, LIMIT)) == 4
+    with serve(model_dir, max_input_tokens=LIMIT) as server, grpc.insecure_channel(server.address) as channel:
+        stub = pb_grpc.TranslatorStub(channel)
+        request = pb.TranslateRequest(texts=[LONG_CHINESE], options=REQUEST_OPTIONS, format="text")
+        got = stub.Translate(request, timeout=120).translations[0].hypotheses[0].text
+    assert got == want

@@ -56,3 +56,15 @@ def segmenter_language(code: str, default: str = "en") -> str:
     if not language:
         return default
     return ISO_639_1.get(language, language)
+
+
+# Languages written without spaces between words (scriptio continua): Chinese (also Cantonese and Wu, which have
+# no ISO 639-1 code), Japanese, Thai, Lao, Khmer, Burmese, Tibetan and Dzongkha. Korean writes spaces.
+UNSPACED = frozenset({"zh", "yue", "wuu", "ja", "th", "lo", "km", "my", "bo", "dz"})
+
+
+def writes_spaces(code: str) -> bool:
+    """Whether ``code``'s language puts spaces between words (any spelling, as ``segmenter_language`` reads it;
+    an empty code counts as English). It decides what joins the translated pieces of a sentence cut to fit the
+    model (``split.piece_join``): a Chinese sentence cut between two characters is, in English, two phrases."""
+    return segmenter_language(code) not in UNSPACED

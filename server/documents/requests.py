@@ -20,8 +20,8 @@ from nmtserve.engine.tokenizer import Tokenizer
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server.config import ServerConfig
 from nmtserve.server.documents.plan import FORMATS, DocumentError, Plan, plan_document
-from nmtserve.server.documents.segment import Span, reassemble
-from nmtserve.server.documents.split import split_to_fit
+from nmtserve.server.documents.segment import Span
+from nmtserve.server.documents.split import join_pieces, split_to_fit
 from nmtserve.server.validation import EncodedText, check_characters, invalid
 
 
@@ -39,10 +39,13 @@ class DocumentRequest:
     plans: list[Plan]
     sentences: list[list[_Sentence]]  # per text
     encoded: list[EncodedText] = field(default_factory=list)
+    # the languages a long sentence's pieces are joined for (``split.piece_join``): the texts' and the answer's
+    source: str = ""
+    target: str = ""
 
     def _sentence(self, sentence: _Sentence, pieces: dict[int, str]) -> str:
         translated = [pieces[sentence.first + k] for k in range(len(sentence.pieces))]
-        return reassemble(sentence.text, sentence.pieces, translated)
+        return join_pieces(sentence.text, sentence.pieces, translated, self.source, self.target)
 
     def assemble(self, pieces: dict[int, str]) -> list[str]:
         """The translated texts, given every piece's translation by global index."""
@@ -95,9 +98,17 @@ def _too_many(count: int, config: ServerConfig) -> None:
 
 
 def encode_documents(
-    texts: Sequence[str], format: str, tokenizer: Tokenizer, config: ServerConfig, language: str = "en"
+    texts: Sequence[str],
+    format: str,
+    tokenizer: Tokenizer,
+    config: ServerConfig,
+    language: str = "en",
+    target: str = "",
 ) -> DocumentRequest:
-    """The request's sentences, tokenised and split to fit ``max_input_tokens``, or INVALID_ARGUMENT."""
+    """The request's sentences, tokenised and split to fit ``max_input_tokens``, or INVALID_ARGUMENT.
+
+    ``language``: the texts' language (their sentence rules); ``target``: the translation's, which with it decides
+    what joins the translated pieces of a sentence too long for the model (empty: a language with spaces)."""
     check_document_texts(texts, format, config)
     plans = []
     for i, text in enumerate(texts):
@@ -109,7 +120,7 @@ def encode_documents(
     limit = config.max_input_tokens
     flat = [sentence for plan in plans for sentence in plan.sentences]
     ids = tokenizer.encode_batch(flat) if flat else []
-    request = DocumentRequest(plans, [])
+    request = DocumentRequest(plans, [], source=language, target=target)
     position = 0
     for plan in plans:
         sentences = []
@@ -171,8 +182,10 @@ def document_response(
 def translate_document(engine, text: str, format: str, options, config: ServerConfig) -> str:
     """One document translated in this process with ``engine`` (``nmtserve translate --file``): the same plan,
     limits and splitting as the server, without a server."""
-    language = engine.info.manifest.get("languages", {}).get("source", "en")
-    document = encode_documents([text], format, engine.tokenizer, config, language)
+    pair = engine.info.manifest.get("languages", {})
+    document = encode_documents(
+        [text], format, engine.tokenizer, config, pair.get("source", "en"), pair.get("target", "")
+    )
     nbests = engine.translate_ids([e.source_ids for e in document.encoded], options) if document.encoded else []
     pieces = {e.index: engine.tokenizer.decode(n[0].token_ids) for e, n in zip(document.encoded, nbests, strict=True)}
     return document.assemble(pieces)[0]
