@@ -36,7 +36,7 @@ from nmtserve.server.config import ConfigError, ServerConfig, engine_plan
 from nmtserve.server.fairness import StepTurns
 from nmtserve.server.metrics import ServerMetrics
 from nmtserve.server.repository import ModelEntry, Repository, VersionEntry, version_key
-from nmtserve.server.validation import Overloaded, RequestError, invalid
+from nmtserve.server.validation import Overloaded, RequestError, invalid, language_prefixes
 
 log = logging.getLogger(__name__)
 
@@ -377,10 +377,27 @@ class ModelRegistry:
         held.exit()
 
     def _serves(self, name: str, source: str, target: str) -> bool:
-        own_source, own_target, targets = self.languages(name)
-        if targets:  # multilingual: any of its target codes, the source is not checked (see language_prefix)
-            return not target or target in targets
-        return (not source or source == own_source) and (not target or target == own_target)
+        """Whether ``name`` takes requests for ``source`` -> ``target`` (an empty code: any).
+
+        A loaded model is asked by the check its requests get (``language_prefixes``), so that routing and the
+        model never disagree: M2M-100/NLLB/mBART take the source codes their tokenizer knows, and a target among
+        them (mBART-cc25: its own); a single-pair model its manifest's pair. Routing used to look only at a
+        multilingual model's targets, so an M2M-100 model matched eu->en (it has no Basque code) beside an eu->en
+        model and the pair was refused as ambiguous. A tokenizer that needs no source code (OPUS-MT, a
+        multilingual one with ``>>xx<<`` targets) accepts any source unchecked, so its source must be the
+        manifest's. A model that is not loaded is matched by its manifest's pair."""
+        own_source, own_target, _ = self.languages(name)
+        serving = self.serving(name)
+        if serving is None or serving.backend is None:
+            return (not source or source == own_source) and (not target or target == own_target)
+        engine = serving.backend.engine
+        tokenizer = engine.tokenizer
+        try:
+            language_prefixes(source, target, tokenizer, engine.info.manifest.get("languages", {}))
+        except RequestError:
+            return False
+        knows_sources = getattr(tokenizer, "forces_target_language", False) or hasattr(tokenizer, "request_languages")
+        return knows_sources or not source or not own_source or source == own_source
 
     def route_by_languages(self, source: str, target: str) -> str:
         """The model for a language pair: the one that serves it (several: the default if it is one of them)."""

@@ -659,3 +659,61 @@ def test_an_ambiguous_pair_goes_to_the_default_or_is_refused_naming_the_candidat
     assert registry.route_by_languages("de", "") == "other"
     with pytest.raises(RequestError, match=r"served pairs: en->de \(en-de-a\), en->de \(en-de-b\), de->en \(other\)"):
         registry.route_by_languages("fr", "")
+
+
+# -- routing by the source languages a multilingual model knows -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def multilingual_repository(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Path]]:
+    """demo (en->de, the default), OPUS-MT-style eu->en and ja->en models and an M2M-100 model (its manifest:
+    en->de; its tokenizer: fairseq's 100 codes, ja among them, Basque not), converted from tiny random Hugging
+    Face models and exported."""
+    pytest.importorskip("transformers")
+    from nmtserve.export.exporter import export_model
+    from nmtserve.export.hf_convert import convert_hf
+    from nmtserve.export.hf_testing import tiny_m2m100, tiny_marian
+
+    work, root = tmp_path_factory.mktemp("multilingual-builds"), tmp_path_factory.mktemp("multilingual-repo")
+    built = {
+        "marian-eu-en": tiny_marian(work / "eu-en", pair=("eu", "en")),
+        "marian-ja-en": tiny_marian(work / "ja-en", pair=("ja", "en"), seed=1),
+        "m2m100": tiny_m2m100(work / "m2m100"),
+    }
+    exports = {}
+    for name, hf_dir in built.items():
+        exports[name] = export_model(convert_hf(hf_dir, work / f"{name}-ckpt"), work / name, "fp32", progress=False)
+        (root / name).mkdir()
+        os.symlink(exports[name], root / name / "1")
+    (root / "demo").mkdir()
+    os.symlink(demo_export("fp32"), root / "demo" / "1")
+    return root, exports
+
+
+def test_a_multilingual_model_serves_only_the_sources_its_tokenizer_knows(multilingual_repository) -> None:
+    """eu->en goes to the eu->en model: M2M-100 has no Basque code (routing ignored a multilingual model's source,
+    so M2M-100 matched any pair into one of its codes and the request was refused as "several models serve
+    eu->en"). ja->en is served by both, so it is still refused, naming the candidates and TranslateRequest.model;
+    fr->de only by M2M-100; eu->de by nobody."""
+    root, exports = multilingual_repository
+    with BackgroundServer(server_config(root)) as running, grpc.insecure_channel(running.address) as channel:
+        stub = pb_grpc.TranslatorStub(channel)
+        texts = ["the program is free", "copy the file"]
+        got, answered_by = translate_with_model(
+            stub, pb.TranslateRequest(texts=texts, source_language="eu", target_language="en")
+        )
+        assert answered_by == "marian-eu-en/1"
+        assert_matches(got, reference(Engine.load(exports["marian-eu-en"], threads=1), texts))
+        _, answered_by = translate_with_model(
+            stub, pb.TranslateRequest(texts=texts, source_language="fr", target_language="de")
+        )
+        assert answered_by == "m2m100/1"
+        ambiguous = pb.TranslateRequest(texts=texts, source_language="ja", target_language="en")
+        code, details = code_of(lambda: stub.Translate(ambiguous, timeout=60))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "several models serve ja->en: m2m100, marian-ja-en;" in details and "TranslateRequest.model" in details
+        nobody = pb.TranslateRequest(texts=texts, source_language="eu", target_language="de")
+        code, details = code_of(lambda: stub.Translate(nobody, timeout=60))
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert "no model serves eu->de (source_language/target_language)" in details
+        assert "eu->en (marian-eu-en)" in details and "en->de (m2m100)" in details
