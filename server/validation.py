@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -30,7 +31,6 @@ from nmtserve.engine import DecodingOptions
 from nmtserve.engine.tokenizer import Tokenizer
 from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.server.config import ServerConfig
-from nmtserve.server.documents.segment import is_blank
 
 
 class RequestError(Exception):
@@ -173,6 +173,13 @@ def check_characters(texts: Sequence[str]) -> None:
                 f"texts[{i}] contains the control character U+{ord(char):04X} at offset {offset}; control "
                 "characters other than tab, line feed and carriage return are not allowed"
             )
+
+
+def is_blank(text: str) -> bool:
+    """Nothing to translate: only whitespace and invisible format characters (Unicode category Cf: zero-width
+    spaces and joiners, the BOM, bidi marks, soft hyphens). Given to the model as a text (a lone U+200B
+    from a web page), it came back as an invented word; documents keep every piece without a letter anyway."""
+    return all(char.isspace() or unicodedata.category(char) == "Cf" for char in text)
 
 
 def check_texts(texts: Sequence[str], config: ServerConfig) -> list[int]:

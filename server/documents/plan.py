@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from nmtserve.server.documents.segment import DEFAULT_LANGUAGE, is_blank, reassemble, sentence_spans
+from nmtserve.server.documents.segment import DEFAULT_LANGUAGE, reassemble, sentence_spans
 
 
 class DocumentError(ValueError):
@@ -102,30 +102,4 @@ def plan_document(text: str, format: str, language: str = DEFAULT_LANGUAGE) -> P
     planners = _planners()
     if format not in planners:
         raise DocumentError(f"format {format!r} is not one of {', '.join(FORMATS)}")
-    return without_blank_sentences(planners[format](text, language))
-
-
-def without_blank_sentences(plan: Plan) -> Plan:
-    """``plan`` with its blank sentences (``is_blank``: e.g. an HTML element holding only a zero-width space) kept
-    as they are instead of translated; the format planners see such text as content, the model must not."""
-    wanted = [i for i, sentence in enumerate(plan.sentences) if not is_blank(sentence)]
-    if len(wanted) == len(plan.sentences):
-        return plan
-
-    def merged(translations: list[str]) -> list[str]:
-        """Every sentence of ``plan``: the wanted ones translated (as far as ``translations`` go), the rest as sent."""
-        sentences = list(plan.sentences)
-        for i, translation in zip(wanted, translations, strict=False):
-            sentences[i] = translation
-        return sentences
-
-    def prefix(done: list[str]) -> str:
-        assert plan.prefix is not None
-        end = wanted[len(done) - 1] + 1 if done else 0
-        return plan.prefix(merged(done)[:end])
-
-    return Plan(
-        [plan.sentences[i] for i in wanted],
-        lambda translations: plan.rebuild(merged(translations)),
-        None if plan.prefix is None else prefix,
-    )
+    return planners[format](text, language)

@@ -11,7 +11,6 @@ whitespace and newlines between sentences are never the segmenter's: they are th
 from __future__ import annotations
 
 import re
-import unicodedata
 from dataclasses import dataclass
 
 import sentencex
@@ -19,13 +18,6 @@ import sentencex
 from nmtserve.server.documents.languages import segmenter_language
 
 DEFAULT_LANGUAGE = "en"
-
-
-def is_blank(text: str) -> bool:
-    """Nothing to translate: only whitespace and invisible format characters (Unicode category Cf: zero-width
-    spaces and joiners, the BOM, bidi marks, soft hyphens). Web pages carry such text (``<p>&#8203;</p>``, a
-    stray BOM); given to a model as a sentence, it came back as an invented word."""
-    return all(char.isspace() or unicodedata.category(char) == "Cf" for char in text)
 
 
 @dataclass(frozen=True)
