@@ -45,7 +45,7 @@ from xml.etree import ElementTree
 import html5lib
 from html5lib.serializer import HTMLSerializer
 
-from nmtserve.server.documents.plan import DocumentError, Plan, plan_text
+from nmtserve.server.documents.plan import DocumentError, Plan, plan_text, rebuild_each, sentences_of
 
 SKIPPED = frozenset({"script", "style", "code", "pre", "textarea", "kbd", "samp", "var", "template"})
 # attribute -> the elements whose attribute it is translatable on (None: any element)
@@ -314,11 +314,8 @@ def plan_html(text: str, language: str) -> Plan:
     plans = [plan_text(get(), language) for get, _ in slots]
 
     def rebuild(translations: list[str]) -> str:
-        position = 0
-        for (_, put), plan in zip(slots, plans, strict=True):
-            count = len(plan.sentences)
-            put(plan.rebuild(translations[position : position + count]))
-            position += count
+        for (_, put), piece in zip(slots, rebuild_each(plans, translations), strict=True):
+            put(piece)
         return serialize(root, spellings)
 
-    return Plan([sentence for plan in plans for sentence in plan.sentences], rebuild)
+    return Plan(sentences_of(plans), rebuild)

@@ -21,7 +21,7 @@ from markdown_it import MarkdownIt
 from markdown_it.helpers import parseLinkDestination, parseLinkTitle
 from markdown_it.token import Token
 
-from nmtserve.server.documents.plan import Plan, plan_text
+from nmtserve.server.documents.plan import Plan, plan_text, rebuild_each, sentences_of
 from nmtserve.server.documents.segment import Span, reassemble
 
 FRONT_MATTER_ENDS = ("---", "...")
@@ -213,13 +213,4 @@ def markdown_spans(text: str) -> list[Span]:
 def plan_markdown(text: str, language: str) -> Plan:
     spans = markdown_spans(text)
     plans = [plan_text(text[s.start : s.end], language) for s in spans]
-
-    def rebuild(translations: list[str]) -> str:
-        pieces, position = [], 0
-        for plan in plans:
-            count = len(plan.sentences)
-            pieces.append(plan.rebuild(translations[position : position + count]))
-            position += count
-        return reassemble(text, spans, pieces)
-
-    return Plan([sentence for plan in plans for sentence in plan.sentences], rebuild)
+    return Plan(sentences_of(plans), lambda translations: reassemble(text, spans, rebuild_each(plans, translations)))

@@ -86,6 +86,22 @@ def plan_text(text: str, language: str = DEFAULT_LANGUAGE) -> Plan:
     )
 
 
+def sentences_of(plans: list[Plan]) -> list[str]:
+    """The sentences of several plans (a document's text slots) as one list, in order."""
+    return [sentence for plan in plans for sentence in plan.sentences]
+
+
+def rebuild_each(plans: list[Plan], translations: list[str]) -> list[str]:
+    """Each plan's rebuilt text from ``translations`` of ``sentences_of(plans)``: a format planner puts each back
+    in its slot (an HTML text node, a Markdown inline run, a cue's text between tags)."""
+    rebuilt, position = [], 0
+    for plan in plans:
+        count = len(plan.sentences)
+        rebuilt.append(plan.rebuild(translations[position : position + count]))
+        position += count
+    return rebuilt
+
+
 def _planners() -> dict[str, Callable[[str, str], Plan]]:
     from nmtserve.server.documents.html import plan_html  # the format modules import this one
     from nmtserve.server.documents.markdown import plan_markdown

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import re
 
-from nmtserve.server.documents.plan import DocumentError, Plan, plan_text
+from nmtserve.server.documents.plan import DocumentError, Plan, plan_text, rebuild_each, sentences_of
 from nmtserve.server.documents.segment import Span, reassemble
 
 # SubRip's tags (as players read them: case-insensitive, attributes on font) and ASS override blocks; neither
@@ -37,16 +37,7 @@ def cue_spans(content: str) -> list[Span]:
 def _plan_cue(content: str, language: str) -> Plan:
     spans = cue_spans(content)
     plans = [plan_text(content[s.start : s.end], language) for s in spans]
-
-    def rebuild(translations: list[str]) -> str:
-        pieces, position = [], 0
-        for plan in plans:
-            count = len(plan.sentences)
-            pieces.append(plan.rebuild(translations[position : position + count]))
-            position += count
-        return reassemble(content, spans, pieces)
-
-    return Plan([sentence for plan in plans for sentence in plan.sentences], rebuild)
+    return Plan(sentences_of(plans), lambda translations: reassemble(content, spans, rebuild_each(plans, translations)))
 
 
 def plan_srt(text: str, language: str) -> Plan:
