@@ -224,3 +224,33 @@ def test_putting_back_many_line_breaks_takes_linear_time():
     started = time.monotonic()
     out = rewrap(source, " ".join(["die Datei"] * 100_000))
     assert out.split("\n") == ["die Datei"] * 100_000 and time.monotonic() - started < 10
+
+
+def test_lines_of_a_list_or_under_a_heading_are_sentences_and_wrapped_prose_is_not():
+    """Lines without final punctuation (a list, a heading, Key: value lines) went to the model as one input; a
+    line now ends a sentence where the next is a list item, or starts with a capital after a line that was not
+    filled to its paragraph's width (lines.py). Hard-wrapped prose keeps its sentences whole."""
+    listing = "Install the package\nStart the server\nOpen the browser"
+    assert plan_document(listing, "text").sentences == listing.split("\n")
+    items = "Features:\n- fast start\n- Small footprint\n  and low memory\n\n"
+    items += "License\nThe library is released under the MIT"
+    assert plan_document(items, "text").sentences == [
+        "Features:", "- fast start", "- Small footprint\n  and low memory", "License",
+        "The library is released under the MIT",
+    ]  # fmt: skip
+    licence = Path("/usr/share/common-licenses/GPL-3").read_text()
+    wrapped = [s for s in plan_document(licence, "text").sentences if "\n" in s]
+    assert "The licenses for most software and other practical works are designed\nto take away your freedom" in (
+        "\n".join(wrapped)
+    )
+    assert "GNU General Public License" in "".join(wrapped)  # capitalised words starting a filled line stay joined
+    # German capitalises nouns: only list items end a sentence there; HTML and Markdown read a line break as a space
+    german = "Installieren Sie das Paket\nServer starten\n- Browser"
+    assert plan_document(german, "text", "de").sentences == ["Installieren Sie das Paket\nServer starten", "- Browser"]
+    assert len(plan_document("<p>Install the package\nStart the server</p>", "html").sentences) == 1
+
+
+def test_each_line_of_a_list_is_translated_alone(stub, demo_engine):
+    text = "Settings\nSave the file\nOpen the documentation\n"
+    out = stub.Translate(pb.TranslateRequest(texts=[text], format="text")).translations[0].hypotheses[0].text
+    assert out == "\n".join(offline(demo_engine, text.split("\n")[:3])) + "\n"

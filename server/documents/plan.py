@@ -7,6 +7,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from nmtserve.server.documents.lines import TextLines, split_at_line_sentences
 from nmtserve.server.documents.segment import DEFAULT_LANGUAGE, reassemble, sentence_spans
 
 
@@ -66,11 +67,16 @@ def rewrap(source: str, translation: str) -> str:
     return "".join(out)
 
 
-def plan_text(text: str, language: str = DEFAULT_LANGUAGE) -> Plan:
+def plan_text(text: str, language: str = DEFAULT_LANGUAGE, line_sentences: bool = False) -> Plan:
     """Plain text: sentences, with everything between them (spaces, line breaks, blank lines) kept exactly, line
     breaks inside a sentence put back in its translation (``rewrap``), and pieces without words (``has_words``)
-    kept as they are."""
-    spans = [span for span in sentence_spans(text, language) if has_words(text[span.start : span.end])]
+    kept as they are. ``line_sentences``: a line may end a sentence without punctuation (``lines.py``: list
+    items, headings), for the ``text`` format, where line breaks are the client's layout."""
+    spans = sentence_spans(text, language)
+    if line_sentences:
+        lines = TextLines(text)
+        spans = [part for span in spans for part in split_at_line_sentences(lines, span, language)]
+    spans = [span for span in spans if has_words(text[span.start : span.end])]
 
     def wrapped(done: list[str]) -> list[str]:
         return [rewrap(text[span.start : span.end], t) for span, t in zip(spans, done, strict=False)]
@@ -107,7 +113,10 @@ def _planners() -> dict[str, Callable[[str, str], Plan]]:
     from nmtserve.server.documents.markdown import plan_markdown
     from nmtserve.server.documents.subrip import plan_srt
 
-    return {"text": plan_text, "html": plan_html, "markdown": plan_markdown, "srt": plan_srt}
+    def plan_plain_text(text: str, language: str) -> Plan:
+        return plan_text(text, language, line_sentences=True)
+
+    return {"text": plan_plain_text, "html": plan_html, "markdown": plan_markdown, "srt": plan_srt}
 
 
 FORMATS = ("text", "html", "markdown", "srt")
