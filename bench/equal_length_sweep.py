@@ -17,11 +17,12 @@ from nmtserve.loadtest.bench import Bench, equal_length_lines, equal_work_lines
 from nmtserve.loadtest.serverproc import ServerProcess
 
 TWO_BY_ONE = ("--engine-workers", "2", "--threads", "1")
+REQUEST = ("--batching", "request")  # named: ``auto`` is continuous batching for a ragged export
 SETTINGS = {
-    "request, join window 8 (default)": TWO_BY_ONE,
-    "request, join window 16": (*TWO_BY_ONE, "--join-window-steps", "16"),
-    "request, join window 32": (*TWO_BY_ONE, "--join-window-steps", "32"),
-    "request, 3 engine threads": ("--engine-workers", "3", "--threads", "1"),
+    "request, join window 8 (default)": (*TWO_BY_ONE, *REQUEST),
+    "request, join window 16": (*TWO_BY_ONE, *REQUEST, "--join-window-steps", "16"),
+    "request, join window 32": (*TWO_BY_ONE, *REQUEST, "--join-window-steps", "32"),
+    "request, 3 engine threads": ("--engine-workers", "3", "--threads", "1", *REQUEST),
     "continuous": (*TWO_BY_ONE, "--batching", "continuous"),
 }
 
