@@ -6,8 +6,11 @@ document layer are the model's and the request's: NLLB-200's FLORES codes (``deu
 (``de_DE``), Tatoeba OPUS-MT's three-letter ones (``deu``), BCP 47 tags (``de-AT``, ``zh-Hant``). Handed over as
 they are, each of those split German at "z. B." and "3. Oktober" and Russian at "т. е." as English does. So the
 code is cut to its language subtag and a three-letter code is mapped to its two-letter equivalent where ISO 639
-has one: the table holds the ISO 639-3 and 639-2/B codes that have an ISO 639-1 code (from Debian's iso-codes)
-plus the individual languages NLLB-200 names for a macrolanguage (``arb`` Arabic, ``zsm`` Malay, ``pes`` Persian).
+has one: ``ISO_639_1`` holds the ISO 639-3 and 639-2/B codes that have an ISO 639-1 code (from Debian's iso-codes)
+plus the standard individual language NLLB-200 names for a macrolanguage (``arb`` Standard Arabic, ``zsm`` Malay,
+``pes`` Iranian Persian); ``VARIETIES`` the other individual languages NLLB-200 has of such a macrolanguage
+(``arz`` Egyptian Arabic, ``prs`` Dari), which get the macrolanguage's rules but are not that language: the
+LibreTranslate API (server/http/libre_languages.py) lists only ``ISO_639_1``'s under the two-letter code.
 """
 
 from __future__ import annotations
@@ -16,10 +19,10 @@ import re
 
 _SUBTAG = re.compile(r"[-_]")
 ISO_639_1 = {
-    "aar": "aa", "abk": "ab", "acm": "ar", "acq": "ar", "aeb": "ar", "afr": "af", "ajp": "ar", "aka": "ak",
-    "alb": "sq", "als": "sq", "amh": "am", "apc": "ar", "ara": "ar", "arb": "ar", "arg": "an", "arm": "hy",
-    "ars": "ar", "ary": "ar", "arz": "ar", "asm": "as", "ava": "av", "ave": "ae", "aym": "ay", "ayr": "ay",
-    "azb": "az", "aze": "az", "azj": "az", "bak": "ba", "bam": "bm", "baq": "eu", "bel": "be", "ben": "bn",
+    "aar": "aa", "abk": "ab", "afr": "af", "aka": "ak",
+    "alb": "sq", "als": "sq", "amh": "am", "ara": "ar", "arb": "ar", "arg": "an", "arm": "hy",
+    "asm": "as", "ava": "av", "ave": "ae", "aym": "ay", "ayr": "ay",
+    "aze": "az", "azj": "az", "bak": "ba", "bam": "bm", "baq": "eu", "bel": "be", "ben": "bn",
     "bis": "bi", "bod": "bo", "bos": "bs", "bre": "br", "bul": "bg", "bur": "my", "cat": "ca", "ces": "cs",
     "cha": "ch", "che": "ce", "chi": "zh", "chu": "cu", "chv": "cv", "cmn": "zh", "cor": "kw", "cos": "co",
     "cre": "cr", "cym": "cy", "cze": "cs", "dan": "da", "deu": "de", "div": "dv", "dut": "nl", "dzo": "dz",
@@ -37,7 +40,7 @@ ISO_639_1 = {
     "msa": "ms", "mya": "my", "nau": "na", "nav": "nv", "nbl": "nr", "nde": "nd", "ndo": "ng", "nep": "ne",
     "nld": "nl", "nno": "nn", "nob": "nb", "nor": "no", "npi": "ne", "nya": "ny", "oci": "oc", "oji": "oj",
     "ori": "or", "orm": "om", "ory": "or", "oss": "os", "pan": "pa", "pbt": "ps", "per": "fa", "pes": "fa",
-    "pli": "pi", "plt": "mg", "pol": "pl", "por": "pt", "prs": "fa", "pus": "ps", "que": "qu", "quy": "qu",
+    "pli": "pi", "plt": "mg", "pol": "pl", "por": "pt", "pus": "ps", "que": "qu", "quy": "qu",
     "roh": "rm", "ron": "ro", "rum": "ro", "run": "rn", "rus": "ru", "sag": "sg", "san": "sa", "sin": "si",
     "slk": "sk", "slo": "sk", "slv": "sl", "sme": "se", "smo": "sm", "sna": "sn", "snd": "sd", "som": "so",
     "sot": "st", "spa": "es", "sqi": "sq", "srd": "sc", "srp": "sr", "ssw": "ss", "sun": "su", "swa": "sw",
@@ -47,6 +50,10 @@ ISO_639_1 = {
     "vol": "vo", "wel": "cy", "wln": "wa", "wol": "wo", "xho": "xh", "ydd": "yi", "yid": "yi", "yor": "yo",
     "zha": "za", "zho": "zh", "zsm": "ms", "zul": "zu",
 }  # fmt: skip
+VARIETIES = {
+    "acm": "ar", "acq": "ar", "aeb": "ar", "ajp": "ar", "apc": "ar", "ars": "ar", "ary": "ar", "arz": "ar",
+    "azb": "az", "prs": "fa",
+}  # fmt: skip
 
 
 def segmenter_language(code: str, default: str = "en") -> str:
@@ -55,7 +62,7 @@ def segmenter_language(code: str, default: str = "en") -> str:
     language = _SUBTAG.split(code.strip(), maxsplit=1)[0].lower()
     if not language:
         return default
-    return ISO_639_1.get(language, language)
+    return ISO_639_1.get(language) or VARIETIES.get(language, language)
 
 
 # Languages written without spaces between words (scriptio continua): Chinese (also Cantonese and Wu, which have
