@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -182,7 +183,9 @@ def _fairseq_vocab(spm_model: Path) -> dict[str, int]:
     return vocab
 
 
-def _m2m100_tokenizer(directory: Path, work: Path, lines: list[str], vocab_size: int) -> int:
+def _m2m100_tokenizer(
+    directory: Path, work: Path, lines: list[str], vocab_size: int, languages: Sequence[str] | None = None
+) -> int:
     """transformers' ``M2M100Tokenizer`` (SentencePiece + vocab.json + its 100 ``__xx__`` codes) saved to
     ``directory``; returns the number of ids it uses (vocabulary, language codes and made-up words)."""
     from transformers import M2M100Tokenizer
@@ -194,9 +197,12 @@ def _m2m100_tokenizer(directory: Path, work: Path, lines: list[str], vocab_size:
     return len(tokenizer.encoder) + len(tokenizer.lang_code_to_id) + tokenizer.num_madeup_words
 
 
-def _nllb_tokenizer(directory: Path, work: Path, lines: list[str], vocab_size: int) -> int:
+def _nllb_tokenizer(
+    directory: Path, work: Path, lines: list[str], vocab_size: int, languages: Sequence[str] | None = None
+) -> int:
     """transformers' ``NllbTokenizer`` (a ``tokenizers`` BPE converted from SentencePiece, fairseq id offset,
-    language codes as added tokens) saved to ``directory``; returns the number of ids it uses."""
+    language codes as added tokens: ``languages``, else ``NLLB_TEST_LANGUAGES``) saved to ``directory``; returns
+    the number of ids it uses."""
     import shutil
 
     from transformers import NllbTokenizer
@@ -206,7 +212,10 @@ def _nllb_tokenizer(directory: Path, work: Path, lines: list[str], vocab_size: i
     source.mkdir(exist_ok=True)
     shutil.copyfile(model, source / "sentencepiece.bpe.model")
     tokenizer = NllbTokenizer.from_pretrained(
-        str(source), additional_special_tokens=list(NLLB_TEST_LANGUAGES), src_lang="eng_Latn", tgt_lang="deu_Latn"
+        str(source),
+        additional_special_tokens=list(languages or NLLB_TEST_LANGUAGES),
+        src_lang="eng_Latn",
+        tgt_lang="deu_Latn",
     )
     tokenizer.save_pretrained(directory)
     return len(tokenizer)
@@ -220,6 +229,7 @@ def tiny_m2m100(
     seed: int = 0,
     extra_ids: int = 0,
     transformers_init: bool = False,
+    languages: Sequence[str] | None = None,
     **dims,
 ) -> Path:
     """A random ``M2M100ForConditionalGeneration`` with an M2M-100 (``tokenizer="m2m100"``) or NLLB (``"nllb"``)
@@ -228,6 +238,7 @@ def tiny_m2m100(
     ``extra_ids``: embedding rows beyond the tokenizer's ids (NLLB-200's checkpoints have 2; or padding to a real
     vocabulary size for speed measurements). ``transformers_init``: keep transformers' own initialisation (for
     speed at real sizes, where the outputs do not matter; the re-initialisation below is tuned for tiny models).
+    ``languages``: an NLLB tokenizer's codes (all of NLLB-200's, say; default ``NLLB_TEST_LANGUAGES``).
     The model has no logits bias, so EOS is made likely through the final decoder LayerNorm's bias (a component
     along the EOS embedding raises its logit by ``eos_bias``), and ``<pad>`` is made all but impossible (see below).
     """
@@ -239,7 +250,7 @@ def tiny_m2m100(
     work = directory / "spm-training"
     work.mkdir(exist_ok=True)
     build = {"m2m100": _m2m100_tokenizer, "nllb": _nllb_tokenizer}[tokenizer]
-    ids = build(directory, work, corpus_lines(), vocab_size)
+    ids = build(directory, work, corpus_lines(), vocab_size, languages)
     settings: dict[str, Any] = {
         "d_model": 32,
         "encoder_layers": 2,
