@@ -41,7 +41,7 @@ from nmtserve.server.http.common import (
     libre_key,
     translate_through_service,
 )
-from nmtserve.server.http.libre import PART_HEADERS, check_language_pair, served_pairs
+from nmtserve.server.http.libre import PART_HEADERS, check_language_pair
 
 MAX_FIELD_BYTES = 4096  # a form field other than the file (source, target, api_key, options)
 MAX_PARTS = 16  # parts of one upload: a flood of tiny parts must not cost unbounded work
@@ -198,13 +198,13 @@ async def translate_file(request: web.Request) -> web.Response:
     upload = await read_upload(request, ctx.config.max_request_bytes)
     key = libre_key(request, upload.fields.get("api_key"))
     check_key(request, key, "POST /translate_file", 403)
-    source, target = check_language_pair(request, upload.fields)
-    languages = (source, target) if len(served_pairs(request)) > 1 else None  # a repository: the pair picks
+    pair = check_language_pair(request, upload.fields)
+    languages = (pair.source, pair.target) if pair.named else None  # a repository: the pair picks the model
     format, text = _document(upload)
     del upload.data
     options = pb.DecodingOptions()
     data = await _translate_document(ctx, request, text, format, options, "HTTP /translate_file", languages)
-    name = translated_name(upload.filename, target)
+    name = translated_name(upload.filename, pair.listed_target)
     token = request.app[STORE].put(data, name, MEDIA_TYPE[format])
     if token is None:
         raise HttpError(413, f"the translated file is {len(data)} bytes: larger than the download store")

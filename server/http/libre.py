@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -28,20 +29,12 @@ from nmtserve.server.http.common import (
     libre_key,
     translate_through_service,
 )
+from nmtserve.server.http.libre_languages import Catalogue, CatalogueCache, PairError, language_name
 
-LANGUAGE_NAMES = {
-    "ar": "Arabic", "cs": "Czech", "da": "Danish", "de": "German", "el": "Greek", "en": "English", "es": "Spanish",
-    "fi": "Finnish", "fr": "French", "hu": "Hungarian", "it": "Italian", "ja": "Japanese", "ko": "Korean",
-    "nl": "Dutch", "no": "Norwegian", "pl": "Polish", "pt": "Portuguese", "ro": "Romanian", "ru": "Russian",
-    "sv": "Swedish", "tr": "Turkish", "uk": "Ukrainian", "zh": "Chinese",
-}  # fmt: skip
 FILE_SUFFIXES = sorted(FORMAT_OF_SUFFIX)  # POST /translate_file (server/http/files.py)
 FRONTEND_TIMEOUT_MS = 500  # how long LibreTranslate's page waits after typing before it translates
+CATALOGUE = web.AppKey("libre_catalogue", CatalogueCache)
 PART_HEADERS = "a part's headers are malformed or too long (8190 bytes a line)"  # never the client's bytes
-
-
-def language_name(code: str) -> str:
-    return LANGUAGE_NAMES.get(code, code)
 
 
 def model_languages(request: web.Request) -> tuple[str, str]:
@@ -55,30 +48,30 @@ def model_languages(request: web.Request) -> tuple[str, str]:
     return languages.get("source", ""), languages.get("target", "")
 
 
-def served_pairs(request: web.Request) -> list[tuple[str, str]]:
-    """(source, target) of every ready model (a model repository serves several), the default model's first."""
-    first = model_languages(request)
-    registry = context_of(request).service.registry
-    pairs = [first]
-    for name in registry.names() if registry is not None else ():
-        if registry is not None and registry.ready(name):
-            source, target, _ = registry.languages(name)
-            if (source, target) not in pairs and source and target:
-                pairs.append((source, target))
-    return pairs
+def catalogue(request: web.Request) -> Catalogue:
+    """The ready models' languages (the default model first; 503 while it is not loaded), built once per
+    repository state: a ready model's serving version changing rebuilds it."""
+    model_languages(request)
+    service = context_of(request).service
+    registry = service.registry
+    assert registry is not None  # the default model is loaded (model_languages)
+    backends: list[tuple[str, Any]] = [(registry.default, service.backend)]
+    for name in registry.names():
+        serving = registry.serving(name) if name != registry.default else None
+        if serving is not None and serving.backend is not None:
+            backends.append((name, serving.backend))
+    return request.app[CATALOGUE].get(backends)
 
 
 async def languages(request: web.Request) -> web.Response:
-    """LibreTranslate's listing: each source language with the targets it translates into, the union over models."""
-    targets: dict[str, list[str]] = {}
-    for source, target in served_pairs(request):
-        targets.setdefault(source, [])
-        if target not in targets[source]:
-            targets[source].append(target)
-    for target in [t for ts in list(targets.values()) for t in ts]:
-        targets.setdefault(target, [])
-    listing = [{"code": code, "name": language_name(code), "targets": sorted(ts)} for code, ts in targets.items()]
-    return web.json_response(listing)
+    """LibreTranslate's listing: each source language with the targets it translates into, the union over models
+    (server/http/libre_languages.py); gzip-compressed for a client that accepts it (NLLB-200's: ~300 kB, ~5 kB)."""
+    found = catalogue(request)
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        body, headers = found.gzipped(), {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"}
+    else:
+        body, headers = found.body(), {"Vary": "Accept-Encoding"}
+    return web.Response(body=body, content_type="application/json", headers=headers)
 
 
 async def health(request: web.Request) -> web.Response:
@@ -94,6 +87,8 @@ async def health(request: web.Request) -> web.Response:
 async def frontend_settings(request: web.Request) -> web.Response:
     ctx = context_of(request)
     source, target = model_languages(request)
+    listed = catalogue(request).models[0].listed
+    source, target = listed.get(source, source), listed.get(target, target)
     keys = ctx.tokens is not None
     return web.json_response(
         {
@@ -172,31 +167,34 @@ def _code(params: dict[str, Any], name: str) -> str:
     return value.strip()
 
 
-def _served_spelling(code: str, served: set[str]) -> str:
-    """``code`` as the served models spell it, matched without regard to case: LibreTranslate's clients send
-    lower-case codes (``en``), and NLLB's and mBART's codes are mixed-case (``zho_Hans``, ``de_DE``), which a lowered
-    comparison never matched. A code no model serves comes back lower-cased, as LibreTranslate names it."""
-    if code in served:
-        return code
-    folded = {own.casefold(): own for own in sorted(served)}
-    return folded.get(code.casefold(), code.lower())
+@dataclass(frozen=True)
+class LanguagePair:
+    """A LibreTranslate request's languages: the model's codes (what the service is asked for), the target as
+    ``/languages`` lists it, and whether the request names them (a repository, or a multilingual model)."""
+
+    source: str
+    target: str
+    listed_target: str
+    named: bool
 
 
-def check_language_pair(request: web.Request, params: dict[str, Any]) -> tuple[str, str]:
-    """(source, target) of a LibreTranslate request, or its 400: missing, ``auto`` (no detector), unsupported."""
-    pairs = served_pairs(request)
-    source = _served_spelling(_code(params, "source"), {s for s, _ in pairs})
-    target = _served_spelling(_code(params, "target"), {t for s, t in pairs if s == source})
-    if source == "auto":
-        sources = ", ".join(sorted({s for s, _ in pairs}))
+def check_language_pair(request: web.Request, params: dict[str, Any]) -> LanguagePair:
+    """The languages of a LibreTranslate request, or its 400: missing, ``auto`` (no detector), unsupported. A code
+    is a listed one, the model's own (both without regard to case) or LibreTranslate's older zh/zt/pb."""
+    found = catalogue(request)
+    source, target = _code(params, "source"), _code(params, "target")
+    if source.casefold() == "auto":
         raise HttpError(
-            400, f"source=auto needs a language detector and this server has none; pass the source ({sources})"
+            400,
+            f"source=auto needs a language detector and this server has none; pass the source "
+            f"({', '.join(found.sources())})",
         )
-    if source not in {s for s, _ in pairs}:
-        raise HttpError(400, f"{source} is not supported")
-    if (source, target) not in pairs:
-        raise HttpError(400, f"{target} is not supported")
-    return source, target
+    try:
+        model, own_source, own_target = found.resolve(source, target)
+    except PairError as error:
+        raise HttpError(400, str(error)) from None
+    named = len(found.models) > 1 or model.multilingual
+    return LanguagePair(own_source, own_target, model.listed[own_target], named)
 
 
 def _one_sentence(text: str, language: str, max_input_bytes: int) -> bool:
@@ -216,7 +214,7 @@ async def translate(request: web.Request) -> web.Response:
     params = await _parameters(request)
     check_key(request, libre_key(request, params.get("api_key")), "POST /translate", 403)
     texts, batch = _texts(params.get("q"))
-    source, target = check_language_pair(request, params)
+    pair = check_language_pair(request, params)
     text_format = params.get("format") or "text"
     alternatives = _alternatives(params.get("alternatives"), ctx.config.max_beam_size)
     if text_format not in ("text", "html"):
@@ -227,13 +225,13 @@ async def translate(request: web.Request) -> web.Response:
     # model's n-best, as a document gives one hypothesis (alternatives are then [], as LibreTranslate's for html).
     # segmenting is CPU work of up to max_message_bytes: off the event loop, as the document path's parsing is
     nbest = bool(alternatives) and text_format == "text"
-    nbest = nbest and await asyncio.to_thread(_all_one_sentence, texts, source, ctx.config.max_input_bytes)
+    nbest = nbest and await asyncio.to_thread(_all_one_sentence, texts, pair.source, ctx.config.max_input_bytes)
     options = pb.DecodingOptions(num_hypotheses=alternatives + 1 if nbest else 1, return_scores=False)
     if nbest:
         options.beam_size = max(ctx.config.beam_size, alternatives + 1)
     message = pb.TranslateRequest(texts=texts, options=options, format="" if nbest else text_format)
-    if len(served_pairs(request)) > 1:  # a model repository: the pair picks the model
-        message.source_language, message.target_language = source, target
+    if pair.named:  # a model repository: the pair picks the model; a multilingual model: the pair it translates
+        message.source_language, message.target_language = pair.source, pair.target
     response = await translate_through_service(ctx, request, message, "HTTP /translate")
     results = []
     for translation in response.translations:
@@ -259,6 +257,7 @@ async def suggest(request: web.Request) -> web.Response:
 
 
 def add_routes(app: web.Application) -> None:
+    app[CATALOGUE] = CatalogueCache()
     app.router.add_post("/translate", translate)
     app.router.add_post("/suggest", suggest)
     app.router.add_get("/languages", languages)
