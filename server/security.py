@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 AUTH_HEADER = "authorization"
 SCHEME = "bearer"
+UNKNOWN_METHOD = "unknown"  # the method label of refused calls to methods this server does not have
 
 
 def read_pem(path: Path, setting: str) -> bytes:
@@ -129,14 +130,17 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         if token is not None and token_matches(token, self.tokens):
             return await continuation(details)
         reason = "missing" if token is None else "invalid"
-        self.on_reject(_method_name(method), reason)
+        handler = await continuation(details)
+        # the metric's label is the method's name only for methods this server has: the path is the client's to
+        # choose, and one series per made-up name let an unauthenticated client grow memory and /metrics unbounded
+        self.on_reject(_method_name(method) if handler is not None else UNKNOWN_METHOD, reason)
         log.debug("unauthenticated request refused", extra={"fields": {"method": method, "reason": reason}})
         message = (
             "this server requires 'authorization: Bearer <token>' metadata"
             if token is None
             else "the bearer token is not valid"
         )
-        return _refusal(await continuation(details), message)
+        return _refusal(handler, message)
 
 
 def _refusal(handler: grpc.RpcMethodHandler | None, message: str) -> grpc.RpcMethodHandler:

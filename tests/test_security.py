@@ -246,6 +246,31 @@ def test_bearer_token_is_required_except_for_health(token_server, demo_engine: E
     assert ok == 2, "refused calls never reached the service"
 
 
+def test_made_up_methods_share_one_metric_series(token_server, metrics_of) -> None:
+    """An unauthenticated client calling 200 made-up method paths made 200 series of
+    nmtserve_unauthenticated_requests_total (the label was the path's last part): memory and the /metrics page grew
+    with every new name (500 names of 200 characters: 300 KB of /metrics). Methods the server does not have now
+    count under ``method="unknown"``; real methods keep their names."""
+    before = metrics_of(token_server.metrics_url)
+    with grpc.insecure_channel(token_server.address) as channel:
+        for i in range(200):
+            call = channel.unary_unary(f"/nmtserve.v1.Translator/Made{i}Up" + "x" * 100)
+            assert fails(lambda c=call: c(b"", timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+        for path in ("/no.such.Service/Translate", "/x"):
+            call = channel.unary_unary(path)
+            assert fails(lambda c=call: c(b"", timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+        translate = channel.unary_unary("/nmtserve.v1.Translator/Translate")
+        assert fails(lambda: translate(b"", timeout=10)) == grpc.StatusCode.UNAUTHENTICATED
+    after = metrics_of(token_server.metrics_url)
+    family = "nmtserve_unauthenticated_requests_total"
+    methods = {dict(labels)["method"] for name, labels in after if name == family}
+    assert methods <= {"unknown", "Translate", "TranslateStream", "GetModelInfo", "ServerReflectionInfo"}, methods
+    key = (family, (("method", "unknown"), ("reason", "missing")))
+    assert after[key] - before.get(key, 0) == 202
+    key = (family, (("method", "Translate"), ("reason", "missing")))
+    assert after[key] - before.get(key, 0) == 1
+
+
 def test_token_comparison_takes_no_shortcut(monkeypatch) -> None:
     """Constant time by construction: every accepted token is compared, always through ``hmac.compare_digest``
     on fixed-size digests, whether the candidate matches the first token, the last or none."""
