@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -174,12 +175,16 @@ def check_key(request: web.Request, key: str | None, method: str, status: int) -
 
 
 async def json_body(request: web.Request) -> dict[str, Any]:
-    """The request's JSON object, or 400 (malformed JSON, not an object, not UTF-8); 413 past the size limit."""
+    """The request's JSON object, or 400 (malformed JSON, nested past the recursion limit, not an object, not
+    UTF-8); 413 past the size limit."""
     raw = await request.read()  # aiohttp refuses bodies over client_max_size (max_message_bytes) with 413
     try:
         body = json.loads(raw.decode("utf-8")) if raw else None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise HttpError(400, f"Invalid JSON format: {error}") from None
+    except RecursionError:  # '[[[[...' or '{"a":{"a":...': json's C scanner recurses once per level (was a 500)
+        limit = sys.getrecursionlimit()
+        raise HttpError(400, f"Invalid JSON format: nested too deeply (about {limit} levels at most)") from None
     if not isinstance(body, dict):
         raise HttpError(400, "Invalid JSON format: the body must be a JSON object")
     return body

@@ -39,6 +39,7 @@ from nmtserve.server.models import ModelRegistry
 from nmtserve.server.partials import labeller
 from nmtserve.server.validation import RequestError
 
+JSON_KINDS = {str: "a string", dict: "an object", bool: "a boolean", int: "a number", float: "a number"}
 MODEL_HEADER = "X-Nmtserve-Model"  # "<model>/<version>" that answered, as gRPC's nmtserve-model trailer
 
 
@@ -53,6 +54,14 @@ def to_json(message: Any) -> dict[str, Any]:
 async def _request_message(request: web.Request, method: str) -> pb.TranslateRequest:
     check_key(request, bearer_of(request), method, 401)
     body = await json_body(request)
+    texts = body.get("texts")
+    if texts is not None and not isinstance(texts, list):
+        # json_format's own message for a repeated field given a scalar quotes the value ("repeated field texts
+        # must be in [] which is <the text>"), and request texts never appear in errors
+        kind = JSON_KINDS.get(type(texts), "not an array")
+        raise HttpError(
+            400, f"the body is not a valid nmtserve.v1.TranslateRequest: texts must be an array of strings, not {kind}"
+        )
     try:
         return json_format.ParseDict(body, pb.TranslateRequest())
     except json_format.ParseError as error:
