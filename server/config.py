@@ -168,6 +168,14 @@ class ServerConfig:
     http_slow_reader_timeout_s: float = _setting(
         10.0, "HTTP streaming: a client that reads nothing for this long is dropped and its work cancelled"
     )
+    http_idle_timeout_s: float = _setting(
+        60.0,
+        "HTTP: a connection that has not sent a whole request's headers this long after it opened or after its "
+        "last answer (idle keep-alive, slowloris) is closed",
+    )
+    http_body_timeout_s: float = _setting(
+        60.0, "HTTP: a request body that has not all arrived this long after its headers is answered 408 and closed"
+    )
     # Batching
     batching: str = _setting(
         "auto",
@@ -377,6 +385,8 @@ def validate(config: ServerConfig) -> ServerConfig:
         "http_port and metrics_port must differ",
     )
     need(c.http_slow_reader_timeout_s > 0, "http_slow_reader_timeout_s must be > 0")
+    for name in ("http_idle_timeout_s", "http_body_timeout_s"):
+        need(0 < getattr(c, name) <= MAX_DRAIN_TIMEOUT_S, f"{name} must be in (0, {MAX_DRAIN_TIMEOUT_S:g}]")
     need(c.http_max_connections >= 0, "http_max_connections must be >= 0 (0: no limit)")
     for name in ("max_batch_size", "max_batch_tokens", "max_queue_size", "max_texts_per_request", "max_input_tokens"):
         need(getattr(c, name) >= 1, f"{name} must be >= 1")

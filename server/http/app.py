@@ -188,8 +188,15 @@ class HttpFrontDoor:
 
     async def start(self) -> None:
         config = self.context.config
+        # keepalive_timeout is aiohttp's one timer for a connection waiting for a request's headers: fresh, idle
+        # between requests, or sending them a byte at a time. Its default, 3630 s, let idle and slowloris
+        # connections hold every one of http_max_connections' slots for an hour.
         runner = web.AppRunner(
-            build_app(self.context), handler_cancellation=True, access_log=None, shutdown_timeout=SHUTDOWN_S
+            build_app(self.context),
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=SHUTDOWN_S,
+            keepalive_timeout=config.http_idle_timeout_s,
         )
         await runner.setup()
         site = CappedSite(runner, config.host, config.http_port, ssl_context(config), config.http_max_connections)

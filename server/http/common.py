@@ -7,13 +7,14 @@ HTTP and that path. Errors are always JSON objects ``{"error": "..."}`` (LibreTr
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from aiohttp import web
@@ -24,6 +25,7 @@ from nmtserve.server.security import token_matches
 from nmtserve.server.service import Overloaded, TranslatorService
 from nmtserve.server.validation import RequestError
 
+T = TypeVar("T")
 TIMEOUT_HEADER = "X-Timeout-Ms"  # HTTP has no deadline of its own; this one plays grpc-timeout's part
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
 
@@ -74,12 +76,16 @@ def json_error(status: int, message: str, headers: dict[str, str] | None = None)
 class HttpError(Exception):
     """An answer other than 200, raised anywhere in a route and turned into ``{"error": message}``."""
 
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None, close: bool = False) -> None:
+        """``close``: end the connection with this answer (what is left of the request cannot be read)."""
         super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers or {}
+        self.status, self.message, self.headers, self.close = status, message, headers or {}, close
 
     def response(self) -> web.Response:
-        return json_error(self.status, self.message, self.headers)
+        response = json_error(self.status, self.message, self.headers)
+        if self.close:
+            response.force_close()
+        return response
 
 
 def retry_after_header(seconds: float) -> dict[str, str]:
@@ -174,10 +180,26 @@ def check_key(request: web.Request, key: str | None, method: str, status: int) -
     raise HttpError(403, "Invalid API key" if key is not None else missing)
 
 
+async def body_within_timeout(request: web.Request, read: Awaitable[T]) -> T:
+    """``read`` (the reading of ``request``'s body), or 408 naming ``http_body_timeout_s`` once the whole body has
+    not arrived that long after the headers; the connection is closed with the answer. aiohttp sets no limit on
+    reading a body, so a client trickling a byte at a time held its connection (and the handler) for as long as
+    it wished."""
+    limit = context_of(request).config.http_body_timeout_s
+    try:
+        async with asyncio.timeout(limit):
+            return await read
+    except TimeoutError:
+        raise HttpError(
+            408, f"the request body did not arrive within {limit:g} s (http_body_timeout_s)", close=True
+        ) from None
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
     """The request's JSON object, or 400 (malformed JSON, nested past the recursion limit, not an object, not
     UTF-8); 413 past the size limit."""
-    raw = await request.read()  # aiohttp refuses bodies over client_max_size (max_message_bytes) with 413
+    # aiohttp refuses bodies over client_max_size (max_message_bytes) with 413
+    raw = await body_within_timeout(request, request.read())
     try:
         body = json.loads(raw.decode("utf-8")) if raw else None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:

@@ -36,6 +36,7 @@ from nmtserve.server.http.common import (
     HttpContext,
     HttpError,
     bearer_of,
+    body_within_timeout,
     check_key,
     context_of,
     libre_key,
@@ -195,7 +196,7 @@ async def _translate_document(
 async def translate_file(request: web.Request) -> web.Response:
     """LibreTranslate's ``POST /translate_file``: ``{"translatedFileUrl": ...}``, downloadable for a while."""
     ctx = context_of(request)
-    upload = await read_upload(request, ctx.config.max_request_bytes)
+    upload = await body_within_timeout(request, read_upload(request, ctx.config.max_request_bytes))
     key = libre_key(request, upload.fields.get("api_key"))
     check_key(request, key, "POST /translate_file", 403)
     pair = check_language_pair(request, upload.fields)
@@ -244,7 +245,7 @@ async def translate_file_native(request: web.Request) -> web.Response:
     """``POST /v1/translate_file``: the translated file in the answer (bearer token, optional ``options``)."""
     ctx = context_of(request)
     check_key(request, bearer_of(request), "POST /v1/translate_file", 401)
-    upload = await read_upload(request, ctx.config.max_request_bytes)
+    upload = await body_within_timeout(request, read_upload(request, ctx.config.max_request_bytes))
     format, text = _document(upload)
     del upload.data
     options = _options(upload.fields)

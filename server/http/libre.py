@@ -22,6 +22,7 @@ from nmtserve.server.documents.files import FORMAT_OF_SUFFIX
 from nmtserve.server.documents.plan import plan_document
 from nmtserve.server.http.common import (
     HttpError,
+    body_within_timeout,
     check_key,
     context_of,
     is_json,
@@ -112,7 +113,7 @@ async def _parameters(request: web.Request) -> dict[str, Any]:
     if is_json(request):
         return await json_body(request)
     try:
-        form = await request.post() if request.can_read_body else {}
+        form = await body_within_timeout(request, request.post()) if request.can_read_body else {}
     except (ValueError, HttpProcessingError) as error:  # a malformed multipart or form body
         message = PART_HEADERS if isinstance(error, HttpProcessingError) else str(error)
         raise HttpError(400, f"Invalid request: malformed form body: {message}") from None
