@@ -35,7 +35,7 @@ from nmtserve.protos.nmtserve.v1 import translator_pb2 as pb
 from nmtserve.protos.nmtserve.v1 import translator_pb2_grpc as pb_grpc
 from nmtserve.server.backend import Backend
 from nmtserve.server.config import ServerConfig
-from nmtserve.server.documents.requests import DocumentProgress, document_response, encode_documents
+from nmtserve.server.documents.requests import DocumentProgress, document_response
 from nmtserve.server.model_messages import list_models, model_info_message, server_version, version_info
 from nmtserve.server.models import ModelRegistry
 from nmtserve.server.partials import PartialSender, document_sender, labeller, sentence_sender
@@ -217,8 +217,8 @@ class TranslatorService(pb_grpc.TranslatorServicer):
             source = request.source_language or pair.get("source", "en")
             target = request.target_language or pair.get("target", "")  # how a long sentence's pieces are joined
             del request
-            # parsing a large page takes a while: off the event loop, so that other requests are not held up
-            document = await asyncio.to_thread(encode_documents, texts, form, tokenizer, config, source, target)
+            # parsing a large page takes a while: off the event loop, on the checker's bounded workers
+            document = await backend.checker.plan_documents(texts, form, source, target)
             del texts
             progress = DocumentProgress(document, tokenizer, document_sender(send_partial))
             suffix = languages.source_suffix

@@ -261,3 +261,27 @@ def test_checker_bounds_large_requests_waiting_and_keeps_small_ones_inline(demo_
             asyncio.run(checker.prepare(["x"] * 257, pb.DecodingOptions()))
     finally:
         checker.close()
+
+
+def test_documents_are_planned_on_the_checkers_bounded_workers(demo_engine) -> None:
+    """Planning a page takes seconds (a 1 MiB ``*a*a...`` Markdown one 17 s of CPU); it ran on Python's default
+    pool, where any number of them queued and ran at once. Now they share the checker's workers and its bound."""
+    config = ServerConfig()
+    checker = RequestChecker(config, demo_engine.tokenizer, demo_engine.info.vocab_size, workers=1, max_waiting=1)
+    costly = "*a*a " * 40_000  # 200 kB of emphasis runs: well over a second to plan, then too many sentences
+
+    async def two_at_once() -> tuple[BaseException | None, BaseException | None]:
+        first = asyncio.create_task(checker.plan_documents([costly], "markdown", "en", "de"))
+        await asyncio.sleep(0)  # the first holds the one place
+        second = asyncio.create_task(checker.plan_documents(["Hello."], "text", "en", "de"))
+        done = await asyncio.gather(first, second, return_exceptions=True)
+        return tuple(r if isinstance(r, BaseException) else None for r in done)  # type: ignore[return-value]
+
+    try:
+        first, second = asyncio.run(two_at_once())
+        assert isinstance(second, Overloaded) and "the limit is 1" in str(second.message)
+        assert isinstance(first, RequestError) and "max_sentences_per_request" in first.message
+        plan = asyncio.run(checker.plan_documents(["Hello. Save the file."], "text", "en", "de"))
+        assert [len(sentences) for sentences in plan.sentences] == [2]
+    finally:
+        checker.close()
